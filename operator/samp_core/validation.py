@@ -1,0 +1,107 @@
+"""Turn a manifest into a QuantizedModel, or into a list of problems a person can fix.
+
+Every problem names the field path as it appears in the manifest
+(``spec.rollout.steps[1].weight``), says what is wrong, and how to fix it.
+``samp validate`` and the operator use this same function, so a manifest that
+slips past the API server's schema is reported in the same words.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from samp_core.api import QuantizedModel
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    message: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" + (f" (fix: {self.fix})" if self.fix else "")
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + part
+    return out or "<root>"
+
+
+def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The model class that owns the field at ``loc`` (to list its known fields)."""
+    model: Any = QuantizedModel
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        fields = {f.alias or n: f for n, f in model.model_fields.items()}
+        field = fields.get(part)
+        if field is None:
+            return None
+        annotation = field.annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        nested = [
+            c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)
+        ]
+        if not nested:
+            return None
+        model = nested[0]
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _fix_for(error: Any) -> str:
+    kind = error["type"]
+    ctx = error.get("ctx", {})
+    loc = tuple(error["loc"])
+    if kind == "missing":
+        return f"add the required field '{loc[-1]}'"
+    if kind == "extra_forbidden":
+        owner = _model_at(loc[:-1])
+        known = sorted(f.alias or n for n, f in owner.model_fields.items()) if owner else []
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        return f"{hint}remove it; fields allowed here: {', '.join(known)}"
+    if kind in ("enum", "literal_error"):
+        return f"use one of {ctx.get('expected', 'the listed values')}"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        bound = next(iter(ctx.values()), "")
+        word = {"greater_than": "above", "greater_than_equal": "at least",
+                "less_than": "below", "less_than_equal": "at most"}[kind]
+        return f"use a value {word} {bound}"
+    if kind == "string_pattern_mismatch":
+        return "see the field's description (`kubectl explain`) for the accepted forms"
+    if kind in ("too_short", "too_long"):
+        return "change the number of items or characters"
+    if kind.endswith("_type") or kind.endswith("_parsing"):
+        return f"write a value of type {kind.removesuffix('_type').removesuffix('_parsing')}"
+    return ""
+
+
+def problems_of(error: ValidationError) -> list[Problem]:
+    problems = []
+    for item in error.errors():
+        loc = tuple(item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        problems.append(Problem(path=_path(loc), message=message, fix=_fix_for(item)))
+    return problems
+
+
+def validate_manifest(manifest: Any) -> tuple[QuantizedModel | None, list[Problem]]:
+    """Parse one manifest; returns the object, or None and every problem found."""
+    if not isinstance(manifest, dict):
+        return None, [
+            Problem("<root>", "the document is not a mapping", "write a YAML object")
+        ]
+    try:
+        return QuantizedModel.model_validate(manifest), []
+    except ValidationError as error:
+        return None, problems_of(error)

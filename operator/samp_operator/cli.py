@@ -1,0 +1,118 @@
+"""The `samp` command.
+
+Subcommands:
+  samp validate FILE...        check QuantizedModel manifests; every problem, with a fix
+  samp crds [--check] [--out]  write (or check) the generated CRD YAML
+  samp quantize|calibrate|sensitivity|plan|export|evaluate ...
+                               the SAMP job stages (samp_jobs.cli; needs the 'jobs' extra)
+
+Each subcommand imports only what it needs, so `samp validate` works in the
+operator image without torch and the stages work in the jobs image without kopf.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from samp_core.crd import CRD_FILE_NAME, render_yaml
+from samp_core.validation import Problem, validate_manifest
+
+JOB_STAGES = ("quantize", "calibrate", "sensitivity", "plan", "export", "evaluate")
+
+
+def _load_documents(path: Path) -> list[tuple[str, object]]:
+    """(label, document) pairs of a YAML file; a parse error is itself a problem."""
+    text = path.read_text(encoding="utf-8")
+    docs = [doc for doc in yaml.safe_load_all(text) if doc is not None]
+    return [(f"{path}" + (f"[{i}]" if len(docs) > 1 else ""), doc) for i, doc in enumerate(docs)]
+
+
+def validate(paths: Sequence[str]) -> int:
+    """Validate every QuantizedModel in the files; exit status 1 when any has a problem."""
+    failed = False
+    for name in paths:
+        path = Path(name)
+        try:
+            documents = _load_documents(path)
+        except (OSError, yaml.YAMLError) as err:
+            print(f"{name}: cannot read: {err}", file=sys.stderr)
+            failed = True
+            continue
+        if not documents:
+            print(f"{name}: no YAML document found", file=sys.stderr)
+            failed = True
+        for label, doc in documents:
+            if isinstance(doc, dict) and doc.get("kind") not in (None, "QuantizedModel"):
+                print(f"{label}: skipped {doc.get('kind')} (not a QuantizedModel)")
+                continue
+            resource, problems = validate_manifest(doc)
+            if resource is None:
+                failed = True
+                print(f"{label}: {len(problems)} problem(s)", file=sys.stderr)
+                for problem in problems:
+                    print(f"  - {_indent(problem)}", file=sys.stderr)
+            else:
+                print(f"{label}: valid QuantizedModel {resource.namespace}/{resource.name}")
+    return 1 if failed else 0
+
+
+def _indent(problem: Problem) -> str:
+    return str(problem)
+
+
+def crds(out_dir: str, check: bool) -> int:
+    target = Path(out_dir) / CRD_FILE_NAME
+    expected = render_yaml()
+    if check:
+        current = target.read_text(encoding="utf-8") if target.exists() else ""
+        if current != expected:
+            print(f"{target} is out of date; run `make crds`", file=sys.stderr)
+            return 1
+        print(f"{target} is up to date")
+        return 0
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(expected, encoding="utf-8")
+    print(f"wrote {target}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in JOB_STAGES:
+        try:
+            from samp_jobs.cli import main as jobs_main
+        except ImportError as err:
+            print(
+                f"samp {args[0]} needs the jobs extra ({err}); install it with "
+                "`pip install 'samp-operator[jobs]'`",
+                file=sys.stderr,
+            )
+            return 2
+        return jobs_main(args)
+
+    parser = argparse.ArgumentParser(prog="samp", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_validate = sub.add_parser("validate", help="check QuantizedModel manifests")
+    p_validate.add_argument("files", nargs="+", metavar="FILE")
+    p_crds = sub.add_parser("crds", help="write or check the generated CRD")
+    p_crds.add_argument("--out", default="crds", help="directory of the CRD YAML")
+    p_crds.add_argument("--check", action="store_true", help="fail if the file is stale")
+    for stage in JOB_STAGES:
+        sub.add_parser(stage, help=f"SAMP job stage '{stage}' (samp {stage} --help)")
+    ns = parser.parse_args(args)
+    if ns.command == "validate":
+        return validate(ns.files)
+    if ns.command == "crds":
+        return crds(ns.out, ns.check)
+    parser.error(f"unknown command {ns.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

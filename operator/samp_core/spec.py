@@ -151,6 +151,16 @@ class Budget(ApiModel):
             ].count(True)
             == 1,
         ),
+        Rule(
+            cel="!has(self.maxWeightBytes) || !isQuantity(self.maxWeightBytes) || "
+            "(quantity(self.maxWeightBytes).compareTo(quantity('1Mi')) >= 0 && "
+            "quantity(self.maxWeightBytes).compareTo(quantity('64Ti')) <= 0)",
+            message="budget.maxWeightBytes must lie between 1Mi and 64Ti; check the suffix "
+            "(38Gi, not 38Pi)",
+            holds=lambda b: b.max_weight_bytes is None
+            or 2**20 <= parse_quantity(b.max_weight_bytes) <= MAX_WEIGHT_BYTES,
+            field_path=".maxWeightBytes",
+        ),
     )
 
     max_weight_bytes: Quantity | None = Field(
@@ -170,17 +180,6 @@ class Budget(ApiModel):
         le=16.0,
         description="Largest average bits per weight, scales included (e.g. 5.0).",
     )
-
-    @field_validator("max_weight_bytes")
-    @classmethod
-    def _bytes_in_range(cls, value: str | None) -> str | None:
-        if value is not None:
-            size = parse_quantity(value)
-            if size < 2**20:
-                raise ValueError(f"{value} is below 1Mi; no real model fits in it")
-            if size > MAX_WEIGHT_BYTES:
-                raise ValueError(f"{value} is above 64Ti; check the suffix (Gi, not Pi)")
-        return value
 
     def max_bytes(self) -> int | None:
         return None if self.max_weight_bytes is None else parse_quantity(self.max_weight_bytes)

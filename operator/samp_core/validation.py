@@ -67,18 +67,26 @@ def _fix_for(error: Any) -> str:
     if kind == "extra_forbidden":
         owner = _model_at(loc[:-1])
         known = sorted(f.alias or n for n, f in owner.model_fields.items()) if owner else []
-        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        unknown = str(loc[-1])
+        close = difflib.get_close_matches(unknown, known, n=1, cutoff=0.6) or [
+            k for k in known if k.lower().startswith(unknown.lower())
+        ][:1]
         hint = f"did you mean '{close[0]}'? " if close else ""
         return f"{hint}remove it; fields allowed here: {', '.join(known)}"
     if kind in ("enum", "literal_error"):
-        return f"use one of {ctx.get('expected', 'the listed values')}"
+        return "use one of the values listed"
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         bound = next(iter(ctx.values()), "")
         word = {"greater_than": "above", "greater_than_equal": "at least",
                 "less_than": "below", "less_than_equal": "at most"}[kind]
         return f"use a value {word} {bound}"
     if kind == "string_pattern_mismatch":
-        return "see the field's description (`kubectl explain`) for the accepted forms"
+        owner = _model_at(loc[:-1])
+        fields = {f.alias or n: f for n, f in owner.model_fields.items()} if owner else {}
+        field = fields.get(str(loc[-1]))
+        if field is not None and field.description:
+            return field.description
+        return "see `kubectl explain quantizedmodel.spec` for the accepted forms"
     if kind in ("too_short", "too_long"):
         return "change the number of items or characters"
     if kind.endswith("_type") or kind.endswith("_parsing"):
@@ -91,6 +99,10 @@ def problems_of(error: ValidationError) -> list[Problem]:
     for item in error.errors():
         loc = tuple(item["loc"])
         message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown field"
+        if item["type"] == "string_pattern_mismatch":
+            message = f"{item['input']!r} is not in an accepted form"
         problems.append(Problem(path=_path(loc), message=message, fix=_fix_for(item)))
     return problems
 

@@ -40,7 +40,7 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
             options = [opt for opt in node.pop(combinator) if opt != {"type": "null"}]
             if len(options) != 1:
                 raise ValueError(f"cannot express {combinator} of {options} structurally")
-            merged = {**options[0], **{k: v for k, v in node.items()}}
+            merged = {**options[0], **node}
             return _structural(merged, defs)
     out: dict[str, Any] = {}
     for key, value in node.items():

@@ -9,6 +9,7 @@ because it becomes the schema's documentation (``kubectl explain qm.spec``).
 from __future__ import annotations
 
 import re
+from itertools import pairwise
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
@@ -472,7 +473,7 @@ class RolloutSpec(ApiModel):
             cel="self.steps.map(s, s.weight).isSorted() && "
             "self.steps.all(s, self.steps.exists_one(t, t.weight == s.weight))",
             message="rollout.steps weights must strictly increase (e.g. 10, 50, 100)",
-            holds=lambda r: all(a.weight < b.weight for a, b in zip(r.steps, r.steps[1:])),
+            holds=lambda r: all(a.weight < b.weight for a, b in pairwise(r.steps)),
             field_path=".steps",
         ),
         Rule(

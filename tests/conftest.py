@@ -12,6 +12,7 @@ from cluster_fixtures import (  # noqa: E402,F401  (fixtures are registered by i
     cluster_namespace,
     mark_cluster_items,
     operator_rbac,
+    samp_crds,
     register_marker,
 )
 

@@ -6,6 +6,8 @@ Imported by tests/conftest.py, so every test under tests/ can use them:
 * ``cluster_api`` (session): its admin ``kubernetes.client.ApiClient``.
 * ``cluster_namespace`` (function): a fresh namespace (default ServiceAccount
   ready), deleted afterwards.
+* ``samp_crds`` (session): the project's CRDs (crds/*.yaml) installed and
+  Established; returns their names.
 * ``operator_rbac`` (function): ``operator_rbac(rules)`` sets the operator
   identity's ClusterRole; reset to no rules after the test.
 
@@ -30,6 +32,7 @@ import controlplane
 from controlplane import ControlPlane, ControlPlaneError
 
 SKIP_ENV = "SAMP_SKIP_CLUSTER_TESTS"
+REPO = Path(__file__).resolve().parents[2]
 _build_error: str | None = None
 
 
@@ -115,3 +118,11 @@ def cluster_namespace(cluster: ControlPlane, request: pytest.FixtureRequest) -> 
 def operator_rbac(cluster: ControlPlane) -> Iterator[Callable[[list[dict[str, Any]]], None]]:
     yield cluster.set_operator_rules
     cluster.set_operator_rules([])
+
+
+@pytest.fixture(scope="session")
+def samp_crds(cluster: ControlPlane) -> list[str]:
+    files = sorted((REPO / "crds").glob("*.yaml"))
+    if not files:
+        pytest.fail(f"no CRD files in {REPO / 'crds'}", pytrace=False)
+    return cluster.install_crds(files)

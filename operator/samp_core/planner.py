@@ -48,6 +48,7 @@ from samp_core.hardware import (
     weight_bytes,
 )
 from samp_core.results import CurvePoint, ExcludedFormat, GroupAssignment, PlanResult
+from samp_core.spec import QuantizationSpec
 
 __all__ = [
     "Budget",
@@ -56,6 +57,7 @@ __all__ = [
     "PlanRequest",
     "group_bytes",
     "plan",
+    "request_from_spec",
 ]
 
 _QUANTIZED_DEFAULT: tuple[Format, ...] = tuple(f for f in Format if not f.is_unquantized)
@@ -179,6 +181,47 @@ class PlanRequest(BaseModel):
         if unknown:
             raise ValueError(f"scores for unknown groups: {unknown[:5]}")
         return self
+
+
+def request_from_spec(
+    quantization: QuantizationSpec,
+    *,
+    groups: list[LayerGroup],
+    scores: dict[str, dict[Format, float]],
+    profile: HardwareProfile,
+    max_relative_latency: float | None = None,
+) -> PlanRequest:
+    """The planner request for a QuantizedModel's ``spec.quantization``.
+
+    One place maps API semantics to planner semantics, so the operator and the
+    plan job cannot drift: ``keepUnquantized`` overrides become the profile's
+    16-bit format, a quantity budget becomes bytes, and ``exportFormat`` fixes
+    the checkpoint family.
+    """
+    b = quantization.budget
+    budget = Budget(
+        max_weight_bytes=b.max_bytes(),
+        fraction_of_16bit=b.fraction_of_16bit,
+        effective_bits=b.effective_bits,
+    )
+    sixteen = _sixteen_bit(profile, quantization.allowed_formats)[0]
+    overrides = [
+        (o.match, o.format if o.format is not None else sixteen) for o in quantization.overrides
+    ]
+    return PlanRequest(
+        groups=groups,
+        scores=scores,
+        profile=profile,
+        budget=budget,
+        allowed_formats=list(quantization.allowed_formats),
+        overrides=overrides,
+        keep_lm_head_16bit=quantization.keep_lm_head16_bit,
+        keep_embeddings_16bit=quantization.keep_embeddings16_bit,
+        allow_non_native=quantization.allow_non_native_formats,
+        export_format=quantization.export_format,
+        group_size=quantization.group_size,
+        max_relative_latency=max_relative_latency,
+    )
 
 
 def group_bytes(group: LayerGroup, fmt: Format, group_size: int) -> int:
@@ -388,7 +431,9 @@ def _solve(
         cvec = np.array([groups[i].options[j].cost for i, j in cols])
         cons.append(LinearConstraint(cvec[None, :], -np.inf, latency_cap - fixed_cost))
 
-    def run(extra: list[LinearConstraint], c: np.ndarray, byte_rhs: int) -> np.ndarray | None:
+    def run(
+        extra: list[LinearConstraint], c: np.ndarray, byte_rhs: int
+    ) -> tuple[np.ndarray | None, str]:
         res = milp(
             c,
             constraints=[*cons, LinearConstraint(dvec[None, :], -np.inf, byte_rhs), *extra],
@@ -397,14 +442,17 @@ def _solve(
             options={"mip_rel_gap": 0.0, "time_limit": time_limit, "presolve": True},
         )
         if res.x is None:
-            return None
-        status_of[0] = "optimal" if res.status == 0 else f"stopped({res.message})"
-        return np.asarray(res.x)
+            if res.status == 1:  # time limit before any feasible point: not "infeasible"
+                raise PlanError(
+                    f"the solver found no plan within {time_limit:.0f}s; raise time_limit_s"
+                )
+            return None, "infeasible"
+        status = "optimal" if res.status == 0 else f"stopped: {res.message}"
+        return np.asarray(res.x), status
 
-    status_of = ["optimal"]
     byte_rhs = rhs
     for _ in range(8):
-        x = run([], obj, byte_rhs)
+        x, status = run([], obj, byte_rhs)
         if x is None:
             return None
         sol = _pick(groups, free, cols, x, choice)
@@ -419,15 +467,16 @@ def _solve(
     if tie_break:
         best = float(obj @ x)
         tol = 1e-9 * max(1.0, abs(best))
-        x2 = run([LinearConstraint(obj[None, :], -np.inf, best + tol)], dvec, byte_rhs)
+        x2, _ = run([LinearConstraint(obj[None, :], -np.inf, best + tol)], dvec, byte_rhs)
         if x2 is not None:
             sol2 = _pick(groups, free, cols, x2, choice)
             if (
                 _sol_bytes(groups, sol2) <= budget
                 and _sol_loss(groups, sol2) <= _sol_loss(groups, sol) + tol * scale
+                and _within_latency(groups, sol2, latency_cap)
             ):
                 sol = sol2
-    return _finish(groups, sol, budget, latency_cap, status_of[0])
+    return _finish(groups, sol, budget, latency_cap, status)
 
 
 def _pick(
@@ -454,6 +503,17 @@ def _sol_loss(groups: list[_GroupOptions], choice: list[int]) -> float:
     return float(math.fsum(go.options[c].loss for go, c in zip(groups, choice, strict=True)))
 
 
+def _within_latency(
+    groups: list[_GroupOptions], choice: list[int], latency_cap: float | None
+) -> bool:
+    # The latency row is a model estimate with float coefficients; accept HiGHS's
+    # feasibility tolerance (1e-6 relative) rather than reject a plan it found.
+    if latency_cap is None:
+        return True
+    cost = sum(go.options[c].cost for go, c in zip(groups, choice, strict=True))
+    return bool(cost <= latency_cap * (1 + 1e-6))
+
+
 def _finish(
     groups: list[_GroupOptions],
     choice: list[int],
@@ -463,10 +523,8 @@ def _finish(
 ) -> _Solution | None:
     if _sol_bytes(groups, choice) > budget:
         return None
-    if latency_cap is not None:
-        cost = sum(go.options[c].cost for go, c in zip(groups, choice, strict=True))
-        if cost > latency_cap * (1 + 1e-9):
-            return None
+    if not _within_latency(groups, choice, latency_cap):
+        return None
     return _Solution(choice, _sol_loss(groups, choice), _sol_bytes(groups, choice), status)
 
 
@@ -566,7 +624,7 @@ def plan(request: PlanRequest) -> PlanResult:
         for go, c in zip(fg, sol.choice, strict=True)
     ]
     cost = sum(go.options[c].cost for go, c in zip(fg, sol.choice, strict=True))
-    curve = _curve(families, min_bytes, latency_cap, req)
+    curve = _curve(families, min_bytes, latency_cap, req, own=(budget, sol))
     if len(families) > 1:
         warnings.append(
             f"planned {', '.join(f.value for f in families)} separately (NF4 cannot mix with "
@@ -598,6 +656,7 @@ def _curve(
     min_bytes: int,
     latency_cap: float | None,
     req: PlanRequest,
+    own: tuple[int, _Solution],
 ) -> list[CurvePoint]:
     """Min predicted loss at evenly spaced budgets from the smallest feasible to the point
     where more bytes stop helping.
@@ -617,13 +676,15 @@ def _curve(
     )
     top = max(top, min_bytes)
     k = req.curve_points
-    budgets = sorted({min_bytes + (top - min_bytes) * i // max(1, k - 1) for i in range(k)})
+    budgets = {min_bytes + (top - min_bytes) * i // max(1, k - 1) for i in range(k)}
+    own_budget, own_sol = own
     per_point_limit = max(1.0, req.time_limit_s / max(1, len(budgets)))
     points: list[CurvePoint] = []
     prev: CurvePoint | None = None
-    for b in budgets:
-        cand: list[_Solution] = []
-        for fg in families.values():
+    # The requested budget is on the curve too ("you are here"), already solved.
+    for b in sorted(budgets | {own_budget}):
+        cand: list[_Solution] = [own_sol] if b == own_budget else []
+        for fg in families.values() if b != own_budget else ():
             s = _solve(fg, b, latency_cap, per_point_limit, tie_break=False)
             if s is not None:
                 cand.append(s)

@@ -96,7 +96,14 @@ def inputs_hash(**inputs: Any) -> str:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, alias_generator=to_camel, extra="forbid")
+    # inf/NaN are real outcomes (a broken quantization has infinite perplexity) and
+    # must survive the JSON round trip instead of silently becoming null.
+    model_config = ConfigDict(
+        populate_by_name=True,
+        alias_generator=to_camel,
+        extra="forbid",
+        ser_json_inf_nan="strings",
+    )
 
 
 class ResultBase(_Model):

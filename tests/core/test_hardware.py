@@ -10,6 +10,7 @@ from samp_core.hardware import (
     PROFILE_NAMES,
     FormatSupport,
     MeasuredCosts,
+    activation_type,
     bytes_per_weight,
     export_format_of,
     get_profile,
@@ -131,3 +132,10 @@ def test_nf4_is_its_own_checkpoint_family() -> None:
     assert export_format_of(Format.NF4) != export_format_of(Format.INT4_W4A16)
     assert export_format_of(Format.FP8_W8A8) == export_format_of(Format.INT4_W4A16)
     assert export_format_of(Format.BF16) is None
+
+
+def test_activation_type_depends_on_target_only_for_w4a8() -> None:
+    assert activation_type(Format.INT4_W4A8, "cpu") == "int8"
+    assert activation_type(Format.INT4_W4A8, "sm90") == "fp8"
+    assert activation_type(Format.FP8_W8A8, "sm89") == "fp8"
+    assert activation_type(Format.INT4_W4A16, "sm90") == "16-bit"

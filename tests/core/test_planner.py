@@ -20,6 +20,7 @@ from samp_core.planner import (
     PlanRequest,
     group_bytes,
     plan,
+    request_from_spec,
 )
 
 SM90 = get_profile("sm90")
@@ -593,3 +594,65 @@ def test_group_bytes_sums_fused_modules() -> None:
     assert group_bytes(g, Format.INT4_W4A16, GS) == weight_bytes(
         Format.INT4_W4A16, 256, 384, GS, num_tensors=3
     )
+
+
+def test_request_from_spec_maps_api_semantics() -> None:
+    """keepUnquantized overrides become 16-bit pins, quantities become bytes."""
+    from samp_core.spec import QuantizationSpec
+
+    groups, scores = _layered()
+    spec = QuantizationSpec.model_validate(
+        {
+            "budget": {"maxWeightBytes": "3Mi"},
+            "allowedFormats": ["int4-w4a16", "fp8-w8a8", "bf16"],
+            "overrides": [
+                {"match": r"layers\.0\.mlp", "keepUnquantized": True},
+                {"match": r"layers\.2\.self_attn\.o_proj", "format": "int4-w4a16"},
+            ],
+            "keepLmHead16Bit": False,
+            "groupSize": 64,
+        }
+    )
+    req = request_from_spec(spec, groups=groups, scores=scores, profile=SM90)
+    assert req.budget.max_weight_bytes == 3 * 2**20
+    assert req.group_size == 64 and req.keep_lm_head_16bit is False
+    assert req.export_format is ExportFormat.COMPRESSED_TENSORS
+    result = plan(req)
+    fmt = result.format_of()
+    assert fmt["model.layers.0.mlp.gate_up"] is Format.BF16
+    assert fmt["model.layers.0.mlp.down_proj"] is Format.BF16
+    assert fmt["model.layers.2.self_attn.o_proj"] is Format.INT4_W4A16
+    assert set(fmt.values()) <= {Format.INT4_W4A16, Format.FP8_W8A8, Format.BF16}
+    assert result.total_bytes <= 3 * 2**20
+
+
+def test_curve_contains_the_requested_budget() -> None:
+    groups, scores = _layered()
+    result = plan(
+        _request(groups=groups, scores=scores, budget=Budget(fraction_of_16bit=0.5), curve_points=6)
+    )
+    here = [p for p in result.curve if p.budget_bytes == result.budget_bytes]
+    assert len(here) == 1
+    assert here[0].predicted_loss == pytest.approx(result.predicted_loss)
+
+
+def test_solver_time_limit_is_reported_not_mistaken_for_infeasible() -> None:
+    """A tiny time limit still yields either an optimal plan or a clear status/error."""
+    groups = _llama70b_groups()
+    req = PlanRequest(
+        groups=groups,
+        scores=_field_report_scores(groups),
+        profile=SM90,
+        budget=Budget(fraction_of_16bit=0.36),
+        curve_points=0,
+        time_limit_s=0.001,
+    )
+    try:
+        result = plan(req)
+    except PlanInfeasibleError:  # pragma: no cover - would be a bug
+        pytest.fail("time limit reported as infeasible")
+    except PlanError as e:
+        assert "time_limit_s" in str(e)
+    else:
+        assert result.solver_status == "optimal" or result.solver_status.startswith("stopped")
+        assert result.total_bytes <= result.budget_bytes

@@ -259,3 +259,18 @@ def test_inputs_hash_is_stable_and_sensitive() -> None:
     assert inputs_hash(s={3, 1, 2}) == inputs_hash(s=[1, 2, 3])
     with pytest.raises(ValueError):
         inputs_hash(x=float("nan"))
+
+
+def test_infinite_perplexity_survives_the_round_trip() -> None:
+    """A broken quantization has infinite perplexity; JSON must not turn it into null."""
+    ev = EvaluationResult(
+        num_prompts=1,
+        perplexity_base=5.0,
+        perplexity_quant=float("inf"),
+        mean_kl=3.0,
+        top1_agreement=0.1,
+    )
+    back = parse_result(ev.to_json())
+    assert isinstance(back, EvaluationResult)
+    assert back.perplexity_quant == float("inf")
+    assert back.perplexity_recovery_pct == 0.0

@@ -1,0 +1,314 @@
+"""Loading a causal LM and running it one decoder layer at a time.
+
+Why layer-sequential: a 70B model does not fit one accelerator in 16-bit, but
+one decoder layer does. Every stage that needs activations (sensitivity,
+evaluation) keeps the model on the CPU and moves one layer at a time to the
+device, carrying the hidden states between layers (GPTQ-style). The inputs of
+layer 0 (hidden states plus the keyword arguments the architecture passes:
+rotary embeddings, causal mask, position ids) are captured by a hook that stops
+the forward at layer 0, so no architecture-specific re-implementation of the
+model's preamble is needed.
+
+Fused groups are detected from the architecture itself: Linear modules of one
+parent that read the *same input tensor* in a forward pass (q/k/v, gate/up) are
+the ones vLLM fuses, whatever their names. Names only decide the label.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from samp_core.groups import FUSED_SIBLINGS, GroupKind, LayerGroup, kind_of_module
+
+DTYPES: dict[str, torch.dtype] = {
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+}
+
+
+class ModelLoadError(RuntimeError):
+    """The model source cannot be loaded as a supported causal LM."""
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    """cuda when available (the H200 path), else cpu; an explicit request wins."""
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_model(
+    source: str | Path,
+    *,
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+) -> tuple[nn.Module, Any]:
+    """Load (model, tokenizer) from a local directory onto the CPU, in eval mode.
+
+    Remote code stays off unless the manifest allows it: a model repository's
+    Python runs inside the job with its credentials.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(source)
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"{source}: no config.json (expected a local model directory)")
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except ValueError as e:
+        raise ModelLoadError(f"{source}: {e}") from None
+    torch_dtype: Any = "auto" if dtype == "auto" else DTYPES[dtype]
+    model = AutoModelForCausalLM.from_pretrained(
+        path, config=config, dtype=torch_dtype, trust_remote_code=trust_remote_code
+    )
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    return model, tokenizer
+
+
+@dataclass
+class DecoderParts:
+    """The pieces of a decoder-only LM the sequential runner drives."""
+
+    model: nn.Module
+    embed: nn.Module
+    layers: nn.ModuleList
+    layers_path: str  # e.g. "model.layers"
+    norm: nn.Module
+    head: nn.Linear
+    head_name: str
+    tied_head: bool
+
+
+def decoder_parts(model: nn.Module) -> DecoderParts:
+    """Find embeddings, decoder layers, final norm and output head (Llama/Mistral/Qwen2...)."""
+    layers_path, layers = "", None
+    for name, mod in model.named_modules():
+        uniform = isinstance(mod, nn.ModuleList) and len({type(m) for m in mod}) == 1
+        if uniform and (layers is None or len(mod) > len(layers)):
+            layers_path, layers = name, mod
+    if layers is None:
+        raise ModelLoadError(f"{type(model).__name__}: no decoder layer stack found")
+    parent = model.get_submodule(layers_path.rsplit(".", 1)[0]) if "." in layers_path else model
+    norm = next(
+        (getattr(parent, n) for n in ("norm", "final_layernorm", "ln_f") if hasattr(parent, n)),
+        None,
+    )
+    head = model.get_output_embeddings()
+    if norm is None or not isinstance(head, nn.Linear):
+        raise ModelLoadError(f"{type(model).__name__}: final norm or Linear output head not found")
+    head_name = next(n for n, m in model.named_modules() if m is head)
+    config = getattr(model, "config", None)
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types and len(set(layer_types)) > 1:
+        raise ModelLoadError(
+            f"{type(model).__name__}: layers use different attention types "
+            f"{sorted(set(layer_types))}; the sequential runner replays layer 0's mask"
+        )
+    embed = model.get_input_embeddings()
+    tied = embed.weight.data_ptr() == head.weight.data_ptr()
+    return DecoderParts(model, embed, layers, layers_path, norm, head, head_name, tied)
+
+
+class _StopForwardError(Exception):
+    """Raised by the layer-0 hook to end the forward once the inputs are captured."""
+
+
+@dataclass
+class LayerInputs:
+    """What layer 0 receives for one micro-batch: hidden states and the keyword arguments."""
+
+    hidden: torch.Tensor
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def _to(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, tuple):
+        return tuple(_to(o, device) for o in obj)
+    if isinstance(obj, list):
+        return [_to(o, device) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    return obj
+
+
+def capture_layer0_inputs(
+    parts: DecoderParts, input_ids: torch.Tensor, device: torch.device
+) -> LayerInputs:
+    """Run the model's own preamble (embeddings, rotary, mask) and stop at layer 0."""
+    captured: dict[str, Any] = {}
+
+    def hook(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        captured["hidden"] = args[0] if args else kwargs.pop("hidden_states")
+        captured["kwargs"] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+        raise _StopForwardError
+
+    handle = parts.layers[0].register_forward_pre_hook(hook, with_kwargs=True)
+    moved = _move_non_layers(parts, device)
+    try:
+        with torch.no_grad():
+            parts.model(input_ids=input_ids.to(device), use_cache=False)
+    except _StopForwardError:
+        pass
+    finally:
+        handle.remove()
+        for m in moved:
+            m.to("cpu")
+    kwargs = captured["kwargs"]
+    kwargs.pop("past_key_values", None)
+    kwargs["use_cache"] = False
+    return LayerInputs(captured["hidden"], kwargs)
+
+
+def _move_non_layers(parts: DecoderParts, device: torch.device) -> list[nn.Module]:
+    """Put everything except the decoder layers on the device (embeddings, rotary)."""
+    if device.type == "cpu":
+        return []
+    moved: list[nn.Module] = []
+    layer_ids = {id(m) for m in parts.layers}
+    for mod in parts.model.children():
+        stack = [mod]
+        while stack:
+            m = stack.pop()
+            if id(m) in layer_ids or m is parts.layers:
+                continue
+            if any(True for _ in m.parameters(recurse=False)) or any(
+                True for _ in m.buffers(recurse=False)
+            ):
+                m.to(device)
+                moved.append(m)
+            stack.extend(m.children())
+    return moved
+
+
+def run_layer(layer: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+    out = layer(hidden, **kwargs)
+    return out[0] if isinstance(out, tuple) else out
+
+
+@contextmanager
+def on_device(module: nn.Module, device: torch.device) -> Iterator[nn.Module]:
+    """Hold one module on the accelerator for the duration of the block."""
+    if device.type == "cpu":
+        yield module
+        return
+    module.to(device)
+    try:
+        yield module
+    finally:
+        module.to("cpu")
+
+
+def linear_modules(module: nn.Module, prefix: str = "") -> dict[str, nn.Linear]:
+    return {f"{prefix}{n}": m for n, m in module.named_modules() if isinstance(m, nn.Linear) and n}
+
+
+def _shared_input_sets(parts: DecoderParts, device: torch.device) -> list[list[str]]:
+    """Leaf-relative names of Linears in a decoder layer that read the same input tensor."""
+    layer = parts.layers[0]
+    names = linear_modules(layer)
+    seen: dict[str, int] = {}
+
+    def make_hook(n: str) -> Any:
+        def hook(_m: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            seen[n] = args[0].data_ptr()
+
+        return hook
+
+    handles = [m.register_forward_pre_hook(make_hook(n)) for n, m in names.items()]
+    try:
+        ids = torch.zeros((1, 4), dtype=torch.long)
+        inputs = capture_layer0_inputs(parts, ids, device)
+        with torch.no_grad(), on_device(layer, device):
+            run_layer(layer, inputs.hidden, _to(inputs.kwargs, device))
+    finally:
+        for h in handles:
+            h.remove()
+    by_input: dict[tuple[str, int], list[str]] = {}
+    for n in names:  # model order
+        parent = n.rpartition(".")[0]
+        by_input.setdefault((parent, seen.get(n, id(n))), []).append(n)
+    return list(by_input.values())
+
+
+def _fused_label(leaves: list[str]) -> tuple[str, list[str]]:
+    """Label a fused set; known sibling sets keep vLLM's shard order and name."""
+    for siblings, (suffix, _kind) in FUSED_SIBLINGS.items():
+        if sorted(siblings) == sorted(leaves):
+            return suffix, list(siblings)
+    return "+".join(leaves), leaves
+
+
+def discover_groups(parts: DecoderParts, device: torch.device | None = None) -> list[LayerGroup]:
+    """One LayerGroup per fused set / single Linear in every decoder layer, plus lm_head."""
+    dev = device or torch.device("cpu")
+    sets = _shared_input_sets(parts, dev)
+    groups: list[LayerGroup] = []
+    for idx, layer in enumerate(parts.layers):
+        prefix = f"{parts.layers_path}.{idx}."
+        mods = linear_modules(layer)
+        for members in sets:
+            parent = members[0].rpartition(".")[0]
+            leaves = [m.rpartition(".")[2] for m in members]
+            if len(members) > 1:
+                suffix, ordered = _fused_label(leaves)
+                full = [f"{prefix}{parent + '.' if parent else ''}{leaf}" for leaf in ordered]
+                name = f"{prefix}{parent + '.' if parent else ''}{suffix}"
+            else:
+                full = [prefix + members[0]]
+                name = full[0]
+            shapes = [mods[f[len(prefix) :]] for f in full]
+            kind = kind_of_module(full[0])
+            groups.append(
+                LayerGroup(
+                    name=name,
+                    kind=kind if kind is not GroupKind.EMBEDDING else GroupKind.OTHER,
+                    layer_index=idx,
+                    modules=full,
+                    in_features=shapes[0].in_features,
+                    out_features=sum(m.out_features for m in shapes),
+                    num_params=sum(m.in_features * m.out_features for m in shapes),
+                )
+            )
+    head = parts.head
+    groups.append(
+        LayerGroup(
+            name=parts.head_name,
+            kind=GroupKind.LM_HEAD,
+            layer_index=None,
+            modules=[parts.head_name],
+            in_features=head.in_features,
+            out_features=head.out_features,
+        )
+    )
+    return groups
+
+
+class PeakMemory:
+    """Peak accelerator memory (CUDA allocator) or peak process RSS on the CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+
+    def peak_bytes(self) -> int:
+        if self.device.type == "cuda":
+            return int(torch.cuda.max_memory_allocated(self.device))
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(rss if sys.platform == "darwin" else rss * 1024)

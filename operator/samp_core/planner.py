@@ -257,6 +257,15 @@ class _Solution:
     status: str
 
 
+def _decode_weight(group: LayerGroup) -> int:
+    """Parameters that are streamed through a matmul at each decode step.
+
+    An embedding is a row gather, not a matmul, so it adds no decode time whatever
+    its format; counting it would dilute the latency budget.
+    """
+    return 0 if group.kind is GroupKind.EMBEDDING else group.num_params
+
+
 def _sixteen_bit(profile: HardwareProfile, allowed: Sequence[Format]) -> list[Format]:
     """16-bit formats usable on this profile: those listed, else the profile's preferred one."""
     listed = [f for f in allowed if f.is_unquantized and profile.is_servable(f)]
@@ -304,6 +313,17 @@ def _build_options(
             excluded.append(
                 ExcludedFormat(format=fmt, reason=f"not native on {profile.name}: {sup.reason}")
             )
+        elif req.export_format is not None and export_format_of(fmt) not in (
+            None,
+            req.export_format,
+        ):
+            excluded.append(
+                ExcludedFormat(
+                    format=fmt,
+                    reason=f"cannot be stored in a {req.export_format.value} checkpoint "
+                    "(vLLM cannot mix NF4 with compressed-tensors schemes)",
+                )
+            )
         elif not any(fmt in per for per in req.scores.values()):
             excluded.append(
                 ExcludedFormat(format=fmt, reason="no sensitivity scores for this format")
@@ -332,7 +352,7 @@ def _build_options(
                 fmt=fmt,
                 bytes=group_bytes(g, fmt, req.group_size),
                 loss=max(0.0, raw),
-                cost=g.num_params * profile.relative_cost(fmt),
+                cost=_decode_weight(g) * profile.relative_cost(fmt),
             )
 
         if pin is not None:
@@ -545,7 +565,7 @@ def plan(request: PlanRequest) -> PlanResult:
     num_params = sum(g.num_params for g in req.groups)
     bytes_16 = sum(group_bytes(g, Format.BF16, req.group_size) for g in req.groups)
     budget = req.budget.resolve(bytes_16, num_params)
-    total_cost_16 = float(sum(g.num_params for g in req.groups))
+    total_cost_16 = float(sum(_decode_weight(g) for g in req.groups))
     latency_cap = (
         None if req.max_relative_latency is None else req.max_relative_latency * total_cost_16
     )

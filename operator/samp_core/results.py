@@ -316,6 +316,10 @@ class PlanResult(ResultBase):
         return self.total_bytes / self.bytes_16bit if self.bytes_16bit else 0.0
 
     @property
+    def memory_saved_percent(self) -> float:
+        return 100.0 * (1.0 - self.fraction_of_16bit)
+
+    @property
     def budget_used(self) -> float:
         return self.total_bytes / self.budget_bytes if self.budget_bytes else 0.0
 
@@ -346,12 +350,14 @@ class PlanResult(ResultBase):
             "totalBytes": self.total_bytes,
             "bytes16Bit": self.bytes_16bit,
             "fractionOf16Bit": round(self.fraction_of_16bit, 4),
+            "memorySavedPercent": round(100 * (1 - self.fraction_of_16bit), 2),
             "effectiveBits": round(self.effective_bits, 3),
             "predictedLoss": self.predicted_loss,
             "budgetBytes": self.budget_bytes,
             "budgetUsed": round(self.budget_used, 4),
             "predictedRelativeLatency": self.predicted_relative_latency,
             "excludedFormats": sorted({e.format.value for e in self.excluded if not e.groups}),
+            "groupExclusions": sum(len(e.groups) for e in self.excluded),
             "pins": len(self.pins_applied),
             "solverStatus": self.solver_status,
         }

@@ -475,6 +475,8 @@ def test_nf4_is_never_mixed_with_compressed_tensors_formats() -> None:
         assert result.export_format is ExportFormat.BITSANDBYTES_NF4
     ct = plan(_request(**req, export_format=ExportFormat.COMPRESSED_TENSORS))
     assert Format.NF4 not in ct.format_of().values()
+    (why,) = [e for e in ct.excluded if e.format is Format.NF4]
+    assert "compressed-tensors" in why.reason
     assert ct.export_format is ExportFormat.COMPRESSED_TENSORS
 
 
@@ -656,3 +658,14 @@ def test_solver_time_limit_is_reported_not_mistaken_for_infeasible() -> None:
     else:
         assert result.solver_status == "optimal" or result.solver_status.startswith("stopped")
         assert result.total_bytes <= result.budget_bytes
+
+
+def test_predicted_latency_ignores_embeddings() -> None:
+    """Embeddings are gathers, not matmuls: they add nothing to the decode-time model."""
+    groups, scores = _layered()
+    result = plan(_request(groups=groups, scores=scores, budget=Budget(fraction_of_16bit=0.5)))
+    mm = [a for a in result.assignments if a.kind is not GroupKind.EMBEDDING]
+    expect = sum(a.num_params * SM90.relative_cost(a.format) for a in mm) / sum(
+        a.num_params for a in mm
+    )
+    assert result.predicted_relative_latency == pytest.approx(expect)

@@ -42,6 +42,7 @@ from samp_core.formats import ExportFormat, Format
 from samp_core.groups import GroupKind, LayerGroup
 from samp_core.hardware import (
     HardwareProfile,
+    checkpoint_bytes,
     effective_group_size,
     export_format_of,
     requires_group_divisibility,
@@ -656,6 +657,16 @@ def plan(request: PlanRequest) -> PlanResult:
         group_size=req.group_size,
         assignments=assignments,
         total_bytes=sol.bytes,
+        checkpoint_bytes=sum(
+            checkpoint_bytes(
+                go.options[c].fmt,
+                go.group.in_features,
+                go.group.out_features,
+                req.group_size,
+                num_tensors=go.group.num_modules,
+            )
+            for go, c in zip(fg, sol.choice, strict=True)
+        ),
         bytes_16bit=bytes_16,
         num_params=num_params,
         effective_bits=_fmt_bits(sol.bytes, num_params),

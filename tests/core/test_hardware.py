@@ -12,6 +12,7 @@ from samp_core.hardware import (
     MeasuredCosts,
     activation_type,
     bytes_per_weight,
+    checkpoint_bytes,
     export_format_of,
     get_profile,
     weight_bytes,
@@ -139,3 +140,24 @@ def test_activation_type_depends_on_target_only_for_w4a8() -> None:
     assert activation_type(Format.INT4_W4A8, "sm90") == "fp8"
     assert activation_type(Format.FP8_W8A8, "sm89") == "fp8"
     assert activation_type(Format.INT4_W4A16, "sm90") == "16-bit"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "memory", "disk"),
+    [
+        (Format.INT4_W4A16, 101392, 101392),
+        (Format.INT4_W4A8, 101392, 199680),  # stored as int8 containers by ct 0.17
+        (Format.FP8_W8A8, 197376, 197376),
+        (Format.INT8_W8A8, 197376, 197376),
+        (Format.NVFP4, 110600, 110600),
+        (Format.NF4, 110736, 110736),  # bitsandbytes 0.50 quantize_4bit, blocksize 64
+    ],
+)
+def test_byte_model_matches_compressed_tensors_017_export(
+    fmt: Format, memory: int, disk: int
+) -> None:
+    """Figures read from a 512x384 bf16 Linear exported with each compressed-tensors 0.17
+    preset (W4A16, W4A8, FP8_DYNAMIC, W8A8, NVFP4; group 128), summing every tensor the
+    compressor kept; NF4 from bitsandbytes 0.50 with its packed quant state."""
+    assert weight_bytes(fmt, 512, 384, 128) == memory
+    assert checkpoint_bytes(fmt, 512, 384, 128) == disk

@@ -131,6 +131,40 @@ class CanaryStatus(ApiModel):
     failures: int = Field(default=0, ge=0, description="Failed measurements so far.")
     inconclusives: int = Field(default=0, ge=0, description="Inconclusive measurements so far.")
     consecutive_errors: int = Field(default=0, ge=0, description="Consecutive errors now.")
+    started_at: str | None = Field(
+        default=None,
+        description="When the canary began; the progress deadline counts from here "
+        "(time spent paused excluded).",
+        json_schema_extra={"format": "date-time"},
+    )
+    last_analysis_at: str | None = Field(
+        default=None,
+        description="End of the last analysis window.",
+        json_schema_extra={"format": "date-time"},
+    )
+    last_verdict: Literal["Successful", "Failed", "Inconclusive", "Error"] | None = Field(
+        default=None, description="Verdict of the last analysis (the worst of its gates)."
+    )
+    step_successes: int = Field(
+        default=0, ge=0, description="Successful analyses at the current step."
+    )
+    analyses: int = Field(default=0, ge=0, description="Analyses taken in this canary.")
+    paused_at: str | None = Field(
+        default=None,
+        description="When the canary was paused (samp.dev/pause annotation); unset when running.",
+        json_schema_extra={"format": "date-time"},
+    )
+    stable_p99_seconds: float | None = Field(
+        default=None,
+        description="Stable P99 from the last window in which the stable had minRequests; "
+        "ratio gates fall back to it when the stable gets too little traffic (at weight 100).",
+    )
+    stable_ttft_p99_seconds: float | None = Field(
+        default=None, description="Stable TTFT P99 from that same window."
+    )
+    stable_requests: float | None = Field(
+        default=None, ge=0, description="Stable requests in that window."
+    )
 
 
 class Attempt(ApiModel):

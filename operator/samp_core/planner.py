@@ -465,7 +465,7 @@ def _solve(
         if res.x is None:
             if res.status == 1:  # time limit before any feasible point: not "infeasible"
                 raise PlanError(
-                    f"the solver found no plan within {time_limit:.0f}s; raise time_limit_s"
+                    f"the solver found no plan within {time_limit:g}s; raise time_limit_s"
                 )
             return None, "infeasible"
         status = "optimal" if res.status == 0 else f"stopped: {res.message}"
@@ -485,7 +485,10 @@ def _solve(
     else:
         return None
 
-    if tie_break:
+    # Exact ties (typically a score of 0 next to 16-bit's 0) are the only case the
+    # second solve can change, and it costs as much as the first: skip it otherwise.
+    has_ties = any(len({o.loss for o in groups[i].options}) < len(groups[i].options) for i in free)
+    if tie_break and has_ties:
         best = float(obj @ x)
         tol = 1e-9 * max(1.0, abs(best))
         x2, _ = run([LinearConstraint(obj[None, :], -np.inf, best + tol)], dvec, byte_rhs)

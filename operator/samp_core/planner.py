@@ -10,7 +10,7 @@ the integer problem.
 
 Exactness details that matter at 70B scale (byte counts ~1e8 per group):
 - the byte row is rewritten relative to each group's cheapest option and divided
-  by the gcd of all deltas, so it has small integer coefficients and an integer
+  by the gcd of all deltas, so it has integer coefficients and an integer
   right-hand side; the solution is then re-checked in exact integer arithmetic
   and the row tightened if HiGHS's feasibility tolerance let a byte slip through;
 - infeasibility is decided in exact arithmetic before any solver runs, so the
@@ -18,7 +18,11 @@ Exactness details that matter at 70B scale (byte counts ~1e8 per group):
 - losses are normalised by their largest value, so "exact" means within HiGHS's
   absolute gap of 1e-6 of the largest single-group score;
 - among loss-optimal plans a second solve picks the smallest one, so free
-  compression (a group whose score is 0) is taken.
+  compression (a group whose score is 0) is taken; it runs only when some group
+  has tied options, since otherwise it cannot change the answer.
+
+The trade-off curve is a sweep of exact solves, not the full Pareto frontier (see
+``_curve``). Planning 70B (322 groups) takes ~2-4 s, 405B (506 groups) ~8 s.
 
 NF4 (bitsandbytes) cannot share a checkpoint with compressed-tensors schemes in
 vLLM, so formats are planned per export family and the better family wins.

@@ -1,0 +1,228 @@
+"""Offline accuracy of the quantized model against the unquantized one.
+
+Compared on prompts the calibration never saw: the held-out production prompts
+(perplexity, mean next-token KL(base ‖ quant), top-1 agreement) and, when an
+eval set with expected answers is given, greedy answers (task exact match,
+JSON validity, answer flips). The quantized checkpoint is loaded the way a
+user would load it with transformers (compressed-tensors decompresses weights
+and still quantizes activations dynamically; bitsandbytes runs its NF4 kernels),
+so the figures describe the artifact, not our fake-quant.
+
+Definitions: an *answer flip* is a task prompt whose correctness differs
+between base and quantized (either direction); JSON validity counts answers
+that parse as JSON, over prompts of kind ``json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from samp_core.results import EvaluationResult
+from samp_jobs.calibration import encode
+
+
+class EvalDataError(ValueError):
+    """The eval set cannot be used; the message names file and line."""
+
+
+@dataclass(frozen=True)
+class TaskItem:
+    prompt: str  # rendered (chat template applied)
+    expected: str
+    kind: str  # exact | json
+
+
+def read_eval_set(path: Path, tokenizer: Any) -> tuple[list[TaskItem], list[str]]:
+    """(task items with expected answers, plain texts for perplexity) from a JSONL file."""
+    if not path.is_file():
+        raise EvalDataError(f"{path}: eval set not found")
+    tasks: list[TaskItem] = []
+    texts: list[str] = []
+    for i, line in enumerate(path.open(encoding="utf-8"), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{i}"
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise EvalDataError(f"{where}: not valid JSON ({e.msg})") from None
+        if not isinstance(rec, dict):
+            raise EvalDataError(f"{where}: expected a JSON object")
+        if "messages" in rec:
+            prompt = str(
+                tokenizer.apply_chat_template(
+                    rec["messages"], tokenize=False, add_generation_prompt=True
+                )
+            )
+        elif isinstance(rec.get("text"), str):
+            prompt = rec["text"]
+        else:
+            raise EvalDataError(f"{where}: needs 'messages' or 'text'")
+        if "expected" in rec:
+            kind = str(rec.get("kind", "exact"))
+            if kind not in ("exact", "json"):
+                raise EvalDataError(f"{where}: kind must be exact or json, not {kind!r}")
+            tasks.append(TaskItem(prompt, str(rec["expected"]), kind))
+        else:
+            texts.append(prompt)
+    return tasks, texts
+
+
+def _norm(s: str) -> str:
+    return " ".join(s.strip().split()).lower()
+
+
+def is_correct(answer: str, item: TaskItem) -> bool:
+    if item.kind == "json":
+        try:
+            return bool(json.loads(answer) == json.loads(item.expected))
+        except json.JSONDecodeError:
+            return False
+    return _norm(answer) == _norm(item.expected)
+
+
+def is_json(answer: str) -> bool:
+    try:
+        json.loads(answer)
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
+@dataclass
+class TokenStats:
+    nll_base: float = 0.0
+    nll_quant: float = 0.0
+    kl: float = 0.0
+    agree: int = 0
+    tokens: int = 0
+
+
+@torch.no_grad()
+def compare_texts(
+    base: nn.Module,
+    quant: nn.Module,
+    tokenizer: Any,
+    texts: list[str],
+    *,
+    max_len: int,
+    device: torch.device,
+    progress: bool = True,
+) -> TokenStats:
+    """Teacher-forced comparison of next-token distributions on held-out texts."""
+    st = TokenStats()
+    for text in tqdm(texts, desc="eval texts", disable=not progress, leave=False):
+        ids = torch.tensor([encode(tokenizer, text)[:max_len]], device=device)
+        if ids.shape[1] < 2:
+            continue
+        lb = torch.log_softmax(base(input_ids=ids).logits[0, :-1].float(), -1)
+        lq = torch.log_softmax(quant(input_ids=ids).logits[0, :-1].float(), -1)
+        tgt = ids[0, 1:]
+        st.nll_base -= float(lb.gather(-1, tgt[:, None]).sum())
+        st.nll_quant -= float(lq.gather(-1, tgt[:, None]).sum())
+        st.kl += float((lb.exp() * (lb - lq)).sum())
+        st.agree += int((lb.argmax(-1) == lq.argmax(-1)).sum())
+        st.tokens += int(tgt.numel())
+    return st
+
+
+@torch.no_grad()
+def greedy(
+    model: nn.Module, tokenizer: Any, prompt: str, max_new: int, device: torch.device
+) -> str:
+    ids = torch.tensor([encode(tokenizer, prompt)], device=device)
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=max_new,
+        do_sample=False,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+    )
+    return str(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)).strip()
+
+
+def load_quantized(
+    path: Path, trust_remote_code: bool = False, dtype: torch.dtype | None = None
+) -> nn.Module:
+    """Load the exported artifact with transformers (compressed-tensors or bitsandbytes).
+
+    ``dtype`` (e.g. float32 on the CPU) applies to compressed-tensors checkpoints,
+    which decompress into it; bitsandbytes models keep their own compute dtype.
+    """
+    from transformers import AutoModelForCausalLM
+
+    if not (path / "config.json").is_file():
+        raise EvalDataError(f"{path}: no exported checkpoint (run `samp export` first)")
+    cfg = json.loads((path / "config.json").read_text())
+    qmethod = (cfg.get("quantization_config") or {}).get("quant_method")
+    kwargs: dict[str, Any] = {"dtype": dtype or "auto", "trust_remote_code": trust_remote_code}
+    if qmethod == "bitsandbytes":
+        kwargs["device_map"] = "cpu"
+        kwargs["dtype"] = torch.bfloat16
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    model.eval()
+    return model
+
+
+def evaluate(
+    base: nn.Module,
+    quant: nn.Module,
+    tokenizer: Any,
+    *,
+    texts: list[str],
+    tasks: list[TaskItem],
+    max_len: int = 512,
+    max_new_tokens: int = 32,
+    device: torch.device | None = None,
+    progress: bool = True,
+) -> EvaluationResult:
+    dev = device or torch.device("cpu")
+    if not texts and not tasks:
+        raise EvalDataError("nothing to evaluate: no held-out prompts and no eval set")
+    st = compare_texts(
+        base,
+        quant,
+        tokenizer,
+        texts + [t.prompt for t in tasks],
+        max_len=max_len,
+        device=dev,
+        progress=progress,
+    )
+    if st.tokens == 0:
+        raise EvalDataError("held-out prompts contain no tokens to score")
+    em_b = em_q = js_b = js_q = 0
+    flips = 0
+    n_json = sum(1 for t in tasks if t.kind == "json")
+    for t in tqdm(tasks, desc="eval tasks", disable=not progress, leave=False):
+        ab = greedy(base, tokenizer, t.prompt, max_new_tokens, dev)
+        aq = greedy(quant, tokenizer, t.prompt, max_new_tokens, dev)
+        cb, cq = is_correct(ab, t), is_correct(aq, t)
+        em_b += cb
+        em_q += cq
+        flips += cb != cq
+        if t.kind == "json":
+            js_b += is_json(ab)
+            js_q += is_json(aq)
+    n = len(tasks)
+    return EvaluationResult(
+        num_prompts=len(texts) + n,
+        num_tokens=st.tokens,
+        perplexity_base=math.exp(st.nll_base / st.tokens),
+        perplexity_quant=math.exp(st.nll_quant / st.tokens),
+        mean_kl=max(0.0, st.kl / st.tokens),
+        top1_agreement=st.agree / st.tokens,
+        answer_flips=flips,
+        task_exact_match_base=em_b / n if n else None,
+        task_exact_match_quant=em_q / n if n else None,
+        json_validity_base=js_b / n_json if n_json else None,
+        json_validity_quant=js_q / n_json if n_json else None,
+    )

@@ -167,6 +167,38 @@ class CanaryStatus(ApiModel):
     )
 
 
+class StageStatus(ApiModel):
+    """One quantization stage (one Job) of the current generation."""
+
+    stage: str = Field(
+        max_length=32,
+        description="calibrate, sensitivity, plan, export or evaluate.",
+        json_schema_extra={"enum": ["calibrate", "sensitivity", "plan", "export", "evaluate"]},
+    )
+    state: Literal["Pending", "Running", "Succeeded", "Failed", "Reused"] = Field(
+        description="Pending, Running, Succeeded, Failed, or Reused (inputs unchanged since an "
+        "earlier generation: its artifact is used without rerunning)."
+    )
+    inputs_hash: str = Field(
+        default="", max_length=128, description="Hash of everything that determines its output."
+    )
+    job: str | None = Field(default=None, max_length=63, description="Name of its Job.")
+    generation: int | None = Field(
+        default=None, ge=0, description="Spec generation whose Job produced the result."
+    )
+    started_at: str | None = Field(
+        default=None, description="When its Job started.", json_schema_extra={"format": "date-time"}
+    )
+    finished_at: str | None = Field(
+        default=None, description="When it ended.", json_schema_extra={"format": "date-time"}
+    )
+    pod_failures: int = Field(default=0, ge=0, description="Failed pods (retries) so far.")
+    output_uri: str | None = Field(
+        default=None, max_length=2048, description="Where the stage wrote its result documents."
+    )
+    message: str = Field(default="", max_length=1024, description="Result or failure, in brief.")
+
+
 class Attempt(ApiModel):
     """One quantize-evaluate-canary attempt (re-plans add attempts)."""
 
@@ -218,3 +250,10 @@ class QuantizedModelStatus(ApiModel):
         description="Bounded history of attempts, newest last.",
     )
     message: str = Field(default="", max_length=4096, description="Latest human summary.")
+    stages: list[StageStatus] = Field(
+        default_factory=list,
+        max_length=8,
+        description="The quantization stages of the current generation, in order.",
+        json_schema_extra={"x-kubernetes-list-type": "map",
+                           "x-kubernetes-list-map-keys": ["stage"]},
+    )

@@ -1,0 +1,566 @@
+"""The quantization state machine: observation in, decision out. No I/O.
+
+``reconcile(body, jobs, config_maps, now, settings)`` takes the QuantizedModel as the API
+server returned it, the stage Jobs (and their ConfigMaps) that exist for it, and returns a
+:class:`Decision`: the complete new ``status``, the children to create and to delete, the
+Events to post, and when to look again. The Kopf handlers (samp_operator.handlers) only
+gather the observation and hand the decision to the adapters; every transition is tested
+here without a cluster (tests/core/test_reconcile.py).
+
+Phases: Pending → Calibrating → Scoring → Planning → Exporting → Evaluating → Evaluated,
+or Failed (a stage Job failed after its retries, or the spec is invalid), or Suspended.
+
+The machine is level-triggered and idempotent: it derives everything from the spec, the
+observed Jobs and ``status.stages`` (the memory of finished stages, whose Jobs may be gone
+after their TTL). Calling it twice with the same observation yields the same decision, and
+Events are emitted only for transitions (a stage record that changed), so a reconcile
+repeated after a conflict or a restart does not duplicate Jobs or Events.
+
+Per stage, in order:
+
+1. Its inputs hash (children.stage_hashes) chains the previous stage's hash with the spec
+   fields the stage reads. A ``status.stages`` record with the same hash that Succeeded
+   (in any generation) is reused: the stage is skipped ("Reused"), its artifact kept.
+2. Otherwise a Job labelled with that stage and hash is adopted if it exists (also one
+   created for an earlier generation, when only unrelated fields changed): Running waits
+   for the next Job event; Succeeded reads the result summary the pod left in its
+   termination message into status; Failed fails the QuantizedModel with the reason.
+3. Otherwise its ConfigMap and Job are created, named ``<name>-g<generation>-<stage>``.
+
+Every other Job or ConfigMap of the QuantizedModel (another hash: an obsolete spec) is
+deleted. A spec change mid-stage therefore deletes the obsolete running Job and restarts
+from the first stage whose inputs changed.
+
+Rollout seam (the [rollout] issue): once every stage is done the decision has
+``quantized=True`` and phase Evaluated with condition Evaluated=True. The handler then
+passes the decision to ``samp_core.canary.decide`` when that module exists (see
+samp_operator.handlers.canary_hook), which may replace the phase, conditions and children
+with the canary's. While the canary owns the phase (CanaryProgressing, Paused, Promoted,
+RolledBack) this machine leaves phase, Ready and the canary conditions untouched unless a
+spec change makes a stage rerun.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from samp_core.api import QuantizedModel
+from samp_core.children import (
+    STAGE_PHASE,
+    STAGES,
+    JobSettings,
+    child_name,
+    config_map_manifest,
+    job_manifest,
+    stage_hashes,
+    stage_output_uri,
+)
+from samp_core.results import Stage
+from samp_core.status import (
+    AccuracySummary,
+    Condition,
+    ConditionType,
+    Phase,
+    PlanSummary,
+    QuantizedModelStatus,
+    StageStatus,
+)
+from samp_core.validation import validate_manifest
+
+# A Job that completed but whose pod's termination message is not visible yet (the pod
+# watch can lag the Job watch) is looked at again after RESULT_RETRY_SECONDS, for at most
+# RESULT_GRACE_SECONDS; then the stage fails with ResultMissing.
+RESULT_RETRY_SECONDS = 5.0
+RESULT_GRACE_SECONDS = 60.0
+MESSAGE_MAX = 900
+
+CANARY_PHASES = frozenset({Phase.CANARY, Phase.PAUSED, Phase.PROMOTED, Phase.ROLLED_BACK})
+_RESULT_KIND = {
+    Stage.CALIBRATE: "CalibrationResult",
+    Stage.SENSITIVITY: "SensitivityResult",
+    Stage.PLAN: "PlanResult",
+    Stage.EXPORT: "ExportResult",
+    Stage.EVALUATE: "EvaluationResult",
+}
+_CONDITION_OF: dict[Stage, ConditionType] = {
+    Stage.CALIBRATE: ConditionType.CALIBRATED,
+    Stage.SENSITIVITY: ConditionType.QUANTIZED,
+    Stage.PLAN: ConditionType.QUANTIZED,
+    Stage.EXPORT: ConditionType.QUANTIZED,
+    Stage.EVALUATE: ConditionType.EVALUATED,
+}
+
+JobState = Literal["Running", "Succeeded", "Failed"]
+
+
+@dataclass(frozen=True)
+class ObservedJob:
+    """A stage Job as the adapter saw it, with what its pods left behind."""
+
+    name: str
+    stage: str
+    inputs_hash: str
+    generation: int
+    state: JobState
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    failed_pods: int = 0
+    reason: str = ""  # Job failure reason (BackoffLimitExceeded, DeadlineExceeded, ...)
+    message: str = ""  # Job failure message, or the last failed pod's termination message
+    result: str | None = None  # termination message of the succeeded pod (result summary)
+    deleting: bool = False
+
+
+@dataclass(frozen=True)
+class Event:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ChildRef:
+    kind: Literal["Job", "ConfigMap"]
+    name: str
+
+
+@dataclass
+class Decision:
+    status: QuantizedModelStatus
+    create: list[dict[str, Any]] = field(default_factory=list)
+    delete: list[ChildRef] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    requeue_after: float | None = None
+    quantized: bool = False  # every stage done: the canary may take over
+    stage_durations: list[tuple[str, float]] = field(default_factory=list)
+    job_failures: list[tuple[str, str]] = field(default_factory=list)  # (stage, reason)
+    resource: QuantizedModel | None = None  # the parsed object, None when the spec is invalid
+
+
+def _ts(t: datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _clip(text: str, limit: int = MESSAGE_MAX) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def parse_status(raw: Any) -> QuantizedModelStatus:
+    """The stored status, or a fresh one when absent or unreadable (never raises)."""
+    if not isinstance(raw, Mapping):
+        return QuantizedModelStatus()
+    try:
+        return QuantizedModelStatus.model_validate(dict(raw))
+    except ValidationError:
+        known = {k: v for k, v in raw.items() if k in ("conditions", "stages", "history")}
+        try:
+            return QuantizedModelStatus.model_validate(known)
+        except ValidationError:
+            return QuantizedModelStatus()
+
+
+def set_condition(  # noqa: PLR0917 (mirrors the Condition fields)
+    conditions: list[Condition],
+    ctype: str,
+    status: Literal["True", "False", "Unknown"],
+    reason: str,
+    message: str,
+    generation: int,
+    now: datetime,
+) -> None:
+    """Upsert a condition; lastTransitionTime moves only when status changes."""
+    for i, cond in enumerate(conditions):
+        if cond.type == ctype:
+            moved = cond.status != status
+            conditions[i] = Condition(
+                type=ctype, status=status, reason=reason, message=_clip(message),
+                observed_generation=generation,
+                last_transition_time=_ts(now) if moved else cond.last_transition_time,
+            )
+            return
+    conditions.append(Condition(
+        type=ctype, status=status, reason=reason, message=_clip(message),
+        observed_generation=generation, last_transition_time=_ts(now),
+    ))
+
+
+def condition(status: QuantizedModelStatus, ctype: str) -> Condition | None:
+    return next((c for c in status.conditions if c.type == ctype), None)
+
+
+# ------------------------------------------------------------------ results into status
+
+
+class ResultError(ValueError):
+    """A termination message that is not the expected result summary."""
+
+
+def parse_summary(stage: Stage, message: str) -> dict[str, Any]:
+    """The result summary a stage's pod wrote (results.ResultBase.summary_json)."""
+    try:
+        data = json.loads(message)
+    except ValueError as err:
+        raise ResultError(f"termination message is not JSON: {_clip(message, 200)!r}") from err
+    if not isinstance(data, dict):
+        raise ResultError("termination message is not a JSON object")
+    kind = data.get("kind")
+    if kind != _RESULT_KIND[stage]:
+        raise ResultError(f"expected a {_RESULT_KIND[stage]} summary, got kind={kind!r}")
+    return data
+
+
+def _num(data: Mapping[str, Any], key: str) -> float | None:
+    value = data.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def plan_summary(data: Mapping[str, Any]) -> PlanSummary:
+    b16 = int(_num(data, "bytes16Bit") or 0)
+    total = int(_num(data, "totalBytes") or 0)
+    fraction = _num(data, "fractionOf16Bit")
+    if fraction is None:
+        fraction = total / b16 if b16 else 1.0
+    by_format = data.get("byFormat") or {}
+    return PlanSummary(
+        profile=str(data.get("profile", "")),
+        bytes16_bit=b16,
+        bytes_quantized=total,
+        effective_bits=round(_num(data, "effectiveBits") or 0.0, 3),
+        memory_saved_percent=round(100.0 * (1.0 - fraction), 2),
+        predicted_loss=_num(data, "predictedLoss") or 0.0,
+        groups_per_format={str(k): int(v) for k, v in by_format.items()
+                           if isinstance(v, int)},
+    )
+
+
+def accuracy_summary(data: Mapping[str, Any]) -> AccuracySummary:
+    base = _num(data, "perplexityBase")
+    quant = _num(data, "perplexityQuant")
+    increase = round(100.0 * (quant / base - 1.0), 4) if base and quant else None
+    return AccuracySummary(
+        perplexity_base=base,
+        perplexity_quantized=quant,
+        perplexity_increase_percent=increase,
+        mean_kl=_num(data, "meanKl") if "meanKl" in data else _num(data, "meanKL"),
+        top1_agreement=_num(data, "top1Agreement"),
+        exact_match_recovery_percent=_num(data, "taskRecoveryPct"),
+        json_validity_recovery_percent=_num(data, "jsonRecoveryPct"),
+    )
+
+
+def _describe(stage: Stage, data: Mapping[str, Any]) -> str:
+    if stage == Stage.CALIBRATE:
+        return f"{data.get('numSamples')} prompts, {data.get('numTokens')} tokens"
+    if stage == Stage.SENSITIVITY:
+        return f"{data.get('numGroups')} groups scored by {data.get('method')}"
+    if stage == Stage.PLAN:
+        return (f"{data.get('effectiveBits')} effective bits, "
+                f"{data.get('fractionOf16Bit')} of 16-bit, formats {data.get('byFormat')}")
+    if stage == Stage.EXPORT:
+        return f"checkpoint at {data.get('artifactUri')}"
+    ppl_b, ppl_q = _num(data, "perplexityBase"), _num(data, "perplexityQuant")
+    return f"perplexity {ppl_b} -> {ppl_q}, top-1 agreement {data.get('top1Agreement')}"
+
+
+# --------------------------------------------------------------------------- reconcile
+
+
+def _invalid(  # noqa: PLR0917
+    body: Mapping[str, Any], old: QuantizedModelStatus, problems: Sequence[Any],
+    jobs: Sequence[ObservedJob], config_maps: Sequence[str], now: datetime,
+) -> Decision:
+    generation = int((body.get("metadata") or {}).get("generation") or 1)
+    message = "; ".join(str(p) for p in problems) or "the spec could not be read"
+    status = old.model_copy(deep=True)
+    prior = condition(old, ConditionType.READY)
+    status.phase = Phase.FAILED
+    status.observed_generation = generation
+    status.message = _clip(f"invalid spec: {message}", 4000)
+    set_condition(status.conditions, ConditionType.READY, "False", "InvalidSpec", message,
+                  generation, now)
+    decision = Decision(status=status)
+    if not (prior and prior.reason == "InvalidSpec" and prior.observed_generation == generation
+            and prior.message == _clip(message)):
+        decision.events.append(Event("Warning", "InvalidSpec", _clip(message)))
+    # Nothing of an earlier spec is wanted any more.
+    decision.delete = [ChildRef("Job", j.name) for j in jobs if not j.deleting]
+    decision.delete += [ChildRef("ConfigMap", n) for n in config_maps]
+    return decision
+
+
+def reconcile(
+    body: Mapping[str, Any],
+    jobs: Sequence[ObservedJob],
+    config_maps: Sequence[str],
+    now: datetime,
+    settings: JobSettings,
+) -> Decision:
+    """Decide what to do for one QuantizedModel. Pure; see the module docstring."""
+    metadata = body.get("metadata") or {}
+    uid = str(metadata.get("uid", ""))
+    old = parse_status(body.get("status"))
+    manifest = {k: body.get(k) for k in ("apiVersion", "kind", "metadata", "spec")}
+    resource, problems = validate_manifest(manifest)
+    if resource is None:
+        return _invalid(body, old, problems, jobs, config_maps, now)
+
+    gen = resource.generation
+    attempt = old.attempt
+    hashes = stage_hashes(resource, attempt)
+    records = {r.stage: r for r in old.stages}
+    status = old.model_copy(deep=True)
+    status.observed_generation = gen
+    status.inputs_hash = hashes[Stage.EVALUATE]
+    decision = Decision(status=status, resource=resource)
+
+    keep: set[str] = set()  # Job (and ConfigMap) names still wanted
+    for seen in jobs:
+        # A Job of the current hash for its stage is wanted, except a failed one from an
+        # earlier generation: the new generation retries that stage.
+        if (seen.stage in {s.value for s in STAGES}
+                and hashes[Stage(seen.stage)] == seen.inputs_hash and not seen.deleting
+                and not (seen.state == "Failed" and seen.generation != gen)):
+            keep.add(seen.name)
+
+    new_records: list[StageStatus] = []
+    active: Stage | None = None  # the stage being worked on, if not all are done
+    failed: tuple[Stage, str, str] | None = None  # (stage, reason, message)
+    suspended = resource.spec.suspend
+
+    for stage in STAGES:
+        h = hashes[stage]
+        rec = records.get(stage.value)
+        out_uri = stage_output_uri(resource, stage, hashes)
+        if rec is not None and rec.inputs_hash == h and rec.state in ("Succeeded", "Reused"):
+            if rec.state == "Succeeded" and rec.generation is not None and rec.generation < gen:
+                rec = rec.model_copy(update={"state": "Reused"})
+                decision.events.append(Event(
+                    "Normal", "StageReused",
+                    f"{stage.value}: inputs unchanged since generation {rec.generation}; "
+                    f"reusing {rec.output_uri}"))
+            new_records.append(rec)
+            continue
+        if rec is not None and rec.inputs_hash == h and rec.state == "Failed" \
+                and rec.generation == gen:
+            new_records.append(rec)
+            failed = (stage, "JobFailed", rec.message)
+            break
+        candidates = [j for j in jobs if j.name in keep and j.stage == stage.value]
+        job = max(candidates, key=lambda j: (j.generation, j.name), default=None)
+        if job is None:
+            if suspended:
+                active = stage
+                break
+            name = child_name(resource.name, gen, stage, attempt)
+            decision.create.append(
+                config_map_manifest(resource, uid, stage, hashes, name, attempt))
+            decision.create.append(job_manifest(resource, uid, stage, hashes, settings, attempt))
+            keep.add(name)
+            started = StageStatus(stage=stage.value, state="Running", inputs_hash=h, job=name,
+                                  generation=gen, started_at=_ts(now), output_uri=out_uri,
+                                  message="Job created")
+            new_records.append(started)
+            if not (rec and rec.job == name and rec.state == "Running"):
+                decision.events.append(Event("Normal", "StageStarted",
+                                             f"{stage.value}: created Job {name}"))
+            active = stage
+            break
+        base = StageStatus(
+            stage=stage.value, state="Running", inputs_hash=h, job=job.name,
+            generation=job.generation,
+            started_at=_ts(job.started_at) if job.started_at else
+            (rec.started_at if rec and rec.job == job.name else _ts(now)),
+            pod_failures=job.failed_pods, output_uri=out_uri,
+        )
+        prev_failures = rec.pod_failures if rec and rec.job == job.name else 0
+        if job.failed_pods > prev_failures:
+            decision.job_failures.extend([(stage.value, "PodFailed")] *
+                                         (job.failed_pods - prev_failures))
+            if job.state != "Failed":
+                decision.events.append(Event(
+                    "Warning", "JobRetrying",
+                    _clip(f"{stage.value}: pod {job.failed_pods} of Job {job.name} failed; "
+                          f"retrying ({job.message or 'no message'})")))
+        if job.state == "Running":
+            base.message = (f"running, {job.failed_pods} failed pod(s)" if job.failed_pods
+                            else "running")
+            if not (rec and rec.job == job.name and rec.state == "Running"):
+                decision.events.append(Event("Normal", "StageAdopted",
+                                             f"{stage.value}: adopted running Job {job.name}"))
+            new_records.append(base)
+            active = stage
+            break
+        if job.state == "Failed":
+            reason = job.reason or "Failed"
+            message = _clip(f"Job {job.name} failed ({reason}): {job.message or 'no message'}")
+            base.state = "Failed"
+            base.finished_at = _ts(job.finished_at or now)
+            base.message = message
+            new_records.append(base)
+            if not (rec and rec.job == job.name and rec.state == "Failed"):
+                decision.job_failures.append((stage.value, reason))
+                decision.events.append(Event("Warning", "StageFailed",
+                                             f"{stage.value}: {message}"))
+            failed = (stage, "JobFailed", message)
+            break
+        # Succeeded: read the result summary from the pod's termination message.
+        finished = job.finished_at or now
+        if not job.result:
+            waited = (now - finished).total_seconds()
+            if waited < RESULT_GRACE_SECONDS:
+                base.message = "completed; waiting for its result"
+                new_records.append(base)
+                decision.requeue_after = RESULT_RETRY_SECONDS
+                active = stage
+                break
+            base.state = "Failed"
+            base.finished_at = _ts(finished)
+            base.message = (f"Job {job.name} completed without a result summary in its "
+                            "termination message")
+            new_records.append(base)
+            if not (rec and rec.state == "Failed" and rec.job == job.name):
+                decision.events.append(Event("Warning", "ResultMissing", base.message))
+                decision.job_failures.append((stage.value, "ResultMissing"))
+            failed = (stage, "ResultMissing", base.message)
+            break
+        try:
+            data = parse_summary(stage, job.result)
+        except ResultError as err:
+            base.state = "Failed"
+            base.finished_at = _ts(finished)
+            base.message = _clip(f"Job {job.name}: {err}")
+            new_records.append(base)
+            if not (rec and rec.state == "Failed" and rec.job == job.name):
+                decision.events.append(Event("Warning", "ResultInvalid", base.message))
+                decision.job_failures.append((stage.value, "ResultInvalid"))
+            failed = (stage, "ResultInvalid", base.message)
+            break
+        base.state = "Succeeded"
+        base.finished_at = _ts(finished)
+        base.message = _clip(_describe(stage, data), 500)
+        if stage == Stage.EXPORT and isinstance(data.get("artifactUri"), str):
+            base.output_uri = data["artifactUri"]
+        new_records.append(base)
+        _apply_result(status, stage, data)
+        if not (rec and rec.job == job.name and rec.state == "Succeeded"):
+            decision.events.append(Event("Normal", "StageSucceeded",
+                                         f"{stage.value}: {base.message}"))
+            if job.started_at:
+                decision.stage_durations.append(
+                    (stage.value, max(0.0, (finished - job.started_at).total_seconds())))
+
+    status.stages = new_records
+    done = {r.stage for r in new_records if r.state in ("Succeeded", "Reused")}
+    _clear_stale_outputs(status, done)
+    for name in sorted({j.name for j in jobs if not j.deleting} - keep):
+        decision.delete.append(ChildRef("Job", name))
+    for name in sorted(set(config_maps) - keep):
+        decision.delete.append(ChildRef("ConfigMap", name))
+
+    _conditions(status, old, decision, resource, active, failed, suspended, now)
+    return decision
+
+
+def _apply_result(status: QuantizedModelStatus, stage: Stage, data: Mapping[str, Any]) -> None:
+    if stage == Stage.PLAN:
+        status.plan = plan_summary(data)
+    elif stage == Stage.EXPORT:
+        uri = data.get("artifactUri")
+        status.artifact_uri = uri if isinstance(uri, str) else None
+    elif stage == Stage.EVALUATE:
+        status.accuracy = accuracy_summary(data)
+
+
+def _clear_stale_outputs(status: QuantizedModelStatus, done: set[str]) -> None:
+    """Figures of a stage that must rerun describe an obsolete spec: drop them."""
+    if Stage.PLAN.value not in done:
+        status.plan = None
+    if Stage.EXPORT.value not in done:
+        status.artifact_uri = None
+    if Stage.EVALUATE.value not in done:
+        status.accuracy = None
+
+
+def _conditions(  # noqa: PLR0917
+    status: QuantizedModelStatus,
+    old: QuantizedModelStatus,
+    decision: Decision,
+    resource: QuantizedModel,
+    active: Stage | None,
+    failed: tuple[Stage, str, str] | None,
+    suspended: bool,
+    now: datetime,
+) -> None:
+    gen = resource.generation
+    conds = status.conditions
+    done = {r.stage for r in status.stages if r.state in ("Succeeded", "Reused")}
+    quantize_stages = (Stage.SENSITIVITY, Stage.PLAN, Stage.EXPORT)
+
+    def stage_condition(ctype: ConditionType, stages: Sequence[Stage], true_reason: str,
+                        true_message: str) -> None:
+        if all(s.value in done for s in stages):
+            set_condition(conds, ctype, "True", true_reason, true_message, gen, now)
+        elif failed is not None and failed[0] in stages:
+            set_condition(conds, ctype, "False", failed[1], failed[2], gen, now)
+        elif active is not None and active in stages:
+            set_condition(conds, ctype, "Unknown", "InProgress",
+                          f"{active.value} is running", gen, now)
+        else:
+            set_condition(conds, ctype, "Unknown", "Pending", "waiting for earlier stages",
+                          gen, now)
+
+    stage_condition(ConditionType.CALIBRATED, (Stage.CALIBRATE,), "Calibrated",
+                    next((r.message for r in status.stages if r.stage == "calibrate"), ""))
+    stage_condition(ConditionType.QUANTIZED, quantize_stages, "Exported",
+                    f"checkpoint at {status.artifact_uri}")
+    acc = status.accuracy
+    stage_condition(ConditionType.EVALUATED, (Stage.EVALUATE,), "Evaluated",
+                    f"perplexity +{acc.perplexity_increase_percent}%" if acc else "evaluated")
+
+    all_done = all(s.value in done for s in STAGES)
+    canary_owns = old.phase in CANARY_PHASES and all_done
+    if failed is not None:
+        status.phase = Phase.FAILED
+        status.message = f"{failed[0].value} failed: {failed[2]}"
+        set_condition(conds, ConditionType.READY, "False", failed[1], status.message, gen, now)
+    elif suspended and not all_done:
+        status.phase = Phase.SUSPENDED
+        status.message = "suspended (spec.suspend): no new Jobs are created"
+        set_condition(conds, ConditionType.READY, "False", "Suspended", status.message, gen,
+                      now)
+        if old.phase != Phase.SUSPENDED:
+            decision.events.append(Event("Normal", "Suspended", status.message))
+    elif active is not None:
+        status.phase = STAGE_PHASE[active]
+        status.message = f"{active.value}: " + next(
+            (r.message for r in status.stages if r.stage == active.value), "")
+        set_condition(conds, ConditionType.READY, "False", status.phase.value,
+                      f"{active.value} stage in progress", gen, now)
+    elif canary_owns:
+        pass  # the canary machine owns phase and Ready from here
+    else:
+        decision.quantized = True
+        status.phase = Phase.EVALUATED
+        acc_text = (f"perplexity +{acc.perplexity_increase_percent}%"
+                    if acc and acc.perplexity_increase_percent is not None else "evaluated")
+        status.message = f"quantized and evaluated: {acc_text}; checkpoint at " \
+                         f"{status.artifact_uri}"
+        set_condition(conds, ConditionType.READY, "True", "Evaluated", status.message, gen, now)
+        if old.phase != Phase.EVALUATED or old.observed_generation != gen:
+            decision.events.append(Event("Normal", "Evaluated", _clip(status.message)))
+    if canary_owns:
+        decision.quantized = True
+    if (not all_done and old.phase in CANARY_PHASES):
+        # A spec change reran a stage under a canary: its conditions describe old figures.
+        status.conditions = [c for c in conds if c.type not in (
+            ConditionType.CANARY_PROGRESSING, ConditionType.PROMOTED,
+            ConditionType.ROLLED_BACK)]

@@ -1,0 +1,474 @@
+"""Every transition of the quantization state machine, without a cluster.
+
+A tiny in-memory "world" stands in for the API server: it applies a Decision (status,
+creates, deletes) and lets the test move Jobs to Running / Succeeded / Failed.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from samp_core.children import (
+    ANNOTATION_INPUTS_HASH,
+    LABEL_GENERATION,
+    LABEL_STAGE,
+    STAGES,
+    JobSettings,
+    child_name,
+    stage_hashes,
+)
+from samp_core.reconcile import (
+    RESULT_GRACE_SECONDS,
+    ObservedJob,
+    parse_status,
+    reconcile,
+)
+from samp_core.results import Stage
+from samp_core.status import Phase
+from samp_core.validation import validate_manifest
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+SETTINGS = JobSettings(default_image="samp-jobs:test")
+
+SUMMARIES: dict[str, dict[str, Any]] = {
+    "calibrate": {"kind": "CalibrationResult", "stage": "calibrate", "numSamples": 64,
+                  "numTokens": 8192},
+    "sensitivity": {"kind": "SensitivityResult", "stage": "sensitivity", "numGroups": 9,
+                    "method": "fisher"},
+    "plan": {"kind": "PlanResult", "stage": "plan", "profile": "sm90", "totalBytes": 400,
+             "bytes16Bit": 1000, "fractionOf16Bit": 0.4, "effectiveBits": 6.4,
+             "predictedLoss": 0.01, "byFormat": {"int4-w4a16": 6, "fp8-w8a8": 2, "bf16": 1}},
+    "export": {"kind": "ExportResult", "stage": "export",
+               "artifactUri": "pvc://artifacts/ns/m/export-x"},
+    "evaluate": {"kind": "EvaluationResult", "stage": "evaluate", "perplexityBase": 10.0,
+                 "perplexityQuant": 10.1, "meanKl": 0.01, "top1Agreement": 0.97},
+}
+
+
+def manifest(name: str = "llama", generation: int = 1, **spec_changes: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "model": {"source": "hf://meta-llama/Llama-3-8B@main",
+                  "secretRef": {"name": "hf-token"}},
+        "calibration": {"source": "pvc://prompts/prod.jsonl", "samples": 256},
+        "quantization": {"budget": {"fractionOf16Bit": 0.4}},
+        "hardware": {"target": "h100", "gpusPerJob": 2, "retries": 1},
+        "artifacts": {"uri": "pvc://artifacts/samp"},
+    }
+    for path, value in spec_changes.items():
+        node = spec
+        keys = path.split("__")
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+    return {
+        "apiVersion": "samp.dev/v1alpha1",
+        "kind": "QuantizedModel",
+        "metadata": {"name": name, "namespace": "ml", "generation": generation,
+                     "uid": "uid-1"},
+        "spec": spec,
+    }
+
+
+class World:
+    """Jobs and ConfigMaps as the API server would hold them."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.body = body
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.config_maps: set[str] = set()
+        self.events: list[tuple[str, str, str]] = []
+        self.created: list[str] = []
+        self.now = T0
+
+    def observed(self) -> list[ObservedJob]:
+        return [ObservedJob(**j["obs"]) for j in self.jobs.values()]
+
+    def step(self) -> Any:
+        d = reconcile(copy.deepcopy(self.body), self.observed(), sorted(self.config_maps),
+                      self.now, SETTINGS)
+        self.body["status"] = d.status.to_wire()
+        for obj in d.create:
+            name = obj["metadata"]["name"]
+            if obj["kind"] == "ConfigMap":
+                self.config_maps.add(name)
+                continue
+            assert name not in self.jobs, f"duplicate Job {name}"
+            labels = obj["metadata"]["labels"]
+            self.created.append(name)
+            self.jobs[name] = {"manifest": obj, "obs": {
+                "name": name, "stage": labels[LABEL_STAGE],
+                "inputs_hash": obj["metadata"]["annotations"][ANNOTATION_INPUTS_HASH],
+                "generation": int(labels[LABEL_GENERATION]), "state": "Running",
+                "started_at": self.now}}
+        for ref in d.delete:
+            if ref.kind == "Job":
+                self.jobs.pop(ref.name, None)
+            else:
+                self.config_maps.discard(ref.name)
+        self.events += [(e.type, e.reason, e.message) for e in d.events]
+        return d
+
+    def finish(self, stage: str, result: str | None = None, **obs: Any) -> None:
+        job = self.running(stage)
+        self.now += timedelta(seconds=30)
+        job["obs"].update(state="Succeeded", finished_at=self.now,
+                          result=json.dumps(SUMMARIES[stage]) if result is None else result,
+                          **obs)
+
+    def fail(self, stage: str, reason: str = "BackoffLimitExceeded", message: str = "OOM") -> None:
+        job = self.running(stage)
+        self.now += timedelta(seconds=30)
+        job["obs"].update(state="Failed", finished_at=self.now, reason=reason,
+                          message=message, failed_pods=2)
+
+    def running(self, stage: str) -> dict[str, Any]:
+        found = [j for j in self.jobs.values()
+                 if j["obs"]["stage"] == stage and j["obs"]["state"] == "Running"]
+        assert len(found) == 1, (stage, list(self.jobs))
+        return found[0]
+
+    @property
+    def status(self) -> Any:
+        return parse_status(self.body.get("status"))
+
+    def cond(self, ctype: str) -> Any:
+        return next(c for c in self.status.conditions if c.type == ctype)
+
+    def run_to_evaluated(self) -> None:
+        for stage in STAGES:
+            self.step()
+            self.finish(stage.value)
+        d = self.step()
+        assert d.quantized
+
+
+def test_first_reconcile_creates_calibration_configmap_and_job() -> None:
+    w = World(manifest())
+    d = w.step()
+    assert [o["kind"] for o in d.create] == ["ConfigMap", "Job"]
+    assert w.created == ["llama-g1-cal"]
+    assert w.status.phase == Phase.CALIBRATING
+    assert w.status.observed_generation == 1
+    ready = w.cond("Ready")
+    assert (ready.status, ready.reason, ready.observed_generation) == ("False", "Calibrating", 1)
+    assert ("Normal", "StageStarted", "calibrate: created Job llama-g1-cal") in w.events
+    assert d.requeue_after is None  # Job events wake us, not polling
+
+
+def test_reconcile_is_idempotent_no_duplicate_jobs_or_events() -> None:
+    w = World(manifest())
+    w.step()
+    events = list(w.events)
+    d = w.step()
+    assert d.create == [] and d.delete == [] and d.events == []
+    assert w.events == events
+
+
+def test_happy_path_walks_every_phase_to_evaluated() -> None:
+    w = World(manifest())
+    phases = []
+    for stage in STAGES:
+        w.step()
+        phases.append(w.status.phase)
+        w.finish(stage.value)
+    d = w.step()
+    phases.append(w.status.phase)
+    assert phases == [Phase.CALIBRATING, Phase.SCORING, Phase.PLANNING, Phase.EXPORTING,
+                      Phase.EVALUATING, Phase.EVALUATED]
+    assert d.quantized
+    st = w.status
+    assert st.plan is not None and st.plan.effective_bits == 6.4
+    assert st.plan.memory_saved_percent == 60.0 and st.plan.groups_per_format["bf16"] == 1
+    assert st.artifact_uri == "pvc://artifacts/ns/m/export-x"
+    assert st.accuracy is not None and st.accuracy.perplexity_increase_percent == 1.0
+    assert [c.status for c in st.conditions if c.type in
+            ("Calibrated", "Quantized", "Evaluated", "Ready")] == ["True"] * 4
+    assert [r.state for r in st.stages] == ["Succeeded"] * 5
+    assert w.created == [child_name("llama", 1, s) for s in STAGES]
+    assert [r for _, r, _ in w.events].count("StageSucceeded") == 5
+    assert w.events[-1][:2] == ("Normal", "Evaluated")
+    # Stage durations feed the metrics exactly once per stage.
+    assert len(d.stage_durations) == 1 and d.stage_durations[0][0] == "evaluate"
+    assert w.step().events == []
+
+
+def test_job_manifest_is_restricted_and_carries_the_spec() -> None:
+    w = World(manifest(**{"hardware__nodeSelector": {"pool": "h100"}}))
+    w.step()
+    w.finish("calibrate")
+    w.step()  # sensitivity: a GPU stage
+    job = w.running("sensitivity")["manifest"]
+    spec = job["spec"]
+    assert spec["backoffLimit"] == 1 and spec["activeDeadlineSeconds"] == 7200
+    assert spec["ttlSecondsAfterFinished"] == SETTINGS.ttl_seconds_after_finished
+    assert job["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    pod = spec["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert pod["nodeSelector"] == {"pool": "h100"}
+    assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert pod["restartPolicy"] == "Never" and pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    sc = c["securityContext"]
+    assert sc == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                  "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]},
+                  "seccompProfile": {"type": "RuntimeDefault"}}
+    assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert c["envFrom"] == [{"secretRef": {"name": "hf-token"}}]
+    assert "hf-token" not in json.dumps(c["env"])
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    assert mounts["/scratch"] and mounts["/etc/samp"]["readOnly"]
+    assert mounts["/mnt/pvc/artifacts"]["readOnly"] is False
+    assert mounts["/mnt/pvc/prompts"]["readOnly"] is True
+    assert c["image"] == "samp-jobs:test" and c["command"][:2] == ["samp", "sensitivity"]
+    # The calibration stage is CPU-only: no GPU request.
+    cal = w.jobs["llama-g1-cal"]["manifest"]["spec"]["template"]["spec"]["containers"][0]
+    assert "nvidia.com/gpu" not in json.dumps(cal["resources"])
+
+
+def test_configmap_holds_manifest_and_stage_locations() -> None:
+    body = manifest()
+    d = reconcile(body, [], [], T0, SETTINGS)
+    cm = d.create[0]
+    assert cm["immutable"] is True and cm["metadata"]["name"] == "llama-g1-cal"
+    doc = json.loads(cm["data"]["manifest.json"])
+    assert doc["spec"]["calibration"]["samples"] == 256 and "status" not in doc
+    stages = json.loads(cm["data"]["stages.json"])
+    assert stages["stages"]["plan"]["outputUri"].startswith("pvc://artifacts/samp/ml/llama/w-")
+
+
+def test_pod_failures_emit_retry_events_then_failed_job_fails_the_resource() -> None:
+    w = World(manifest())
+    w.step()
+    w.running("calibrate")["obs"].update(failed_pods=1, message="CUDA out of memory")
+    d = w.step()
+    assert ("Warning", "JobRetrying") in [e[:2] for e in w.events]
+    assert d.job_failures == [("calibrate", "PodFailed")]
+    assert w.status.phase == Phase.CALIBRATING
+    w.fail("calibrate", message="CUDA out of memory")
+    d = w.step()
+    st = w.status
+    assert st.phase == Phase.FAILED
+    ready = w.cond("Ready")
+    assert ready.status == "False" and ready.reason == "JobFailed"
+    assert "BackoffLimitExceeded" in ready.message and "CUDA out of memory" in ready.message
+    assert w.cond("Calibrated").status == "False"
+    assert any(e[1] == "StageFailed" and "CUDA out of memory" in e[2] for e in w.events)
+    assert ("calibrate", "BackoffLimitExceeded") in d.job_failures
+    # Failed is sticky for this generation: no new Job, no new Event.
+    n = len(w.events)
+    d = w.step()
+    assert d.create == [] and len(w.events) == n and w.status.phase == Phase.FAILED
+    # Even once the Job is gone (TTL), the record keeps it failed.
+    w.jobs.clear()
+    assert w.step().create == [] and w.status.phase == Phase.FAILED
+
+
+def test_new_generation_after_failure_retries_the_stage() -> None:
+    w = World(manifest())
+    w.step()
+    w.fail("calibrate")
+    w.step()
+    w.body["metadata"]["generation"] = 2
+    w.body["spec"]["hardware"]["retries"] = 3  # placement only: same inputs hash
+    d = w.step()
+    assert "llama-g2-cal" in w.created and w.status.phase == Phase.CALIBRATING
+    assert any(r.name == "llama-g1-cal" for r in d.delete)
+
+
+def test_spec_change_mid_stage_deletes_obsolete_job_and_restarts_there() -> None:
+    w = World(manifest())
+    w.step()
+    w.finish("calibrate")
+    w.step()  # sensitivity running (g1)
+    w.body["metadata"]["generation"] = 2
+    w.body["spec"]["calibration"]["samples"] = 512  # calibration input changed
+    d = w.step()
+    assert {r.name for r in d.delete if r.kind == "Job"} == {"llama-g1-cal", "llama-g1-sens"}
+    assert {r.name for r in d.delete if r.kind == "ConfigMap"} == {"llama-g1-cal",
+                                                                    "llama-g1-sens"}
+    assert w.created[-1] == "llama-g2-cal"
+    assert w.status.phase == Phase.CALIBRATING
+    assert [r.stage for r in w.status.stages] == ["calibrate"]
+
+
+def test_unrelated_spec_change_adopts_the_running_job() -> None:
+    w = World(manifest())
+    w.step()
+    w.finish("calibrate")
+    w.step()  # sensitivity running (g1)
+    w.body["metadata"]["generation"] = 2
+    w.body["spec"]["quantization"]["budget"] = {"fractionOf16Bit": 0.3}  # affects plan on
+    d = w.step()
+    assert d.create == [] and d.delete == []
+    assert w.status.phase == Phase.SCORING and w.status.observed_generation == 2
+    w.finish("sensitivity")
+    w.step()
+    assert w.created[-1] == "llama-g2-plan"
+
+
+def test_unchanged_inputs_reuse_artifacts_and_rerun_from_first_changed_stage() -> None:
+    w = World(manifest())
+    w.run_to_evaluated()
+    w.body["metadata"]["generation"] = 2
+    w.body["spec"]["quantization"]["budget"] = {"fractionOf16Bit": 0.3}
+    d = w.step()
+    st = w.status
+    assert [(r.stage, r.state) for r in st.stages] == [
+        ("calibrate", "Reused"), ("sensitivity", "Reused"), ("plan", "Running")]
+    assert w.created[-1] == "llama-g2-plan"
+    assert st.plan is None and st.accuracy is None and st.artifact_uri is None
+    assert st.phase == Phase.PLANNING
+    assert sum(1 for e in d.events if e.reason == "StageReused") == 2
+    # The old plan/export/evaluate Jobs describe another plan: deleted.
+    assert {"llama-g1-plan", "llama-g1-export", "llama-g1-eval"} <= {r.name for r in d.delete}
+    assert "llama-g1-cal" not in {r.name for r in d.delete}
+    for stage in ("plan", "export", "evaluate"):
+        w.finish(stage)
+        w.step()
+    assert w.status.phase == Phase.EVALUATED
+
+
+def test_serving_only_change_reruns_nothing() -> None:
+    w = World(manifest())
+    w.run_to_evaluated()
+    n = len(w.created)
+    w.body["metadata"]["generation"] = 2
+    w.body["spec"]["serving"] = {"replicas": 3}
+    d = w.step()
+    assert len(w.created) == n and d.quantized and w.status.phase == Phase.EVALUATED
+    assert w.cond("Ready").observed_generation == 2
+
+
+def test_restart_adopts_existing_job_even_without_status() -> None:
+    """An operator that crashed after creating the Job but before writing status."""
+    w = World(manifest())
+    w.step()
+    del w.body["status"]
+    d = w.step()
+    assert d.create == [] and w.status.phase == Phase.CALIBRATING
+    assert [e.reason for e in d.events] == ["StageAdopted"]
+
+
+def test_completed_job_without_result_waits_then_fails() -> None:
+    w = World(manifest())
+    w.step()
+    w.finish("calibrate", result="")
+    d = w.step()
+    assert d.requeue_after is not None and w.status.phase == Phase.CALIBRATING
+    w.now += timedelta(seconds=RESULT_GRACE_SECONDS + 1)
+    d = w.step()
+    assert w.status.phase == Phase.FAILED and w.cond("Ready").reason == "ResultMissing"
+
+
+def test_garbage_termination_message_is_reported() -> None:
+    w = World(manifest())
+    w.step()
+    w.finish("calibrate", result="Traceback (most recent call last): boom")
+    w.step()
+    assert w.status.phase == Phase.FAILED and w.cond("Ready").reason == "ResultInvalid"
+    assert "not JSON" in w.cond("Ready").message
+
+
+def test_wrong_kind_of_result_is_reported() -> None:
+    w = World(manifest())
+    w.step()
+    w.finish("calibrate", result=json.dumps(SUMMARIES["plan"]))
+    w.step()
+    assert w.cond("Ready").reason == "ResultInvalid" and "CalibrationResult" in \
+        w.cond("Ready").message
+
+
+def test_invalid_spec_is_reported_not_raised() -> None:
+    body = manifest(**{"quantization__overrides": [{"match": "([", "format": "bf16"}]})
+    w = World(body)
+    d = w.step()
+    assert d.create == [] and d.resource is None
+    assert w.status.phase == Phase.FAILED
+    ready = w.cond("Ready")
+    assert ready.reason == "InvalidSpec" and "spec.quantization.overrides[0].match" in \
+        ready.message
+    assert [e[:2] for e in w.events] == [("Warning", "InvalidSpec")]
+    w.step()
+    assert len(w.events) == 1  # reported once per generation
+
+
+def test_invalid_spec_after_valid_deletes_children() -> None:
+    w = World(manifest())
+    w.step()
+    w.body["metadata"]["generation"] = 2
+    w.body["spec"]["hardware"]["target"] = "tpu-v5"
+    d = w.step()
+    assert {r.name for r in d.delete} == {"llama-g1-cal"}
+    assert w.cond("Ready").reason == "InvalidSpec"
+
+
+def test_unreadable_status_is_replaced_not_fatal() -> None:
+    body = manifest()
+    body["status"] = {"phase": "Bogus", "stages": "x"}
+    d = reconcile(body, [], [], T0, SETTINGS)
+    assert d.status.phase == Phase.CALIBRATING
+
+
+def test_suspend_stops_new_jobs() -> None:
+    w = World(manifest(suspend=True))
+    d = w.step()
+    assert d.create == [] and w.status.phase == Phase.SUSPENDED
+    assert w.cond("Ready").reason == "Suspended"
+    w.body["spec"]["suspend"] = False
+    w.body["metadata"]["generation"] = 2
+    w.step()
+    assert w.status.phase == Phase.CALIBRATING
+
+
+def test_canary_phase_is_left_to_the_canary() -> None:
+    w = World(manifest())
+    w.run_to_evaluated()
+    w.body["status"]["phase"] = "CanaryProgressing"
+    d = w.step()
+    assert d.quantized and w.status.phase == Phase.CANARY
+    assert d.events == [] and d.create == []
+
+
+def test_stage_hash_chain() -> None:
+    res, _ = validate_manifest(manifest())
+    assert res is not None
+    a = stage_hashes(res)
+    res2, _ = validate_manifest(manifest(**{"gates__accuracy__evalSet": "pvc://p/eval.jsonl"}))
+    assert res2 is not None
+    b = stage_hashes(res2)
+    assert [a[s] == b[s] for s in STAGES] == [True, True, True, True, False]
+    res3, _ = validate_manifest(manifest(**{"hardware__target": "a100"}))
+    assert res3 is not None
+    c = stage_hashes(res3)
+    assert a[Stage.CALIBRATE] == c[Stage.CALIBRATE] and a[Stage.SENSITIVITY] != c[
+        Stage.SENSITIVITY]
+
+
+@pytest.mark.parametrize("name", ["a" * 40])
+def test_child_names_fit_in_63(name: str) -> None:
+    for stage in STAGES:
+        assert len(child_name(name, 10**12, stage)) <= 63
+
+
+def test_replan_attempt_reruns_plan_export_evaluate_under_new_names() -> None:
+    """The canary opens attempt 2 (phase Planning) after a failed gate."""
+    w = World(manifest())
+    w.run_to_evaluated()
+    w.body["status"]["phase"] = "Planning"
+    w.body["status"]["attempt"] = 2
+    d = w.step()
+    assert [(r.stage, r.state) for r in w.status.stages] == [
+        ("calibrate", "Succeeded"), ("sensitivity", "Succeeded"), ("plan", "Running")]
+    assert w.created[-1] == "llama-g1-a2-plan"
+    stages = json.loads(d.create[0]["data"]["stages.json"])
+    assert stages["attempt"] == 2
+    for stage in ("plan", "export", "evaluate"):
+        w.finish(stage)
+        w.step()
+    assert w.status.phase == Phase.EVALUATED and w.created[-1] == "llama-g1-a2-eval"

@@ -38,13 +38,15 @@ lint: install
 	$(BIN)/mypy operator/samp_core
 	$(BIN)/mypy operator/samp_operator jobs/samp_jobs
 	$(BIN)/lint-imports
-	$(BIN)/samp crds --check
+	$(BIN)/samp crds --check --out crds
+	$(BIN)/samp crds --check --out charts/samp-operator/crds
 
 test: lint
 	$(BIN)/python -m pytest tests
 
 crds: install
 	$(BIN)/samp crds --out crds
+	$(BIN)/samp crds --out charts/samp-operator/crds
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

@@ -166,11 +166,11 @@ ensure_modules() {
 
 # --- binaries --------------------------------------------------------------
 
-stamp_of() { # stamp_of <name> <moddir> <version>
-  echo "$1 $3 $GOVERSION go.sum:$(sha256sum "$GOMODS/$2/go.sum" | cut -c1-16)"
+stamp_of() { # stamp_of <name> <moddir> <version> <ldflags>
+  echo "$1 $3 $GOVERSION go.sum:$(sha256sum "$GOMODS/$2/go.sum" | cut -c1-16) ldflags:$(echo "$4" | sha256sum | cut -c1-16)"
 }
 
-is_current() { # is_current <name> <moddir> <version>
+is_current() { # is_current <name> <moddir> <version> <ldflags>
   [[ -x "$BIN_DIR/$1" && -f "$BIN_DIR/.$1.stamp" ]] && [[ "$(cat "$BIN_DIR/.$1.stamp")" == "$(stamp_of "$@")" ]]
 }
 
@@ -179,7 +179,7 @@ go_build() { # go_build <name> <moddir> <version> <package> <ldflags>
   local tmp="$BIN_DIR/.$name.tmp.$$"
   (cd "$GOMODS/$moddir" && "$GO" build -o "$tmp" -ldflags "-s -w $ldflags" "$pkg")
   mv -f "$tmp" "$BIN_DIR/$name"
-  stamp_of "$name" "$moddir" "$version" > "$BIN_DIR/.$name.stamp"
+  stamp_of "$name" "$moddir" "$version" "$ldflags" > "$BIN_DIR/.$name.stamp"
   # shellcheck disable=SC2086
   { "$BIN_DIR/$name" ${VERSION_ARGS[$name]} 2>&1 || true; } | head -n 3 | sed "s/^/    $name: /" || true
 }
@@ -200,16 +200,17 @@ k8s_ldflags() {
   local p f out=""
   for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     out+=" -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=$major -X $p.gitMinor=$minor"
-    out+=" -X $p.gitTreeState=clean -X $p.buildDate=$date"
+    # gitCommit: the module zip has no git metadata; empty beats "$Format:%H$".
+    out+=" -X $p.gitTreeState=clean -X $p.buildDate=$date -X $p.gitCommit="
   done
   echo "$out"
 }
 
-build_all() {
-  mkdir -p "$BIN_DIR"
+PLAN=()
+make_plan() {
   local K8S_LD
   K8S_LD=$(k8s_ldflags)
-  local -a plan=(
+  PLAN=(
     "etcd|etcd|$ETCD_VERSION|samp.dev/tests/cluster/etcd|"
     "kube-apiserver|kubernetes|$K8S_VERSION|k8s.io/kubernetes/cmd/kube-apiserver|$K8S_LD"
     "kube-controller-manager|kubernetes|$K8S_VERSION|k8s.io/kubernetes/cmd/kube-controller-manager|$K8S_LD"
@@ -218,10 +219,15 @@ build_all() {
     "kwok|kwok|$KWOK_VERSION|sigs.k8s.io/kwok/cmd/kwok|-X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION"
     "helm|helm|$HELM_VERSION|helm.sh/helm/v3/cmd/helm|-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
   )
+}
+
+build_all() {
+  mkdir -p "$BIN_DIR"
+  make_plan
   local entry name moddir version pkg ld built=0
-  for entry in "${plan[@]}"; do
+  for entry in "${PLAN[@]}"; do
     IFS='|' read -r name moddir version pkg ld <<<"$entry"
-    if is_current "$name" "$moddir" "$version"; then
+    if is_current "$name" "$moddir" "$version" "$ld"; then
       log "up to date: $name $version"
       continue
     fi
@@ -232,12 +238,11 @@ build_all() {
 }
 
 check_all() {
-  local n
-  for n in etcd:etcd:$ETCD_VERSION kube-apiserver:kubernetes:$K8S_VERSION \
-           kube-controller-manager:kubernetes:$K8S_VERSION kube-scheduler:kubernetes:$K8S_VERSION \
-           kubectl:kubernetes:$K8S_VERSION kwok:kwok:$KWOK_VERSION helm:helm:$HELM_VERSION; do
-    IFS=: read -r a b c <<<"$n"
-    is_current "$a" "$b" "$c" || { echo "not built or stale: $a"; return 1; }
+  make_plan
+  local entry name moddir version pkg ld
+  for entry in "${PLAN[@]}"; do
+    IFS='|' read -r name moddir version pkg ld <<<"$entry"
+    is_current "$name" "$moddir" "$version" "$ld" || { echo "not built or stale: $name"; return 1; }
   done
   echo "all binaries current in $BIN_DIR"
 }

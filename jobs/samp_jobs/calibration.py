@@ -167,8 +167,9 @@ def synthetic_prompts(opts: CalibrationOptions, tokenizer: Any) -> list[str]:
     rng = random.Random(opts.seed)
     vocab = [t for t in tokenizer.get_vocab() if t not in tokenizer.all_special_tokens]
     vocab.sort()
+    longest = max(4, min(64, opts.max_sequence_length // 4))
     return [
-        tokenizer.convert_tokens_to_string(rng.sample(vocab, rng.randint(16, 64)))
+        tokenizer.convert_tokens_to_string(rng.sample(vocab, rng.randint(4, longest)))
         for _ in range(max(opts.samples, MIN_SAMPLES) * 2)
     ]
 

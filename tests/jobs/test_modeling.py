@@ -1,0 +1,82 @@
+"""Model loading, fused-group discovery and the layer-sequential runner."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from samp_core.groups import GroupKind
+from samp_jobs.modeling import (
+    ModelLoadError,
+    capture_layer0_inputs,
+    decoder_parts,
+    discover_groups,
+    load_model,
+    run_layer,
+)
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2"])
+def test_four_groups_per_layer_plus_head(arch: str, model_factory: Callable[[str], Path]):
+    model, _ = load_model(model_factory(arch))
+    groups = discover_groups(decoder_parts(model))
+    assert len(groups) == 4 * 2 + 1
+    layer0 = {g.kind: g for g in groups if g.layer_index == 0}
+    qkv = layer0[GroupKind.ATTENTION_QKV]
+    assert [m.rsplit(".", 1)[1] for m in qkv.modules] == ["q_proj", "k_proj", "v_proj"]
+    assert qkv.name == "model.layers.0.self_attn.qkv"
+    assert qkv.out_features == 128 + 2 * 64  # 4 query heads, 2 kv heads of 32
+    gate_up = layer0[GroupKind.MLP_GATE_UP]
+    assert gate_up.in_features == 128 and gate_up.out_features == 2 * 256
+    assert layer0[GroupKind.MLP_DOWN].in_features == 256
+    assert groups[-1].kind is GroupKind.LM_HEAD and groups[-1].modules == ["lm_head"]
+
+
+def test_fusion_is_detected_from_shared_inputs_not_names(tiny_llama: Path):
+    """Rename the projections: the same-input structure still yields fused groups."""
+    model, _ = load_model(tiny_llama)
+    for layer in model.model.layers:
+        attn = layer.self_attn
+        attn.add_module("wq", attn.q_proj)
+        attn.add_module("wk", attn.k_proj)
+        attn.add_module("wv", attn.v_proj)
+        for n in ("q_proj", "k_proj", "v_proj"):
+            delattr(attn, n)
+
+        def fwd(hidden_states, position_embeddings, attention_mask=None, attn=attn, **kw):
+            attn.q_proj, attn.k_proj, attn.v_proj = attn.wq, attn.wk, attn.wv
+            try:
+                return type(attn).forward(
+                    attn, hidden_states, position_embeddings, attention_mask, **kw
+                )
+            finally:
+                for n in ("q_proj", "k_proj", "v_proj"):
+                    attn.__dict__.pop(n, None)
+
+        attn.forward = fwd
+    groups = discover_groups(decoder_parts(model))
+    fused = [g for g in groups if g.layer_index == 0 and len(g.modules) == 3]
+    assert len(fused) == 1
+    assert fused[0].name == "model.layers.0.self_attn.wq+wk+wv"
+
+
+def test_layer_by_layer_reproduces_the_full_forward(tiny_llama: Path):
+    model, _ = load_model(tiny_llama, dtype="float32")
+    parts = decoder_parts(model)
+    ids = torch.randint(0, 300, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+        inp = capture_layer0_inputs(parts, ids, torch.device("cpu"))
+        h = inp.hidden
+        for layer in parts.layers:
+            h = run_layer(layer, h, inp.kwargs)
+        got = parts.head(parts.norm(h))
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_missing_model_dir_is_a_clear_error(tmp_path: Path):
+    with pytest.raises(ModelLoadError, match=r"no config\.json"):
+        load_model(tmp_path)

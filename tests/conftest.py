@@ -10,8 +10,10 @@ from cluster_fixtures import (  # noqa: E402,F401  (fixtures are registered by i
     cluster,
     cluster_api,
     cluster_namespace,
+    gateway_api_crds,
     mark_cluster_items,
     operator_rbac,
+    prometheus_operator_crds,
     samp_crds,
     register_marker,
 )

@@ -6,6 +6,9 @@
 #   etcd                <- go.etcd.io/etcd/server/v3 (etcdmain.Main, like etcd's own main.go)
 #   kwok                <- sigs.k8s.io/kwok/cmd/kwok
 #   helm                <- helm.sh/helm/v3/cmd/helm
+#   crds/gateway-api-<v>/, crds/prometheus-operator-<v>/
+#                       <- CRD YAMLs copied from sigs.k8s.io/gateway-api (config/crd/standard) and
+#                          github.com/prometheus-operator/prometheus-operator (example/prometheus-operator-crd)
 #
 # Versions are pinned in versions.env; each tool has its own wrapper module
 # under go/<tool>/ (go.mod + go.sum committed) because kwok and helm need
@@ -237,12 +240,51 @@ build_all() {
   log "binaries in $BIN_DIR ($built built)"
 }
 
+# --- third-party CRDs (copied from module zips) ------------------------------
+
+CRD_SOURCES=(
+  "gateway-api|sigs.k8s.io/gateway-api|$GATEWAY_API_VERSION|config/crd/standard"
+  "prometheus-operator|github.com/prometheus-operator/prometheus-operator|$PROMETHEUS_OPERATOR_VERSION|example/prometheus-operator-crd"
+)
+
+crds_current() { # crds_current <name> <version>
+  [[ -f "$BIN_DIR/crds/$1-$2/.complete" ]]
+}
+
+copy_crds() { # copy_crds <name> <module> <version> <subdir>
+  local dir dest="$BIN_DIR/crds/$1-$3"
+  # outside any module: GOFLAGS=-mod=mod is not allowed there
+  dir=$(cd / && GOFLAGS= "$GO" mod download -json "$2@$3" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')
+  [[ -n "$dir" && -d "$dir/$4" ]] || { echo "cannot download $2@$3 (or it has no $4)" >&2; return 1; }
+  rm -rf "$dest" && mkdir -p "$dest"
+  cp "$dir/$4"/*.yaml "$dest"/
+  chmod -R u+w "$dest"
+  touch "$dest/.complete"
+  echo "    $(ls "$dest" | wc -l) files -> $dest"
+}
+
+copy_all_crds() {
+  local entry name module version sub
+  for entry in "${CRD_SOURCES[@]}"; do
+    IFS='|' read -r name module version sub <<<"$entry"
+    if crds_current "$name" "$version"; then
+      log "up to date: CRDs $name $version"
+      continue
+    fi
+    step "CRDs $name $version" copy_crds "$name" "$module" "$version" "$sub"
+  done
+}
+
 check_all() {
   make_plan
   local entry name moddir version pkg ld
   for entry in "${PLAN[@]}"; do
     IFS='|' read -r name moddir version pkg ld <<<"$entry"
     is_current "$name" "$moddir" "$version" "$ld" || { echo "not built or stale: $name"; return 1; }
+  done
+  for entry in "${CRD_SOURCES[@]}"; do
+    IFS='|' read -r name pkg version ld <<<"$entry"
+    crds_current "$name" "$version" || { echo "not copied: CRDs $name $version"; return 1; }
   done
   echo "all binaries current in $BIN_DIR"
 }
@@ -261,7 +303,9 @@ if ! flock -n 9; then
   flock 9
 fi
 log "Go: $GOVERSION ($GO); bin dir: $BIN_DIR"
-log "versions: kubernetes $K8S_VERSION, etcd $ETCD_VERSION, kwok $KWOK_VERSION, helm $HELM_VERSION"
+log "versions: kubernetes $K8S_VERSION, etcd $ETCD_VERSION, kwok $KWOK_VERSION, helm $HELM_VERSION," \
+    "gateway-api $GATEWAY_API_VERSION, prometheus-operator $PROMETHEUS_OPERATOR_VERSION"
 ensure_modules "$([[ $MODE == regen ]] && echo 1 || echo 0)"
 build_all
+copy_all_crds
 log "total $((SECONDS - T0))s"

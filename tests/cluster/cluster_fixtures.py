@@ -8,6 +8,9 @@ Imported by tests/conftest.py, so every test under tests/ can use them:
   ready), deleted afterwards.
 * ``samp_crds`` (session): the project's CRDs (crds/*.yaml) installed and
   Established; returns their names.
+* ``gateway_api_crds`` / ``prometheus_operator_crds`` (session): third-party
+  CRDs (Gateway API standard channel; ServiceMonitor, PodMonitor,
+  PrometheusRule) installed; return their names.
 * ``operator_rbac`` (function): ``operator_rbac(rules)`` sets the operator
   identity's ClusterRole; reset to no rules after the test.
 
@@ -126,3 +129,13 @@ def samp_crds(cluster: ControlPlane) -> list[str]:
     if not files:
         pytest.fail(f"no CRD files in {REPO / 'crds'}", pytrace=False)
     return cluster.install_crds(files)
+
+
+@pytest.fixture(scope="session")
+def gateway_api_crds(cluster: ControlPlane) -> list[str]:
+    return cluster.install_gateway_api()
+
+
+@pytest.fixture(scope="session")
+def prometheus_operator_crds(cluster: ControlPlane) -> list[str]:
+    return cluster.install_prometheus_operator_crds()

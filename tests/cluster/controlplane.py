@@ -91,6 +91,12 @@ def bin_dir() -> Path:
     return Path(root) / read_versions()["K8S_VERSION"]
 
 
+def third_party_dir(name: str) -> Path:
+    """CRD YAMLs build.sh copied from a Go module: name is "gateway-api" or "prometheus-operator"."""
+    key = {"gateway-api": "GATEWAY_API_VERSION", "prometheus-operator": "PROMETHEUS_OPERATOR_VERSION"}[name]
+    return bin_dir() / "crds" / f"{name}-{read_versions()[key]}"
+
+
 def binaries_current() -> bool:
     """True when build.sh --check says every binary is built and up to date."""
     r = subprocess.run(["bash", str(BUILD_SH), "--check"], capture_output=True, text=True)
@@ -606,6 +612,37 @@ class ControlPlane:
                     raise ControlPlaneError(f"{p}: not a CustomResourceDefinition: {doc.get('kind')}")
                 self.apply(doc)
                 names.append(doc["metadata"]["name"])
+        for n in names:
+            self.wait_crd_established(n, timeout)
+        return names
+
+    def install_gateway_api(self, timeout: float = 60) -> list[str]:
+        """Gateway API standard channel (GATEWAY_API_VERSION): its CRDs and the
+        ValidatingAdmissionPolicy it ships, as `kubectl apply -f standard-install.yaml` would."""
+        return self._install_third_party(sorted(third_party_dir("gateway-api").glob("*.yaml")), timeout)
+
+    def install_prometheus_operator_crds(self, plurals: Iterable[str] = ("servicemonitors", "podmonitors",
+                                                                       "prometheusrules"),
+                                         timeout: float = 60) -> list[str]:
+        """prometheus-operator CRDs (PROMETHEUS_OPERATOR_VERSION), by plural; no operator runs."""
+        d = third_party_dir("prometheus-operator")
+        return self._install_third_party([d / f"monitoring.coreos.com_{p}.yaml" for p in plurals], timeout)
+
+    def _install_third_party(self, files: list[Path], timeout: float) -> list[str]:
+        if not files or not all(f.is_file() for f in files):
+            raise ControlPlaneError(f"missing CRD files {files}; run tests/cluster/build.sh")
+        names = []
+        for f in files:
+            for doc in yaml.safe_load_all(f.read_text()):
+                if not doc:
+                    continue
+                if doc["kind"] == "CustomResourceDefinition":
+                    self.apply(doc, field_manager="samp-tests-third-party")
+                    names.append(doc["metadata"]["name"])
+        for f in files:  # policies and the like after their types exist
+            for doc in yaml.safe_load_all(f.read_text()):
+                if doc and doc["kind"] != "CustomResourceDefinition":
+                    self.apply(doc, field_manager="samp-tests-third-party")
         for n in names:
             self.wait_crd_established(n, timeout)
         return names

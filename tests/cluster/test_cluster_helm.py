@@ -19,9 +19,27 @@ CHARTS = sorted(p.parent for p in (REPO / "charts").glob("*/Chart.yaml"))
 NAMESPACE = "samp-helm-test"
 
 
+def _enabled_toggles(values: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of every boolean `enabled` key in values.yaml."""
+    out: list[str] = []
+    if isinstance(values, dict):
+        for k, v in values.items():
+            path = f"{prefix}.{k}" if prefix else str(k)
+            if k == "enabled" and isinstance(v, bool):
+                out.append(path)
+            else:
+                out += _enabled_toggles(v, path)
+    return out
+
+
 def _value_sets(chart: Path) -> list[tuple[str, list[str]]]:
-    """Default values, plus every chart-testing values file (ci/*.yaml)."""
-    sets = [("default", [])]
+    """Default values; every optional feature switched on (each boolean
+    `enabled` in values.yaml); and every chart-testing values file (ci/*.yaml)."""
+    sets: list[tuple[str, list[str]]] = [("default", [])]
+    toggles = _enabled_toggles(yaml.safe_load((chart / "values.yaml").read_text()) or {}) \
+        if (chart / "values.yaml").is_file() else []
+    if toggles:
+        sets.append(("all-enabled", ["--set", ",".join(f"{t}=true" for t in toggles)]))
     sets += [(f.stem, ["-f", str(f)]) for f in sorted((chart / "ci").glob("*.yaml"))]
     return sets
 
@@ -41,8 +59,11 @@ def _render(cluster: ControlPlane, chart: Path, args: list[str], release: str) -
 
 
 @pytest.mark.parametrize(("chart", "values_name", "values_args"), _cases())
-def test_helm_rendered_manifests_pass_server_side_dry_run(cluster: ControlPlane, chart: Path, values_name: str,
+def test_helm_rendered_manifests_pass_server_side_dry_run(cluster: ControlPlane, prometheus_operator_crds: list[str],
+                                                          gateway_api_crds: list[str], chart: Path, values_name: str,
                                                           values_args: list[str]) -> None:
+    """ServiceMonitor/PrometheusRule (prometheus-operator) and Gateway API CRDs are
+    installed, so optional templates are checked against their real schemas too."""
     lint = cluster.helm("lint", str(chart), *values_args, check=False)
     assert lint.returncode == 0, f"helm lint {chart.name} ({values_name}):\n{lint.stdout}\n{lint.stderr}"
     docs = _render(cluster, chart, values_args, "samp")

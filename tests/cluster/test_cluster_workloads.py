@@ -87,8 +87,8 @@ def test_job_retries_then_fails_after_backoff_limit(cluster: ControlPlane, clust
     ns = cluster_namespace
     batch = client.BatchV1Api(cluster_api)
     job = pod_fails(_job("evaluate", backoff_limit=1))
-    # fail fast: the controller's pod backoff starts at 10s, a podFailurePolicy
-    # rule makes the retry count without it and proves the policy is honoured
+    # one retry after the Job controller's pod backoff (10s); the podFailurePolicy
+    # rule (Count on exit code 1) is validated and honoured by the real controller
     job["spec"]["podFailurePolicy"] = {"rules": [
         {"action": "Count", "onExitCodes": {"operator": "In", "values": [1]}}]}
     batch.create_namespaced_job(ns, job)
@@ -224,3 +224,22 @@ def test_operator_identity_is_limited_by_rbac(cluster: ControlPlane, samp_crds: 
         wait_for(lambda: not cluster.operator_can("list", "quantizedmodels", group="samp.dev"), 30, "revocation")
     finally:
         op.close()
+
+
+def test_canary_traffic_split_httproute_is_accepted(cluster: ControlPlane, gateway_api_crds: list[str],
+                                                    cluster_namespace: str) -> None:
+    """The Gateway API HTTPRoute a canary writes (weighted backendRefs), against the real CRD schema."""
+    assert "httproutes.gateway.networking.k8s.io" in gateway_api_crds
+    route = {
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "llama3-70b", "namespace": cluster_namespace},
+        "spec": {"parentRefs": [{"name": "llm-gateway"}], "rules": [{"backendRefs": [
+            {"name": "llama3-70b", "port": 8000, "weight": 95},
+            {"name": "llama3-70b-canary", "port": 8000, "weight": 5}]}]},
+    }
+    got = cluster.apply(route).to_dict()
+    assert [b["weight"] for b in got["spec"]["rules"][0]["backendRefs"]] == [95, 5]
+    route["spec"]["rules"][0]["backendRefs"][1]["weight"] = -1  # the schema says minimum 0
+    with pytest.raises(Exception) as exc:
+        cluster.apply(route)
+    assert "weight" in str(getattr(exc.value, "body", exc.value))

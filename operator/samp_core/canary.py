@@ -800,6 +800,11 @@ def _start(
 ) -> CanaryDecision:
     gen = obs.generation
     acc = status.accuracy
+    if acc is not None and acc.passed is None:
+        # The quantization machine stores the figures; the gate is judged here.
+        verdict = g.evaluate_accuracy_summary(spec.gates.accuracy, acc)
+        acc = verdict.summary
+        status = status.model_copy(update={"accuracy": acc})
     if acc is None or acc.passed is None:
         return _rollback(
             spec,
@@ -1069,7 +1074,12 @@ def conservative_plan(  # noqa: PLR0917
     total = previous.total_bytes
     notes: list[str] = []
     order = sorted(
-        (a for a in previous.assignments if a.pinned_by is None and not a.format.is_unquantized),
+        (
+            a
+            for a in previous.assignments
+            if (a.pinned_by is None or a.pinned_by.startswith("replan"))
+            and not a.format.is_unquantized
+        ),
         key=lambda a: a.score,
         reverse=True,
     )
@@ -1111,8 +1121,22 @@ def conservative_plan(  # noqa: PLR0917
         curve_points=0,
     )
     result = plan(request)
+    # Pins were only the means: keep the user's pins visible as such, mark the raises.
+    was = {a.group: a for a in previous.assignments}
+    assignments = [
+        a.model_copy(
+            update={
+                "pinned_by": was[a.group].pinned_by
+                if a.format == was[a.group].format
+                else f"replan:{attempt}"
+            }
+        )
+        for a in result.assignments
+    ]
     return result.model_copy(
         update={
+            "assignments": assignments,
+            "pins_applied": previous.pins_applied,
             "inputs_hash": inputs_hash(previous=previous.inputs_hash, attempt=attempt, pins=chosen),
             "warnings": [
                 *notes,

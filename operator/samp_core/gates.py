@@ -54,6 +54,7 @@ __all__ = [
     "Verdict",
     "evaluate",
     "evaluate_accuracy",
+    "evaluate_accuracy_summary",
     "first_of",
     "format_result",
     "overall",
@@ -482,9 +483,31 @@ def evaluate_accuracy(gate: AccuracyGate, ev: EvaluationResult) -> AccuracyVerdi
     set has no expected answers) or not finite is Inconclusive, so the gate does
     not pass. An evaluation over zero prompts is Inconclusive.
     """
+    increase = 100.0 * (ev.perplexity_quant / ev.perplexity_base - 1.0)
+    summary = AccuracySummary(
+        perplexity_base=ev.perplexity_base,
+        perplexity_quantized=ev.perplexity_quant,
+        perplexity_increase_percent=increase if math.isfinite(increase) else None,
+        mean_kl=ev.mean_kl if math.isfinite(ev.mean_kl) else None,
+        top1_agreement=ev.top1_agreement,
+        exact_match_recovery_percent=ev.task_recovery_pct,
+        json_validity_recovery_percent=ev.json_recovery_pct,
+    )
+    return evaluate_accuracy_summary(gate, summary, num_prompts=ev.num_prompts)
+
+
+def evaluate_accuracy_summary(
+    gate: AccuracyGate, summary: AccuracySummary, *, num_prompts: int | None = None
+) -> AccuracyVerdict:
+    """The accuracy gate over the figures already in ``status.accuracy``.
+
+    Returns the summary with ``passed`` and ``failedChecks`` filled in. The
+    perplexity increase is recomputed from the two perplexities when both are
+    there, else taken from ``perplexityIncreasePercent``; missing → Inconclusive.
+    """
     out: list[GateResult] = []
     p = GATE_ACCURACY_PREFIX
-    if ev.num_prompts == 0:
+    if num_prompts == 0:
         out.append(
             _result(
                 f"{p}prompts",
@@ -494,18 +517,22 @@ def evaluate_accuracy(gate: AccuracyGate, ev: EvaluationResult) -> AccuracyVerdi
                 message="the evaluation ran over no prompts",
             )
         )
-    increase = 100.0 * (ev.perplexity_quant / ev.perplexity_base - 1.0)
+    base, quant = summary.perplexity_base, summary.perplexity_quantized
+    increase = summary.perplexity_increase_percent
+    if _finite(base) and _finite(quant) and (base or 0.0) > 0:
+        assert base is not None and quant is not None
+        increase = 100.0 * (quant / base - 1.0)
     out.append(
         _ceiling(
             f"{p}perplexityIncreasePercent",
             increase,
             gate.max_perplexity_increase_percent,
             "%",
-            f"perplexity {ev.perplexity_base:.4g} -> {ev.perplexity_quant:.4g}, increase",
+            f"perplexity {_num(base)} -> {_num(quant)}, increase",
         )
     )
     if gate.max_mean_kl is not None:
-        out.append(_ceiling(f"{p}meanKL", ev.mean_kl, gate.max_mean_kl, "", "mean KL (nats)"))
+        out.append(_ceiling(f"{p}meanKL", summary.mean_kl, gate.max_mean_kl, "", "mean KL (nats)"))
 
     def floor(name: str, value: float | None, minimum: float, unit: str, what: str) -> None:
         threshold = f">= {_num(minimum)}{unit}"
@@ -533,11 +560,13 @@ def evaluate_accuracy(gate: AccuracyGate, ev: EvaluationResult) -> AccuracyVerdi
         )
 
     if gate.min_top1_agreement is not None:
-        floor("top1Agreement", ev.top1_agreement, gate.min_top1_agreement, "", "top-1 agreement")
+        floor(
+            "top1Agreement", summary.top1_agreement, gate.min_top1_agreement, "", "top-1 agreement"
+        )
     if gate.min_exact_match_recovery_percent is not None:
         floor(
             "exactMatchRecoveryPercent",
-            ev.task_recovery_pct,
+            summary.exact_match_recovery_percent,
             gate.min_exact_match_recovery_percent,
             "%",
             "exact-match recovery",
@@ -545,23 +574,19 @@ def evaluate_accuracy(gate: AccuracyGate, ev: EvaluationResult) -> AccuracyVerdi
     if gate.min_json_validity_recovery_percent is not None:
         floor(
             "jsonValidityRecoveryPercent",
-            ev.json_recovery_pct,
+            summary.json_validity_recovery_percent,
             gate.min_json_validity_recovery_percent,
             "%",
             "JSON-validity recovery",
         )
     verdict = overall(out)
-    summary = AccuracySummary(
-        perplexity_base=ev.perplexity_base,
-        perplexity_quantized=ev.perplexity_quant,
-        perplexity_increase_percent=increase if math.isfinite(increase) else None,
-        mean_kl=ev.mean_kl if math.isfinite(ev.mean_kl) else None,
-        top1_agreement=ev.top1_agreement,
-        exact_match_recovery_percent=ev.task_recovery_pct,
-        json_validity_recovery_percent=ev.json_recovery_pct,
-        passed=verdict is Verdict.SUCCESSFUL,
-        failed_checks=[
-            f"{r.gate}: {r.message}"[:512] for r in out if r.verdict != Verdict.SUCCESSFUL.value
-        ][:16],
+    filled = summary.model_copy(
+        update={
+            "perplexity_increase_percent": increase if _finite(increase) else None,
+            "passed": verdict is Verdict.SUCCESSFUL,
+            "failed_checks": [
+                f"{r.gate}: {r.message}"[:512] for r in out if r.verdict != Verdict.SUCCESSFUL.value
+            ][:16],
+        }
     )
-    return AccuracyVerdict(verdict=verdict, results=out, summary=summary)
+    return AccuracyVerdict(verdict=verdict, results=out, summary=filled)

@@ -1,0 +1,235 @@
+"""Measurement provider: PromQL through prometheus-api-client → samp_core.gates.Measurement.
+
+The provider only measures; samp_core.gates decides. Per side (canary, stable),
+over the analysis window ``W`` ending at the request's ``end``:
+
+* requests: ``sum(increase(vllm:request_success_total{model_name="N"}[W]))`` — every
+  request the engine finished, whatever its ``finished_reason`` (stop, length,
+  abort, error, repetition), plus HTTP 5xx answers that never reached the engine;
+* errors: engine requests finished as ``abort`` or ``error`` plus HTTP 5xx from
+  ``http_requests_total{status=~"5.."}`` (vLLM's instrumentator groups codes as
+  ``5xx``, which the regex also matches);
+* P99 latency: ``histogram_quantile(0.99, sum by (le) (rate(
+  vllm:e2e_request_latency_seconds_bucket{model_name="N"}[W])))``; TTFT the same over
+  ``vllm:time_to_first_token_seconds_bucket`` when a TTFT gate is set;
+* custom queries: the user's PromQL with ``$canary``/``$stable`` replaced by the
+  served model names and ``$window`` by ``W``; the answer must be one number.
+
+vLLM's own series carry ``model_name`` (= ``--served-model-name``), so canary
+(``<name>-canary``) and stable are separable. The HTTP layer's
+``http_requests_total`` has no ``model_name``; its series are told apart by a
+target label the scrape configuration attaches (``served_model`` by default: the
+canary pod template carries ``samp.dev/served-model``, which a
+``labelmap``/``replace`` relabel rule turns into ``served_model``; the tests'
+static config sets it directly). Without such a label set ``http_label=None`` and
+only the engine's counters count.
+
+Unreachable Prometheus (connection refused, timeout, HTTP error on the first query)
+gives ``Measurement.error``; a failing single query gives ``query_errors[key]``;
+an empty answer gives None (the evaluator makes both Inconclusive/Error, never a
+pass). NaN is passed through as NaN.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import requests
+from prometheus_api_client import PrometheusConnect
+from prometheus_api_client.exceptions import PrometheusApiClientException
+from urllib3.util.retry import Retry
+
+from samp_core.canary import AnalysisRequest
+from samp_core.gates import Measurement, SideFigures
+from samp_core.spec import GatesSpec
+
+E2E = "vllm:e2e_request_latency_seconds_bucket"
+TTFT = "vllm:time_to_first_token_seconds_bucket"
+SUCCESS = "vllm:request_success_total"
+HTTP = "http_requests_total"
+
+
+class QueryError(Exception):
+    """One query failed; ``unreachable`` when Prometheus itself did not answer."""
+
+    def __init__(self, message: str, *, unreachable: bool) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
+
+
+def prom_duration(seconds: float) -> str:
+    """A PromQL range duration: whole seconds, at least 1s."""
+    return f"{max(1, math.ceil(seconds))}s"
+
+
+def p99_query(bucket: str, selector: str, window: str) -> str:
+    return f"histogram_quantile(0.99, sum by (le) (rate({bucket}{selector}[{window}])))"
+
+
+def _quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@dataclass
+class PrometheusProvider:
+    """Runs the gate queries against one Prometheus.
+
+    ``http_label``: the target label that tells canary and stable apart on
+    ``http_requests_total`` (None: ignore HTTP 5xx). ``extra_selector``: label
+    matchers added to every selector, e.g. ``namespace="prod"``.
+    """
+
+    url: str
+    timeout_seconds: float = 5.0
+    http_label: str | None = "served_model"
+    extra_selector: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    queries: list[tuple[str, str]] = field(default_factory=list)  # (key, promql) of last measure
+
+    def __post_init__(self) -> None:
+        # No retries: an unreachable Prometheus must surface as an Error now, not after backoff.
+        self._prom = PrometheusConnect(
+            url=self.url.rstrip("/"),
+            headers=dict(self.headers) or None,
+            disable_ssl=True,
+            retry=Retry(total=0, connect=0, read=0, status=0),
+            timeout=int(max(1, math.ceil(self.timeout_seconds))),
+        )
+
+    # ---------------------------------------------------------------- queries
+
+    def _sel(self, model: str, **extra: str) -> str:
+        parts = [f"model_name={_quote(model)}"]
+        parts += [f"{k}={v}" for k, v in extra.items()]
+        if self.extra_selector:
+            parts.append(self.extra_selector)
+        return "{" + ",".join(parts) + "}"
+
+    def _http_sel(self, model: str) -> str | None:
+        if self.http_label is None:
+            return None
+        parts = [f"{self.http_label}={_quote(model)}", 'status=~"5.."']
+        if self.extra_selector:
+            parts.append(self.extra_selector)
+        return "{" + ",".join(parts) + "}"
+
+    def side_queries(self, model: str, window: str, ttft: bool) -> dict[str, str]:
+        """PromQL per figure for one served model name."""
+        http = self._http_sel(model)
+        http5xx = f"sum(increase({HTTP}{http}[{window}]))" if http else None
+        engine = f"sum(increase({SUCCESS}{self._sel(model)}[{window}]))"
+        failed = self._sel(model, finished_reason='~"abort|error"')
+        engine_err = f"sum(increase({SUCCESS}{failed}[{window}]))"
+        q = {
+            "requests": engine if http5xx is None else f"{engine} + ({http5xx} or vector(0))",
+            "errors": engine_err if http5xx is None else f"{engine_err} + ({http5xx} or vector(0))",
+            "p99": p99_query(E2E, self._sel(model), window),
+        }
+        if ttft:
+            q["ttftP99"] = p99_query(TTFT, self._sel(model), window)
+        return q
+
+    def query(self, promql: str, at: datetime | None = None) -> float | None:
+        """One instant query → a number, None when empty; QueryError when it failed."""
+        params: dict[str, Any] = {}
+        if at is not None:
+            params["time"] = f"{at.timestamp():.3f}"
+        try:
+            data = self._prom.custom_query(promql, params=params)
+        except requests.exceptions.RequestException as err:
+            raise QueryError(f"{type(err).__name__}: {err}"[:300], unreachable=True) from err
+        except PrometheusApiClientException as err:
+            text = str(err)
+            unreachable = bool(re.search(r"HTTP Status Code 5\d\d", text)) and (
+                "bad_data" not in text
+            )
+            raise QueryError(text[:300], unreachable=unreachable) from err
+        except ValueError as err:  # not JSON: a proxy page, not Prometheus
+            raise QueryError(f"invalid answer: {err}"[:300], unreachable=True) from err
+        return _number(data)
+
+    # --------------------------------------------------------------- measure
+
+    def measure(self, request: AnalysisRequest, gates: GatesSpec) -> Measurement:
+        """Every figure the gates need for this window."""
+        window = prom_duration(request.window_seconds)
+        ttft = (
+            gates.latency.ttft_p99_max_seconds is not None
+            or gates.latency.ttft_p99_max_ratio_to_stable is not None
+        )
+        plan: list[tuple[str, str]] = [
+            (f"canary.{k}", q)
+            for k, q in self.side_queries(request.canary_model, window, ttft).items()
+        ]
+        if request.stable_model is not None:
+            plan += [
+                (f"stable.{k}", q)
+                for k, q in self.side_queries(request.stable_model, window, ttft).items()
+            ]
+        for cq in gates.custom_queries:
+            text = (
+                cq.query.replace("$canary", request.canary_model)
+                .replace("$stable", request.stable_model or "")
+                .replace("$window", window)
+            )
+            plan.append((f"query:{cq.name}", text))
+        self.queries = plan
+
+        values: dict[str, float | None] = {}
+        errors: dict[str, str] = {}
+        for key, promql in plan:
+            try:
+                values[key] = self.query(promql, at=request.end)
+            except QueryError as err:
+                if err.unreachable:
+                    return Measurement(
+                        window_seconds=request.window_seconds,
+                        taken_at=request.end,
+                        error=f"{self.url}: {err}",
+                    )
+                errors[key] = str(err)
+                values[key] = None
+
+        def side(prefix: str) -> SideFigures:
+            return SideFigures(
+                requests=values.get(f"{prefix}.requests"),
+                errors=values.get(f"{prefix}.errors"),
+                p99_seconds=values.get(f"{prefix}.p99"),
+                ttft_p99_seconds=values.get(f"{prefix}.ttftP99"),
+            )
+
+        return Measurement(
+            window_seconds=request.window_seconds,
+            taken_at=request.end,
+            canary=side("canary"),
+            stable=side("stable") if request.stable_model is not None else None,
+            custom={cq.name: values.get(f"query:{cq.name}") for cq in gates.custom_queries},
+            query_errors=errors,
+        )
+
+
+def _number(data: Any) -> float | None:
+    """An instant-query result as one float: scalar, or a vector of exactly one sample."""
+    if data is None:
+        return None
+    if isinstance(data, list) and len(data) == 2 and not isinstance(data[0], dict):
+        return float(data[1])  # resultType scalar: [ts, "value"]
+    if isinstance(data, list):
+        if not data:
+            return None
+        if len(data) > 1:
+            raise QueryError(
+                f"query returned {len(data)} series; aggregate it to one (sum, max, ...)",
+                unreachable=False,
+            )
+        return float(data[0]["value"][1])
+    raise QueryError(f"unexpected result {str(data)[:100]}", unreachable=False)
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)

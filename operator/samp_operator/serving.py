@@ -1,0 +1,218 @@
+"""Manifests of the canary vLLM Deployment and Service, and the stable patch on promotion.
+
+The canary serves the attempt's artifact under ``--served-model-name <name>-canary``,
+so vLLM's ``model_name`` label separates its series from the stable's. Pods carry the
+``prometheus.io/scrape|port|path`` annotations and the label ``samp.dev/served-model``
+(relabel it to ``served_model`` so the HTTP layer's ``http_requests_total`` is
+separable too, see samp_operator.prometheus); readiness and liveness probe
+``/health``. Where the model comes from:
+
+* ``pvc://claim/path`` — the claim is mounted read-only at ``/artifacts`` and vLLM
+  loads ``/artifacts/path``;
+* ``s3://`` / ``gs://`` — vLLM streams it with ``--load-format runai_streamer``
+  (object-store credentials from ``spec.artifacts.secretRef`` as environment).
+
+Quantization arguments come from the plan's export format: compressed-tensors
+checkpoints are detected by vLLM from ``config.json`` and get
+``--quantization compressed-tensors`` explicitly so a mismatch fails loudly;
+bitsandbytes NF4 checkpoints get ``--quantization bitsandbytes``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from samp_core.formats import ExportFormat
+from samp_core.spec import QuantizedModelSpec
+
+ROLE_LABEL = "samp.dev/role"
+OWNER_LABEL = "samp.dev/quantizedmodel"
+SERVED_LABEL = "samp.dev/served-model"
+ATTEMPT_LABEL = "samp.dev/attempt"
+MOUNT = "/artifacts"
+
+
+def label_value(text: str) -> str:
+    """A valid label value (63 chars, alphanumerics, '-', '_', '.') from any string."""
+    v = re.sub(r"[^A-Za-z0-9_.-]", "-", text)[:63].strip("-_.")
+    return v or "x"
+
+
+def canary_names(name: str) -> tuple[str, str]:
+    """(Deployment, Service) names of the canary."""
+    return f"{name}-canary", f"{name}-canary"
+
+
+def model_location(
+    artifact_uri: str,
+) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+    """(model path, volumes, volumeMounts, extra args) for an artifact URI."""
+    if artifact_uri.startswith("pvc://"):
+        rest = artifact_uri[len("pvc://") :]
+        claim, _, path = rest.partition("/")
+        volumes = [
+            {"name": "artifacts", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        ]
+        mounts = [{"name": "artifacts", "mountPath": MOUNT, "readOnly": True}]
+        return f"{MOUNT}/{path}".rstrip("/"), volumes, mounts, []
+    if artifact_uri.startswith(("s3://", "gs://")):
+        return artifact_uri, [], [], ["--load-format", "runai_streamer"]
+    raise ValueError(f"unsupported artifact URI {artifact_uri!r}")
+
+
+def quantization_args(export_format: ExportFormat | None) -> list[str]:
+    if export_format is ExportFormat.BITSANDBYTES_NF4:
+        return ["--quantization", "bitsandbytes"]
+    if export_format is ExportFormat.COMPRESSED_TENSORS:
+        return ["--quantization", "compressed-tensors"]
+    return []
+
+
+def _owner(owner: dict[str, Any] | None) -> list[dict[str, Any]]:
+    if not owner:
+        return []
+    return [{**owner, "controller": True, "blockOwnerDeletion": True}]
+
+
+def canary_manifests(
+    name: str,
+    namespace: str,
+    spec: QuantizedModelSpec,
+    artifact_uri: str,
+    *,
+    served_model_name: str,
+    export_format: ExportFormat | None = ExportFormat.COMPRESSED_TENSORS,
+    attempt: int = 1,
+    replicas: int = 1,
+    extra_pod_labels: dict[str, str] | None = None,
+    owner: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(Deployment, Service) of the canary.
+
+    ``extra_pod_labels``: in replica-ratio mode, the stable Service's selector, so the
+    canary pods receive a share of its traffic. ``owner``: an ownerReference to the
+    QuantizedModel (apiVersion, kind, name, uid) so deleting it deletes the canary.
+    """
+    dep_name, svc_name = canary_names(name)
+    serving = spec.serving
+    model, volumes, mounts, load_args = model_location(artifact_uri)
+    selector = {OWNER_LABEL: name, ROLE_LABEL: "canary"}
+    pod_labels = {
+        **(extra_pod_labels or {}),
+        **selector,
+        SERVED_LABEL: label_value(served_model_name),
+        ATTEMPT_LABEL: str(attempt),
+        "app.kubernetes.io/name": "vllm",
+        "app.kubernetes.io/component": "canary",
+        "app.kubernetes.io/managed-by": "samp-operator",
+    }
+    args = [
+        "--model",
+        model,
+        "--served-model-name",
+        served_model_name,
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(serving.port),
+        *quantization_args(export_format),
+        *load_args,
+        *serving.extra_args,
+    ]
+    env: list[dict[str, Any]] = []
+    env_from: list[dict[str, Any]] = []
+    secret = spec.artifacts.secret_ref or spec.model.secret_ref
+    if secret is not None and not artifact_uri.startswith("pvc://"):
+        env_from.append({"secretRef": {"name": secret.name}})
+    probe = {"httpGet": {"path": "/health", "port": serving.port}}
+    container: dict[str, Any] = {
+        "name": "vllm",
+        "image": serving.image,
+        "args": args,
+        "ports": [{"name": "http", "containerPort": serving.port}],
+        "readinessProbe": {**probe, "periodSeconds": 5, "failureThreshold": 3},
+        "startupProbe": {**probe, "periodSeconds": 10, "failureThreshold": 180},
+        "livenessProbe": {**probe, "periodSeconds": 20, "failureThreshold": 3},
+        "resources": serving.resources.to_wire(),
+        "volumeMounts": mounts,
+    }
+    if env:
+        container["env"] = env
+    if env_from:
+        container["envFrom"] = env_from
+    meta_labels = {k: v for k, v in pod_labels.items() if k != ATTEMPT_LABEL}
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": dep_name,
+            "namespace": namespace,
+            "labels": meta_labels,
+            "ownerReferences": _owner(owner),
+        },
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {
+                    "labels": pod_labels,
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(serving.port),
+                        "prometheus.io/path": "/metrics",
+                    },
+                },
+                "spec": {"containers": [container], "volumes": volumes},
+            },
+        },
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": svc_name,
+            "namespace": namespace,
+            "labels": meta_labels,
+            "ownerReferences": _owner(owner),
+        },
+        "spec": {
+            "selector": selector,
+            "ports": [{"name": "http", "port": serving.port, "targetPort": serving.port}],
+        },
+    }
+    return deployment, service
+
+
+def promoted_stable_patch(
+    stable_deployment: dict[str, Any], canary_deployment: dict[str, Any], stable_served_name: str
+) -> dict[str, Any]:
+    """A JSON merge patch that makes the stable Deployment serve the canary's artifact.
+
+    The stable keeps its name, selector, labels and replicas; its ``vllm`` container
+    (or its first) takes the canary's image, args (with the stable's served model
+    name), mounts and probes, and the pod template takes the canary's volumes.
+    """
+    c_tmpl = canary_deployment["spec"]["template"]["spec"]
+    c_container = c_tmpl["containers"][0]
+    s_containers = list(stable_deployment["spec"]["template"]["spec"]["containers"])
+    idx = next((i for i, c in enumerate(s_containers) if c.get("name") == "vllm"), 0)
+    args = list(c_container["args"])
+    if "--served-model-name" in args:
+        args[args.index("--served-model-name") + 1] = stable_served_name
+    merged = {
+        **s_containers[idx],
+        **{k: v for k, v in c_container.items() if k not in ("name", "resources")},
+        "args": args,
+    }
+    s_containers[idx] = merged
+    return {
+        "spec": {
+            "template": {
+                "metadata": {
+                    "annotations": {"samp.dev/promoted-from": canary_deployment["metadata"]["name"]}
+                },
+                "spec": {"containers": s_containers, "volumes": c_tmpl.get("volumes", [])},
+            }
+        }
+    }

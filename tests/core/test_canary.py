@@ -1,0 +1,451 @@
+"""The pure canary step machine, driven with a fake clock and scripted measurements."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+
+from samp_core import canary as cn
+from samp_core import gates as g
+from samp_core.api import parse
+from samp_core.formats import Format
+from samp_core.groups import build_groups
+from samp_core.hardware import get_profile
+from samp_core.planner import Budget, PlanRequest, plan
+from samp_core.results import SensitivityResult
+from samp_core.spec import QuantizedModelSpec
+from samp_core.status import AccuracySummary, Phase, QuantizedModelStatus
+
+ROOT = Path(__file__).resolve().parents[2]
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+NAME = "tiny-llama"
+
+
+def make_spec(**rollout: object) -> QuantizedModelSpec:
+    doc = yaml.safe_load((ROOT / "examples" / "tiny-cpu.yaml").read_text())
+    doc["spec"]["rollout"] = {
+        "steps": [{"weight": 25, "duration": "30s"}, {"weight": 100, "duration": "30s"}],
+        "analysisInterval": "10s",
+        "progressDeadline": "10m",
+        **rollout,
+    }
+    return parse(doc).spec
+
+
+def evaluated(passed: bool | None = True) -> QuantizedModelStatus:
+    return QuantizedModelStatus(
+        phase=Phase.EVALUATED,
+        accuracy=AccuracySummary(
+            perplexity_base=10.0, perplexity_quantized=10.2 if passed else 12.0, passed=passed
+        ),
+        artifact_uri="pvc://models/tiny/attempt-1",
+    )
+
+
+def healthy(now: datetime, c_p99: float = 0.3, s_req: float = 40) -> g.Measurement:
+    return g.Measurement(
+        window_seconds=10,
+        taken_at=now,
+        canary=g.SideFigures(requests=40, errors=0, p99_seconds=c_p99),
+        stable=g.SideFigures(requests=s_req, errors=0, p99_seconds=0.3),
+    )
+
+
+class Sim:
+    """Calls decide the way the operator does: analysis_due, measure, decide."""
+
+    def __init__(self, spec: QuantizedModelSpec, status: QuantizedModelStatus) -> None:
+        self.spec, self.status, self.now = spec, status, T0
+        self.actions: list[object] = []
+        self.events: list[cn.CanaryEvent] = []
+        self.annotations: dict[str, str] = {}
+        self.measured = 0
+
+    def tick(self, seconds: float, measure=healthy, ready: bool = True) -> cn.CanaryDecision:  # type: ignore[no-untyped-def]
+        self.now += timedelta(seconds=seconds)
+        req = cn.analysis_due(self.spec, self.status, NAME, self.now)
+        m = measure(self.now) if req is not None else None
+        self.measured += m is not None
+        d = cn.decide(
+            self.spec,
+            self.status,
+            cn.Observation(
+                name=NAME,
+                annotations=self.annotations,
+                canary_ready=ready,
+                weight_verified=True,
+                measurement=m,
+            ),
+            self.now,
+        )
+        self.status = d.status
+        self.actions.extend(d.actions)
+        self.events.extend(d.events)
+        return d
+
+    def start(self) -> None:
+        d = self.tick(0, ready=False)
+        assert d.actions == (
+            cn.EnsureCanary("tiny-llama-canary", "pvc://models/tiny/attempt-1", 1),
+        )
+        assert self.status.phase is Phase.CANARY
+        d = self.tick(5, ready=False)  # pods not ready: no traffic yet
+        assert self.status.canary is not None and self.status.canary.weight == 0
+        d = self.tick(5)
+        assert cn.SetWeight(25) in d.actions
+
+    def run(self, seconds: float, measure=healthy, step: float = 5) -> None:  # type: ignore[no-untyped-def]
+        t = 0.0
+        while t < seconds and self.status.phase in (Phase.CANARY, Phase.PAUSED):
+            self.tick(step, measure)
+            t += step
+
+
+def cond(status: QuantizedModelStatus, kind: str):  # type: ignore[no-untyped-def]
+    return next(c for c in status.conditions if c.type == kind)
+
+
+def test_healthy_canary_steps_and_promotes() -> None:
+    sim = Sim(make_spec(), evaluated())
+    sim.start()
+    sim.run(200)
+    st = sim.status
+    assert st.phase is Phase.PROMOTED
+    weights = [a.weight for a in sim.actions if isinstance(a, cn.SetWeight)]
+    assert weights == [25, 100, 0]
+    assert isinstance(sim.actions[-3], cn.PromoteStable)
+    assert isinstance(sim.actions[-1], cn.RemoveCanary)
+    assert cond(st, "Promoted").status == "True"
+    assert cond(st, "Ready").reason == "Promoted"
+    assert "p99RatioToStable=1" in cond(st, "Promoted").message
+    assert st.history[-1].outcome == "Promoted"
+    assert st.canary is not None and st.canary.analyses >= 6
+    # at weight 100 the stable had no traffic: the ratio used the step-1 baseline
+    assert st.canary.stable_p99_seconds == pytest.approx(0.3)
+
+
+def test_every_step_lasts_its_duration_and_needs_a_success() -> None:
+    sim = Sim(make_spec(), evaluated())
+    sim.start()
+    sim.run(25)
+    assert sim.status.canary.weight == 25  # type: ignore[union-attr]
+    sim.run(10)
+    assert sim.status.canary.weight == 100  # type: ignore[union-attr]
+
+
+def test_full_weight_uses_stable_baseline_from_earlier_step() -> None:
+    sim = Sim(make_spec(), evaluated())
+    sim.start()
+    sim.run(35)  # step 1 done
+    sim.run(40, measure=lambda now: healthy(now, s_req=0))
+    assert sim.status.phase is Phase.PROMOTED
+
+
+def test_latency_regression_rolls_back_with_figures() -> None:
+    sim = Sim(make_spec(), evaluated())
+    sim.start()
+    sim.run(60, measure=lambda now: healthy(now, c_p99=0.9))
+    st = sim.status
+    assert st.phase is Phase.ROLLED_BACK
+    rb = cond(st, "RolledBack")
+    assert rb.status == "True" and rb.reason == "GateFailed"
+    assert "p99RatioToStable" in rb.message and "value 3" in rb.message
+    assert "threshold <= 1.5x stable" in rb.message
+    assert sim.actions[-2:] == [cn.SetWeight(0), cn.RemoveCanary()]
+    failing = next(r for r in st.gates if r.gate == "p99RatioToStable")
+    assert failing.value == pytest.approx(3.0) and failing.verdict == "Failed"
+    assert st.history[-1].outcome == "RolledBack"
+    assert any(e.type == "Warning" and e.reason == "RolledBack" for e in sim.events)
+
+
+def test_failure_limit_tolerates_failures() -> None:
+    sim = Sim(make_spec(failureLimit=1), evaluated())
+    sim.start()
+    calls = iter([0.9, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3])
+    sim.run(200, measure=lambda now: healthy(now, c_p99=next(calls)))
+    assert sim.status.phase is Phase.PROMOTED
+    assert sim.status.canary.failures == 1  # type: ignore[union-attr]
+
+
+def test_no_traffic_never_promotes() -> None:
+    def idle(now: datetime) -> g.Measurement:
+        return g.Measurement(
+            window_seconds=10,
+            taken_at=now,
+            canary=g.SideFigures(requests=0, errors=0, p99_seconds=float("nan")),
+            stable=g.SideFigures(requests=0, errors=0, p99_seconds=float("nan")),
+        )
+
+    sim = Sim(make_spec(inconclusiveLimit=3), evaluated())
+    sim.start()
+    sim.run(300, measure=idle)
+    st = sim.status
+    assert st.phase is Phase.ROLLED_BACK
+    assert cond(st, "RolledBack").reason == "InconclusiveLimitExceeded"
+    assert st.canary.inconclusives == 4  # type: ignore[union-attr]
+    assert not any(isinstance(a, cn.PromoteStable) for a in sim.actions)
+    assert [a.weight for a in sim.actions if isinstance(a, cn.SetWeight)] == [25, 0]
+
+
+def test_prometheus_down_is_error_then_continues() -> None:
+    down = {"on": True}
+
+    def flaky(now: datetime) -> g.Measurement:
+        if down["on"]:
+            return g.Measurement(window_seconds=10, taken_at=now, error="connection refused")
+        return healthy(now)
+
+    sim = Sim(make_spec(consecutiveErrorLimit=4), evaluated())
+    sim.start()
+    sim.run(40, measure=flaky)
+    st = sim.status
+    assert st.phase is Phase.CANARY and st.canary is not None
+    assert st.canary.weight == 25  # no step advanced on errors
+    assert st.canary.consecutive_errors == 4 and st.canary.last_verdict == "Error"
+    assert {r.verdict for r in st.gates} == {"Error"}
+    down["on"] = False
+    sim.run(200, measure=flaky)
+    assert sim.status.phase is Phase.PROMOTED
+    assert sim.status.canary.consecutive_errors == 0  # type: ignore[union-attr]
+
+
+def test_prometheus_down_too_long_rolls_back_without_replan() -> None:
+    sim = Sim(make_spec(consecutiveErrorLimit=2, replan={"enabled": True}), evaluated())
+    sim.start()
+    sim.run(
+        100,
+        measure=lambda now: g.Measurement(window_seconds=10, taken_at=now, error="refused"),
+    )
+    assert sim.status.phase is Phase.ROLLED_BACK
+    assert cond(sim.status, "RolledBack").reason == "MeasurementErrorLimitExceeded"
+    assert not any(isinstance(a, cn.StartReplan) for a in sim.actions)
+
+
+def test_pause_and_resume_by_annotation() -> None:
+    sim = Sim(make_spec(), evaluated())
+    sim.start()
+    sim.run(10)
+    before = sim.measured
+    sim.annotations[cn.ANNOTATION_PAUSE] = "true"
+    sim.tick(1)
+    assert sim.status.phase is Phase.PAUSED
+    sim.run(600)  # far beyond the 10m progress deadline: paused time does not count
+    assert sim.status.phase is Phase.PAUSED
+    assert sim.measured == before
+    del sim.annotations[cn.ANNOTATION_PAUSE]
+    sim.tick(1)
+    assert sim.status.phase is Phase.CANARY
+    sim.run(200)
+    assert sim.status.phase is Phase.PROMOTED
+
+
+def test_abort_annotation_and_stale_requests() -> None:
+    sim = Sim(make_spec(), evaluated())
+    sim.start()
+    sim.annotations[cn.ANNOTATION_ABORT] = "2025-01-01T00:00:00Z"  # before this canary
+    sim.run(10)
+    assert sim.status.phase is Phase.CANARY
+    sim.annotations[cn.ANNOTATION_ABORT] = cn.rfc3339(sim.now)
+    sim.tick(1)
+    assert sim.status.phase is Phase.ROLLED_BACK
+    assert cond(sim.status, "RolledBack").reason == "Aborted"
+
+
+def test_manual_promotion_waits_for_annotation() -> None:
+    sim = Sim(make_spec(promotion="manual"), evaluated())
+    sim.start()
+    sim.run(300)
+    assert sim.status.phase is Phase.CANARY
+    assert cond(sim.status, "Promoted").reason == "AwaitingPromotion"
+    sim.annotations[cn.ANNOTATION_PROMOTE] = cn.rfc3339(sim.now)
+    sim.tick(1)
+    assert sim.status.phase is Phase.PROMOTED
+    assert cond(sim.status, "Promoted").reason == "ManualPromotion"
+
+
+def test_promote_annotation_skips_remaining_steps() -> None:
+    sim = Sim(make_spec(), evaluated())
+    sim.start()
+    sim.annotations[cn.ANNOTATION_PROMOTE] = "true"
+    sim.tick(1)
+    assert sim.status.phase is Phase.PROMOTED
+    assert "remaining steps and gates skipped" in sim.status.message
+
+
+def test_shift_route_promotion() -> None:
+    sim = Sim(make_spec(promotionStrategy="ShiftRoute"), evaluated())
+    sim.start()
+    sim.run(200)
+    assert sim.status.phase is Phase.PROMOTED
+    assert sim.actions[-2:] == [
+        cn.SetWeight(100),
+        cn.PromoteStable("ShiftRoute", sim.status.artifact_uri),
+    ]
+
+
+def test_progress_deadline() -> None:
+    sim = Sim(make_spec(progressDeadline="1m"), evaluated())
+    sim.start()
+    sim.run(200, measure=lambda now: healthy(now, s_req=10))  # ratio never conclusive
+    assert sim.status.phase is Phase.ROLLED_BACK
+    assert cond(sim.status, "RolledBack").reason in (
+        "ProgressDeadlineExceeded",
+        "InconclusiveLimitExceeded",
+    )
+
+
+def test_unverified_weight_is_set_again() -> None:
+    sim = Sim(make_spec(), evaluated())
+    sim.start()
+    d = cn.decide(
+        sim.spec,
+        sim.status,
+        cn.Observation(name=NAME, canary_ready=True, weight_verified=False),
+        sim.now + timedelta(seconds=1),
+    )
+    assert d.actions == (cn.SetWeight(25),)
+
+
+def test_accuracy_failure_rolls_back_before_traffic() -> None:
+    sim = Sim(make_spec(), evaluated(passed=False))
+    d = sim.tick(0)
+    assert sim.status.phase is Phase.ROLLED_BACK
+    assert d.actions == ()  # no traffic had moved
+    assert cond(sim.status, "RolledBack").reason == "AccuracyGateFailed"
+
+
+def test_accuracy_judged_from_figures_when_not_yet_judged() -> None:
+    st = evaluated()
+    st = st.model_copy(
+        update={"accuracy": AccuracySummary(perplexity_base=10.0, perplexity_quantized=12.0)}
+    )
+    sim = Sim(make_spec(), st)
+    sim.tick(0)
+    assert sim.status.phase is Phase.ROLLED_BACK  # +20% > 10% in tiny-cpu.yaml
+    assert sim.status.accuracy is not None and sim.status.accuracy.passed is False
+
+
+def test_failed_gate_starts_replan_until_attempts_run_out() -> None:
+    spec = make_spec(replan={"enabled": True, "maxAttempts": 2})
+    sim = Sim(spec, evaluated())
+    sim.start()
+    sim.run(60, measure=lambda now: healthy(now, c_p99=0.9))
+    st = sim.status
+    assert st.phase is Phase.PLANNING and st.attempt == 2
+    replan = [a for a in sim.actions if isinstance(a, cn.StartReplan)]
+    assert len(replan) == 1 and replan[0].attempt == 2
+    assert replan[0].failed_gates[0].gate == "p99RatioToStable"
+    assert [a.attempt for a in st.history] == [1, 2]
+    assert st.history[0].outcome == "RolledBack"
+    assert "re-planning more conservatively as attempt 2 of 2" in cond(st, "RolledBack").message
+    # attempt 2 evaluated again by the pipeline, fails again: no attempts left
+    st2 = st.model_copy(
+        update={
+            "phase": Phase.EVALUATED,
+            "accuracy": evaluated().accuracy,
+            "artifact_uri": "pvc://models/tiny/attempt-2",
+        }
+    )
+    sim2 = Sim(spec, st2)
+    sim2.now = sim.now
+    sim2.tick(0)
+    sim2.tick(5)
+    sim2.run(60, measure=lambda now: healthy(now, c_p99=0.9))
+    assert sim2.status.phase is Phase.ROLLED_BACK
+    assert not any(isinstance(a, cn.StartReplan) for a in sim2.actions)
+    assert "no re-plan left" in sim2.status.message
+    assert [a.outcome for a in sim2.status.history] == ["RolledBack", "RolledBack"]
+
+
+def test_terminal_phases_are_left_alone() -> None:
+    st = QuantizedModelStatus(phase=Phase.PROMOTED)
+    d = cn.decide(make_spec(), st, cn.Observation(name=NAME), T0)
+    assert d.status is st and d.actions == () and d.requeue_after is None
+
+
+# ----------------------------------------------------------------- re-plan
+
+
+def _tiny_plan() -> tuple[object, SensitivityResult]:
+    shapes: dict[str, tuple[int, int]] = {}
+    for i in range(4):
+        p = f"model.layers.{i}"
+        for n in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            shapes[f"{p}.self_attn.{n}"] = (256, 256)
+        shapes[f"{p}.mlp.gate_proj"] = (256, 512)
+        shapes[f"{p}.mlp.up_proj"] = (256, 512)
+        shapes[f"{p}.mlp.down_proj"] = (512, 256)
+    shapes["lm_head"] = (256, 1024)
+    groups = build_groups(shapes)
+    scores = {
+        grp.name: {
+            Format.INT4_W4A8: 1.0 + 3.0 * (grp.name.endswith("down_proj")) + 0.1 * i,
+            Format.INT8_W8A8: 0.1 + 0.01 * i,
+        }
+        for i, grp in enumerate(groups)
+        if grp.name != "lm_head"
+    }
+    sens = SensitivityResult(
+        method="fisher",
+        num_tokens=8192,
+        groups=groups,
+        scores=scores,
+        wall_seconds=1.0,
+        group_size=32,
+    )
+    p = plan(
+        PlanRequest(
+            groups=groups,
+            scores=scores,
+            profile=get_profile("cpu"),
+            budget=Budget(fraction_of_16bit=0.45),
+            allowed_formats=[Format.INT4_W4A8, Format.INT8_W8A8, Format.BF16],
+            group_size=32,
+        )
+    )
+    return p, sens
+
+
+def test_conservative_plan_raises_most_sensitive_groups_within_headroom() -> None:
+    prev, sens = _tiny_plan()
+    spec = make_spec(replan={"enabled": True, "maxAttempts": 3, "maxBudgetIncreaseFraction": 0.2})
+    base, ceiling2 = cn.replan_ceiling(prev, spec.quantization, spec.rollout.replan, 2)
+    _, ceiling3 = cn.replan_ceiling(prev, spec.quantization, spec.rollout.replan, 3)
+    assert ceiling2 == int(base * 1.1) and ceiling3 == int(base * 1.2)
+    new = cn.conservative_plan(
+        prev, sens, get_profile("cpu"), spec.quantization, spec.rollout.replan, 2
+    )
+    assert new is not None
+    assert new.total_bytes <= ceiling2 and new.total_bytes > prev.total_bytes
+    before, after = prev.format_of(), new.format_of()
+    changed = [k for k in before if before[k] != after[k]]
+    assert changed
+    # only raises, never lowers; the most sensitive (down_proj, highest score first)
+    order = {Format.INT4_W4A8: 0, Format.INT8_W8A8: 1, Format.BF16: 2}
+    assert all(order[after[k]] > order[before[k]] for k in changed)
+    top = max(
+        (a for a in prev.assignments if a.pinned_by is None and not a.format.is_unquantized),
+        key=lambda a: a.score,
+    )
+    assert top.group in changed
+    assert new.predicted_loss < prev.predicted_loss
+    assert any("attempt 2" in w for w in new.warnings)
+    # attempt 3 starts from attempt 2 and opens more headroom
+    newer = cn.conservative_plan(
+        new, sens, get_profile("cpu"), spec.quantization, spec.rollout.replan, 3
+    )
+    assert newer is not None and newer.total_bytes > new.total_bytes
+
+
+def test_conservative_plan_without_headroom_is_none() -> None:
+    prev, sens = _tiny_plan()
+    spec = make_spec(replan={"enabled": True, "maxBudgetIncreaseFraction": 0.0})
+    assert (
+        cn.conservative_plan(
+            prev, sens, get_profile("cpu"), spec.quantization, spec.rollout.replan, 2
+        )
+        is None
+    )

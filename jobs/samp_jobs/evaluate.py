@@ -166,7 +166,6 @@ def load_quantized(
     qmethod = (cfg.get("quantization_config") or {}).get("quant_method")
     kwargs: dict[str, Any] = {"dtype": dtype or "auto", "trust_remote_code": trust_remote_code}
     if qmethod == "bitsandbytes":
-        kwargs["device_map"] = "cpu"
         kwargs["dtype"] = torch.bfloat16
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     model.eval()

@@ -314,7 +314,6 @@ def export_bitsandbytes_nf4(
         model_dir,
         quantization_config=qc,
         dtype=torch.bfloat16,
-        device_map="cpu",
         trust_remote_code=trust_remote_code,
     )
     if out.exists():

@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "cluster"))
 
-from cluster_fixtures import (  # noqa: E402,F401  (fixtures are registered by import)
+from cluster_fixtures import (  # noqa: F401  (fixtures are registered by import)
     build_if_needed,
     cluster,
     cluster_api,
@@ -14,8 +14,8 @@ from cluster_fixtures import (  # noqa: E402,F401  (fixtures are registered by i
     mark_cluster_items,
     operator_rbac,
     prometheus_operator_crds,
-    samp_crds,
     register_marker,
+    samp_crds,
 )
 
 

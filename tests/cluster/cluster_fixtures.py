@@ -29,14 +29,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import controlplane
+import pytest
 from controlplane import ControlPlane, ControlPlaneError
 
 SKIP_ENV = "SAMP_SKIP_CLUSTER_TESTS"
 REPO = Path(__file__).resolve().parents[2]
-_build_error: str | None = None
+_build_error: dict[str, str] = {}  # "message" when the build failed
 
 
 def _skip_requested() -> bool:
@@ -46,8 +45,9 @@ def _skip_requested() -> bool:
 def register_marker(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "cluster: needs the real Kubernetes control plane of tests/cluster (etcd, kube-apiserver, "
-        "kube-controller-manager, kube-scheduler, KWOK); skipped only with SAMP_SKIP_CLUSTER_TESTS=1",
+        "cluster: needs the real Kubernetes control plane of tests/cluster (etcd, "
+        "kube-apiserver, kube-controller-manager, kube-scheduler, KWOK); skipped only with "
+        "SAMP_SKIP_CLUSTER_TESTS=1",
     )
 
 
@@ -59,7 +59,6 @@ def mark_cluster_items(items: list[pytest.Item]) -> None:
 
 def build_if_needed(session: pytest.Session) -> None:
     """Build the binaries before the first test (outside per-test timeouts)."""
-    global _build_error
     if _skip_requested() or session.config.option.collectonly:
         return
     if not any("cluster" in getattr(i, "fixturenames", ()) for i in session.items):
@@ -69,7 +68,7 @@ def build_if_needed(session: pytest.Session) -> None:
     try:
         controlplane.ensure_binaries(log)
     except ControlPlaneError as exc:
-        _build_error = str(exc)
+        _build_error["message"] = str(exc)
 
 
 @pytest.fixture(scope="session")
@@ -77,7 +76,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     if _skip_requested():
         pytest.skip(f"{SKIP_ENV}=1: tests against the real control plane are skipped")
     if _build_error:
-        pytest.fail(f"building the control plane failed:\n{_build_error}", pytrace=False)
+        pytest.fail(f"building the control plane failed:\n{_build_error['message']}", pytrace=False)
     controlplane.ensure_binaries()  # no-op when built by the collection hook
     cp = ControlPlane(tmp_path_factory.mktemp("samp-cluster"))
     try:

@@ -60,7 +60,15 @@ REASON_ANNOTATION = "samp.dev/kwok-reason"
 MESSAGE_ANNOTATION = "samp.dev/kwok-message"
 RUN_DURATION_ANNOTATION = "samp.dev/kwok-run-duration"
 
-BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kubectl", "helm")
+BINARIES = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kwok",
+    "kubectl",
+    "helm",
+)
 
 OPERATOR_NAMESPACE = "samp-system"
 OPERATOR_SERVICE_ACCOUNT = "samp-operator"
@@ -77,8 +85,8 @@ class ControlPlaneError(RuntimeError):
 def read_versions() -> dict[str, str]:
     """KEY=VALUE pairs of versions.env (comments ignored)."""
     out: dict[str, str] = {}
-    for line in VERSIONS_ENV.read_text().splitlines():
-        line = line.strip()
+    for raw in VERSIONS_ENV.read_text().splitlines():
+        line = raw.strip()
         if line and not line.startswith("#") and "=" in line:
             k, v = line.split("=", 1)
             out[k.strip()] = v.strip()
@@ -87,19 +95,26 @@ def read_versions() -> dict[str, str]:
 
 def bin_dir() -> Path:
     """Where build.sh puts (and finds) the binaries for the pinned release."""
-    root = os.environ.get("SAMP_CLUSTER_BIN_DIR") or str(Path.home() / ".cache/samp-operator/cluster-bin")
+    root = os.environ.get("SAMP_CLUSTER_BIN_DIR") or str(
+        Path.home() / ".cache/samp-operator/cluster-bin"
+    )
     return Path(root) / read_versions()["K8S_VERSION"]
 
 
 def third_party_dir(name: str) -> Path:
-    """CRD YAMLs build.sh copied from a Go module: name is "gateway-api" or "prometheus-operator"."""
-    key = {"gateway-api": "GATEWAY_API_VERSION", "prometheus-operator": "PROMETHEUS_OPERATOR_VERSION"}[name]
+    """CRD YAMLs build.sh copied from a Go module ("gateway-api", "prometheus-operator")."""
+    key = {
+        "gateway-api": "GATEWAY_API_VERSION",
+        "prometheus-operator": "PROMETHEUS_OPERATOR_VERSION",
+    }[name]
     return bin_dir() / "crds" / f"{name}-{read_versions()[key]}"
 
 
 def binaries_current() -> bool:
     """True when build.sh --check says every binary is built and up to date."""
-    r = subprocess.run(["bash", str(BUILD_SH), "--check"], capture_output=True, text=True)
+    r = subprocess.run(
+        ["bash", str(BUILD_SH), "--check"], capture_output=True, text=True, check=False
+    )
     return r.returncode == 0
 
 
@@ -108,17 +123,26 @@ def ensure_binaries(log_path: Path | None = None) -> Path:
     if binaries_current():
         return bin_dir()
     log_path = log_path or Path(tempfile.gettempdir()) / "samp-cluster-build.log"
-    print(f"[samp-cluster] building control-plane binaries (log: {log_path}); "
-          "cold builds take tens of minutes", file=sys.stderr, flush=True)
+    print(
+        f"[samp-cluster] building control-plane binaries (log: {log_path}); "
+        "cold builds take tens of minutes",
+        file=sys.stderr,
+        flush=True,
+    )
     with open(log_path, "wb") as log:
-        r = subprocess.run(["bash", str(BUILD_SH)], stdout=log, stderr=subprocess.STDOUT)
+        r = subprocess.run(
+            ["bash", str(BUILD_SH)], stdout=log, stderr=subprocess.STDOUT, check=False
+        )
     if r.returncode != 0:
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-40:])
-        raise ControlPlaneError(f"tests/cluster/build.sh failed (exit {r.returncode}); log {log_path}:\n{tail}")
+        raise ControlPlaneError(
+            f"tests/cluster/build.sh failed (exit {r.returncode}); log {log_path}:\n{tail}"
+        )
     return bin_dir()
 
 
 # --- small utilities -------------------------------------------------------
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -142,7 +166,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
             value = predicate()
             if value:
                 return value
-        except Exception as exc:  # noqa: BLE001 - polling tolerates transient errors
+        except Exception as exc:
             last_exc = exc
         if time.monotonic() > deadline:
             extra = f" (last error: {last_exc!r})" if last_exc else ""
@@ -151,7 +175,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
 
 
 def _openssl(*args: str, cwd: Path) -> None:
-    r = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True)
+    r = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, check=False)
     if r.returncode != 0:
         raise ControlPlaneError(f"openssl {' '.join(args)} failed: {r.stderr.strip()}")
 
@@ -193,27 +217,88 @@ class Certs:
         self.ca_crt, self.ca_key = self.dir / "ca.crt", self.dir / "ca.key"
 
     def make_ca(self) -> None:
-        _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                 "-keyout", "ca.key", "-out", "ca.crt", "-days", "3650", "-subj", "/CN=samp-test-ca",
-                 "-addext", "basicConstraints=critical,CA:TRUE",
-                 "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature", cwd=self.dir)
+        _openssl(
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "3650",
+            "-subj",
+            "/CN=samp-test-ca",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
+            cwd=self.dir,
+        )
 
-    def issue(self, name: str, subject: str, *, server_sans: Sequence[str] = (), client: bool = False) -> tuple[Path, Path]:
+    def issue(
+        self, name: str, subject: str, *, server_sans: Sequence[str] = (), client: bool = False
+    ) -> tuple[Path, Path]:
         """Issue a leaf certificate signed by the test CA; returns (crt, key)."""
         ext = self.dir / f"{name}.ext"
-        lines = ["basicConstraints=critical,CA:FALSE", "keyUsage=critical,digitalSignature,keyEncipherment"]
+        lines = [
+            "basicConstraints=critical,CA:FALSE",
+            "keyUsage=critical,digitalSignature,keyEncipherment",
+        ]
         lines.append("extendedKeyUsage=" + ("clientAuth" if client else "serverAuth"))
         if server_sans:
             lines.append("subjectAltName=" + ",".join(server_sans))
         ext.write_text("\n".join(lines) + "\n")
-        _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                 "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subject, cwd=self.dir)
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-                 "-days", "3650", "-extfile", ext.name, "-out", f"{name}.crt", cwd=self.dir)
+        _openssl(
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            subject,
+            cwd=self.dir,
+        )
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "3650",
+            "-extfile",
+            ext.name,
+            "-out",
+            f"{name}.crt",
+            cwd=self.dir,
+        )
         return self.dir / f"{name}.crt", self.dir / f"{name}.key"
 
     def service_account_keys(self) -> tuple[Path, Path]:
-        _openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", "sa.key", cwd=self.dir)
+        _openssl(
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            "sa.key",
+            cwd=self.dir,
+        )
         _openssl("pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=self.dir)
         return self.dir / "sa.key", self.dir / "sa.pub"
 
@@ -222,7 +307,9 @@ def write_kubeconfig(path: Path, server: str, ca: Path, user: dict[str, str], na
     cfg = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "samp-test", "cluster": {"server": server, "certificate-authority": str(ca)}}],
+        "clusters": [
+            {"name": "samp-test", "cluster": {"server": server, "certificate-authority": str(ca)}}
+        ],
         "users": [{"name": name, "user": user}],
         "contexts": [{"name": name, "context": {"cluster": "samp-test", "user": name}}],
         "current-context": name,
@@ -233,6 +320,7 @@ def write_kubeconfig(path: Path, server: str, ca: Path, user: dict[str, str], na
 
 
 # --- the control plane -----------------------------------------------------
+
 
 class ControlPlane:
     """etcd + kube-apiserver + kube-controller-manager + kube-scheduler + KWOK.
@@ -258,7 +346,9 @@ class ControlPlane:
         self.operator_kubeconfig = self.workdir / "operator.kubeconfig"
         self.operator_namespace = OPERATOR_NAMESPACE
         self.operator_service_account = OPERATOR_SERVICE_ACCOUNT
-        self.operator_username = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SERVICE_ACCOUNT}"
+        self.operator_username = (
+            f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SERVICE_ACCOUNT}"
+        )
         self.certs = Certs(self.workdir / "pki")
         self.operator_token = ""
         self.timings: dict[str, float] = {}
@@ -287,15 +377,23 @@ class ControlPlane:
     def _spawn(self, comp: Component) -> None:
         comp.log.parent.mkdir(parents=True, exist_ok=True)
         logf = open(comp.log, "ab")  # noqa: SIM115 - lives as long as the process
-        comp.proc = subprocess.Popen(comp.argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     cwd=self.workdir, preexec_fn=_set_pdeathsig)
+        comp.proc = subprocess.Popen(
+            comp.argv,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=self.workdir,
+            preexec_fn=_set_pdeathsig,  # noqa: PLW1509 - only prctl, async-signal-safe enough
+        )
         logf.close()
         self.components.append(comp)
 
     def _check_alive(self) -> None:
         for c in self.components:
             if c.proc and c.proc.poll() is not None:
-                raise ControlPlaneError(f"{c.name} exited with {c.proc.returncode}; log {c.log}:\n{c.log_tail()}")
+                raise ControlPlaneError(
+                    f"{c.name} exited with {c.proc.returncode}; log {c.log}:\n{c.log_tail()}"
+                )
 
     def _wait_healthy(self, comp: Component, timeout: float = 60) -> None:
         assert comp.health_url
@@ -305,7 +403,9 @@ class ControlPlane:
         def ok() -> bool:
             self._check_alive()
             try:
-                with urllib.request.urlopen(url, context=ctx if url.startswith("https") else None, timeout=2) as r:
+                with urllib.request.urlopen(
+                    url, context=ctx if url.startswith("https") else None, timeout=2
+                ) as r:
                     return r.status == 200
             except (urllib.error.URLError, OSError):
                 return False
@@ -321,7 +421,9 @@ class ControlPlane:
         """TLS context trusting the test CA (and presenting the admin cert)."""
         ctx = ssl.create_default_context(cafile=str(self.ca_file))
         if client_cert:
-            ctx.load_cert_chain(str(self.certs.dir / "admin.crt"), str(self.certs.dir / "admin.key"))
+            ctx.load_cert_chain(
+                str(self.certs.dir / "admin.crt"), str(self.certs.dir / "admin.key")
+            )
         else:  # component health endpoints serve self-signed certificates
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
@@ -352,9 +454,19 @@ class ControlPlane:
         t0 = time.monotonic()
         c = self.certs
         c.make_ca()
-        c.issue("apiserver", "/CN=kube-apiserver", server_sans=[
-            "IP:127.0.0.1", "IP:10.0.0.1", "DNS:localhost", "DNS:kubernetes", "DNS:kubernetes.default",
-            "DNS:kubernetes.default.svc", "DNS:kubernetes.default.svc.cluster.local"])
+        c.issue(
+            "apiserver",
+            "/CN=kube-apiserver",
+            server_sans=[
+                "IP:127.0.0.1",
+                "IP:10.0.0.1",
+                "DNS:localhost",
+                "DNS:kubernetes",
+                "DNS:kubernetes.default",
+                "DNS:kubernetes.default.svc",
+                "DNS:kubernetes.default.svc.cluster.local",
+            ],
+        )
         c.issue("admin", "/O=system:masters/CN=samp-test-admin", client=True)
         self.sa_key, self.sa_pub = c.service_account_keys()
         self.timings["pki"] = time.monotonic() - t0
@@ -362,19 +474,33 @@ class ControlPlane:
     def _start_etcd(self, logs: Path) -> None:
         client, peer = free_port(), free_port()
         self.etcd_url = f"http://127.0.0.1:{client}"
-        comp = Component("etcd", [
-            str(self.binary("etcd")),
-            "--name", "samp-test",
-            "--data-dir", str(self.workdir / "etcd"),
-            "--listen-client-urls", self.etcd_url,
-            "--advertise-client-urls", self.etcd_url,
-            "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-            "--initial-cluster", f"samp-test=http://127.0.0.1:{peer}",
-            "--unsafe-no-fsync",  # test data: durability is irrelevant, speed is not
-            "--quota-backend-bytes", str(2 * 1024**3),
-            "--log-level", "warn",
-        ], logs / "etcd.log", health_url=f"{self.etcd_url}/health")
+        comp = Component(
+            "etcd",
+            [
+                str(self.binary("etcd")),
+                "--name",
+                "samp-test",
+                "--data-dir",
+                str(self.workdir / "etcd"),
+                "--listen-client-urls",
+                self.etcd_url,
+                "--advertise-client-urls",
+                self.etcd_url,
+                "--listen-peer-urls",
+                f"http://127.0.0.1:{peer}",
+                "--initial-advertise-peer-urls",
+                f"http://127.0.0.1:{peer}",
+                "--initial-cluster",
+                f"samp-test=http://127.0.0.1:{peer}",
+                "--unsafe-no-fsync",  # test data: durability is irrelevant, speed is not
+                "--quota-backend-bytes",
+                str(2 * 1024**3),
+                "--log-level",
+                "warn",
+            ],
+            logs / "etcd.log",
+            health_url=f"{self.etcd_url}/health",
+        )
         self._spawn(comp)
         self._wait_healthy(comp, 30)
 
@@ -382,73 +508,132 @@ class ControlPlane:
         port = free_port()
         self.server = f"https://127.0.0.1:{port}"
         d = self.certs.dir
-        comp = Component("kube-apiserver", [
-            str(self.binary("kube-apiserver")),
-            "--etcd-servers", self.etcd_url,
-            "--bind-address", "127.0.0.1",
-            "--advertise-address", "127.0.0.1",
-            "--secure-port", str(port),
-            "--tls-cert-file", str(d / "apiserver.crt"),
-            "--tls-private-key-file", str(d / "apiserver.key"),
-            "--client-ca-file", str(self.ca_file),
-            "--authorization-mode", "Node,RBAC",
-            "--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
-            "--service-account-key-file", str(self.sa_pub),
-            "--service-account-signing-key-file", str(self.sa_key),
-            "--service-cluster-ip-range", "10.0.0.0/24",
-            "--allow-privileged=true",
-            "--profiling=false",
-            "--v", "1",
-        ], logs / "kube-apiserver.log", health_url=f"{self.server}/readyz")
+        comp = Component(
+            "kube-apiserver",
+            [
+                str(self.binary("kube-apiserver")),
+                "--etcd-servers",
+                self.etcd_url,
+                "--bind-address",
+                "127.0.0.1",
+                "--advertise-address",
+                "127.0.0.1",
+                "--secure-port",
+                str(port),
+                "--tls-cert-file",
+                str(d / "apiserver.crt"),
+                "--tls-private-key-file",
+                str(d / "apiserver.key"),
+                "--client-ca-file",
+                str(self.ca_file),
+                "--authorization-mode",
+                "Node,RBAC",
+                "--service-account-issuer",
+                "https://kubernetes.default.svc.cluster.local",
+                "--service-account-key-file",
+                str(self.sa_pub),
+                "--service-account-signing-key-file",
+                str(self.sa_key),
+                "--service-cluster-ip-range",
+                "10.0.0.0/24",
+                "--allow-privileged=true",
+                "--profiling=false",
+                "--v",
+                "1",
+            ],
+            logs / "kube-apiserver.log",
+            health_url=f"{self.server}/readyz",
+        )
         self._spawn(comp)
         self._wait_healthy(comp, timeout)
 
     def _write_admin_kubeconfig(self) -> None:
         d = self.certs.dir
-        write_kubeconfig(self.admin_kubeconfig, self.server, self.ca_file,
-                         {"client-certificate": str(d / "admin.crt"), "client-key": str(d / "admin.key")},
-                         "samp-test-admin")
+        write_kubeconfig(
+            self.admin_kubeconfig,
+            self.server,
+            self.ca_file,
+            {"client-certificate": str(d / "admin.crt"), "client-key": str(d / "admin.key")},
+            "samp-test-admin",
+        )
 
     def _start_controllers(self, logs: Path, timeout: float) -> None:
         kcm_port, sched_port, kwok_port = free_port(), free_port(), free_port()
         kc = str(self.admin_kubeconfig)
-        kcm = Component("kube-controller-manager", [
-            str(self.binary("kube-controller-manager")),
-            "--kubeconfig", kc,
-            "--authentication-kubeconfig", kc,
-            "--authorization-kubeconfig", kc,
-            "--bind-address", "127.0.0.1",
-            "--secure-port", str(kcm_port),
-            "--leader-elect=false",
-            "--controllers", "*",
-            "--service-account-private-key-file", str(self.sa_key),
-            "--root-ca-file", str(self.ca_file),
-            "--use-service-account-credentials=false",
-            "--cluster-name", "samp-test",
-            "--profiling=false",
-            "--v", "1",
-        ], logs / "kube-controller-manager.log", health_url=f"https://127.0.0.1:{kcm_port}/healthz")
-        sched = Component("kube-scheduler", [
-            str(self.binary("kube-scheduler")),
-            "--kubeconfig", kc,
-            "--authentication-kubeconfig", kc,
-            "--authorization-kubeconfig", kc,
-            "--bind-address", "127.0.0.1",
-            "--secure-port", str(sched_port),
-            "--leader-elect=false",
-            "--profiling=false",
-            "--v", "1",
-        ], logs / "kube-scheduler.log", health_url=f"https://127.0.0.1:{sched_port}/healthz")
-        kwok = Component("kwok", [
-            str(self.binary("kwok")),
-            "--config", str(KWOK_STAGES),
-            "--kubeconfig", kc,
-            "--manage-all-nodes=true",
-            "--cidr", "10.244.0.0/16",
-            "--node-ip", "10.96.0.1",
-            "--node-lease-duration-seconds", "40",
-            "--server-address", f"127.0.0.1:{kwok_port}",
-        ], logs / "kwok.log", health_url=f"http://127.0.0.1:{kwok_port}/healthz")
+        kcm = Component(
+            "kube-controller-manager",
+            [
+                str(self.binary("kube-controller-manager")),
+                "--kubeconfig",
+                kc,
+                "--authentication-kubeconfig",
+                kc,
+                "--authorization-kubeconfig",
+                kc,
+                "--bind-address",
+                "127.0.0.1",
+                "--secure-port",
+                str(kcm_port),
+                "--leader-elect=false",
+                "--controllers",
+                "*",
+                "--service-account-private-key-file",
+                str(self.sa_key),
+                "--root-ca-file",
+                str(self.ca_file),
+                "--use-service-account-credentials=false",
+                "--cluster-name",
+                "samp-test",
+                "--profiling=false",
+                "--v",
+                "1",
+            ],
+            logs / "kube-controller-manager.log",
+            health_url=f"https://127.0.0.1:{kcm_port}/healthz",
+        )
+        sched = Component(
+            "kube-scheduler",
+            [
+                str(self.binary("kube-scheduler")),
+                "--kubeconfig",
+                kc,
+                "--authentication-kubeconfig",
+                kc,
+                "--authorization-kubeconfig",
+                kc,
+                "--bind-address",
+                "127.0.0.1",
+                "--secure-port",
+                str(sched_port),
+                "--leader-elect=false",
+                "--profiling=false",
+                "--v",
+                "1",
+            ],
+            logs / "kube-scheduler.log",
+            health_url=f"https://127.0.0.1:{sched_port}/healthz",
+        )
+        kwok = Component(
+            "kwok",
+            [
+                str(self.binary("kwok")),
+                "--config",
+                str(KWOK_STAGES),
+                "--kubeconfig",
+                kc,
+                "--manage-all-nodes=true",
+                "--cidr",
+                "10.244.0.0/16",
+                "--node-ip",
+                "10.96.0.1",
+                "--node-lease-duration-seconds",
+                "40",
+                "--server-address",
+                f"127.0.0.1:{kwok_port}",
+            ],
+            logs / "kwok.log",
+            health_url=f"http://127.0.0.1:{kwok_port}/healthz",
+        )
         for comp in (kcm, sched, kwok):
             self._spawn(comp)
         for comp in (kcm, sched, kwok):
@@ -459,13 +644,18 @@ class ControlPlane:
 
         t0 = time.monotonic()
         core = client.CoreV1Api(self.api_client)
-        self.add_node(GPU_NODE, gpus=8, labels={
-            "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3",
-            "nvidia.com/gpu.count": "8",
-            "nvidia.com/gpu.memory": "81559",
-            "nvidia.com/cuda.driver.major": "570",
-            "samp.dev/test-node": "gpu",
-        }, wait=False)
+        self.add_node(
+            GPU_NODE,
+            gpus=8,
+            labels={
+                "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3",
+                "nvidia.com/gpu.count": "8",
+                "nvidia.com/gpu.memory": "81559",
+                "nvidia.com/cuda.driver.major": "570",
+                "samp.dev/test-node": "gpu",
+            },
+            wait=False,
+        )
         self.add_node(CPU_NODE, labels={"samp.dev/test-node": "cpu"}, wait=False)
         for n in (GPU_NODE, CPU_NODE):
             self.wait_node_ready(n, timeout)
@@ -474,15 +664,27 @@ class ControlPlane:
         # kubeconfig carries, so RBAC decides exactly as it would in-cluster.
         self.ensure_namespace(self.operator_namespace)
         with contextlib.suppress(client.ApiException):
-            core.create_namespaced_service_account(self.operator_namespace, client.V1ServiceAccount(
-                metadata=client.V1ObjectMeta(name=self.operator_service_account)))
+            core.create_namespaced_service_account(
+                self.operator_namespace,
+                client.V1ServiceAccount(
+                    metadata=client.V1ObjectMeta(name=self.operator_service_account)
+                ),
+            )
         tr = core.create_namespaced_service_account_token(
-            self.operator_service_account, self.operator_namespace,
-            client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(
-                audiences=[], expiration_seconds=48 * 3600)))
+            self.operator_service_account,
+            self.operator_namespace,
+            client.AuthenticationV1TokenRequest(
+                spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=48 * 3600)
+            ),
+        )
         self.operator_token = tr.status.token
-        write_kubeconfig(self.operator_kubeconfig, self.server, self.ca_file, {"token": self.operator_token},
-                         "samp-operator")
+        write_kubeconfig(
+            self.operator_kubeconfig,
+            self.server,
+            self.ca_file,
+            {"token": self.operator_token},
+            "samp-operator",
+        )
         self.set_operator_rules([])  # no permissions until a test grants them
         self.wait_default_service_account("default", timeout)
         self.timings["bootstrap"] = time.monotonic() - t0
@@ -535,8 +737,15 @@ class ControlPlane:
 
         return DynamicClient(api_client or self.api_client)
 
-    def request(self, method: str, path: str, body: Any = None, *, headers: dict[str, str] | None = None,
-                token: str | None = None) -> tuple[int, Any]:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        headers: dict[str, str] | None = None,
+        token: str | None = None,
+    ) -> tuple[int, Any]:
         """Raw HTTPS request (admin client cert, or a bearer `token`); returns
         (status, decoded JSON or text). Never raises for HTTP error statuses."""
         data = None
@@ -561,31 +770,66 @@ class ControlPlane:
         except ValueError:
             return status, raw.decode(errors="replace")
 
-    def kubectl(self, *args: str, kubeconfig: Path | str | None = None, check: bool = True,
-                input: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self,
+        *args: str,
+        kubeconfig: Path | str | None = None,
+        check: bool = True,
+        input: str | None = None,
+        timeout: float = 120,
+    ) -> subprocess.CompletedProcess[str]:
         """Run the built kubectl against this cluster (admin unless `kubeconfig`)."""
-        cmd = [str(self.binary("kubectl")), "--kubeconfig", str(kubeconfig or self.admin_kubeconfig), *args]
-        r = subprocess.run(cmd, capture_output=True, text=True, input=input, timeout=timeout)
+        cmd = [
+            str(self.binary("kubectl")),
+            "--kubeconfig",
+            str(kubeconfig or self.admin_kubeconfig),
+            *args,
+        ]
+        r = subprocess.run(
+            cmd, capture_output=True, text=True, input=input, timeout=timeout, check=False
+        )
         if check and r.returncode != 0:
-            raise ControlPlaneError(f"kubectl {' '.join(args)} failed ({r.returncode}): {r.stderr.strip()}")
+            raise ControlPlaneError(
+                f"kubectl {' '.join(args)} failed ({r.returncode}): {r.stderr.strip()}"
+            )
         return r
 
-    def helm(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    def helm(
+        self, *args: str, check: bool = True, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
         """Run the built helm (admin kubeconfig, caches under the work dir)."""
-        env = dict(os.environ, KUBECONFIG=str(self.admin_kubeconfig),
-                   HELM_CACHE_HOME=str(self.workdir / "helm/cache"),
-                   HELM_CONFIG_HOME=str(self.workdir / "helm/config"),
-                   HELM_DATA_HOME=str(self.workdir / "helm/data"))
-        r = subprocess.run([str(self.binary("helm")), *args], capture_output=True, text=True, env=env,
-                           timeout=timeout)
+        env = dict(
+            os.environ,
+            KUBECONFIG=str(self.admin_kubeconfig),
+            HELM_CACHE_HOME=str(self.workdir / "helm/cache"),
+            HELM_CONFIG_HOME=str(self.workdir / "helm/config"),
+            HELM_DATA_HOME=str(self.workdir / "helm/data"),
+        )
+        r = subprocess.run(
+            [str(self.binary("helm")), *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
+            check=False,
+        )
         if check and r.returncode != 0:
-            raise ControlPlaneError(f"helm {' '.join(args)} failed ({r.returncode}): {r.stderr.strip()}")
+            raise ControlPlaneError(
+                f"helm {' '.join(args)} failed ({r.returncode}): {r.stderr.strip()}"
+            )
         return r
 
     # -- objects -------------------------------------------------------------
 
-    def apply(self, obj: dict[str, Any], *, namespace: str | None = None, dry_run: bool = False,
-              field_manager: str = "samp-tests", api_client: Any = None) -> Any:
+    def apply(
+        self,
+        obj: dict[str, Any],
+        *,
+        namespace: str | None = None,
+        dry_run: bool = False,
+        field_manager: str = "samp-tests",
+        api_client: Any = None,
+    ) -> Any:
         """Server-side apply one object (force conflicts); returns the ResourceInstance."""
         dyn = self.dynamic(api_client)
         res = dyn.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
@@ -609,7 +853,9 @@ class ControlPlane:
                 if not doc:
                     continue
                 if doc.get("kind") != "CustomResourceDefinition":
-                    raise ControlPlaneError(f"{p}: not a CustomResourceDefinition: {doc.get('kind')}")
+                    raise ControlPlaneError(
+                        f"{p}: not a CustomResourceDefinition: {doc.get('kind')}"
+                    )
                 self.apply(doc)
                 names.append(doc["metadata"]["name"])
         for n in names:
@@ -619,14 +865,20 @@ class ControlPlane:
     def install_gateway_api(self, timeout: float = 60) -> list[str]:
         """Gateway API standard channel (GATEWAY_API_VERSION): its CRDs and the
         ValidatingAdmissionPolicy it ships, as `kubectl apply -f standard-install.yaml` would."""
-        return self._install_third_party(sorted(third_party_dir("gateway-api").glob("*.yaml")), timeout)
+        return self._install_third_party(
+            sorted(third_party_dir("gateway-api").glob("*.yaml")), timeout
+        )
 
-    def install_prometheus_operator_crds(self, plurals: Iterable[str] = ("servicemonitors", "podmonitors",
-                                                                       "prometheusrules"),
-                                         timeout: float = 60) -> list[str]:
+    def install_prometheus_operator_crds(
+        self,
+        plurals: Iterable[str] = ("servicemonitors", "podmonitors", "prometheusrules"),
+        timeout: float = 60,
+    ) -> list[str]:
         """prometheus-operator CRDs (PROMETHEUS_OPERATOR_VERSION), by plural; no operator runs."""
         d = third_party_dir("prometheus-operator")
-        return self._install_third_party([d / f"monitoring.coreos.com_{p}.yaml" for p in plurals], timeout)
+        return self._install_third_party(
+            [d / f"monitoring.coreos.com_{p}.yaml" for p in plurals], timeout
+        )
 
     def _install_third_party(self, files: list[Path], timeout: float) -> list[str]:
         if not files or not all(f.is_file() for f in files):
@@ -649,7 +901,9 @@ class ControlPlane:
 
     def wait_crd_established(self, name: str, timeout: float = 60) -> dict[str, Any]:
         def established() -> dict[str, Any] | None:
-            status, crd = self.request("GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
+            status, crd = self.request(
+                "GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}"
+            )
             if status != 200:
                 return None
             conds = {c["type"]: c["status"] for c in crd.get("status", {}).get("conditions", [])}
@@ -676,35 +930,66 @@ class ControlPlane:
         for n in names:
             self.request("DELETE", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{n}")
         for n in names:
-            wait_for(lambda n=n: self.request(
-                "GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{n}")[0] == 404,
-                timeout, f"CRD {n} deleted")
+            wait_for(
+                lambda n=n: (
+                    self.request(
+                        "GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{n}"
+                    )[0]
+                    == 404
+                ),
+                timeout,
+                f"CRD {n} deleted",
+            )
 
     def ensure_namespace(self, name: str) -> None:
-        status, body = self.request("POST", "/api/v1/namespaces",
-                                    {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+        status, body = self.request(
+            "POST",
+            "/api/v1/namespaces",
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
+        )
         if status not in (201, 409):
             raise ControlPlaneError(f"creating namespace {name}: {status} {body}")
 
     def wait_default_service_account(self, namespace: str, timeout: float = 60) -> None:
         """Pods are refused until the serviceaccount controller made `default` here."""
-        wait_for(lambda: self.request("GET", f"/api/v1/namespaces/{namespace}/serviceaccounts/default")[0] == 200,
-                 timeout, f"ServiceAccount {namespace}/default")
+        wait_for(
+            lambda: (
+                self.request("GET", f"/api/v1/namespaces/{namespace}/serviceaccounts/default")[0]
+                == 200
+            ),
+            timeout,
+            f"ServiceAccount {namespace}/default",
+        )
 
-    def add_node(self, name: str, *, gpus: int = 0, cpu: str = "64", memory: str = "512Gi",
-                 labels: dict[str, str] | None = None, taints: list[dict[str, str]] | None = None,
-                 wait: bool = True, timeout: float = 60) -> None:
+    def add_node(
+        self,
+        name: str,
+        *,
+        gpus: int = 0,
+        cpu: str = "64",
+        memory: str = "512Gi",
+        labels: dict[str, str] | None = None,
+        taints: list[dict[str, str]] | None = None,
+        wait: bool = True,
+        timeout: float = 60,
+    ) -> None:
         """Create a KWOK-managed fake node (kubelet-free: KWOK makes it Ready)."""
         capacity = {"cpu": cpu, "memory": memory, "pods": "110", "ephemeral-storage": "1Ti"}
         if gpus:
             capacity["nvidia.com/gpu"] = str(gpus)
         node = {
-            "apiVersion": "v1", "kind": "Node",
+            "apiVersion": "v1",
+            "kind": "Node",
             "metadata": {
                 "name": name,
                 "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
-                "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
-                           "kubernetes.io/arch": "amd64", "type": "kwok", **(labels or {})},
+                "labels": {
+                    "kubernetes.io/hostname": name,
+                    "kubernetes.io/os": "linux",
+                    "kubernetes.io/arch": "amd64",
+                    "type": "kwok",
+                    **(labels or {}),
+                },
             },
             "spec": {"taints": taints or []},
             "status": {"capacity": capacity, "allocatable": dict(capacity)},
@@ -718,76 +1003,137 @@ class ControlPlane:
     def wait_node_ready(self, name: str, timeout: float = 60) -> None:
         def ready() -> bool:
             status, node = self.request("GET", f"/api/v1/nodes/{name}")
-            conds = {c["type"]: c["status"] for c in node.get("status", {}).get("conditions", [])} if status == 200 else {}
+            conds = (
+                {c["type"]: c["status"] for c in node.get("status", {}).get("conditions", [])}
+                if status == 200
+                else {}
+            )
             return conds.get("Ready") == "True"
 
         wait_for(ready, timeout, f"node {name} Ready")
 
     # -- the operator identity ------------------------------------------------
 
-    def set_operator_rules(self, rules: list[dict[str, Any]], *, clusterrole: str = OPERATOR_CLUSTERROLE) -> None:
+    def set_operator_rules(
+        self, rules: list[dict[str, Any]], *, clusterrole: str = OPERATOR_CLUSTERROLE
+    ) -> None:
         """Create/replace the ClusterRole bound to the operator identity (the
         ServiceAccount samp-system/samp-operator of ``operator_kubeconfig``).
 
         Pass e.g. the ``rules`` of the Helm chart's ClusterRole to run the
         operator with exactly the chart's permissions. RBAC changes take effect
         within about a second (the authorizer's informers)."""
-        role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-                "metadata": {"name": clusterrole}, "rules": rules}
+        role = {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": clusterrole},
+            "rules": rules,
+        }
         # apply replaces the rules this manager owns: removing a rule removes it.
         self.apply(role, field_manager="samp-tests-operator-rbac")
         self.bind_operator_clusterrole(clusterrole)
         self._wait_rbac_synced(rules)
 
     def bind_operator_clusterrole(self, clusterrole: str) -> None:
-        """Bind an existing ClusterRole (e.g. one installed by the chart) to the operator identity."""
+        """Bind an existing ClusterRole (e.g. the chart's) to the operator identity."""
         binding = {
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
             "metadata": {"name": f"{clusterrole}-samp-operator"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": clusterrole},
-            "subjects": [{"kind": "ServiceAccount", "name": self.operator_service_account,
-                          "namespace": self.operator_namespace}],
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": clusterrole,
+            },
+            "subjects": [
+                {
+                    "kind": "ServiceAccount",
+                    "name": self.operator_service_account,
+                    "namespace": self.operator_namespace,
+                }
+            ],
         }
         self.apply(binding, field_manager="samp-tests-operator-rbac")
 
-    def operator_can(self, verb: str, resource: str, *, group: str = "", namespace: str | None = None,
-                     subresource: str = "") -> bool:
+    def operator_can(
+        self,
+        verb: str,
+        resource: str,
+        *,
+        group: str = "",
+        namespace: str | None = None,
+        subresource: str = "",
+    ) -> bool:
         """SubjectAccessReview for the operator identity (what RBAC really decides)."""
         review = {
-            "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
-            "spec": {"user": self.operator_username,
-                     "groups": ["system:serviceaccounts", f"system:serviceaccounts:{self.operator_namespace}",
-                                "system:authenticated"],
-                     "resourceAttributes": {"verb": verb, "resource": resource, "group": group,
-                                            "namespace": namespace or "", "subresource": subresource}},
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SubjectAccessReview",
+            "spec": {
+                "user": self.operator_username,
+                "groups": [
+                    "system:serviceaccounts",
+                    f"system:serviceaccounts:{self.operator_namespace}",
+                    "system:authenticated",
+                ],
+                "resourceAttributes": {
+                    "verb": verb,
+                    "resource": resource,
+                    "group": group,
+                    "namespace": namespace or "",
+                    "subresource": subresource,
+                },
+            },
         }
-        status, body = self.request("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", review)
+        status, body = self.request(
+            "POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", review
+        )
         if status != 201:
             raise ControlPlaneError(f"SubjectAccessReview: {status} {body}")
         return bool(body["status"].get("allowed"))
 
     def _wait_rbac_synced(self, rules: list[dict[str, Any]], timeout: float = 30) -> None:
-        probe = next((r for r in rules if r.get("resources") and r.get("verbs")
-                      and "*" not in r["resources"][0] and not r.get("resourceNames")), None)
+        probe = next(
+            (
+                r
+                for r in rules
+                if r.get("resources")
+                and r.get("verbs")
+                and "*" not in r["resources"][0]
+                and not r.get("resourceNames")
+            ),
+            None,
+        )
         if probe is None:
             return
         resource = probe["resources"][0].split("/")
         verb = probe["verbs"][0] if probe["verbs"][0] != "*" else "get"
         group = (probe.get("apiGroups") or [""])[0]
         group = "" if group == "*" else group
-        wait_for(lambda: self.operator_can(verb, resource[0], group=group,
-                                           subresource=resource[1] if len(resource) > 1 else ""),
-                 timeout, "operator RBAC to take effect")
+        wait_for(
+            lambda: self.operator_can(
+                verb, resource[0], group=group, subresource=resource[1] if len(resource) > 1 else ""
+            ),
+            timeout,
+            "operator RBAC to take effect",
+        )
 
 
-def pod_fails(template: dict[str, Any], *, exit_code: int = 1, reason: str = "Error", message: str = "",
-              run_duration: str | None = None) -> dict[str, Any]:
+def pod_fails(
+    template: dict[str, Any],
+    *,
+    exit_code: int = 1,
+    reason: str = "Error",
+    message: str = "",
+    run_duration: str | None = None,
+) -> dict[str, Any]:
     """Mark a pod (or pod template) dict so KWOK makes it fail; returns it.
 
     Works on a Pod, a pod ``template`` (``{"metadata":..., "spec":...}``) or a
     Job (its ``spec.template``)."""
     target = template
-    if template.get("kind") == "Job" or ("spec" in template and "template" in template.get("spec", {})):
+    if template.get("kind") == "Job" or (
+        "spec" in template and "template" in template.get("spec", {})
+    ):
         target = template["spec"]["template"]
     meta = target.setdefault("metadata", {})
     meta.setdefault("labels", {})[FAIL_LABEL] = "true"
@@ -803,9 +1149,10 @@ def pod_fails(template: dict[str, Any], *, exit_code: int = 1, reason: str = "Er
 
 # --- manual use --------------------------------------------------------------
 
+
 def _main(argv: list[str]) -> int:
     if argv[1:2] != ["up"]:
-        print("usage: python tests/cluster/controlplane.py up   # start, print kubeconfigs, Ctrl-C stops")
+        print("usage: python tests/cluster/controlplane.py up  # Ctrl-C stops it")
         return 2
     ensure_binaries()
     workdir = Path(tempfile.mkdtemp(prefix="samp-cluster-"))

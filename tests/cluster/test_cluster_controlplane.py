@@ -6,9 +6,8 @@ import os
 import subprocess
 from pathlib import Path
 
-import pytest
-
 import controlplane
+import pytest
 from cluster_fixtures import _alive
 from controlplane import BINARIES, CPU_NODE, GPU_NODE, ControlPlane
 
@@ -28,7 +27,13 @@ def test_binaries_report_the_pinned_releases(cluster: ControlPlane) -> None:
     }
     assert set(expect) == set(BINARIES)
     for name, (args, want) in expect.items():
-        out = subprocess.run([str(cluster.binary(name)), *args], capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            [str(cluster.binary(name)), *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
         assert want in out.stdout + out.stderr, f"{name}: {out.stdout}{out.stderr}"
 
 
@@ -37,11 +42,18 @@ def test_server_version_and_health(cluster: ControlPlane) -> None:
     assert status == 200 and ver["gitVersion"] == cluster.versions["K8S_VERSION"]
     for path in ("/readyz", "/livez", "/readyz/etcd", "/readyz/poststarthook/rbac/bootstrap-roles"):
         assert cluster.request("GET", path)[0] == 200, path
-    assert set(cluster.pids()) == {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"}
+    assert set(cluster.pids()) == {
+        "etcd",
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kwok",
+    }
 
 
 def test_fake_nodes_are_ready(cluster: ControlPlane) -> None:
     status, nodes = cluster.request("GET", "/api/v1/nodes")
+    assert status == 200, nodes
     by_name = {n["metadata"]["name"]: n for n in nodes["items"]}
     assert {GPU_NODE, CPU_NODE} <= set(by_name)
     gpu = by_name[GPU_NODE]
@@ -55,8 +67,13 @@ def test_fake_nodes_are_ready(cluster: ControlPlane) -> None:
 
 def test_kubeconfigs_work(cluster: ControlPlane) -> None:
     assert "samp-gpu-h100-0" in cluster.kubectl("get", "nodes", "-o", "name").stdout
-    who = cluster.kubectl("auth", "whoami", "-o", "jsonpath={.status.userInfo.username}",
-                          kubeconfig=cluster.operator_kubeconfig).stdout
+    who = cluster.kubectl(
+        "auth",
+        "whoami",
+        "-o",
+        "jsonpath={.status.userInfo.username}",
+        kubeconfig=cluster.operator_kubeconfig,
+    ).stdout
     assert who == cluster.operator_username
 
 
@@ -65,8 +82,11 @@ def test_report_resources(cluster: ControlPlane) -> None:
     rss = cluster.rss()
     assert all(v for v in rss.values()), rss
     total = sum(v or 0 for v in rss.values())
-    print("\ncontrol-plane RSS (MiB): " + ", ".join(f"{k}={v / 1024:.0f}" for k, v in rss.items())
-          + f", total={total / 1024:.0f}")
+    print(
+        "\ncontrol-plane RSS (MiB): "
+        + ", ".join(f"{k}={v / 1024:.0f}" for k, v in rss.items())
+        + f", total={total / 1024:.0f}"
+    )
     print("start timings (s): " + ", ".join(f"{k}={v:.2f}" for k, v in cluster.timings.items()))
 
 

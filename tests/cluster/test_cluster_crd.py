@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from controlplane import ControlPlane
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
@@ -35,7 +34,9 @@ def _directives(path: Path) -> dict[str, list[str]]:
 
 
 def _server_rejected() -> list[Path]:
-    return [p for p in INVALID if _directives(p).get("server-rejects", ["false"])[0].lower() == "true"]
+    return [
+        p for p in INVALID if _directives(p).get("server-rejects", ["false"])[0].lower() == "true"
+    ]
 
 
 def _crd() -> dict[str, Any]:
@@ -57,7 +58,9 @@ def _load(path: Path, namespace: str) -> dict[str, Any]:
     return doc
 
 
-def _create(cluster: ControlPlane, obj: dict[str, Any], *, dry_run: bool = False) -> tuple[int, Any]:
+def _create(
+    cluster: ControlPlane, obj: dict[str, Any], *, dry_run: bool = False
+) -> tuple[int, Any]:
     """POST like `kubectl create` does: strict field validation."""
     ns = obj["metadata"]["namespace"]
     q = "?fieldValidation=Strict" + ("&dryRun=All" if dry_run else "")
@@ -70,7 +73,9 @@ def test_crd_file_exists() -> None:
 
 def test_crd_installs_and_is_served(cluster: ControlPlane, samp_crds: list[str]) -> None:
     assert "quantizedmodels.samp.dev" in samp_crds
-    status, crd = cluster.request("GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/quantizedmodels.samp.dev")
+    status, crd = cluster.request(
+        "GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/quantizedmodels.samp.dev"
+    )
     assert status == 200
     conds = {c["type"]: c["status"] for c in crd["status"]["conditions"]}
     assert conds["Established"] == "True" and conds["NamesAccepted"] == "True"
@@ -85,19 +90,28 @@ def test_crd_installs_and_is_served(cluster: ControlPlane, samp_crds: list[str])
 
 def test_crd_is_structural_and_cel_compiles(cluster: ControlPlane, samp_crds: list[str]) -> None:
     """The server accepted the CRD: no NonStructuralSchema condition, CEL rules compiled."""
-    _, crd = cluster.request("GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/quantizedmodels.samp.dev")
-    bad = [c for c in crd["status"]["conditions"] if c["type"] == "NonStructuralSchema" and c["status"] == "True"]
+    _, crd = cluster.request(
+        "GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/quantizedmodels.samp.dev"
+    )
+    bad = [
+        c
+        for c in crd["status"]["conditions"]
+        if c["type"] == "NonStructuralSchema" and c["status"] == "True"
+    ]
     assert not bad, bad
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
-def test_example_is_accepted(cluster: ControlPlane, samp_crds: list[str], cluster_namespace: str,
-                             example: Path) -> None:
+def test_example_is_accepted(
+    cluster: ControlPlane, samp_crds: list[str], cluster_namespace: str, example: Path
+) -> None:
     obj = _load(example, cluster_namespace)
     status, body = _create(cluster, obj, dry_run=True)
-    assert status == 201, f"{example.name} dry-run rejected: {body.get('message') if isinstance(body, dict) else body}"
+    assert status == 201, f"{example.name} dry-run rejected: {_message(body)}"
     status, body = _create(cluster, obj)
-    assert status == 201, f"{example.name} rejected: {body.get('message') if isinstance(body, dict) else body}"
+    assert status == 201, (
+        f"{example.name} rejected: {body.get('message') if isinstance(body, dict) else body}"
+    )
     # defaults from the schema are applied by the server
     assert body["metadata"]["uid"]
     status, got = cluster.request("GET", _qm_path(cluster_namespace, obj["metadata"]["name"]))
@@ -116,8 +130,9 @@ def _message(body: Any) -> str:
 
 
 @pytest.mark.parametrize("manifest", _server_rejected(), ids=[p.stem for p in _server_rejected()])
-def test_invalid_manifest_rejected_by_api_server(cluster: ControlPlane, samp_crds: list[str],
-                                                 cluster_namespace: str, manifest: Path) -> None:
+def test_invalid_manifest_rejected_by_api_server(
+    cluster: ControlPlane, samp_crds: list[str], cluster_namespace: str, manifest: Path
+) -> None:
     """Rejected with strict field validation (what kubectl create/apply and Argo CD
     send). The expected text (`# expect-server:`, else `# expect:`) must be in
     that rejection, or, for unknown fields, in the rejection the server gives
@@ -128,7 +143,9 @@ def test_invalid_manifest_rejected_by_api_server(cluster: ControlPlane, samp_crd
     obj = _load(manifest, cluster_namespace)
     status, body = _create(cluster, obj, dry_run=True)
     assert status in (400, 422), (
-        f"{manifest.name}: the API server accepted it (HTTP {status}); expected a rejection containing {expected}")
+        f"{manifest.name}: the API server accepted it (HTTP {status}); "
+        f"expected a rejection containing {expected}"
+    )
     messages = [_message(body)]
     if any(e not in messages[0] for e in expected) and "unknown field" in messages[0]:
         ns = obj["metadata"]["namespace"]
@@ -136,19 +153,26 @@ def test_invalid_manifest_rejected_by_api_server(cluster: ControlPlane, samp_crd
         if st2 in (400, 422):
             messages.append(_message(body2))
     for exp in expected:
-        assert any(exp in m for m in messages), f"{manifest.name}: {exp!r} not in the server's message(s): {messages}"
+        assert any(exp in m for m in messages), (
+            f"{manifest.name}: {exp!r} not in the server's message(s): {messages}"
+        )
 
 
 def _server_accepted() -> list[Path]:
-    return [p for p in INVALID if _directives(p).get("server-rejects", ["false"])[0].lower() != "true"]
+    return [
+        p for p in INVALID if _directives(p).get("server-rejects", ["false"])[0].lower() != "true"
+    ]
 
 
 @pytest.mark.parametrize("manifest", _server_accepted(), ids=[p.stem for p in _server_accepted()])
-def test_client_only_invalid_manifest_is_accepted_by_api_server(cluster: ControlPlane, samp_crds: list[str],
-                                                                cluster_namespace: str, manifest: Path) -> None:
+def test_client_only_invalid_manifest_is_accepted_by_api_server(
+    cluster: ControlPlane, samp_crds: list[str], cluster_namespace: str, manifest: Path
+) -> None:
     """`# server-rejects: false` must be true: only the operator's own validation catches these."""
     status, body = _create(cluster, _load(manifest, cluster_namespace), dry_run=True)
-    assert status == 201, f"{manifest.name} is marked server-rejects: false but the server says: {_message(body)}"
+    assert status == 201, (
+        f"{manifest.name} is marked server-rejects: false but the server says: {_message(body)}"
+    )
 
 
 def test_some_manifests_are_server_rejected() -> None:
@@ -164,7 +188,9 @@ def _example_obj(namespace: str, name: str) -> dict[str, Any]:
     return obj
 
 
-def test_status_is_a_subresource(cluster: ControlPlane, samp_crds: list[str], cluster_namespace: str) -> None:
+def test_status_is_a_subresource(
+    cluster: ControlPlane, samp_crds: list[str], cluster_namespace: str
+) -> None:
     ns, name = cluster_namespace, "status-sub"
     status, created = _create(cluster, _example_obj(ns, name))
     assert status == 201, created
@@ -181,8 +207,12 @@ def test_status_is_a_subresource(cluster: ControlPlane, samp_crds: list[str], cl
 
     # 2. writing status through /status works and does not bump generation
     patch = {"status": {"phase": "Planning", "observedGeneration": gen, "message": "planning"}}
-    status, st = cluster.request("PATCH", _qm_path(ns, name, "status"), patch,
-                                 headers={"Content-Type": "application/merge-patch+json"})
+    status, st = cluster.request(
+        "PATCH",
+        _qm_path(ns, name, "status"),
+        patch,
+        headers={"Content-Type": "application/merge-patch+json"},
+    )
     assert status == 200, st
     assert st["status"]["phase"] == "Planning"
     assert st["metadata"]["generation"] == gen
@@ -191,8 +221,12 @@ def test_status_is_a_subresource(cluster: ControlPlane, samp_crds: list[str], cl
     old_target = st["spec"]["hardware"]["target"]
     new_target = "h100" if old_target != "h100" else "a100"
     patch = {"spec": {"hardware": {"target": new_target}}, "status": {"message": "still planning"}}
-    status, st2 = cluster.request("PATCH", _qm_path(ns, name, "status"), patch,
-                                  headers={"Content-Type": "application/merge-patch+json"})
+    status, st2 = cluster.request(
+        "PATCH",
+        _qm_path(ns, name, "status"),
+        patch,
+        headers={"Content-Type": "application/merge-patch+json"},
+    )
     assert status == 200, st2
     assert st2["spec"]["hardware"]["target"] == old_target
     assert st2["status"]["message"] == "still planning"
@@ -207,18 +241,28 @@ def test_status_is_a_subresource(cluster: ControlPlane, samp_crds: list[str], cl
     assert upd["status"]["phase"] == "Planning"
 
     # 5. the status schema is enforced on /status too
-    status, bad = cluster.request("PATCH", _qm_path(ns, name, "status"), {"status": {"phase": "Exploded"}},
-                                  headers={"Content-Type": "application/merge-patch+json"})
+    status, bad = cluster.request(
+        "PATCH",
+        _qm_path(ns, name, "status"),
+        {"status": {"phase": "Exploded"}},
+        headers={"Content-Type": "application/merge-patch+json"},
+    )
     assert status == 422, bad
     assert "Unsupported value" in bad["message"]
 
 
-def test_table_shows_printer_columns(cluster: ControlPlane, samp_crds: list[str], cluster_namespace: str) -> None:
+def test_table_shows_printer_columns(
+    cluster: ControlPlane, samp_crds: list[str], cluster_namespace: str
+) -> None:
     ns, name = cluster_namespace, "table"
     status, created = _create(cluster, _example_obj(ns, name))
     assert status == 201, created
-    status, _ = cluster.request("PATCH", _qm_path(ns, name, "status"), {"status": {"phase": "Evaluating"}},
-                                headers={"Content-Type": "application/merge-patch+json"})
+    status, _ = cluster.request(
+        "PATCH",
+        _qm_path(ns, name, "status"),
+        {"status": {"phase": "Evaluating"}},
+        headers={"Content-Type": "application/merge-patch+json"},
+    )
     assert status == 200
 
     status, table = cluster.request("GET", _qm_path(ns), headers={"Accept": TABLE})
@@ -242,11 +286,20 @@ def test_table_shows_printer_columns(cluster: ControlPlane, samp_crds: list[str]
     assert all(h in wide for h in hidden), wide
 
 
-def test_kubectl_apply_like_a_user(cluster: ControlPlane, samp_crds: list[str], cluster_namespace: str) -> None:
+def test_kubectl_apply_like_a_user(
+    cluster: ControlPlane, samp_crds: list[str], cluster_namespace: str
+) -> None:
     """`kubectl apply` (client-side, strict validation) with the example as written."""
     src = next((p for p in EXAMPLES if "tiny" in p.name), EXAMPLES[0])
-    r = cluster.kubectl("apply", "-n", cluster_namespace, "-f", "-", check=False,
-                        input=yaml.safe_dump({**_load(src, cluster_namespace)}))
+    r = cluster.kubectl(
+        "apply",
+        "-n",
+        cluster_namespace,
+        "-f",
+        "-",
+        check=False,
+        input=yaml.safe_dump({**_load(src, cluster_namespace)}),
+    )
     assert r.returncode == 0, r.stderr
     got = json.loads(cluster.kubectl("get", "qm", "-n", cluster_namespace, "-o", "json").stdout)
     assert len(got["items"]) == 1

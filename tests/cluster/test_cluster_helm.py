@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from controlplane import ControlPlane
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
@@ -36,8 +35,11 @@ def _value_sets(chart: Path) -> list[tuple[str, list[str]]]:
     """Default values; every optional feature switched on (each boolean
     `enabled` in values.yaml); and every chart-testing values file (ci/*.yaml)."""
     sets: list[tuple[str, list[str]]] = [("default", [])]
-    toggles = _enabled_toggles(yaml.safe_load((chart / "values.yaml").read_text()) or {}) \
-        if (chart / "values.yaml").is_file() else []
+    toggles = (
+        _enabled_toggles(yaml.safe_load((chart / "values.yaml").read_text()) or {})
+        if (chart / "values.yaml").is_file()
+        else []
+    )
     if toggles:
         sets.append(("all-enabled", ["--set", ",".join(f"{t}=true" for t in toggles)]))
     sets += [(f.stem, ["-f", str(f)]) for f in sorted((chart / "ci").glob("*.yaml"))]
@@ -46,26 +48,52 @@ def _value_sets(chart: Path) -> list[tuple[str, list[str]]]:
 
 def _cases() -> list[Any]:
     if not CHARTS:
-        return [pytest.param(None, "default", [], marks=pytest.mark.skip(reason="no chart yet"), id="no-chart")]
-    return [pytest.param(c, name, args, id=f"{c.name}-{name}") for c in CHARTS for name, args in _value_sets(c)]
+        return [
+            pytest.param(
+                None, "default", [], marks=pytest.mark.skip(reason="no chart yet"), id="no-chart"
+            )
+        ]
+    return [
+        pytest.param(c, name, args, id=f"{c.name}-{name}")
+        for c in CHARTS
+        for name, args in _value_sets(c)
+    ]
 
 
-def _render(cluster: ControlPlane, chart: Path, args: list[str], release: str) -> list[dict[str, Any]]:
-    out = cluster.helm("template", release, str(chart), "--namespace", NAMESPACE, "--include-crds",
-                       "--kube-version", cluster.versions["K8S_VERSION"], *args).stdout
+def _render(
+    cluster: ControlPlane, chart: Path, args: list[str], release: str
+) -> list[dict[str, Any]]:
+    out = cluster.helm(
+        "template",
+        release,
+        str(chart),
+        "--namespace",
+        NAMESPACE,
+        "--include-crds",
+        "--kube-version",
+        cluster.versions["K8S_VERSION"],
+        *args,
+    ).stdout
     docs = [d for d in yaml.safe_load_all(out) if d]
     assert docs, f"helm template {chart.name} rendered nothing"
     return docs
 
 
 @pytest.mark.parametrize(("chart", "values_name", "values_args"), _cases())
-def test_helm_rendered_manifests_pass_server_side_dry_run(cluster: ControlPlane, prometheus_operator_crds: list[str],
-                                                          gateway_api_crds: list[str], chart: Path, values_name: str,
-                                                          values_args: list[str]) -> None:
+def test_helm_rendered_manifests_pass_server_side_dry_run(  # noqa: PLR0917 (fixtures)
+    cluster: ControlPlane,
+    prometheus_operator_crds: list[str],
+    gateway_api_crds: list[str],
+    chart: Path,
+    values_name: str,
+    values_args: list[str],
+) -> None:
     """ServiceMonitor/PrometheusRule (prometheus-operator) and Gateway API CRDs are
     installed, so optional templates are checked against their real schemas too."""
     lint = cluster.helm("lint", str(chart), *values_args, check=False)
-    assert lint.returncode == 0, f"helm lint {chart.name} ({values_name}):\n{lint.stdout}\n{lint.stderr}"
+    assert lint.returncode == 0, (
+        f"helm lint {chart.name} ({values_name}):\n{lint.stdout}\n{lint.stderr}"
+    )
     docs = _render(cluster, chart, values_args, "samp")
 
     # CRDs first, for real: the custom resources the chart may render need them served.
@@ -81,12 +109,17 @@ def test_helm_rendered_manifests_pass_server_side_dry_run(cluster: ControlPlane,
             continue
         ref = f"{d.get('kind')}/{d.get('metadata', {}).get('name')}"
         try:
-            cluster.apply(d, namespace=d.get("metadata", {}).get("namespace") or NAMESPACE, dry_run=True,
-                          field_manager="helm-test")
-        except Exception as exc:  # noqa: BLE001 - collect every failure
-            body = getattr(exc, "body", None) or getattr(exc, "summary", lambda: str(exc))()
-            failures.append(f"{ref}: {body}")
-    assert not failures, f"{chart.name} ({values_name}): server-side dry-run failed for:\n" + "\n".join(failures)
+            cluster.apply(
+                d,
+                namespace=d.get("metadata", {}).get("namespace") or NAMESPACE,
+                dry_run=True,
+                field_manager="helm-test",
+            )
+        except Exception as exc:
+            failures.append(f"{ref}: {getattr(exc, 'body', None) or exc}")
+    assert not failures, (
+        f"{chart.name} ({values_name}): server-side dry-run failed for:\n" + "\n".join(failures)
+    )
 
 
 @pytest.mark.skipif(not CHARTS, reason="no chart yet")
@@ -94,8 +127,19 @@ def test_helm_rendered_manifests_pass_server_side_dry_run(cluster: ControlPlane,
 def test_helm_install_becomes_ready(cluster: ControlPlane, chart: Path) -> None:
     ns = f"{NAMESPACE}-install"
     release = "samp-install"
-    r = cluster.helm("install", release, str(chart), "--namespace", ns, "--create-namespace",
-                     "--wait", "--timeout", "3m", check=False, timeout=300)
+    r = cluster.helm(
+        "install",
+        release,
+        str(chart),
+        "--namespace",
+        ns,
+        "--create-namespace",
+        "--wait",
+        "--timeout",
+        "3m",
+        check=False,
+        timeout=300,
+    )
     try:
         assert r.returncode == 0, f"helm install {chart.name} failed:\n{r.stdout}\n{r.stderr}"
         status = cluster.helm("status", release, "--namespace", ns).stdout

@@ -10,50 +10,70 @@ from typing import Any
 
 import pytest
 import yaml
-from kubernetes import client
-
 from controlplane import CPU_NODE, FAIL_LABEL, GPU_NODE, ControlPlane, pod_fails, wait_for
+from kubernetes import client
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _job(name: str, *, gpus: int = 0, backoff_limit: int = 0, run_duration: str | None = None) -> dict[str, Any]:
-    container: dict[str, Any] = {"name": "work", "image": "registry.invalid/samp/jobs:test",
-                                 "command": ["python", "-m", "samp_jobs.calibrate"]}
+def _job(
+    name: str, *, gpus: int = 0, backoff_limit: int = 0, run_duration: str | None = None
+) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": "work",
+        "image": "registry.invalid/samp/jobs:test",
+        "command": ["python", "-m", "samp_jobs.calibrate"],
+    }
     if gpus:
         container["resources"] = {"limits": {"nvidia.com/gpu": str(gpus)}}
-    tmpl: dict[str, Any] = {"metadata": {"labels": {"app": name}}, "spec": {
-        "restartPolicy": "Never", "containers": [container]}}
+    tmpl: dict[str, Any] = {
+        "metadata": {"labels": {"app": name}},
+        "spec": {"restartPolicy": "Never", "containers": [container]},
+    }
     if run_duration:
         tmpl["metadata"]["annotations"] = {"samp.dev/kwok-run-duration": run_duration}
-    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
-            "spec": {"backoffLimit": backoff_limit, "template": tmpl}}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name},
+        "spec": {"backoffLimit": backoff_limit, "template": tmpl},
+    }
 
 
-def _job_conditions(batch: client.BatchV1Api, ns: str, name: str) -> dict[str, client.V1JobCondition]:
+def _job_conditions(
+    batch: client.BatchV1Api, ns: str, name: str
+) -> dict[str, client.V1JobCondition]:
     job = batch.read_namespaced_job_status(name, ns)
     return {c.type: c for c in (job.status.conditions or []) if c.status == "True"}
 
 
-def _wait_job(batch: client.BatchV1Api, ns: str, name: str, cond: str, timeout: float = 90) -> client.V1JobCondition:
-    return wait_for(lambda: _job_conditions(batch, ns, name).get(cond), timeout, f"Job {ns}/{name} {cond}")
+def _wait_job(
+    batch: client.BatchV1Api, ns: str, name: str, cond: str, timeout: float = 90
+) -> client.V1JobCondition:
+    return wait_for(
+        lambda: _job_conditions(batch, ns, name).get(cond), timeout, f"Job {ns}/{name} {cond}"
+    )
 
 
 def _pods(core: client.CoreV1Api, ns: str, selector: str) -> list[client.V1Pod]:
     return core.list_namespaced_pod(ns, label_selector=selector).items
 
 
-def test_job_completes_through_the_job_controller(cluster: ControlPlane, cluster_api: Any,
-                                                  cluster_namespace: str) -> None:
+def test_job_completes_through_the_job_controller(
+    cluster: ControlPlane, cluster_api: Any, cluster_namespace: str
+) -> None:
     ns = cluster_namespace
     batch, core = client.BatchV1Api(cluster_api), client.CoreV1Api(cluster_api)
     batch.create_namespaced_job(ns, _job("calibrate", gpus=4, run_duration="2s"))
 
     # the pod is scheduled onto the GPU node by the real scheduler and runs ~2s
-    running = wait_for(lambda: [p for p in _pods(core, ns, "app=calibrate") if p.status.phase == "Running"],
-                       60, "calibrate pod Running")
+    running = wait_for(
+        lambda: [p for p in _pods(core, ns, "app=calibrate") if p.status.phase == "Running"],
+        60,
+        "calibrate pod Running",
+    )
     assert running[0].spec.node_name == GPU_NODE
     assert not _job_conditions(batch, ns, "calibrate").get("Complete")
 
@@ -66,7 +86,9 @@ def test_job_completes_through_the_job_controller(cluster: ControlPlane, cluster
     assert pod.status.container_statuses[0].state.terminated.exit_code == 0
 
 
-def test_job_fails_when_its_pod_fails(cluster: ControlPlane, cluster_api: Any, cluster_namespace: str) -> None:
+def test_job_fails_when_its_pod_fails(
+    cluster: ControlPlane, cluster_api: Any, cluster_namespace: str
+) -> None:
     ns = cluster_namespace
     batch, core = client.BatchV1Api(cluster_api), client.CoreV1Api(cluster_api)
     job = pod_fails(_job("export"), exit_code=137, reason="OOMKilled", message="out of GPU memory")
@@ -82,22 +104,25 @@ def test_job_fails_when_its_pod_fails(cluster: ControlPlane, cluster_api: Any, c
     assert (term.exit_code, term.reason, term.message) == (137, "OOMKilled", "out of GPU memory")
 
 
-def test_job_retries_then_fails_after_backoff_limit(cluster: ControlPlane, cluster_api: Any,
-                                                    cluster_namespace: str) -> None:
+def test_job_retries_then_fails_after_backoff_limit(
+    cluster: ControlPlane, cluster_api: Any, cluster_namespace: str
+) -> None:
     ns = cluster_namespace
     batch = client.BatchV1Api(cluster_api)
     job = pod_fails(_job("evaluate", backoff_limit=1))
     # one retry after the Job controller's pod backoff (10s); the podFailurePolicy
     # rule (Count on exit code 1) is validated and honoured by the real controller
-    job["spec"]["podFailurePolicy"] = {"rules": [
-        {"action": "Count", "onExitCodes": {"operator": "In", "values": [1]}}]}
+    job["spec"]["podFailurePolicy"] = {
+        "rules": [{"action": "Count", "onExitCodes": {"operator": "In", "values": [1]}}]
+    }
     batch.create_namespaced_job(ns, job)
     _wait_job(batch, ns, "evaluate", "Failed", timeout=120)
     assert batch.read_namespaced_job_status("evaluate", ns).status.failed == 2
 
 
-def test_gpu_capacity_is_enforced_by_the_scheduler(cluster: ControlPlane, cluster_api: Any,
-                                                   cluster_namespace: str) -> None:
+def test_gpu_capacity_is_enforced_by_the_scheduler(
+    cluster: ControlPlane, cluster_api: Any, cluster_namespace: str
+) -> None:
     ns = cluster_namespace
     core = client.CoreV1Api(cluster_api)
     node = core.read_node(GPU_NODE)
@@ -105,29 +130,64 @@ def test_gpu_capacity_is_enforced_by_the_scheduler(cluster: ControlPlane, cluste
     assert "nvidia.com/gpu" not in (core.read_node(CPU_NODE).status.allocatable or {})
 
     def pod(name: str, gpus: int) -> dict[str, Any]:
-        return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": {
-            "containers": [{"name": "c", "image": "registry.invalid/x", "resources": {
-                "limits": {"nvidia.com/gpu": str(gpus)}}}]}}
+        return {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name},
+            "spec": {
+                "containers": [
+                    {
+                        "name": "c",
+                        "image": "registry.invalid/x",
+                        "resources": {"limits": {"nvidia.com/gpu": str(gpus)}},
+                    }
+                ]
+            },
+        }
 
     core.create_namespaced_pod(ns, pod("too-big", 9))
-    ev = wait_for(lambda: [e for e in core.list_namespaced_event(ns, field_selector="involvedObject.name=too-big").items
-                           if e.reason == "FailedScheduling"], 60, "FailedScheduling event")
+    ev = wait_for(
+        lambda: [
+            e
+            for e in core.list_namespaced_event(
+                ns, field_selector="involvedObject.name=too-big"
+            ).items
+            if e.reason == "FailedScheduling"
+        ],
+        60,
+        "FailedScheduling event",
+    )
     assert "Insufficient nvidia.com/gpu" in ev[0].message
     assert core.read_namespaced_pod("too-big", ns).status.phase == "Pending"
 
 
-def test_deployment_rolls_out_and_failing_pods_crashloop(cluster: ControlPlane, cluster_api: Any,
-                                                         cluster_namespace: str) -> None:
+def test_deployment_rolls_out_and_failing_pods_crashloop(
+    cluster: ControlPlane, cluster_api: Any, cluster_namespace: str
+) -> None:
     ns = cluster_namespace
     apps, core = client.AppsV1Api(cluster_api), client.CoreV1Api(cluster_api)
 
     def deployment(name: str, fail: bool = False) -> dict[str, Any]:
-        tmpl: dict[str, Any] = {"metadata": {"labels": {"app": name}}, "spec": {"containers": [
-            {"name": "vllm", "image": "vllm/vllm-openai:v0.11.0", "ports": [{"containerPort": 8000}]}]}}
+        tmpl: dict[str, Any] = {
+            "metadata": {"labels": {"app": name}},
+            "spec": {
+                "containers": [
+                    {
+                        "name": "vllm",
+                        "image": "vllm/vllm-openai:v0.11.0",
+                        "ports": [{"containerPort": 8000}],
+                    }
+                ]
+            },
+        }
         if fail:
             pod_fails(tmpl, reason="Error", message="CUDA error: no kernel image")
-        return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
-                "spec": {"replicas": 2, "selector": {"matchLabels": {"app": name}}, "template": tmpl}}
+        return {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name},
+            "spec": {"replicas": 2, "selector": {"matchLabels": {"app": name}}, "template": tmpl},
+        }
 
     apps.create_namespaced_deployment(ns, deployment("stable"))
     apps.create_namespaced_deployment(ns, deployment("canary", fail=True))
@@ -137,18 +197,28 @@ def test_deployment_rolls_out_and_failing_pods_crashloop(cluster: ControlPlane, 
         return (d.status.available_replicas or 0) == 2
 
     wait_for(lambda: available("stable"), 90, "Deployment stable available")
-    crashing = wait_for(lambda: [p for p in _pods(core, ns, "app=canary")
-                                 if p.status.container_statuses and
-                                 p.status.container_statuses[0].state.waiting and
-                                 p.status.container_statuses[0].state.waiting.reason == "CrashLoopBackOff"],
-                        60, "canary pods in CrashLoopBackOff")
-    assert crashing[0].status.container_statuses[0].last_state.terminated.message == "CUDA error: no kernel image"
+    crashing = wait_for(
+        lambda: [
+            p
+            for p in _pods(core, ns, "app=canary")
+            if p.status.container_statuses
+            and p.status.container_statuses[0].state.waiting
+            and p.status.container_statuses[0].state.waiting.reason == "CrashLoopBackOff"
+        ],
+        60,
+        "canary pods in CrashLoopBackOff",
+    )
+    assert (
+        crashing[0].status.container_statuses[0].last_state.terminated.message
+        == "CUDA error: no kernel image"
+    )
     d = apps.read_namespaced_deployment_status("canary", ns)
     assert not d.status.available_replicas
 
 
-def test_deleting_an_owner_garbage_collects_children(cluster: ControlPlane, cluster_api: Any, samp_crds: list[str],
-                                                     cluster_namespace: str) -> None:
+def test_deleting_an_owner_garbage_collects_children(
+    cluster: ControlPlane, cluster_api: Any, samp_crds: list[str], cluster_namespace: str
+) -> None:
     """QuantizedModel -> Job -> Pod and QuantizedModel -> ConfigMap, as the operator wires them."""
     ns = cluster_namespace
     batch, core = client.BatchV1Api(cluster_api), client.CoreV1Api(cluster_api)
@@ -156,50 +226,96 @@ def test_deleting_an_owner_garbage_collects_children(cluster: ControlPlane, clus
     example = next(p for p in sorted((REPO / "examples").glob("*.yaml")) if "tiny" in p.name)
     qm = yaml.safe_load(example.read_text())
     qm["metadata"] = {"name": "owner", "namespace": ns}
-    owner = custom.create_namespaced_custom_object("samp.dev", "v1alpha1", ns, "quantizedmodels", qm)
-    ref = {"apiVersion": "samp.dev/v1alpha1", "kind": "QuantizedModel", "name": "owner",
-           "uid": owner["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
+    owner = custom.create_namespaced_custom_object(
+        "samp.dev", "v1alpha1", ns, "quantizedmodels", qm
+    )
+    ref = {
+        "apiVersion": "samp.dev/v1alpha1",
+        "kind": "QuantizedModel",
+        "name": "owner",
+        "uid": owner["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
 
     job = _job("owned-job", run_duration="600s")
     job["metadata"]["ownerReferences"] = [ref]
     batch.create_namespaced_job(ns, job)
-    core.create_namespaced_config_map(ns, {"apiVersion": "v1", "kind": "ConfigMap",
-                                           "metadata": {"name": "owned-plan", "ownerReferences": [ref]},
-                                           "data": {"plan.json": "{}"}})
+    core.create_namespaced_config_map(
+        ns,
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "owned-plan", "ownerReferences": [ref]},
+            "data": {"plan.json": "{}"},
+        },
+    )
     wait_for(lambda: _pods(core, ns, "app=owned-job"), 60, "owned Job's pod")
 
-    custom.delete_namespaced_custom_object("samp.dev", "v1alpha1", ns, "quantizedmodels", "owner",
-                                           body=client.V1DeleteOptions(propagation_policy="Foreground"))
+    custom.delete_namespaced_custom_object(
+        "samp.dev",
+        "v1alpha1",
+        ns,
+        "quantizedmodels",
+        "owner",
+        body=client.V1DeleteOptions(propagation_policy="Foreground"),
+    )
 
     def gone() -> bool:
         names = [j.metadata.name for j in batch.list_namespaced_job(ns).items]
         cms = [c.metadata.name for c in core.list_namespaced_config_map(ns).items]
         pods = _pods(core, ns, "app=owned-job")
-        qms = custom.list_namespaced_custom_object("samp.dev", "v1alpha1", ns, "quantizedmodels")["items"]
+        qms = custom.list_namespaced_custom_object("samp.dev", "v1alpha1", ns, "quantizedmodels")[
+            "items"
+        ]
         return not names and "owned-plan" not in cms and not pods and not qms
 
     # the GC discovers new CRDs on its 30s resync, hence the generous timeout
     t0 = time.monotonic()
-    wait_for(gone, 150, "garbage collection of the QuantizedModel's Job, Pod and ConfigMap", interval=1)
+    wait_for(
+        gone, 150, "garbage collection of the QuantizedModel's Job, Pod and ConfigMap", interval=1
+    )
     print(f"garbage collected in {time.monotonic() - t0:.1f}s")
 
 
-def test_deleting_a_deployment_cascades_to_replicasets_and_pods(cluster: ControlPlane, cluster_api: Any,
-                                                                cluster_namespace: str) -> None:
+def test_deleting_a_deployment_cascades_to_replicasets_and_pods(
+    cluster: ControlPlane, cluster_api: Any, cluster_namespace: str
+) -> None:
     ns = cluster_namespace
     apps, core = client.AppsV1Api(cluster_api), client.CoreV1Api(cluster_api)
-    apps.create_namespaced_deployment(ns, {
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
-        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}}, "template": {
-            "metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "x"}]}}}})
-    wait_for(lambda: apps.list_namespaced_replica_set(ns).items and _pods(core, ns, "app=web"), 60, "rs and pod")
+    apps.create_namespaced_deployment(
+        ns,
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "web"},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {
+                    "metadata": {"labels": {"app": "web"}},
+                    "spec": {"containers": [{"name": "c", "image": "x"}]},
+                },
+            },
+        },
+    )
+    wait_for(
+        lambda: apps.list_namespaced_replica_set(ns).items and _pods(core, ns, "app=web"),
+        60,
+        "rs and pod",
+    )
     apps.delete_namespaced_deployment("web", ns)  # default: background propagation
-    wait_for(lambda: not apps.list_namespaced_replica_set(ns).items and not _pods(core, ns, "app=web"),
-             90, "ReplicaSet and Pod garbage collected", interval=0.5)
+    wait_for(
+        lambda: not apps.list_namespaced_replica_set(ns).items and not _pods(core, ns, "app=web"),
+        90,
+        "ReplicaSet and Pod garbage collected",
+        interval=0.5,
+    )
 
 
-def test_operator_identity_is_limited_by_rbac(cluster: ControlPlane, samp_crds: list[str], cluster_namespace: str,
-                                              operator_rbac: Any) -> None:
+def test_operator_identity_is_limited_by_rbac(
+    cluster: ControlPlane, samp_crds: list[str], cluster_namespace: str, operator_rbac: Any
+) -> None:
     ns = cluster_namespace
     op = cluster.new_api_client(cluster.operator_kubeconfig)
     custom, core = client.CustomObjectsApi(op), client.CoreV1Api(op)
@@ -209,33 +325,64 @@ def test_operator_identity_is_limited_by_rbac(cluster: ControlPlane, samp_crds: 
         assert exc.value.status == 403
         assert cluster.operator_username in exc.value.body
 
-        operator_rbac([
-            {"apiGroups": ["samp.dev"], "resources": ["quantizedmodels"], "verbs": ["get", "list", "watch"]},
-            {"apiGroups": ["samp.dev"], "resources": ["quantizedmodels/status"], "verbs": ["get", "patch"]},
-        ])
-        assert custom.list_namespaced_custom_object("samp.dev", "v1alpha1", ns, "quantizedmodels")["items"] == []
-        assert cluster.operator_can("patch", "quantizedmodels", group="samp.dev", subresource="status")
+        operator_rbac(
+            [
+                {
+                    "apiGroups": ["samp.dev"],
+                    "resources": ["quantizedmodels"],
+                    "verbs": ["get", "list", "watch"],
+                },
+                {
+                    "apiGroups": ["samp.dev"],
+                    "resources": ["quantizedmodels/status"],
+                    "verbs": ["get", "patch"],
+                },
+            ]
+        )
+        assert (
+            custom.list_namespaced_custom_object("samp.dev", "v1alpha1", ns, "quantizedmodels")[
+                "items"
+            ]
+            == []
+        )
+        assert cluster.operator_can(
+            "patch", "quantizedmodels", group="samp.dev", subresource="status"
+        )
         assert not cluster.operator_can("patch", "quantizedmodels", group="samp.dev")
         with pytest.raises(client.ApiException) as exc:
             core.list_namespaced_secret(ns)
         assert exc.value.status == 403
 
         operator_rbac([])  # revoke
-        wait_for(lambda: not cluster.operator_can("list", "quantizedmodels", group="samp.dev"), 30, "revocation")
+        wait_for(
+            lambda: not cluster.operator_can("list", "quantizedmodels", group="samp.dev"),
+            30,
+            "revocation",
+        )
     finally:
         op.close()
 
 
-def test_canary_traffic_split_httproute_is_accepted(cluster: ControlPlane, gateway_api_crds: list[str],
-                                                    cluster_namespace: str) -> None:
-    """The Gateway API HTTPRoute a canary writes (weighted backendRefs), against the real CRD schema."""
+def test_canary_traffic_split_httproute_is_accepted(
+    cluster: ControlPlane, gateway_api_crds: list[str], cluster_namespace: str
+) -> None:
+    """The Gateway API HTTPRoute a canary writes (weighted backendRefs), real CRD schema."""
     assert "httproutes.gateway.networking.k8s.io" in gateway_api_crds
     route = {
-        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
         "metadata": {"name": "llama3-70b", "namespace": cluster_namespace},
-        "spec": {"parentRefs": [{"name": "llm-gateway"}], "rules": [{"backendRefs": [
-            {"name": "llama3-70b", "port": 8000, "weight": 95},
-            {"name": "llama3-70b-canary", "port": 8000, "weight": 5}]}]},
+        "spec": {
+            "parentRefs": [{"name": "llm-gateway"}],
+            "rules": [
+                {
+                    "backendRefs": [
+                        {"name": "llama3-70b", "port": 8000, "weight": 95},
+                        {"name": "llama3-70b-canary", "port": 8000, "weight": 5},
+                    ]
+                }
+            ],
+        },
     }
     got = cluster.apply(route).to_dict()
     assert [b["weight"] for b in got["spec"]["rules"][0]["backendRefs"]] == [95, 5]

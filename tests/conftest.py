@@ -13,6 +13,7 @@ from cluster_fixtures import (  # noqa: F401  (fixtures are registered by import
     gateway_api_crds,
     mark_cluster_items,
     operator_rbac,
+    pod_fails,
     prometheus_operator_crds,
     register_marker,
     samp_crds,

@@ -11,6 +11,8 @@ Imported by tests/conftest.py, so every test under tests/ can use them:
 * ``gateway_api_crds`` / ``prometheus_operator_crds`` (session): third-party
   CRDs (Gateway API standard channel; ServiceMonitor, PodMonitor,
   PrometheusRule) installed; return their names.
+* ``pod_fails`` (session): ``controlplane.pod_fails``, marks a Job, pod
+  template or Pod dict so KWOK fails its pod(s).
 * ``operator_rbac`` (function): ``operator_rbac(rules)`` sets the operator
   identity's ClusterRole; reset to no rules after the test.
 
@@ -138,3 +140,9 @@ def gateway_api_crds(cluster: ControlPlane) -> list[str]:
 @pytest.fixture(scope="session")
 def prometheus_operator_crds(cluster: ControlPlane) -> list[str]:
     return cluster.install_prometheus_operator_crds()
+
+
+@pytest.fixture(scope="session")
+def pod_fails() -> Callable[..., dict[str, Any]]:
+    """``pod_fails(job_or_template, exit_code=1, reason="Error", message="", run_duration=…)``."""
+    return controlplane.pod_fails

@@ -1,0 +1,232 @@
+"""The stage CLI end to end on a tiny model: documents, termination message, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from jobhelpers import write_jsonl
+
+from samp_core.results import parse_result
+from samp_jobs.cli import main
+
+
+def _eval_set(tmp_path: Path) -> Path:
+    recs = [
+        {
+            "messages": [{"role": "user", "content": "give json"}],
+            "expected": '{"a": 1}',
+            "kind": "json",
+        },
+        {"messages": [{"role": "user", "content": "say fox"}], "expected": "fox"},
+        {"text": "the lazy dog sleeps while the quick brown fox jumps over it again"},
+    ]
+    return write_jsonl(tmp_path / "eval.jsonl", recs)
+
+
+def test_quantize_runs_every_stage(
+    tiny_llama: Path, chat_prompts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    work, term = tmp_path / "work", tmp_path / "termination-log"
+    rc = main(
+        [
+            "quantize",
+            "--workdir",
+            str(work),
+            "--model",
+            str(tiny_llama),
+            "--prompts",
+            str(chat_prompts),
+            "--format",
+            "chat",
+            "--max-seq-len",
+            "64",
+            "--profile",
+            "cpu",
+            "--formats",
+            "int4-w4a8,int8-w8a8,bf16",
+            "--group-size",
+            "64",
+            "--fraction-of-16bit",
+            "0.5",
+            "--eval-set",
+            str(_eval_set(tmp_path)),
+            "--max-new-tokens",
+            "4",
+            "--termination-log",
+            str(term),
+            "--no-progress",
+        ]
+    )
+    assert rc == 0, capsys.readouterr().err
+    docs = {
+        n: parse_result(json.loads((work / f"{n}.json").read_text()))
+        for n in ("calibration", "sensitivity", "plan", "export", "evaluation")
+    }
+    hashes = [d.inputs_hash for d in docs.values()]
+    assert all(h.startswith("sha256:") for h in hashes) and len(set(hashes)) == 5
+    plan = docs["plan"]
+    assert plan.total_bytes <= plan.budget_bytes and plan.profile == "cpu"  # type: ignore[union-attr]
+    ev = docs["evaluation"]
+    assert ev.num_prompts >= 3 and 0 <= ev.top1_agreement <= 1  # type: ignore[union-attr]
+    assert ev.task_exact_match_base is not None  # type: ignore[union-attr]
+    assert (work / "artifact" / "samp_plan.json").is_file()
+    summary = json.loads(term.read_text())  # the last stage's summary
+    assert summary["kind"] == "EvaluationResult" and len(term.read_bytes()) < 4096
+    logs = [
+        json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")
+    ]
+    assert [r["stage"] for r in logs if r["event"] == "result"] == [
+        "calibrate",
+        "sensitivity",
+        "plan",
+        "export",
+        "evaluate",
+    ]
+
+    # A stage rerun on the same inputs reproduces its inputs hash and its numbers.
+    first = json.loads((work / "sensitivity.json").read_text())
+    assert (
+        main(
+            [
+                "sensitivity",
+                "--workdir",
+                str(work),
+                "--no-progress",
+                "--profile",
+                "cpu",
+                "--formats",
+                "int4-w4a8,int8-w8a8,bf16",
+                "--group-size",
+                "64",
+            ]
+        )
+        == 0
+    )
+    again = json.loads((work / "sensitivity.json").read_text())
+    assert again["inputsHash"] == first["inputsHash"] and again["scores"] == first["scores"]
+
+
+def test_bad_prompts_exit_2_naming_the_line(
+    tiny_llama: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    bad = write_jsonl(tmp_path / "bad.jsonl", ["{broken"] * 3)
+    rc = main(
+        [
+            "calibrate",
+            "--workdir",
+            str(tmp_path / "w"),
+            "--model",
+            str(tiny_llama),
+            "--prompts",
+            str(bad),
+            "--no-progress",
+        ]
+    )
+    assert rc == 2
+    assert "bad.jsonl:1: not valid JSON" in capsys.readouterr().err
+
+
+def test_infeasible_budget_names_the_smallest_feasible(
+    tiny_llama: Path, text_prompts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    work = tmp_path / "w"
+    common = ["--workdir", str(work), "--no-progress"]
+    assert (
+        main(
+            [
+                "calibrate",
+                *common,
+                "--model",
+                str(tiny_llama),
+                "--prompts",
+                str(text_prompts),
+                "--max-seq-len",
+                "32",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "sensitivity",
+                *common,
+                "--method",
+                "activation",
+                "--profile",
+                "sm90",
+                "--formats",
+                "int4-w4a16,bf16",
+                "--group-size",
+                "64",
+            ]
+        )
+        == 0
+    )
+    rc = main(
+        [
+            "plan",
+            *common,
+            "--profile",
+            "sm90",
+            "--formats",
+            "int4-w4a16,bf16",
+            "--group-size",
+            "64",
+            "--fraction-of-16bit",
+            "0.05",
+        ]
+    )
+    assert rc == 2
+    assert "below the smallest feasible plan" in capsys.readouterr().err
+
+
+def test_manifest_supplies_policy_and_target(
+    tiny_llama: Path, text_prompts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    mnt = tmp_path / "mnt"  # what the operator mounts: pvc://<claim>/<path> -> root/claim/path
+    (mnt / "models").mkdir(parents=True)
+    (mnt / "models" / "tiny").symlink_to(tiny_llama)
+    (mnt / "data").mkdir()
+    (mnt / "data" / "text.jsonl").write_text(text_prompts.read_text())
+    monkeypatch.setenv("SAMP_MODEL_ROOT", str(mnt))
+    monkeypatch.setenv("SAMP_DATA_ROOT", str(mnt))
+    manifest = {
+        "apiVersion": "samp.dev/v1alpha1",
+        "kind": "QuantizedModel",
+        "metadata": {"name": "tiny"},
+        "spec": {
+            "model": {"source": "pvc://models/tiny", "dtype": "float32"},
+            "calibration": {
+                "source": "pvc://data/text.jsonl",
+                "format": "text",
+                "samples": 32,
+                "maxSequenceLength": 32,
+            },
+            "quantization": {
+                "budget": {"fractionOf16Bit": 0.8},
+                "allowedFormats": ["int4-w4a16", "fp8-w8a8", "bf16"],
+                "sensitivity": {"method": "activation", "maxTokens": 1024},
+                "overrides": [{"match": r"layers\.0\.", "keepUnquantized": True}],
+                "groupSize": 64,
+            },
+            "hardware": {"target": "h100"},
+            "serving": {"stable": {"deployment": "d", "service": "s"}},
+            "rollout": {"steps": [{"weight": 100, "duration": "1m"}]},
+            "artifacts": {"uri": "pvc://data/out"},
+        },
+    }
+    path = tmp_path / "qm.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    work = tmp_path / "w"
+    for stage in ("calibrate", "sensitivity", "plan"):
+        rc = main([stage, "--workdir", str(work), "--manifest", str(path), "--no-progress"])
+        assert rc == 0, stage
+    plan = json.loads((work / "plan.json").read_text())
+    assert plan["profile"] == "sm90" and plan["groupSize"] == 64
+    layer0 = [a for a in plan["assignments"] if a["group"].startswith("model.layers.0.")]
+    assert layer0 and all(a["format"] == "bf16" for a in layer0)
+    assert {a["format"] for a in plan["assignments"]} - {"bf16"}  # something got quantized

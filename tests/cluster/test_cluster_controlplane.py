@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 
 import controlplane
 import pytest
 from cluster_fixtures import _alive
-from controlplane import BINARIES, CPU_NODE, GPU_NODE, ControlPlane
+from controlplane import BINARIES, CPU_NODE, GPU_NODE, ControlPlane, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
@@ -63,6 +64,23 @@ def test_fake_nodes_are_ready(cluster: ControlPlane) -> None:
     for n in by_name.values():
         conds = {c["type"]: c["status"] for c in n["status"]["conditions"]}
         assert conds["Ready"] == "True", n["metadata"]["name"]
+        assert not n["spec"].get("taints"), n["spec"]
+
+
+def test_nodes_heartbeat_through_leases(cluster: ControlPlane) -> None:
+    """KWOK renews node Leases, so the node lifecycle controller keeps the fake
+    nodes Ready (and untainted) for as long as a session runs."""
+
+    def renewed() -> bool:
+        status, lease = cluster.request(
+            "GET", f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{GPU_NODE}"
+        )
+        if status != 200:
+            return False
+        renew = datetime.fromisoformat(lease["spec"]["renewTime"].replace("Z", "+00:00"))
+        return (datetime.now(UTC) - renew).total_seconds() < 40
+
+    wait_for(renewed, 60, f"a fresh Lease for {GPU_NODE}")
 
 
 def test_kubeconfigs_work(cluster: ControlPlane) -> None:

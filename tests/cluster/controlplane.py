@@ -166,6 +166,8 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
             value = predicate()
             if value:
                 return value
+        except ControlPlaneError:  # a component died: no point in waiting
+            raise
         except Exception as exc:
             last_exc = exc
         if time.monotonic() > deadline:

@@ -1056,6 +1056,27 @@ class ControlPlane:
         self.bind_operator_clusterrole(clusterrole)
         self._wait_rbac_synced(rules)
 
+    def chart_rbac_rules(self, chart: Path | str, *helm_args: str) -> list[dict[str, Any]]:
+        """All rules of every ClusterRole and Role `helm template` renders for a chart
+        (e.g. ``--set watchNamespaces={a,b}``), merged: feed them to set_operator_rules()."""
+        out = self.helm(
+            "template",
+            "samp",
+            str(chart),
+            "--namespace",
+            self.operator_namespace,
+            "--kube-version",
+            self.versions["K8S_VERSION"],
+            *helm_args,
+        ).stdout
+        rules: list[dict[str, Any]] = []
+        for doc in yaml.safe_load_all(out):
+            if doc and doc.get("kind") in ("ClusterRole", "Role"):
+                rules += doc.get("rules") or []
+        if not rules:
+            raise ControlPlaneError(f"helm template {chart} rendered no RBAC rules")
+        return rules
+
     def bind_operator_clusterrole(self, clusterrole: str) -> None:
         """Bind an existing ClusterRole (e.g. the chart's) to the operator identity."""
         binding = {

@@ -146,3 +146,58 @@ def test_helm_install_becomes_ready(cluster: ControlPlane, chart: Path) -> None:
         assert "STATUS: deployed" in status, status
     finally:
         cluster.helm("uninstall", release, "--namespace", ns, "--wait", check=False)
+
+
+@pytest.mark.skipif(not CHARTS, reason="no chart yet")
+def test_operator_identity_under_the_charts_rbac(
+    cluster: ControlPlane,
+    samp_crds: list[str],
+    gateway_api_crds: list[str],
+    cluster_namespace: str,
+    operator_rbac: Any,
+) -> None:
+    """The operator's own kubeconfig, bound to exactly the chart's rules, can do the
+    rollout's writes (real requests, real authorizer) and nothing beyond them."""
+    from kubernetes import client
+
+    chart = next((c for c in CHARTS if c.name == "samp-operator"), CHARTS[0])
+    operator_rbac(cluster.chart_rbac_rules(chart))
+    ns = cluster_namespace
+    op = cluster.new_api_client(cluster.operator_kubeconfig)
+    try:
+        batch, core = client.BatchV1Api(op), client.CoreV1Api(op)
+        custom = client.CustomObjectsApi(op)
+        assert custom.list_cluster_custom_object("samp.dev", "v1alpha1", "quantizedmodels")
+        job = {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": "rbac-probe"},
+            "spec": {
+                "backoffLimit": 0,
+                "template": {
+                    "spec": {
+                        "restartPolicy": "Never",
+                        "containers": [{"name": "c", "image": "registry.invalid/x"}],
+                    }
+                },
+            },
+        }
+        batch.create_namespaced_job(ns, job)
+        batch.delete_namespaced_job("rbac-probe", ns, propagation_policy="Background")
+        for verb, resource, group, sub in [
+            ("patch", "quantizedmodels", "samp.dev", "status"),
+            ("create", "deployments", "apps", ""),
+            ("patch", "httproutes", "gateway.networking.k8s.io", ""),
+            ("create", "events", "", ""),
+        ]:
+            assert cluster.operator_can(
+                verb, resource, group=group, namespace=ns, subresource=sub
+            ), (
+                verb,
+                resource,
+            )
+        with pytest.raises(client.ApiException) as exc:
+            core.list_namespaced_secret(ns)
+        assert exc.value.status == 403
+    finally:
+        op.close()

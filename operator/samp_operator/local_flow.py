@@ -221,7 +221,6 @@ class VllmProcess:
             "--enforce-eager",
             "--max-model-len",
             "512",
-            "--disable-log-stats",
             *self.extra_args,
         ]
         self._t0 = time.monotonic()
@@ -435,12 +434,22 @@ class CanaryLoop:
         )
         return d
 
-    def run(self, status: QuantizedModelStatus, timeout: float) -> QuantizedModelStatus:
-        """Until the canary ends (Promoted, RolledBack, Planning for a re-plan) or timeout."""
+    def run(
+        self,
+        status: QuantizedModelStatus,
+        timeout: float,
+        on_step: Callable[[QuantizedModelStatus], None] | None = None,
+    ) -> QuantizedModelStatus:
+        """Until the canary ends (Promoted, RolledBack, Planning for a re-plan) or timeout.
+
+        ``on_step`` sees the status after every decision (the tests use it to stop
+        Prometheus mid-rollout, or to record what happened while it was down)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             d = self.step(status, datetime.now(UTC))
             status = d.status
+            if on_step is not None:
+                on_step(status)
             if status.phase not in (Phase.EVALUATED, Phase.CANARY, Phase.PAUSED):
                 return status
             wait = d.requeue_after if d.requeue_after is not None else self.max_sleep

@@ -3,6 +3,7 @@
 Subcommands:
   samp validate FILE...        check QuantizedModel manifests; every problem, with a fix
   samp crds [--check] [--out]  write (or check) the generated CRD YAML
+  samp operator run [flags]    run the operator (samp_operator.main; needs the 'operator' extra)
   samp quantize|calibrate|sensitivity|plan|export|evaluate ...
                                the SAMP job stages (samp_jobs.cli; needs the 'jobs' extra)
 
@@ -83,6 +84,10 @@ def crds(out_dir: str, check: bool) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "operator":
+        from samp_operator.main import main as operator_main
+
+        return operator_main(args[1:])
     if args and args[0] in JOB_STAGES:
         try:
             from samp_jobs.cli import main as jobs_main
@@ -103,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_crds = sub.add_parser("crds", help="write or check the generated CRD")
     p_crds.add_argument("--out", default="crds", help="directory of the CRD YAML")
     p_crds.add_argument("--check", action="store_true", help="fail if the file is stale")
+    sub.add_parser("operator", help="run the operator (samp operator run --help)")
     for stage in JOB_STAGES:
         sub.add_parser(stage, help=f"SAMP job stage '{stage}' (samp {stage} --help)")
     ns = parser.parse_args(args)

@@ -1,0 +1,292 @@
+"""Runs reconciles: gathers the observation, calls the pure core, applies the decision.
+
+One reconcile of one QuantizedModel at a time (a trigger arriving meanwhile marks it
+dirty and it runs once more afterwards, so bursts of Job and Pod events coalesce).
+Reconciles run in a thread pool because the API calls block; the event loop only takes
+index snapshots and schedules.
+
+A reconcile is: GET the QuantizedModel (fresh, with its resourceVersion) → the core
+decides from it and the indexed Jobs/Pods/ConfigMaps → **one status write** (merge patch,
+resourceVersion precondition; a Conflict re-runs the reconcile at once) → create and
+delete children (idempotent) → post Events → update metrics → schedule the next look
+when the decision asks for one (``loop.call_later``, never a sleep). Errors back off
+exponentially per resource (2 s doubling to 5 min) and are counted.
+
+Rollout seam: when the quantization stages are all done (``decision.quantized``), the
+decision goes through ``canary_hook(engine, body, decision) -> Decision`` if a module
+``samp_operator.canary_hook`` with a ``step`` function exists (the [rollout] issue
+provides it: it runs ``samp_core.canary.decide`` with its own observations and merges
+its status, actions and requeue into the decision). Without it the resource rests at
+Evaluated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from samp_core.children import (
+    cleanup_job_manifest,
+    cleanup_job_name,
+    cleanup_supported,
+    selector,
+)
+from samp_core.reconcile import Decision, ObservedJob, reconcile
+from samp_core.validation import validate_manifest
+from samp_operator.kube import ConflictError, Kube
+from samp_operator.metrics import Metrics
+from samp_operator.observe import job_record, observed_job
+from samp_operator.settings import OperatorSettings
+
+log = logging.getLogger("samp.engine")
+
+Key = tuple[str, str]
+CanaryHook = Callable[["Engine", Mapping[str, Any], Decision], Decision]
+_AGAIN = -1.0  # reconcile again at once (status write conflicted)
+ERROR_BACKOFF_MIN = 2.0
+ERROR_BACKOFF_MAX = 300.0
+CLEANUP_POLL_SECONDS = 3.0
+INDEXES = ("samp_jobs", "samp_pods", "samp_configmaps")  # Kopf index ids (handlers.py)
+FINALIZER_RETRY_SECONDS = 10.0
+
+
+def load_canary_hook() -> CanaryHook | None:
+    try:
+        module = importlib.import_module("samp_operator.canary_hook")
+    except ImportError:
+        return None
+    hook = getattr(module, "step", None)
+    return hook if callable(hook) else None
+
+
+class Engine:
+    def __init__(self, settings: OperatorSettings, kube: Kube, metrics: Metrics,
+                 canary_hook: CanaryHook | None = None) -> None:
+        self.settings = settings
+        self.kube = kube
+        self.metrics = metrics
+        self.canary_hook = canary_hook
+        self.job_settings = settings.job_settings()
+        self.executor = ThreadPoolExecutor(max_workers=settings.workers,
+                                           thread_name_prefix="samp-reconcile")
+        self.indexes: dict[str, Any] = {}
+        self._running: set[Key] = set()
+        self._dirty: set[Key] = set()
+        self._timers: dict[Key, asyncio.TimerHandle] = {}
+        self._last: dict[Key, float] = {}
+        self._backoff: dict[Key, float] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    # --------------------------------------------------------------- event loop side
+
+    def bind(self, kwargs: Mapping[str, Any]) -> None:
+        """Remember Kopf's index objects (passed to every handler by name)."""
+        if len(self.indexes) < len(INDEXES):
+            for name in INDEXES:
+                if name in kwargs:
+                    self.indexes[name] = kwargs[name]
+        if self.loop is None:
+            self.loop = asyncio.get_running_loop()
+
+    def snapshot(self, key: Key) -> tuple[list[ObservedJob], list[str]]:
+        jobs_index = self.indexes.get("samp_jobs", {})
+        pods_index = self.indexes.get("samp_pods", {})
+        cms_index = self.indexes.get("samp_configmaps", {})
+        ns, _name = key
+        jobs = list(jobs_index.get(key, ()))
+        observed = [observed_job(j, list(pods_index.get((ns, j["name"]), ()))) for j in jobs]
+        return observed, sorted(set(cms_index.get(key, ())))
+
+    def due_for_resync(self, key: Key) -> bool:
+        return time.monotonic() - self._last.get(key, 0.0) >= self.settings.resync_seconds
+
+    async def trigger(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
+        if key in self._running:
+            self._dirty.add(key)
+            return
+        self._running.add(key)
+        loop = asyncio.get_running_loop()
+        delay: float | None = None
+        try:
+            while True:
+                self._dirty.discard(key)
+                jobs, cms = self.snapshot(key)
+                delay = await loop.run_in_executor(self.executor, self.reconcile_once,
+                                                   key, jobs, cms)
+                if delay == _AGAIN:
+                    self._dirty.add(key)
+                    delay = None
+                if key not in self._dirty:
+                    break
+        finally:
+            self._running.discard(key)
+        self._schedule(key, delay)
+
+    def _schedule(self, key: Key, delay: float | None) -> None:
+        old = self._timers.pop(key, None)
+        if old is not None:
+            old.cancel()
+        if delay is None or self.loop is None:
+            return
+        loop = self.loop
+
+        def fire() -> None:
+            self._timers.pop(key, None)
+            loop.create_task(self.trigger(*key))
+
+        self._timers[key] = loop.call_later(delay, fire)
+
+    def forget(self, key: Key) -> None:
+        """The resource is gone: drop its timer, backoff and phase (any thread)."""
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self._schedule, key, None)
+        self._last.pop(key, None)
+        self._backoff.pop(key, None)
+        self.metrics.set_phase(key, None)
+
+    # ------------------------------------------------------------------ thread side
+
+    def reconcile_once(self, key: Key, jobs: list[ObservedJob], cms: list[str]) -> float | None:
+        started = time.monotonic()
+        try:
+            return self._reconcile(key, jobs, cms)
+        except Exception as err:
+            self.metrics.reconciles.labels("error").inc()
+            self.metrics.reconcile_errors.labels(type(err).__name__).inc()
+            delay = min(ERROR_BACKOFF_MAX, self._backoff.get(key, ERROR_BACKOFF_MIN / 2) * 2)
+            self._backoff[key] = delay
+            log.exception("reconcile of %s/%s failed; retrying in %.0f s", *key, delay)
+            return delay
+        finally:
+            self.metrics.reconcile_duration.observe(time.monotonic() - started)
+            self._last[key] = time.monotonic()
+
+    def _reconcile(self, key: Key, jobs: list[ObservedJob], cms: list[str]) -> float | None:
+        namespace, name = key
+        body = self.kube.get_qm(namespace, name)
+        if body is None:
+            self.forget(key)
+            return None
+        if body["metadata"].get("deletionTimestamp"):
+            return None  # the finalizer handler owns deletion
+        log.debug("%s/%s: observed jobs %s, config maps %s", namespace, name,
+                  [(j.name, j.state, bool(j.result)) for j in jobs], cms)
+        decision = reconcile(body, jobs, cms, datetime.now(UTC), self.job_settings)
+        canary_error: Exception | None = None
+        if decision.quantized and self.canary_hook is not None:
+            try:
+                decision = self.canary_hook(self, body, decision)
+            except Exception as err:  # the quantization status is still written
+                canary_error = err
+        try:
+            self.kube.write_status(body, decision.status.to_wire())
+        except ConflictError:
+            self.metrics.reconciles.labels("conflict").inc()
+            return _AGAIN
+        for obj in decision.create:
+            if self.kube.create(obj):
+                log.info("%s/%s: created %s %s", namespace, name, obj["kind"],
+                         obj["metadata"]["name"])
+        for ref in decision.delete:
+            if self.kube.delete(ref.kind, namespace, ref.name):
+                log.info("%s/%s: deleted %s %s", namespace, name, ref.kind, ref.name)
+        for event in decision.events:
+            self.post_event(body, event.type, event.reason, event.message)
+        for stage, seconds in decision.stage_durations:
+            self.metrics.stage_duration.labels(stage).observe(seconds)
+        for stage, reason in decision.job_failures:
+            self.metrics.job_failures.labels(stage, reason).inc()
+        self.metrics.set_phase(key, decision.status.phase.value)
+        if canary_error is not None:
+            raise canary_error
+        self.metrics.reconciles.labels("ok").inc()
+        self._backoff.pop(key, None)
+        return decision.requeue_after
+
+    def post_event(self, body: Mapping[str, Any], type_: str, reason: str,
+                   message: str) -> None:
+        log.log(logging.WARNING if type_ == "Warning" else logging.INFO, "%s/%s %s: %s",
+                body["metadata"]["namespace"], body["metadata"]["name"], reason, message)
+        self.kube.post_event(body, type_, reason, message)
+        self.metrics.events.labels(type_, reason).inc()
+
+    # ------------------------------------------------------------------- deletion
+
+    def finalize(self, body: Mapping[str, Any], elapsed: float, first_attempt: bool) -> None:
+        """Clean up before the finalizer goes; raises kopf.TemporaryError to come back.
+
+        Deletes the stage Jobs and ConfigMaps, then, when spec.artifacts.cleanupOnDelete,
+        runs the artifact cleanup Job and waits for it. After
+        ``finalizer_timeout_seconds`` it stops waiting: a Warning Event says what may be
+        left, and the finalizer is released (never blocks deletion forever).
+        """
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        give_up = elapsed >= self.settings.finalizer_timeout_seconds
+        manifest = {k: body.get(k) for k in ("apiVersion", "kind", "metadata", "spec")}
+        resource, _problems = validate_manifest(manifest)
+        try:
+            for job in self.kube.list_names("Job", namespace, selector(name)):
+                if job != cleanup_job_name(name):
+                    self.kube.delete("Job", namespace, job)
+            for cm in self.kube.list_names("ConfigMap", namespace, selector(name)):
+                self.kube.delete("ConfigMap", namespace, cm)
+            if resource is not None and resource.spec.artifacts.cleanup_on_delete:
+                prefix = f"{resource.spec.artifacts.uri.rstrip('/')}/{namespace}/{name}"
+                if not cleanup_supported(resource):
+                    if first_attempt:
+                        self.post_event(body, "Warning", "ArtifactCleanupUnsupported",
+                                        f"artifacts under {prefix} are in an object store; "
+                                        "delete them with a bucket lifecycle rule")
+                else:
+                    self._cleanup_artifacts(body, resource, prefix, give_up)
+        except kopf.TemporaryError:
+            raise
+        except Exception as err:
+            if give_up:
+                self.post_event(body, "Warning", "CleanupIncomplete",
+                                f"gave up cleaning up after {elapsed:.0f} s ({err}); owner "
+                                "references still let the garbage collector remove the Jobs")
+                return
+            self.metrics.reconcile_errors.labels(type(err).__name__).inc()
+            raise kopf.TemporaryError(f"cleanup failed: {err}",
+                                      delay=FINALIZER_RETRY_SECONDS) from err
+        self.forget((namespace, name))
+
+    def _cleanup_artifacts(self, body: Mapping[str, Any], resource: Any, prefix: str,
+                           give_up: bool) -> None:
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        job = self.kube.get("Job", namespace, cleanup_job_name(name))
+        if job is None:
+            self.kube.create(cleanup_job_manifest(resource, str(meta.get("uid", "")),
+                                                  self.job_settings))
+            self.post_event(body, "Normal", "ArtifactCleanupStarted",
+                            f"deleting artifacts under {prefix}")
+            raise kopf.TemporaryError("waiting for the artifact cleanup Job",
+                                      delay=CLEANUP_POLL_SECONDS)
+        rec = job_record(job)
+        if rec["state"] == "Running":
+            if give_up:
+                self.post_event(body, "Warning", "ArtifactCleanupTimedOut",
+                                f"cleanup Job {rec['name']} did not finish; artifacts under "
+                                f"{prefix} may remain")
+                return
+            raise kopf.TemporaryError("waiting for the artifact cleanup Job",
+                                      delay=CLEANUP_POLL_SECONDS)
+        if rec["state"] == "Failed":
+            self.post_event(body, "Warning", "ArtifactCleanupFailed",
+                            f"cleanup Job {rec['name']} failed ({rec['reason']}); artifacts "
+                            f"under {prefix} may remain")
+        else:
+            self.post_event(body, "Normal", "ArtifactsDeleted", f"deleted {prefix}")
+

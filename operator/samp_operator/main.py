@@ -1,0 +1,100 @@
+"""`samp operator run`: start the operator (Kopf) with the settings of samp_operator.settings."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Sequence
+
+import kopf
+
+from samp_operator import settings as settings_module
+from samp_operator.engine import Engine, load_canary_hook
+from samp_operator.handlers import register
+from samp_operator.kube import Kube
+from samp_operator.metrics import Metrics
+
+HEARTBEAT_SECONDS = 5.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="samp operator run",
+        description="Run the samp-operator. Settings (flags override variables):\n"
+        + (settings_module.__doc__ or "").split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    settings_module.add_arguments(parser)
+    return parser
+
+
+async def _operator(engine: Engine, metrics: Metrics) -> None:
+    loop = asyncio.get_running_loop()
+
+    def beat() -> None:
+        metrics.heartbeat = time.monotonic()
+        loop.call_later(HEARTBEAT_SECONDS, beat)
+
+    beat()
+    registry = kopf.OperatorRegistry()
+    register(engine, registry)
+    ready = asyncio.Event()
+
+    async def mark_ready() -> None:
+        await ready.wait()
+        metrics.ready = True
+        logging.getLogger("samp").info("operator ready")
+
+    ready_task = loop.create_task(mark_ready())
+    s = engine.settings
+    try:
+        await kopf.operator(
+            registry=registry,
+            standalone=s.peering is None,
+            peering_name=s.peering,
+            clusterwide=s.clusterwide,
+            namespaces=list(s.namespaces),
+            ready_flag=ready,
+        )
+    finally:
+        ready_task.cancel()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["run"]:
+        args = args[1:]
+    elif args and args[0] not in ("-h", "--help") and not args[0].startswith("--"):
+        print("usage: samp operator run [flags]  (samp operator run --help)", file=sys.stderr)
+        return 2
+    ns = build_parser().parse_args(args)
+    try:
+        settings = settings_module.from_env_and_args(ns)
+    except ValueError as err:
+        print(f"samp operator: {err}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("kubernetes", "urllib3", "aiohttp"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if settings.log_level != "DEBUG":  # Kopf logs every handler call at INFO
+        logging.getLogger("kopf").setLevel(logging.WARNING)
+    metrics = Metrics()
+    if settings.metrics_port:
+        metrics.serve(settings.metrics_address, settings.metrics_port)
+    hook = load_canary_hook() if settings.canary else None
+    engine = Engine(settings, Kube(), metrics, canary_hook=hook)
+    try:
+        asyncio.run(_operator(engine, metrics))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        engine.executor.shutdown(wait=False, cancel_futures=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,187 @@
+"""Operator settings, from environment variables and ``samp operator run`` flags.
+
+A flag wins over its variable; the variable wins over the default.
+
+flag (variable) = default: meaning
+
+--namespace NS, repeatable (SAMP_NAMESPACES, comma list) = all namespaces:
+    namespaces to watch; none means cluster-wide.
+--job-image IMAGE (SAMP_JOB_IMAGE) = ghcr.io/samp-dev/samp-jobs:0.1.0:
+    image of the stage Jobs when spec.hardware.jobImage is unset.
+--job-image-pull-policy (SAMP_JOB_IMAGE_PULL_POLICY) = IfNotPresent.
+--job-service-account SA (SAMP_JOB_SERVICE_ACCOUNT) = the namespace's default:
+    ServiceAccount of the Job pods (its token is never mounted).
+--job-ttl-seconds N (SAMP_JOB_TTL_SECONDS) = 86400:
+    ttlSecondsAfterFinished of the Jobs; their results are in status by then.
+--job-scratch-size Q (SAMP_JOB_SCRATCH_SIZE) = 100Gi:
+    sizeLimit of the Jobs' writable emptyDir at /scratch (the root filesystem is read-only).
+--job-pod-annotation K=V, repeatable (SAMP_JOB_POD_ANNOTATIONS, k=v,k=v) = none:
+    extra annotations on Job pods, e.g. sidecar.istio.io/inject=false.
+--job-pod-label K=V, repeatable (SAMP_JOB_POD_LABELS, k=v,k=v) = none:
+    extra labels on Job pods.
+--prometheus-url URL (SAMP_PROMETHEUS_URL) = none:
+    default Prometheus of the canary gates; spec.gates.prometheusUrl wins.
+--metrics-address ADDR (SAMP_METRICS_ADDRESS) = 0.0.0.0:
+    bind address of /metrics, /healthz and /readyz.
+--metrics-port N (SAMP_METRICS_PORT) = 8080: their port; 0 turns the endpoint off.
+--resync-seconds N (SAMP_RESYNC_SECONDS) = 300:
+    safety re-reconcile of a resource nothing happened to (Job events drive progress).
+--finalizer-timeout-seconds N (SAMP_FINALIZER_TIMEOUT_SECONDS) = 300:
+    after this long, deletion stops waiting on cleanup, posts a Warning Event, and
+    releases the finalizer (owner references still garbage-collect the Jobs).
+--workers N (SAMP_WORKERS) = 8: threads running reconciles (API calls block).
+--peering NAME (SAMP_PEERING) = none, standalone: Kopf peering for active/standby.
+--log-level LEVEL (SAMP_LOG_LEVEL) = INFO: DEBUG, INFO, WARNING or ERROR.
+--no-canary (SAMP_CANARY=false) = canary on: quantize and evaluate only; every resource
+    rests at Evaluated (for clusters where another tool rolls models out).
+(no flag) (KUBECONFIG) = in-cluster config when in a pod: kubeconfig used otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from samp_core.children import JobSettings
+
+
+def _pairs(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for raw in text.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"expected KEY=VALUE, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    namespaces: tuple[str, ...] = ()
+    job_image: str = "ghcr.io/samp-dev/samp-jobs:0.1.0"
+    job_image_pull_policy: str = "IfNotPresent"
+    job_service_account: str | None = None
+    job_ttl_seconds: int = 86_400
+    job_scratch_size: str = "100Gi"
+    job_pod_annotations: Mapping[str, str] = field(default_factory=dict)
+    job_pod_labels: Mapping[str, str] = field(default_factory=dict)
+    prometheus_url: str | None = None
+    metrics_address: str = "0.0.0.0"
+    metrics_port: int = 8080
+    resync_seconds: float = 300.0
+    finalizer_timeout_seconds: float = 300.0
+    workers: int = 8
+    peering: str | None = None
+    log_level: str = "INFO"
+    canary: bool = True
+
+    @property
+    def clusterwide(self) -> bool:
+        return not self.namespaces
+
+    def job_settings(self) -> JobSettings:
+        return JobSettings(
+            default_image=self.job_image,
+            image_pull_policy=self.job_image_pull_policy,
+            ttl_seconds_after_finished=self.job_ttl_seconds,
+            service_account=self.job_service_account,
+            scratch_size=self.job_scratch_size,
+            pod_labels=dict(self.job_pod_labels),
+            pod_annotations=dict(self.job_pod_annotations),
+        )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    a = parser.add_argument
+    a("--namespace", action="append", dest="namespaces", metavar="NS",
+      help="namespace to watch (repeatable); none: cluster-wide [SAMP_NAMESPACES]")
+    a("--job-image", help="default image of the stage Jobs [SAMP_JOB_IMAGE]")
+    a("--job-image-pull-policy", choices=["Always", "IfNotPresent", "Never"])
+    a("--job-service-account", help="ServiceAccount of Job pods [SAMP_JOB_SERVICE_ACCOUNT]")
+    a("--job-ttl-seconds", type=int, help="ttlSecondsAfterFinished [SAMP_JOB_TTL_SECONDS]")
+    a("--job-scratch-size", help="sizeLimit of /scratch [SAMP_JOB_SCRATCH_SIZE]")
+    a("--job-pod-annotation", action="append", metavar="K=V",
+      help="extra Job pod annotation (repeatable) [SAMP_JOB_POD_ANNOTATIONS]")
+    a("--job-pod-label", action="append", metavar="K=V",
+      help="extra Job pod label (repeatable) [SAMP_JOB_POD_LABELS]")
+    a("--prometheus-url", help="default Prometheus for canary gates [SAMP_PROMETHEUS_URL]")
+    a("--metrics-address", help="bind address of /metrics and /healthz")
+    a("--metrics-port", type=int, help="port of /metrics and /healthz; 0 disables")
+    a("--resync-seconds", type=float, help="safety resync interval [SAMP_RESYNC_SECONDS]")
+    a("--finalizer-timeout-seconds", type=float,
+      help="give up waiting on cleanup after this [SAMP_FINALIZER_TIMEOUT_SECONDS]")
+    a("--workers", type=int, help="reconcile threads [SAMP_WORKERS]")
+    a("--peering", help="Kopf peering name; unset: standalone [SAMP_PEERING]")
+    a("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    a("--no-canary", dest="canary", action="store_const", const=False,
+      help="stop at Evaluated; never start canaries [SAMP_CANARY=false]")
+
+
+def from_env_and_args(
+    ns: argparse.Namespace | None = None, env: Mapping[str, str] | None = None
+) -> OperatorSettings:
+    """Build settings; raises ValueError naming the bad variable or flag."""
+    env = os.environ if env is None else env
+    args = vars(ns) if ns is not None else {}
+    d = OperatorSettings()
+
+    def pick(flag: str, var: str, default: object) -> object:
+        value = args.get(flag)
+        if value is not None:
+            return value
+        return env.get(var) or default
+
+    def number(flag: str, var: str, default: float, kind: type) -> float:
+        raw = pick(flag, var, default)
+        try:
+            value = kind(raw)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{var} / --{flag.replace('_', '-')}: not a number: {raw!r}") \
+                from err
+        if value < 0:
+            raise ValueError(f"{var} / --{flag.replace('_', '-')}: must not be negative")
+        return float(value)
+
+    def pairs(flag: str, var: str) -> dict[str, str]:
+        items: Sequence[str] | None = args.get(flag)
+        try:
+            if items:
+                return _pairs(",".join(items))
+            return _pairs(env.get(var, ""))
+        except ValueError as err:
+            raise ValueError(f"{var} / --{flag.replace('_', '-')}: {err}") from err
+
+    namespaces: Sequence[str] = args.get("namespaces") or [
+        n.strip() for n in env.get("SAMP_NAMESPACES", "").split(",") if n.strip()]
+    return OperatorSettings(
+        namespaces=tuple(namespaces),
+        job_image=str(pick("job_image", "SAMP_JOB_IMAGE", d.job_image)),
+        job_image_pull_policy=str(pick("job_image_pull_policy", "SAMP_JOB_IMAGE_PULL_POLICY",
+                                       d.job_image_pull_policy)),
+        job_service_account=(str(pick("job_service_account", "SAMP_JOB_SERVICE_ACCOUNT", ""))
+                             or None),
+        job_ttl_seconds=int(number("job_ttl_seconds", "SAMP_JOB_TTL_SECONDS",
+                                   d.job_ttl_seconds, int)),
+        job_scratch_size=str(pick("job_scratch_size", "SAMP_JOB_SCRATCH_SIZE",
+                                  d.job_scratch_size)),
+        job_pod_annotations=pairs("job_pod_annotation", "SAMP_JOB_POD_ANNOTATIONS"),
+        job_pod_labels=pairs("job_pod_label", "SAMP_JOB_POD_LABELS"),
+        prometheus_url=(str(pick("prometheus_url", "SAMP_PROMETHEUS_URL", "")) or None),
+        metrics_address=str(pick("metrics_address", "SAMP_METRICS_ADDRESS",
+                                 d.metrics_address)),
+        metrics_port=int(number("metrics_port", "SAMP_METRICS_PORT", d.metrics_port, int)),
+        resync_seconds=number("resync_seconds", "SAMP_RESYNC_SECONDS", d.resync_seconds, float),
+        finalizer_timeout_seconds=number("finalizer_timeout_seconds",
+                                         "SAMP_FINALIZER_TIMEOUT_SECONDS",
+                                         d.finalizer_timeout_seconds, float),
+        workers=max(1, int(number("workers", "SAMP_WORKERS", d.workers, int))),
+        peering=(str(pick("peering", "SAMP_PEERING", "")) or None),
+        log_level=str(pick("log_level", "SAMP_LOG_LEVEL", d.log_level)).upper(),
+        canary=(args["canary"] if args.get("canary") is not None else
+                env.get("SAMP_CANARY", "true").strip().lower() not in ("false", "0", "no", "off")),
+    )

@@ -230,11 +230,12 @@ def _ratio(  # noqa: PLR0917
     assert canary is not None and stable is not None
     ratio = canary / stable
     ok = ratio <= limit
+    # The row holds the ratio; the seconds on both sides are in its message and in the
+    # absolute gate's row (value = canary, baseline = stable).
     return _result(
         gate,
         Verdict.SUCCESSFUL if ok else Verdict.FAILED,
         value=ratio,
-        baseline=1.0,
         threshold=threshold,
         message=f"{what} canary {_num(canary)}s / stable {_num(stable)}s = {ratio:.3f}, "
         f"{'within' if ok else 'above'} {_num(limit)}",

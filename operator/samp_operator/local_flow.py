@@ -17,10 +17,12 @@ real binaries on 127.0.0.1 and talk to them over HTTP.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,11 +31,16 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
+from typing import Protocol
 
+import yaml
+
+from samp_core.api import parse
 from samp_core.canary import (
     CanaryDecision,
     CanaryEvent,
@@ -44,11 +51,16 @@ from samp_core.canary import (
     SetWeight,
     StartReplan,
     analysis_due,
+    canary_model_name,
+    conservative_plan,
     decide,
+    stable_model_name,
 )
-from samp_core.gates import Measurement
+from samp_core.gates import Measurement, evaluate_accuracy
+from samp_core.hardware import get_profile
+from samp_core.results import EvaluationResult, PlanResult, SensitivityResult
 from samp_core.spec import QuantizedModelSpec
-from samp_core.status import Phase, QuantizedModelStatus
+from samp_core.status import Phase, PlanSummary, QuantizedModelStatus
 from samp_operator.prometheus import PrometheusProvider
 from samp_operator.traffic import LocalWeights
 
@@ -186,6 +198,7 @@ class VllmProcess:
     logdir: Path
     port: int = 0
     extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
     python: str = sys.executable
     proc: subprocess.Popen[bytes] | None = None
     started_seconds: float | None = None
@@ -204,8 +217,15 @@ class VllmProcess:
         return self.logdir / f"vllm-{self.served_model_name}.log"
 
     def start(self) -> None:
-        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
-        env.setdefault("OMP_NUM_THREADS", "1")
+        # VLLM_CPU_OMP_THREADS_BIND (e.g. "0" and "1" for two servers on two cores): by
+        # default every vLLM-CPU engine binds to the same first core and they starve each
+        # other unevenly, which would make the stable-vs-canary comparison meaningless.
+        env = {
+            **os.environ,
+            "VLLM_CPU_KVCACHE_SPACE": "1",
+            "VLLM_LOGGING_LEVEL": "WARNING",
+            **self.env,
+        }
         cmd = [
             self.python,
             "-m",
@@ -266,14 +286,23 @@ class LoadStats:
     latencies: dict[str, list[float]] = field(default_factory=dict)
 
 
+class TrafficShare(Protocol):
+    def canary_share(self) -> float:
+        """Fraction of requests (0..1) to send to the canary now."""
+
+
 class LoadGenerator:
-    """Bounded load on 127.0.0.1: ``threads`` workers, at most ``max_requests`` in all."""
+    """Bounded load on 127.0.0.1: ``threads`` workers, at most ``max_requests`` in all.
+
+    ``router`` says where each request goes: ``LocalWeights`` in one process, or an
+    object reading the weights the operator wrote into an HTTPRoute (the cluster test).
+    """
 
     def __init__(
         self,
         stable: Backend,
         canary: Backend,
-        router: LocalWeights,
+        router: TrafficShare,
         *,
         threads: int = 2,
         max_requests: int = 20_000,
@@ -455,3 +484,268 @@ class CanaryLoop:
             wait = d.requeue_after if d.requeue_after is not None else self.max_sleep
             time.sleep(max(0.05, min(wait, self.max_sleep)))
         raise TimeoutError(f"canary still {status.phase.value} after {timeout}s: {status.message}")
+
+
+# -------------------------------------------------------------------- the main job
+
+
+def _say(text: str) -> None:
+    print(f"[{datetime.now(UTC).strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+def _samp(*args: str) -> None:
+    """Run a `samp` job stage in a child process (the operator never imports torch)."""
+    exe = Path(sys.executable).with_name("samp")
+    cmd = [str(exe) if exe.exists() else "samp", *args]
+    _say("$ " + " ".join(cmd))
+    subprocess.run(cmd, check=True)
+
+
+def _plan_summary(p: PlanResult) -> PlanSummary:
+    counts: dict[str, int] = {}
+    for a in p.assignments:
+        counts[a.format.value] = counts.get(a.format.value, 0) + 1
+    return PlanSummary(
+        profile=p.profile,
+        bytes16_bit=p.bytes_16bit,
+        bytes_quantized=p.total_bytes,
+        effective_bits=round(p.effective_bits, 4),
+        memory_saved_percent=round(100 * (1 - p.fraction_of_16bit), 2),
+        predicted_loss=p.predicted_loss,
+        groups_per_format=counts,
+    )
+
+
+def _evaluated(
+    spec: QuantizedModelSpec, workdir: Path, base: QuantizedModelStatus | None, attempt: int
+) -> QuantizedModelStatus:
+    p = PlanResult.model_validate_json((workdir / "plan.json").read_text())
+    ev = EvaluationResult.model_validate_json((workdir / "evaluation.json").read_text())
+    verdict = evaluate_accuracy(spec.gates.accuracy, ev)
+    _say(
+        f"attempt {attempt}: plan {p.effective_bits:.2f} effective bits "
+        f"({100 * (1 - p.fraction_of_16bit):.1f}% saved), accuracy "
+        f"{'passed' if verdict.passed else 'FAILED'}: "
+        + "; ".join(r.message for r in verdict.results)
+    )
+    history = list(base.history) if base is not None else []
+    return QuantizedModelStatus(
+        phase=Phase.EVALUATED,
+        attempt=attempt,
+        plan=_plan_summary(p),
+        accuracy=verdict.summary,
+        artifact_uri=str(workdir / "artifact"),
+        history=history,
+    )
+
+
+def _replan(
+    spec: QuantizedModelSpec, prev: Path, nxt: Path, attempt: int, eval_set: str | None
+) -> bool:
+    """Write attempt ``attempt``'s conservative plan next to a copy of the scored workdir,
+    then export and evaluate it. False when no group can be raised within the headroom."""
+    p = PlanResult.model_validate_json((prev / "plan.json").read_text())
+    sens = SensitivityResult.model_validate_json((prev / "sensitivity.json").read_text())
+    new = conservative_plan(
+        p,
+        sens,
+        get_profile(spec.hardware.target.profile),
+        spec.quantization,
+        spec.rollout.replan,
+        attempt,
+    )
+    if new is None:
+        _say(f"re-plan for attempt {attempt}: no group can be raised within the headroom")
+        return False
+    nxt.mkdir(parents=True, exist_ok=True)
+    for f in prev.iterdir():
+        if f.is_file() and f.name not in ("plan.json", "export.json", "evaluation.json"):
+            shutil.copy2(f, nxt / f.name)
+    (nxt / "plan.json").write_text(new.model_dump_json(by_alias=True, indent=1))
+    for w in new.warnings:
+        _say(f"re-plan: {w}")
+    _samp("export", "--workdir", str(nxt), "--no-progress")
+    _samp(
+        "evaluate",
+        "--workdir",
+        str(nxt),
+        "--no-progress",
+        *(["--eval-set", eval_set] if eval_set else []),
+    )
+    return True
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m samp_operator.local_flow",
+        description="The whole flow on one machine: quantize + evaluate (samp quantize), "
+        "serve stable and canary with vLLM on the CPU, scrape them with Prometheus, step "
+        "traffic with a bounded load generator, and promote or roll back through the same "
+        "pure canary machine the operator runs.",
+    )
+    ap.add_argument("--manifest", type=Path, default=Path("examples/tiny-cpu.yaml"))
+    ap.add_argument("--model", type=Path, default=Path("examples/tiny/model"))
+    ap.add_argument("--prompts", default="examples/tiny/prompts.jsonl")
+    ap.add_argument("--eval-set", default="examples/tiny/eval.jsonl")
+    ap.add_argument("--out", type=Path, default=Path("out/flow"))
+    ap.add_argument("--reuse", action="store_true", help="reuse a finished attempt-1 workdir")
+    ap.add_argument(
+        "--inject-regression-tokens",
+        type=int,
+        default=0,
+        help="fault injection: ask attempt 1's canary for N-token generations (the stable "
+        "gets 16), as a model that stopped emitting EOS would; 0 = none",
+    )
+    ap.add_argument(
+        "--replan-attempts",
+        type=int,
+        default=0,
+        help="enable spec.rollout.replan with this many attempts in total (0: as the manifest)",
+    )
+    ap.add_argument("--load-threads", type=int, default=3)
+    ap.add_argument("--timeout", type=float, default=900.0)
+    args = ap.parse_args(argv)
+
+    t_start = time.monotonic()
+    qm = parse(yaml.safe_load(args.manifest.read_text()))
+    spec, name = qm.spec, qm.name
+    if args.replan_attempts:
+        rollout = spec.rollout.model_copy(
+            update={
+                "replan": spec.rollout.replan.model_copy(
+                    update={"enabled": True, "max_attempts": args.replan_attempts}
+                )
+            }
+        )
+        spec = spec.model_copy(update={"rollout": rollout})
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+
+    # 1. quantize + evaluate (attempt 1)
+    work = out / "attempt-1"
+    t0 = time.monotonic()
+    if not (args.reuse and (work / "evaluation.json").exists()):
+        _samp(
+            "quantize",
+            "--manifest",
+            str(args.manifest),
+            "--model",
+            str(args.model),
+            "--prompts",
+            args.prompts,
+            "--eval-set",
+            args.eval_set,
+            "--workdir",
+            str(work),
+            "--no-progress",
+        )
+    timings = {"quantize_seconds": round(time.monotonic() - t0, 1)}
+    status = _evaluated(spec, work, None, 1)
+
+    # 2. serve stable + canary, scrape with Prometheus
+    stable_name = stable_model_name(spec, name) or name
+    canary_name = canary_model_name(spec, name)
+    ncpu = os.cpu_count() or 1
+    bind = ("0", "1") if ncpu >= 2 else ("auto", "auto")
+    stable = VllmProcess(
+        args.model.resolve(), stable_name, out / "logs", env={"VLLM_CPU_OMP_THREADS_BIND": bind[0]}
+    )
+    canary = VllmProcess(
+        work / "artifact", canary_name, out / "logs", env={"VLLM_CPU_OMP_THREADS_BIND": bind[1]}
+    )
+    prom = PrometheusProcess(
+        out / "prometheus",
+        [
+            ScrapeTarget(stable.port, stable_name, "stable"),
+            ScrapeTarget(canary.port, canary_name, "canary"),
+        ],
+    )
+    spec = spec.model_copy(
+        update={"gates": spec.gates.model_copy(update={"prometheus_url": prom.url})}
+    )
+    router = LocalWeights()
+    events: list[str] = []
+
+    def on_event(e: CanaryEvent) -> None:
+        events.append(f"{e.type} {e.reason}: {e.message}")
+        _say(f"{e.type:<7} {e.reason}: {e.message}")
+
+    try:
+        t0 = time.monotonic()
+        stable.start()
+        canary.start()
+        prom.start()
+        _say(f"Prometheus on {prom.url}; waiting for vLLM {stable_name} and {canary_name}")
+        stable.wait_ready()
+        canary.wait_ready()
+        timings["serve_ready_seconds"] = round(time.monotonic() - t0, 1)
+        _say(f"vLLM ready after {timings['serve_ready_seconds']} s")
+        while True:
+            attempt = status.attempt
+            tokens = args.inject_regression_tokens if attempt == 1 else 0
+            if tokens:
+                _say(f"fault injection: attempt {attempt}'s canary gets {tokens}-token requests")
+            loop = CanaryLoop(
+                spec=spec,
+                name=name,
+                provider=PrometheusProvider(prom.url),
+                router=router,
+                canary_ready=partial(http_ok, f"{canary.url}/health"),
+                on_event=on_event,
+                on_remove=lambda: _say("canary removed (traffic back to stable)"),
+                on_promote=lambda a: _say(f"promotion: {a.strategy} to {a.artifact_uri}"),
+            )
+            gen = LoadGenerator(
+                Backend(stable.url, stable_name, 16),
+                Backend(canary.url, canary_name, tokens or 16),
+                router,
+                threads=args.load_threads,
+            )
+            t0 = time.monotonic()
+            with gen:
+                status = loop.run(status, timeout=args.timeout)
+            timings[f"canary_attempt_{attempt}_seconds"] = round(time.monotonic() - t0, 1)
+            _say(f"load: {gen.stats.per_model} requests, {gen.stats.failed} failed")
+            if status.phase is not Phase.PLANNING:
+                break
+            nxt = out / f"attempt-{status.attempt}"
+            t0 = time.monotonic()
+            if not _replan(spec, work, nxt, status.attempt, args.eval_set):
+                status = status.model_copy(update={"phase": Phase.ROLLED_BACK})
+                break
+            timings[f"replan_attempt_{status.attempt}_seconds"] = round(time.monotonic() - t0, 1)
+            work = nxt
+            status = _evaluated(spec, work, status, status.attempt)
+            canary.stop()
+            canary = VllmProcess(
+                work / "artifact",
+                canary_name,
+                out / "logs",
+                port=canary.port,
+                env={"VLLM_CPU_OMP_THREADS_BIND": bind[1]},
+            )
+            canary.start()
+            canary.wait_ready()
+    finally:
+        prom.stop()
+        canary.stop()
+        stable.stop()
+
+    timings["total_seconds"] = round(time.monotonic() - t_start, 1)
+    (out / "status.json").write_text(
+        json.dumps({"status": status.to_wire(), "timings": timings, "events": events}, indent=1)
+    )
+    print()
+    print(f"== {name}: {status.phase.value} after {len(status.history)} attempt(s)")
+    print(f"   {status.message}")
+    for r in status.gates:
+        print(f"   {r.gate:<18} {r.verdict:<12} {r.message}")
+    for a in status.history:
+        print(f"   attempt {a.attempt}: {a.outcome} {a.reason[:200]}")
+    print(f"   timings: {json.dumps(timings)}")
+    print(f"   status written to {out / 'status.json'}")
+    return 0 if status.phase is Phase.PROMOTED else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,4 +1,7 @@
-"""A tiny random Llama (about 0.4M parameters, head_dim 64: vLLM-CPU attention needs 32 or more) with a small BPE tokenizer, for serving tests.
+"""A tiny random Llama (about 0.4M parameters) with a small BPE tokenizer, for serving tests.
+
+head_dim is 64: vLLM-CPU attention refuses head_dim 16 ("Unsupported CPU attention
+configuration").
 
 Used only when the trained example model (examples/tiny/model) is not there yet: the
 rollout tests measure serving latency and errors, not accuracy, so random weights are

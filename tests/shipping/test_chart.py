@@ -74,7 +74,7 @@ def test_default_render_is_cluster_wide_and_restricted(helm: Any) -> None:
     assert container["securityContext"] == {
         "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
         "capabilities": {"drop": ["ALL"]}}
-    assert "--all-namespaces" in container["args"]
+    assert not any(a.startswith("--namespace") for a in container["args"])
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["resources"]["limits"]["memory"]
 
@@ -89,7 +89,7 @@ def test_namespaced_render_uses_roles_per_namespace(helm: Any) -> None:
     assert "namespaces" not in resources and "jobs" not in resources
     (deploy,) = by_kind(docs, "Deployment")
     args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert "--namespace=team-a" in args and "--all-namespaces" not in args
+    assert "--namespace=team-a" in args and "--namespace=team-b" in args
     assert sorted(p["metadata"]["namespace"] for p in by_kind(docs, "KopfPeering")) == [
         "team-a", "team-b"]
 

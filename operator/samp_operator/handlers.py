@@ -87,6 +87,7 @@ def register(engine: Engine, registry: kopf.OperatorRegistry) -> None:
         if kw["type"] == "DELETED":
             engine.forget(key)
             return
+        engine.remember(kw["body"])  # also a deletionTimestamp: reconciles then stand down
         if kw["body"].get("metadata", {}).get("deletionTimestamp"):
             return
         await engine.trigger(*key)

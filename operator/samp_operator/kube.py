@@ -109,21 +109,26 @@ class Kube:
             raise
         return body
 
-    def write_status(self, body: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
-        """Patch status to ``status``; False when nothing changed. Raises ConflictError."""
+    def write_status(self, body: Mapping[str, Any], status: Mapping[str, Any]) -> dict[
+        str, Any
+    ] | None:
+        """Patch status to ``status``; returns the new body, or None when nothing changed.
+
+        Raises ConflictError when the object changed since ``body`` was read."""
         patch = merge_patch(body.get("status") or {}, status)
         if patch is None:
-            return False
+            return None
         meta = body["metadata"]
         doc = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": patch}
         try:
-            self.request("PATCH", self._path(KIND, meta["namespace"], meta["name"]) + "/status",
-                         doc, content_type="application/merge-patch+json")
+            new: dict[str, Any] = self.request(
+                "PATCH", self._path(KIND, meta["namespace"], meta["name"]) + "/status", doc,
+                content_type="application/merge-patch+json")
         except ApiException as err:
             if err.status == 409:
                 raise ConflictError(str(err.reason)) from err
             raise
-        return True
+        return new
 
     # ------------------------------------------------------------------ children
 

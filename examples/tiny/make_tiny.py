@@ -329,10 +329,10 @@ def write_prompts(
     calib_chat = [items[i] for i in idx if i not in eval_idx][:300]
     calib_text = [d for d in train_docs if 60 < len(d) < 1500]
     rng.shuffle(calib_text)
-    with (out / "prompts.jsonl").open("w") as f:
+    with (out / "prompts_chat.jsonl").open("w") as f:
         for q, _a in calib_chat:
             f.write(json.dumps({"messages": chat(q)}) + "\n")
-    with (out / "prompts_text.jsonl").open("w") as f:
+    with (out / "prompts.jsonl").open("w") as f:
         for d in calib_text[:300]:
             f.write(json.dumps({"text": d}) + "\n")
     with (out / "eval.jsonl").open("w") as f:

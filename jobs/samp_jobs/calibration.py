@@ -253,7 +253,8 @@ def load_calibration_tokens(workdir: Path) -> torch.Tensor:
     if not path.is_file():
         raise CalibrationDataError(f"{path}: missing; run `samp calibrate` first")
     data = torch.load(path, weights_only=True)
-    return data["input_ids"]
+    ids: torch.Tensor = data["input_ids"]
+    return ids
 
 
 def load_held_out(workdir: Path) -> list[str]:

@@ -139,7 +139,8 @@ def greedy(
     model: nn.Module, tokenizer: Any, prompt: str, max_new: int, device: torch.device
 ) -> str:
     ids = torch.tensor([encode(tokenizer, prompt)], device=device)
-    out = model.generate(
+    hf: Any = model  # transformers generation API
+    out = hf.generate(
         input_ids=ids,
         attention_mask=torch.ones_like(ids),
         max_new_tokens=max_new,
@@ -167,8 +168,8 @@ def load_quantized(
     kwargs: dict[str, Any] = {"dtype": dtype or "auto", "trust_remote_code": trust_remote_code}
     if qmethod == "bitsandbytes":
         kwargs["dtype"] = torch.bfloat16
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    model.eval()
+    model: nn.Module = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    model.train(False)
     return model
 
 

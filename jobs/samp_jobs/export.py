@@ -80,12 +80,12 @@ def build_quantization_config(plan: PlanResult, all_linears: list[str]) -> Any:
     return QuantizationConfig(config_groups=groups, ignore=ignore)
 
 
-def _fill_weight_qparams(module: nn.Linear) -> None:
+def _fill_weight_qparams(module: Any) -> None:
     """Compute weight scales the way compressed-tensors' min-max observer would."""
     from compressed_tensors.offload import update_offload_parameter
     from compressed_tensors.quantization.utils.helpers import calculate_qparams, generate_gparam
 
-    args = module.quantization_scheme.weights
+    args: Any = module.quantization_scheme.weights
     w = module.weight.data
     strategy = str(getattr(args.strategy, "value", args.strategy))
     if strategy == "channel":
@@ -203,10 +203,10 @@ def export_compressed_tensors(
     from samp_jobs.modeling import decoder_parts
 
     dev = device or torch.device("cpu")
-    model = AutoModelForCausalLM.from_pretrained(
+    model: Any = AutoModelForCausalLM.from_pretrained(
         model_dir, dtype="auto", trust_remote_code=trust_remote_code
     )
-    model.eval()
+    model.train(False)
     parts = decoder_parts(model)
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     known = set(linears)
@@ -304,7 +304,7 @@ def export_bitsandbytes_nf4(
     if others:
         raise ExportError(f"bitsandbytes export carries only NF4 and 16-bit, plan has {others}")
     skip = bnb_skip_modules(plan)
-    qc = BitsAndBytesConfig(
+    qc = BitsAndBytesConfig(  # type: ignore[no-untyped-call]
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_compute_dtype=torch.bfloat16,

@@ -30,6 +30,9 @@ from torch import nn
 from samp_core.groups import FUSED_SIBLINGS, GroupKind, LayerGroup, kind_of_module
 
 DTYPES: dict[str, torch.dtype] = {
+    "torch.bfloat16": torch.bfloat16,
+    "torch.float16": torch.float16,
+    "torch.float32": torch.float32,
     "bfloat16": torch.bfloat16,
     "bf16": torch.bfloat16,
     "float16": torch.float16,
@@ -71,10 +74,10 @@ def load_model(
     except ValueError as e:
         raise ModelLoadError(f"{source}: {e}") from None
     torch_dtype: Any = "auto" if dtype == "auto" else DTYPES[dtype]
-    model = AutoModelForCausalLM.from_pretrained(
+    model: nn.Module = AutoModelForCausalLM.from_pretrained(
         path, config=config, dtype=torch_dtype, trust_remote_code=trust_remote_code
     )
-    model.eval()
+    model.train(False)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     return model, tokenizer
 
@@ -107,7 +110,8 @@ def decoder_parts(model: nn.Module) -> DecoderParts:
         (getattr(parent, n) for n in ("norm", "final_layernorm", "ln_f") if hasattr(parent, n)),
         None,
     )
-    head = model.get_output_embeddings()
+    hf: Any = model  # transformers PreTrainedModel API
+    head = hf.get_output_embeddings()
     if norm is None or not isinstance(head, nn.Linear):
         raise ModelLoadError(f"{type(model).__name__}: final norm or Linear output head not found")
     head_name = next(n for n, m in model.named_modules() if m is head)
@@ -118,7 +122,7 @@ def decoder_parts(model: nn.Module) -> DecoderParts:
             f"{type(model).__name__}: layers use different attention types "
             f"{sorted(set(layer_types))}; the sequential runner replays layer 0's mask"
         )
-    embed = model.get_input_embeddings()
+    embed = hf.get_input_embeddings()
     tied = embed.weight.data_ptr() == head.weight.data_ptr()
     return DecoderParts(model, embed, layers, layers_path, norm, head, head_name, tied)
 
@@ -198,7 +202,8 @@ def _move_non_layers(parts: DecoderParts, device: torch.device) -> list[nn.Modul
 
 def run_layer(layer: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
     out = layer(hidden, **kwargs)
-    return out[0] if isinstance(out, tuple) else out
+    result: torch.Tensor = out[0] if isinstance(out, tuple) else out
+    return result
 
 
 @contextmanager

@@ -46,6 +46,7 @@ from samp_jobs.calibration import (
     load_held_out,
     save_calibration,
 )
+from samp_jobs.modeling import DTYPES
 from samp_jobs.runlog import log, read_json, write_result
 
 DEFAULT_FORMATS = [
@@ -178,11 +179,22 @@ def run_calibrate(cfg: JobConfig) -> CalibrationResult:
 def _scoring_model(cfg: JobConfig) -> tuple[Any, Any, torch.dtype]:
     """Model for scoring: fp32 on the CPU (bf16 matmuls are slow and noisy there)."""
     model, tok = _load(cfg)
-    quant_dtype = next(model.parameters()).dtype
+    quant_dtype = checkpoint_dtype(model)
     dev = cfg.torch_device()
     if dev.type == "cpu":
         model.float()
     return model, tok, quant_dtype
+
+
+def checkpoint_dtype(model: Any) -> torch.dtype:
+    """The dtype the weights are stored in: the exporter quantizes from that, so must we."""
+    stored = getattr(getattr(model, "config", None), "dtype", None)
+    if isinstance(stored, torch.dtype) and stored.is_floating_point:
+        return stored
+    if isinstance(stored, str) and stored in DTYPES:
+        return DTYPES[stored]
+    first: torch.Tensor = next(model.parameters())
+    return first.dtype
 
 
 def run_sensitivity(cfg: JobConfig) -> SensitivityResult:

@@ -117,6 +117,12 @@ def perturbed(modules: list[nn.Linear], fq: FormatQuantizer) -> Iterator[None]:
             h.remove()
 
 
+def _grad(h: torch.Tensor) -> torch.Tensor:
+    if h.grad is None:
+        raise RuntimeError("no gradient reached the layer input; is the loss connected?")
+    return h.grad.detach().cpu()
+
+
 class _Accumulator:
     """Float64 running sums per (group, format)."""
 
@@ -146,7 +152,7 @@ class SequentialScorer:
         self.input_ids = input_ids
         self.opts = opts
         self.dev = opts.device
-        self.modules = dict(parts.model.named_modules())
+        self.modules: dict[str, Any] = dict(parts.model.named_modules())
         self.by_layer: dict[int | None, list[LayerGroup]] = {}
         for g in groups:
             self.by_layer.setdefault(g.layer_index, []).append(g)
@@ -158,7 +164,7 @@ class SequentialScorer:
 
     # -------------------------------------------------------------- helpers
     def _linears(self, g: LayerGroup) -> list[nn.Linear]:
-        return [self.modules[n] for n in g.modules]  # type: ignore[misc]
+        return [self.modules[n] for n in g.modules]
 
     def _qweights(self, groups: list[LayerGroup]) -> dict[tuple[str, Format], torch.Tensor]:
         """Fake-quantized weights of one layer for every candidate, computed once per layer."""
@@ -269,9 +275,9 @@ class SequentialScorer:
                     h = h_cpu.to(self.dev).requires_grad_(True)
                     with self._capture(groups) as cap:
                         out = run_layer(layer, h, kwargs)
-                        out.backward(g_out.to(self.dev))
+                        torch.autograd.backward(out, g_out.to(self.dev))
                     self._fisher_accumulate(groups, cap, qw, acc)
-                    new_grads.append(h.grad.detach().cpu() if idx > 0 else h_cpu)
+                    new_grads.append(_grad(h) if idx > 0 else h_cpu)
                 grads = new_grads
         return acc
 
@@ -290,9 +296,9 @@ class SequentialScorer:
                         ids[:, 1:].reshape(-1).to(self.dev),
                         reduction="sum",
                     )
-                    loss.backward()
+                    torch.autograd.backward(loss)
                 self._fisher_accumulate(groups, cap, qw, acc)
-                grads.append(h.grad.detach().cpu())
+                grads.append(_grad(h))
         return grads
 
     @contextmanager
@@ -311,7 +317,7 @@ class SequentialScorer:
                     def grad_hook(gr: torch.Tensor, n: str = n) -> None:
                         cap[n].append(gr.detach())
 
-                    out.register_hook(grad_hook)
+                    out.register_hook(grad_hook)  # type: ignore[no-untyped-call]
 
                 handles.append(m.register_forward_hook(hook))
         try:

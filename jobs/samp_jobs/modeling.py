@@ -290,6 +290,10 @@ def discover_groups(parts: DecoderParts, device: torch.device | None = None) -> 
                     num_params=sum(m.in_features * m.out_features for m in shapes),
                 )
             )
+    if parts.tied_head:
+        # A tied head shares the embedding matrix: quantizing it would quantize the
+        # embeddings too, so it is not a group the planner may touch.
+        return groups
     head = parts.head
     groups.append(
         LayerGroup(

@@ -212,9 +212,15 @@ def run_sensitivity(cfg: JobConfig) -> SensitivityResult:
     dev = cfg.torch_device()
     parts = decoder_parts(model)
     groups = discover_groups(parts, dev)
+    profile = get_profile(cfg.profile)
+    # Score only what the target can serve: the planner would drop the rest anyway.
+    formats = [f for f in cfg.formats if profile.is_servable(f)]
+    dropped = sorted(f.value for f in set(cfg.formats) - set(formats))
+    if dropped:
+        log("sensitivity.skip_formats", profile=profile.name, formats=dropped)
     opts = ScoringOptions(
-        formats=cfg.formats,
-        profile=get_profile(cfg.profile).name,
+        formats=formats,
+        profile=profile.name,
         group_size=cfg.group_size,
         micro_batch=cfg.micro_batch,
         device=dev,

@@ -63,6 +63,14 @@ INDEXES = ("samp_jobs", "samp_pods", "samp_configmaps")  # Kopf index ids (handl
 FINALIZER_RETRY_SECONDS = 10.0
 
 
+def brief(err: Exception) -> str:
+    """One line for an API error (status and reason), never the response headers."""
+    status = getattr(err, "status", None)
+    if status is not None:
+        return f"HTTP {status} {getattr(err, 'reason', '')}".strip()
+    return f"{type(err).__name__}: {err}"[:300]
+
+
 def load_canary_hook() -> CanaryHook | None:
     try:
         module = importlib.import_module("samp_operator.canary_hook")
@@ -271,11 +279,13 @@ class Engine:
         except Exception as err:
             if give_up:
                 self.post_event(body, "Warning", "CleanupIncomplete",
-                                f"gave up cleaning up after {elapsed:.0f} s ({err}); owner "
-                                "references still let the garbage collector remove the Jobs")
+                                f"gave up cleaning up after {elapsed:.0f} s ({brief(err)}); "
+                                "owner references still let the garbage collector remove "
+                                "the Jobs")
+                self.forget((namespace, name))
                 return
             self.metrics.reconcile_errors.labels(type(err).__name__).inc()
-            raise kopf.TemporaryError(f"cleanup failed: {err}",
+            raise kopf.TemporaryError(f"cleanup failed: {brief(err)}",
                                       delay=FINALIZER_RETRY_SECONDS) from err
         self.forget((namespace, name))
 

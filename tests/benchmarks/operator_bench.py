@@ -58,16 +58,17 @@ class JobWatch(threading.Thread):
         self.ready = threading.Event()
 
     def run(self) -> None:
-        url = (f"{self.cp.server}/apis/batch/v1/namespaces/{self.ns}/jobs?watch=1"
-               "&allowWatchBookmarks=false&timeoutSeconds=3600")
+        url = (
+            f"{self.cp.server}/apis/batch/v1/namespaces/{self.ns}/jobs?watch=1"
+            "&allowWatchBookmarks=false&timeoutSeconds=3600"
+        )
         req = urllib.request.Request(url, headers={"Accept": "application/json"})
         with urllib.request.urlopen(req, context=self.cp.ssl_context(client_cert=True)) as r:
             self.ready.set()
             for line in r:
                 now = time.monotonic()
                 ev = json.loads(line)
-                owner = ev["object"]["metadata"].get("labels", {}).get(
-                    "samp.dev/quantizedmodel")
+                owner = ev["object"]["metadata"].get("labels", {}).get("samp.dev/quantizedmodel")
                 if owner and owner not in self.first:
                     self.first[owner] = now
 
@@ -79,8 +80,9 @@ def request_counts(cp: Any) -> dict[tuple[str, str], float]:
     for line in str(text).splitlines():
         if not line.startswith("apiserver_request_total{"):
             continue
-        labels = dict(kv.split("=", 1) for kv in line[line.index("{") + 1:line.index("}")]
-                      .split(","))
+        labels = dict(
+            kv.split("=", 1) for kv in line[line.index("{") + 1 : line.index("}")].split(",")
+        )
         labels = {k: v.strip('"') for k, v in labels.items()}
         if labels.get("resource") in RESOURCES and labels.get("verb") != "WATCH":
             key = (labels["resource"], labels["verb"])
@@ -112,8 +114,9 @@ def main() -> int:
         api = Api(cp, ns)
         api.make_claims("artifacts", "prompts")
         # The production resync (300 s), not the tests' 60 s.
-        op = Operator(cp, [ns], work / "operator.log",
-                      extra_args=["--resync-seconds", "300"]).start()
+        op = Operator(
+            cp, [ns], work / "operator.log", extra_args=["--resync-seconds", "300"]
+        ).start()
         time.sleep(3)
         rss_start = rss_kib(op.pid)
         watch = JobWatch(cp, ns)
@@ -128,8 +131,11 @@ def main() -> int:
             created[name] = time.monotonic()
             series["trickle"].append(name)
             time.sleep(0.5)
-        wait_for(lambda: all(n in watch.first for n in series["trickle"]), 120,
-                 "first Jobs of the trickle")
+        wait_for(
+            lambda: all(n in watch.first for n in series["trickle"]),
+            120,
+            "first Jobs of the trickle",
+        )
         for i in range(50):
             name = f"b-{i:02d}"
             api.create_qm(qm_manifest(name, ns))
@@ -144,9 +150,10 @@ def main() -> int:
         def settled() -> bool:
             items = api.items(f"/apis/samp.dev/v1alpha1/namespaces/{ns}/quantizedmodels")
             pods = api.items(f"/api/v1/namespaces/{ns}/pods")
-            return (sum(1 for i in items if i.get("status", {}).get("phase") == "Calibrating")
-                    == 100 and sum(1 for p in pods if p["status"].get("phase") == "Running")
-                    == 100)
+            return (
+                sum(1 for i in items if i.get("status", {}).get("phase") == "Calibrating") == 100
+                and sum(1 for p in pods if p["status"].get("phase") == "Running") == 100
+            )
 
         wait_for(settled, 300, "100 resources Calibrating with running pods", interval=1)
         time.sleep(10)
@@ -181,12 +188,13 @@ def main() -> int:
         "|---|---|---|---|---|",
     ]
     for k, v in latency.items():
-        lines.append(f"| {k} | {len(v)} | {statistics.median(v):.3f} | {pct(v, 0.99):.3f} | "
-                     f"{max(v):.3f} |")
+        lines.append(
+            f"| {k} | {len(v)} | {statistics.median(v):.3f} | {pct(v, 0.99):.3f} | {max(v):.3f} |"
+        )
     lines += [
         "",
-        "trickle: one create every 0.5 s; burst: 50 creates back to back (p99 of 50 = the "
-        f"second largest). Slowest: {slow_text}.",
+        "trickle: one create every 0.5 s; burst: 50 creates back to back (with 50 samples "
+        f"p99 is the largest). Slowest: {slow_text}.",
         "",
         "## API requests while nothing changes",
         "",

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from operator_harness import (
+    OPERATOR_RULES,
     Api,
     JobRuntime,
     Operator,
@@ -250,3 +251,23 @@ def test_twenty_quantized_models_at_once(operator_env: tuple[Operator, JobRuntim
     print(f"20 QuantizedModels evaluated in {elapsed:.1f} s")
     assert 'samp_quantizedmodels{phase="Evaluated"} 20.0' in op.metrics()
     assert summary_for("plan")  # the transport format stayed the real one
+
+
+def test_deletion_never_blocks_forever_when_the_api_refuses(
+        operator_env: tuple[Operator, JobRuntime, Api], operator_rbac: Any) -> None:
+    """The operator may no longer delete Jobs: cleanup retries, then gives up with a Warning
+    after --finalizer-timeout-seconds (30 s here) and releases the finalizer."""
+    _op, runtime, api = operator_env
+    hold("calibrate", runtime)
+    api.create_qm(qm_manifest("stuck", api.ns))
+    api.wait_phase("stuck", "Calibrating")
+    wait_for(lambda: api.jobs("stuck"), 30, "the calibration Job")
+    operator_rbac([r if r["resources"] != ["jobs"] else {**r, "verbs": ["get", "list", "watch"]}
+                   for r in OPERATOR_RULES])
+    time.sleep(2)
+    t0 = time.monotonic()
+    api.delete_qm("stuck")
+    wait_for(lambda: api.qm("stuck") is None, 90, "the finalizer to be released")
+    assert time.monotonic() - t0 >= 25
+    warning = [e for e in api.events("stuck") if e["reason"] == "CleanupIncomplete"]
+    assert warning and warning[0]["type"] == "Warning" and "HTTP 403" in warning[0]["message"]

@@ -266,7 +266,7 @@ def _describe(stage: Stage, data: Mapping[str, Any]) -> str:
         return (f"{data.get('effectiveBits')} effective bits, "
                 f"{data.get('fractionOf16Bit')} of 16-bit, formats {data.get('byFormat')}")
     if stage == Stage.EXPORT:
-        return f"checkpoint at {data.get('artifactUri')}"
+        return f"checkpoint written ({data.get('bytesOnDisk')} bytes)"
     ppl_b, ppl_q = _num(data, "perplexityBase"), _num(data, "perplexityQuant")
     return f"perplexity {ppl_b} -> {ppl_q}, top-1 agreement {data.get('top1Agreement')}"
 
@@ -447,10 +447,8 @@ def reconcile(
         base.state = "Succeeded"
         base.finished_at = _ts(finished)
         base.message = _clip(_describe(stage, data), 500)
-        if stage == Stage.EXPORT and isinstance(data.get("artifactUri"), str):
-            base.output_uri = data["artifactUri"]
         new_records.append(base)
-        _apply_result(status, stage, data)
+        _apply_result(status, stage, data, out_uri)
         if not (rec and rec.job == job.name and rec.state == "Succeeded"):
             decision.events.append(Event("Normal", "StageSucceeded",
                                          f"{stage.value}: {base.message}"))
@@ -470,12 +468,16 @@ def reconcile(
     return decision
 
 
-def _apply_result(status: QuantizedModelStatus, stage: Stage, data: Mapping[str, Any]) -> None:
+def _apply_result(
+    status: QuantizedModelStatus, stage: Stage, data: Mapping[str, Any], out_uri: str
+) -> None:
     if stage == Stage.PLAN:
         status.plan = plan_summary(data)
     elif stage == Stage.EXPORT:
+        # The job reports where it wrote; a pod-local path (/mnt/pvc/...) means nothing
+        # outside the pod, so status names the artifact by its URI (pvc://, s3://, gs://).
         uri = data.get("artifactUri")
-        status.artifact_uri = uri if isinstance(uri, str) else None
+        status.artifact_uri = uri if isinstance(uri, str) and "://" in uri else out_uri
     elif stage == Stage.EVALUATE:
         status.accuracy = accuracy_summary(data)
 

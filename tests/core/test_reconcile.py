@@ -472,3 +472,16 @@ def test_replan_attempt_reruns_plan_export_evaluate_under_new_names() -> None:
         w.finish(stage)
         w.step()
     assert w.status.phase == Phase.EVALUATED and w.created[-1] == "llama-g1-a2-eval"
+
+
+def test_pod_local_artifact_path_is_reported_as_its_uri() -> None:
+    w = World(manifest())
+    for stage in ("calibrate", "sensitivity", "plan"):
+        w.step()
+        w.finish(stage)
+    w.step()
+    w.finish("export", result=json.dumps({"kind": "ExportResult", "stage": "export",
+                                          "artifactUri": "/mnt/pvc/artifacts/samp/x"}))
+    w.step()
+    assert w.status.artifact_uri is not None
+    assert w.status.artifact_uri.startswith("pvc://artifacts/samp/ml/llama/artifact-")

@@ -1,0 +1,130 @@
+"""The operator's Jobs run the real jobs CLI: the contract between the two, end to end.
+
+No cluster: the state machine (samp_core.reconcile) decides, and each Job it creates is
+"run" here by executing the Job's own container command with its own environment, the
+only change being the mount roots (/mnt/pvc, /etc/samp, /dev/termination-log) mapped to
+temporary directories. The termination-log file each stage writes is then handed back
+to the state machine as the pod's termination message, exactly the production transport.
+So a flag the CLI does not know, a path it cannot resolve, or a summary the operator
+cannot read fails this test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from samp_core.children import (
+    CONFIG_MOUNT,
+    PVC_ROOT,
+    TERMINATION_LOG,
+    JobSettings,
+)
+from samp_core.reconcile import ObservedJob, parse_status, reconcile
+from samp_core.status import Phase
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMP = str(Path(sys.executable).with_name("samp"))
+
+pytestmark = pytest.mark.slow
+
+
+def _manifest() -> dict[str, Any]:
+    return {
+        "apiVersion": "samp.dev/v1alpha1",
+        "kind": "QuantizedModel",
+        "metadata": {"name": "tiny", "namespace": "ml", "generation": 1, "uid": "u1"},
+        "spec": {
+            "model": {"source": "pvc://models/tiny", "dtype": "float32"},
+            "calibration": {"source": "pvc://data/text.jsonl", "samples": 32,
+                            "maxSequenceLength": 32},
+            "quantization": {
+                "budget": {"fractionOf16Bit": 0.8},
+                "allowedFormats": ["int8-w8a8", "bf16"],
+                "sensitivity": {"method": "activation", "maxTokens": 1024},
+                "groupSize": 64,
+            },
+            "hardware": {"target": "cpu", "gpusPerJob": 0},
+            "artifacts": {"uri": "pvc://out/samp"},
+        },
+    }
+
+
+def _run_job(job: dict[str, Any], cfg: dict[str, str], root: Path) -> tuple[int, str, str]:
+    """Execute the Job's container command locally; returns (exit code, message, logs)."""
+    c = job["spec"]["template"]["spec"]["containers"][0]
+    cfg_dir = root / "etc-samp" / job["metadata"]["name"]
+    cfg_dir.mkdir(parents=True, exist_ok=True)
+    for key, text in cfg.items():
+        (cfg_dir / key).write_text(text)
+    term = root / f"termination-{job['metadata']['name']}"
+
+    def local(arg: str) -> str:
+        return (arg.replace(PVC_ROOT, str(root / "pvc")).replace(CONFIG_MOUNT, str(cfg_dir))
+                .replace(TERMINATION_LOG, str(term)))
+
+    cmd = [SAMP if c["command"][0] == "samp" else c["command"][0],
+           *[local(a) for a in c["command"][1:]]]
+    env = {**os.environ, **{e["name"]: local(e["value"]) for e in c["env"]}}
+    env["HOME"] = env["TMPDIR"] = str(root / "scratch")
+    (root / "scratch").mkdir(exist_ok=True)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600,
+                          check=False, cwd=ROOT)
+    message = term.read_text() if term.exists() else ""
+    return proc.returncode, message, proc.stdout[-2000:] + proc.stderr[-4000:]
+
+
+def test_every_stage_job_runs_the_real_cli_and_its_summary_reaches_status(
+        tmp_path: Path) -> None:
+    sys.path.insert(0, str(ROOT / "tests" / "jobs"))
+    from jobhelpers import build_model, write_jsonl
+
+    pvc = tmp_path / "pvc"
+    build_model("llama", pvc / "models" / "tiny")
+    (pvc / "data").mkdir(parents=True)
+    write_jsonl(pvc / "data" / "text.jsonl", [
+        {"text": f"the quick brown fox number {i} jumps over the lazy dog {i * 7}"}
+        for i in range(40)])
+    (pvc / "out").mkdir()
+
+    body = _manifest()
+    jobs: dict[str, ObservedJob] = {}
+    config_maps: dict[str, dict[str, str]] = {}
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    for _ in range(12):
+        d = reconcile(body, list(jobs.values()), sorted(config_maps), now,
+                      JobSettings(default_image="samp-jobs:test"))
+        body["status"] = d.status.to_wire()
+        if d.status.phase in (Phase.EVALUATED, Phase.FAILED):
+            break
+        for obj in d.create:
+            name = obj["metadata"]["name"]
+            if obj["kind"] == "ConfigMap":
+                config_maps[name] = obj["data"]
+                continue
+            rc, message, logs = _run_job(obj, config_maps[name], tmp_path)
+            assert rc == 0, f"{name} exited {rc}:\n{logs}"
+            labels = obj["metadata"]["labels"]
+            now += timedelta(seconds=10)
+            jobs[name] = ObservedJob(
+                name=name, stage=labels["samp.dev/stage"],
+                inputs_hash=obj["metadata"]["annotations"]["samp.dev/inputs-hash"],
+                generation=1, state="Succeeded", started_at=now - timedelta(seconds=9),
+                finished_at=now, result=message)
+    st = parse_status(body["status"])
+    assert st.phase == Phase.EVALUATED, json.dumps(body["status"], indent=1)[:3000]
+    assert [r.state for r in st.stages] == ["Succeeded"] * 5
+    assert st.plan is not None and st.plan.profile == "cpu" and st.plan.bytes_quantized > 0
+    assert st.accuracy is not None and st.accuracy.perplexity_base
+    assert st.artifact_uri is not None and st.artifact_uri.startswith(
+        "pvc://out/samp/ml/tiny/artifact-")
+    workdir = pvc / "out" / "samp" / "ml" / "tiny"
+    assert any(workdir.glob("w-*/plan.json")), list(workdir.rglob("*"))[:20]
+    assert any(workdir.glob("artifact-*/config.json")), list(workdir.rglob("*"))[:20]

@@ -48,9 +48,9 @@ HOLD = "samp.dev/kwok-run-duration=1h"
 # What the operator needs, nothing more (the Helm chart's ClusterRole should match).
 OPERATOR_RULES: list[dict[str, Any]] = [
     {"apiGroups": ["samp.dev"], "resources": ["quantizedmodels"],
-     "verbs": ["get", "list", "watch", "patch", "update"]},
+     "verbs": ["get", "list", "watch", "patch"]},
     {"apiGroups": ["samp.dev"], "resources": ["quantizedmodels/status"],
-     "verbs": ["get", "patch", "update"]},
+     "verbs": ["get", "patch"]},
     {"apiGroups": ["batch"], "resources": ["jobs"],
      "verbs": ["get", "list", "watch", "create", "delete"]},
     {"apiGroups": [""], "resources": ["configmaps"],

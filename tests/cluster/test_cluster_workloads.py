@@ -390,3 +390,63 @@ def test_canary_traffic_split_httproute_is_accepted(
     with pytest.raises(Exception) as exc:
         cluster.apply(route)
     assert "weight" in str(getattr(exc.value, "body", exc.value))
+
+
+def test_held_job_pod_is_released_by_patching_it(
+    cluster: ControlPlane, cluster_api: Any, cluster_namespace: str
+) -> None:
+    """Hold Job pods with run-duration 1h, release one to succeed with a termination
+    message and one to fail (the operator harness drives stages this way)."""
+    ns = cluster_namespace
+    batch, core = client.BatchV1Api(cluster_api), client.CoreV1Api(cluster_api)
+    for name in ("held-ok", "held-fail"):
+        batch.create_namespaced_job(ns, _job(name, run_duration="1h"))
+    pods = {}
+    for name in ("held-ok", "held-fail"):
+        pods[name] = wait_for(
+            lambda name=name: [
+                p for p in _pods(core, ns, f"app={name}") if p.status.phase == "Running"
+            ],
+            60,
+            f"{name} pod Running",
+        )[0].metadata.name
+    time.sleep(2)
+    assert not _job_conditions(batch, ns, "held-ok")  # still held
+
+    summary = '{"stage": "calibrate", "samples": 64}'
+    core.patch_namespaced_pod(
+        pods["held-ok"],
+        ns,
+        {
+            "metadata": {
+                "annotations": {
+                    "samp.dev/kwok-run-duration": "0s",
+                    "samp.dev/kwok-message": summary,
+                }
+            }
+        },
+    )
+    core.patch_namespaced_pod(
+        pods["held-fail"],
+        ns,
+        {
+            "metadata": {
+                "labels": {FAIL_LABEL: "true"},
+                "annotations": {
+                    "samp.dev/kwok-run-duration": "0s",
+                    "samp.dev/kwok-message": "no GPU",
+                },
+            }
+        },
+    )
+
+    _wait_job(batch, ns, "held-ok", "Complete", timeout=30)
+    _wait_job(batch, ns, "held-fail", "Failed", timeout=30)
+    ok = core.read_namespaced_pod(pods["held-ok"], ns).status.container_statuses[0].state.terminated
+    assert (ok.exit_code, ok.reason, ok.message) == (0, "Completed", summary)
+    bad = (
+        core.read_namespaced_pod(pods["held-fail"], ns)
+        .status.container_statuses[0]
+        .state.terminated
+    )
+    assert (bad.exit_code, bad.message) == (1, "no GPU")

@@ -103,7 +103,9 @@ def observed_job(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) -> O
         state=job["state"],
         started_at=_time(job["started_at"]),
         finished_at=_time(job["finished_at"]),
-        failed_pods=max(job["failed"], len(failed)),
+        # Count failed pods from the pod index, so the retry Event can carry the pod's
+        # message (the Job's own counter moves before the pod's status is indexed).
+        failed_pods=len(failed) if failed or job["state"] == "Running" else job["failed"],
         reason=job["reason"],
         message=message,
         result=succeeded[-1]["message"] if succeeded else None,

@@ -101,7 +101,8 @@ def test_failing_job_is_retried_then_failed(operator_env: tuple[Operator, JobRun
     failed = [e for e in events if e["reason"] == "StageFailed"]
     assert failed and failed[0]["type"] == "Warning"
     assert "CUDA out of memory" in failed[0]["message"]
-    assert any(e["reason"] == "JobRetrying" for e in events)
+    retrying = [e for e in events if e["reason"] == "JobRetrying"]
+    assert retrying and "CUDA out of memory" in retrying[0]["message"]
     assert [j["metadata"]["name"] for j in api.jobs("oom")] == ["oom-g1-cal"]
     metrics = op.metrics()
     assert 'samp_job_failures_total{reason="BackoffLimitExceeded",stage="calibrate"} 1.0' in \

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import importlib
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -37,6 +38,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
+from kubernetes.client.exceptions import ApiException
 
 from samp_core.children import (
     cleanup_job_manifest,
@@ -69,6 +71,15 @@ def brief(err: Exception) -> str:
     if status is not None:
         return f"HTTP {status} {getattr(err, 'reason', '')}".strip()
     return f"{type(err).__name__}: {err}"[:300]
+
+
+def api_message(err: ApiException) -> str:
+    """The API server's own message (e.g. which field is invalid), else status and reason."""
+    try:
+        message = json.loads(err.body or "{}").get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return str(message)[:900] if message else brief(err)
 
 
 def load_canary_hook() -> CanaryHook | None:
@@ -186,7 +197,11 @@ class Engine:
             self.metrics.reconcile_errors.labels(type(err).__name__).inc()
             delay = min(ERROR_BACKOFF_MAX, self._backoff.get(key, ERROR_BACKOFF_MIN / 2) * 2)
             self._backoff[key] = delay
-            log.exception("reconcile of %s/%s failed; retrying in %.0f s", *key, delay)
+            if isinstance(err, ApiException):  # one line, never the response headers
+                log.error("reconcile of %s/%s failed (%s); retrying in %.0f s", *key,
+                          api_message(err), delay)
+            else:
+                log.exception("reconcile of %s/%s failed; retrying in %.0f s", *key, delay)
             return delay
         finally:
             self.metrics.reconcile_duration.observe(time.monotonic() - started)
@@ -218,7 +233,15 @@ class Engine:
         if written is not None:
             self._bodies[key] = written
         for obj in decision.create:
-            if self.kube.create(obj):
+            try:
+                created = self.kube.create(obj)
+            except ApiException as err:
+                if err.status in (400, 403, 422):  # refused, not flaky: say why, then back off
+                    self.post_event(body, "Warning", "CreateFailed",
+                                    f"{obj['kind']} {obj['metadata']['name']}: "
+                                    f"{api_message(err)}")
+                raise
+            if created:
                 log.info("%s/%s: created %s %s", namespace, name, obj["kind"],
                          obj["metadata"]["name"])
         for ref in decision.delete:

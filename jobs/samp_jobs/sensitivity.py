@@ -117,6 +117,11 @@ def perturbed(modules: list[nn.Linear], fq: FormatQuantizer) -> Iterator[None]:
             h.remove()
 
 
+def _sq_sum(d: torch.Tensor) -> float:
+    """Σ d² accumulated in float64 without a float64 copy of d (it is token×features big)."""
+    return float(torch.sum(torch.square(d), dtype=torch.float64))
+
+
 def _grad(h: torch.Tensor) -> torch.Tensor:
     if h.grad is None:
         raise RuntimeError("no gradient reached the layer input; is the loss connected?")
@@ -232,7 +237,7 @@ class SequentialScorer:
             x = args[0]
             for f in self.cands[g.name]:
                 d = self._delta(x, m.weight, qw[(name, f)], f)
-                acc.add(g.name, f, float(d.double().pow(2).sum()))
+                acc.add(g.name, f, _sq_sum(d))
 
         h = m.register_forward_hook(hook)
         try:
@@ -252,7 +257,7 @@ class SequentialScorer:
                     x = parts.norm(h.to(self.dev))
                     for f in self.cands[g.name]:
                         d = self._delta(x, parts.head.weight, qw[(g.modules[0], f)], f)
-                        acc.add(g.name, f, float(d.double().pow(2).sum()))
+                        acc.add(g.name, f, _sq_sum(d))
 
     # -------------------------------------------------------------- fisher
     def fisher(
@@ -340,7 +345,7 @@ class SequentialScorer:
                     for n, m in zip(g.modules, self._linears(g), strict=True):
                         x, gy = cap[n]
                         d = self._delta(x, m.weight, qw[(n, f)], f)
-                        dot = dot + (gy.double() * d.double()).sum(-1)
+                        dot = dot + torch.sum(gy * d, dim=-1, dtype=torch.float64)
                     acc.add(g.name, f, float(torch.as_tensor(dot).pow(2).sum()))
 
     # ------------------------------------------------------------------ kl

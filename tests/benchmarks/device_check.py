@@ -14,6 +14,7 @@ Usage (on a machine with a GPU, repository root):
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import time
@@ -168,6 +169,28 @@ def run_big(path: Path, ids: torch.Tensor) -> dict[str, Any]:
     return res
 
 
+def depth_probe(path: Path, ids: torch.Tensor) -> dict[str, Any]:
+    dev = torch.device("cuda")
+    model, _ = load_model(path)
+    parts = decoder_parts(model)
+    groups = discover_groups(parts, dev)
+    opts = ScoringOptions(
+        formats=[Format.INT4_W4A16, Format.FP8_W8A8, Format.BF16],
+        group_size=128,
+        device=dev,
+        progress=False,
+    )
+    gc.collect()
+    torch.cuda.empty_cache()
+    run = score(parts, groups, ids, opts, [SensitivityMethod.FISHER])
+    return {
+        "layers": len(parts.layers),
+        "weight_bytes_bf16": sum(p.numel() * p.element_size() for p in model.parameters()),
+        "seconds": round(run.wall_seconds, 2),
+        "peak_gpu_bytes": run.peak_memory_bytes,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=ROOT / "tests/benchmarks/results")
@@ -192,7 +215,12 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(result, indent=1), flush=True)
     args.tmp.mkdir(parents=True, exist_ok=True)
     ids = cal.input_ids[:16]
-    result["big"] = run_big(big_model(args.tmp, args.hidden, args.layers), ids)
+    # Layer-sequential: doubling the depth must not raise the peak GPU memory. Probed
+    # first, in a clean process state, so no earlier model inflates the peak.
+    shallow = big_model(args.tmp, args.hidden, args.layers)
+    deep = big_model(args.tmp / "deep", args.hidden, 2 * args.layers)
+    result["depth_probe_fisher"] = [depth_probe(shallow, ids), depth_probe(deep, ids)]
+    result["big"] = run_big(shallow, ids)
     name = result["device"].split()[-1].lower()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"device_check_{name}.json").write_text(json.dumps(result, indent=2) + "\n")

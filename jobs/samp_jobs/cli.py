@@ -78,8 +78,17 @@ def _parser(stage: str) -> argparse.ArgumentParser:
         g.add_argument("--allow-synthetic", action="store_true")
     if stage in ("sensitivity", "plan", "quantize"):
         g = p.add_argument_group("scoring and planning")
-        g.add_argument("--method", type=SensitivityMethod, default=SensitivityMethod.FISHER)
-        g.add_argument("--formats", type=_formats, help="comma list of candidate formats")
+        g.add_argument(
+            "--method",
+            type=SensitivityMethod,
+            default=SensitivityMethod.FISHER,
+            help="fisher (default), activation (forward only) or kl (exact, slow)",
+        )
+        g.add_argument(
+            "--formats",
+            type=_formats,
+            help="comma list of candidate formats, e.g. int4-w4a16,fp8-w8a8,bf16",
+        )
         g.add_argument("--profile", help="hardware profile or target: cpu, sm80, sm90, h100...")
         g.add_argument("--group-size", type=int, default=128)
         g.add_argument("--micro-batch", type=int, default=4)
@@ -127,7 +136,7 @@ def config_from(ns: argparse.Namespace, stage: str) -> JobConfig:
         apply_manifest(cfg, ns)
     cfg.fill_from_workdir()
     a: dict[str, Any] = vars(ns)
-    if a.get("prompts"):
+    if a.get("prompts") and ns.manifest is None:  # with a manifest it only sets the source
         cfg.calibration = CalibrationOptions(
             source=a["prompts"],
             format=a["prompt_format"],

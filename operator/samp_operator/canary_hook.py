@@ -45,7 +45,12 @@ from samp_core.reconcile import Decision, Event
 from samp_core.status import Phase
 from samp_operator.prometheus import PrometheusProvider
 from samp_operator.serving import canary_manifests, canary_names, promoted_stable_patch
-from samp_operator.traffic import HTTPRouteRouter, ReplicaRatioRouter, TrafficRouter
+from samp_operator.traffic import (
+    MERGE_PATCH,
+    HTTPRouteRouter,
+    ReplicaRatioRouter,
+    TrafficRouter,
+)
 
 log = logging.getLogger("samp.canary")
 _ACTIVE = (Phase.EVALUATED, Phase.CANARY, Phase.PAUSED)
@@ -241,7 +246,7 @@ def _promote_stable(spec: Any, name: str, namespace: str, apps: Any, dep_name: s
     current_doc = apps.api_client.sanitize_for_serialization(current)
     served = stable_model_name(spec, name) or name
     patch = promoted_stable_patch(current_doc, canary_doc, served)
-    apps.patch_namespaced_deployment(stable.deployment, namespace, patch)
+    apps.patch_namespaced_deployment(stable.deployment, namespace, patch, _content_type=MERGE_PATCH)
     log.info(
         "%s/%s: stable Deployment %s now serves the artifact", namespace, name, stable.deployment
     )

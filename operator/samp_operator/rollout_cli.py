@@ -128,7 +128,13 @@ def run(args: argparse.Namespace, api: Any | None = None) -> int:
     ns, name = args.namespace, args.name
     if args.action != "status":
         api.patch_namespaced_custom_object(
-            GROUP, VERSION, ns, PLURAL, name, annotation_patch(args.action)
+            GROUP,
+            VERSION,
+            ns,
+            PLURAL,
+            name,
+            annotation_patch(args.action),
+            _content_type="application/merge-patch+json",
         )
         print(f"{ns}/{name}: {args.action} requested")
     obj = api.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)

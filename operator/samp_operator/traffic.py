@@ -24,6 +24,8 @@ from typing import Any, Protocol
 GATEWAY_GROUP = "gateway.networking.k8s.io"
 GATEWAY_VERSION = "v1"
 HTTPROUTES = "httproutes"
+# The generated client defaults PATCH to JSON Patch; our bodies are merge patches.
+MERGE_PATCH = "application/merge-patch+json"
 
 
 class TrafficRouter(Protocol):
@@ -175,12 +177,10 @@ class ReplicaRatioRouter:
 
     def set_weight(self, weight: int) -> None:
         canary, stable = replica_split(self.total_replicas, weight)
-        self.apps.patch_namespaced_deployment_scale(
-            self.canary_deployment, self.namespace, {"spec": {"replicas": canary}}
-        )
-        self.apps.patch_namespaced_deployment_scale(
-            self.stable_deployment, self.namespace, {"spec": {"replicas": stable}}
-        )
+        for name, replicas in ((self.canary_deployment, canary), (self.stable_deployment, stable)):
+            self.apps.patch_namespaced_deployment_scale(
+                name, self.namespace, {"spec": {"replicas": replicas}}, _content_type=MERGE_PATCH
+            )
 
     def ready(self, name: str) -> int:
         dep = self.apps.read_namespaced_deployment_status(name, self.namespace)

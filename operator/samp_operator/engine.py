@@ -184,6 +184,7 @@ class Engine:
         self._backoff.pop(key, None)
         self._bodies.pop(key, None)
         self.metrics.set_phase(key, None)
+        self.metrics.observe_rollout(key, None)
 
     # ------------------------------------------------------------------ thread side
 
@@ -254,6 +255,7 @@ class Engine:
         for stage, reason in decision.job_failures:
             self.metrics.job_failures.labels(stage, reason).inc()
         self.metrics.set_phase(key, decision.status.phase.value)
+        self.metrics.observe_rollout(key, decision.status)
         if canary_error is not None:
             raise canary_error
         self.metrics.reconciles.labels("ok").inc()

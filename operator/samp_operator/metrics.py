@@ -9,6 +9,12 @@ Metrics, on their own registry:
 * ``samp_reconcile_errors_total{error}``: reconciles that raised, by exception type.
 * ``samp_reconcile_duration_seconds``: time of one reconcile (API calls included).
 * ``samp_events_total{type,reason}``: Kubernetes Events posted.
+* ``samp_phase_entered_timestamp_seconds{namespace,name,phase}``: when each resource entered
+  its current phase (the chart's SampRolloutStuck alert reads it).
+* ``samp_canary_weight{namespace,name}``: traffic percent on the canary now.
+* ``samp_gate_value{namespace,name,gate,role}``: last measured gate figure, role canary or
+  stable (the dashboard's gate panel).
+* ``samp_rollbacks_total{gate}``: rollbacks, by the gate that failed first.
 
 /healthz answers 200 while the operator's event loop is responsive (a heartbeat the loop
 refreshes every few seconds is younger than 30 s); /readyz answers 200 once Kopf has
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import (
@@ -29,6 +36,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+
+from samp_core.status import Phase, QuantizedModelStatus
 
 HEARTBEAT_STALE_SECONDS = 30.0
 
@@ -54,6 +63,17 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=r)
         self.events = Counter("samp_events", "Kubernetes Events posted", ["type", "reason"],
                               registry=r)
+        self.phase_entered = Gauge(
+            "samp_phase_entered_timestamp_seconds", "When the resource entered its phase",
+            ["namespace", "name", "phase"], registry=r)
+        self.canary_weight = Gauge("samp_canary_weight", "Traffic percent on the canary",
+                                   ["namespace", "name"], registry=r)
+        self.gate_value = Gauge("samp_gate_value", "Last measured gate figure",
+                                ["namespace", "name", "gate", "role"], registry=r)
+        self.rollbacks = Counter("samp_rollbacks", "Rollbacks by the first failing gate",
+                                 ["gate"], registry=r)
+        self._rollout_phase: dict[tuple[str, str], str] = {}
+        self._gate_series: dict[tuple[str, str], set[tuple[str, str]]] = {}
         self._phase_of: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
         self.heartbeat = time.monotonic()
@@ -74,6 +94,38 @@ class Metrics:
                     self.phases.labels(labels[0]).set(0)
             for p, n in counts.items():
                 self.phases.labels(p).set(n)
+
+    def observe_rollout(self, key: tuple[str, str],
+                        status: QuantizedModelStatus | None) -> None:
+        """Per-resource series: phase entry time, canary weight, gate figures, rollbacks."""
+        namespace, name = key
+        with self._lock:
+            previous = self._rollout_phase.pop(key, None)
+            if status is None:
+                if previous is not None:
+                    self.phase_entered.remove(namespace, name, previous)
+                    self.canary_weight.remove(namespace, name)
+                for gate, role in self._gate_series.pop(key, set()):
+                    self.gate_value.remove(namespace, name, gate, role)
+                return
+            phase = status.phase.value
+            self._rollout_phase[key] = phase
+            if previous != phase:
+                if previous is not None:
+                    self.phase_entered.remove(namespace, name, previous)
+                self.phase_entered.labels(namespace, name, phase).set(
+                    time.time() if previous is not None else _entered_at(status))
+                if phase == Phase.ROLLED_BACK.value and previous is not None:
+                    failed = [g.gate for g in status.gates if g.verdict == "Failed"]
+                    self.rollbacks.labels(failed[0] if failed else "other").inc()
+            weight = status.canary.weight if status.canary is not None else 0
+            self.canary_weight.labels(namespace, name).set(weight)
+            series = self._gate_series.setdefault(key, set())
+            for result in status.gates:
+                for role, value in (("canary", result.value), ("stable", result.baseline)):
+                    if value is not None:
+                        self.gate_value.labels(namespace, name, result.gate, role).set(value)
+                        series.add((result.gate, role))
 
     def healthy(self) -> bool:
         return time.monotonic() - self.heartbeat < HEARTBEAT_STALE_SECONDS
@@ -109,3 +161,14 @@ class Metrics:
         server.daemon_threads = True
         threading.Thread(target=server.serve_forever, name="samp-metrics", daemon=True).start()
         return server
+
+
+def _entered_at(status: QuantizedModelStatus) -> float:
+    """On first sight (e.g. after a restart), the newest condition transition, else now."""
+    stamps = []
+    for condition in status.conditions:
+        try:
+            stamps.append(datetime.fromisoformat(condition.last_transition_time).timestamp())
+        except ValueError:
+            continue
+    return max(stamps) if stamps else time.time()

@@ -451,6 +451,8 @@ class CanaryLoop:
             ),
             now,
         )
+        for e in d.events:  # what was decided, then what is done about it
+            self.on_event(e)
         names: list[str] = []
         for a in d.actions:
             names.append(repr(a) if not isinstance(a, StartReplan) else f"StartReplan({a.attempt})")
@@ -464,8 +466,6 @@ class CanaryLoop:
                 self.on_remove()
             elif isinstance(a, PromoteStable):
                 self.on_promote(a)
-        for e in d.events:
-            self.on_event(e)
         self.log.append(
             Applied(
                 now, d.status.phase.value, names, [f"{e.reason}: {e.message}" for e in d.events]

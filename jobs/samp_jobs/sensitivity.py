@@ -58,6 +58,7 @@ class ScoringOptions:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     quant_dtype: torch.dtype = torch.bfloat16  # dtype the checkpoint stores and exports
     progress: bool = True
+    kl_cache_bytes: int = 8 * 2**30  # CPU memory for the 16-bit log-probs the KL compares to
 
 
 @dataclass
@@ -354,14 +355,25 @@ class SequentialScorer:
         boundaries: list[list[torch.Tensor]],
         kwargs: dict[str, Any],
         final: list[torch.Tensor],
-    ) -> _Accumulator:
+    ) -> tuple[_Accumulator, int]:
+        """Exact KL per (group, format); returns the sums and the tokens they cover.
+
+        The 16-bit next-token distributions are kept on the CPU (tokens × vocab
+        floats), so only as many micro-batches as fit ``kl_cache_bytes`` are used.
+        """
         acc = _Accumulator()
-        base = [self._logprobs(h) for h in final]
+        per_token = 4 * self.parts.head.out_features
+        n_mb, tokens = 0, 0
+        for b in self.batches:
+            if n_mb and (tokens + b.numel()) * per_token > self.opts.kl_cache_bytes:
+                break
+            n_mb, tokens = n_mb + 1, tokens + b.numel()
+        base = [self._logprobs(h) for h in final[:n_mb]]
         todo = [(g, f) for g in self.groups for f in self.cands[g.name]]
         for g, f in self._progress(todo, "kl (group x format)"):
             start = len(self.parts.layers) if g.layer_index is None else g.layer_index
             with perturbed(self._linears(g), self.quant[f]), torch.no_grad():
-                hidden = boundaries[start] if start < len(boundaries) else final
+                hidden = (boundaries[start] if start < len(boundaries) else final)[:n_mb]
                 for idx in range(start, len(self.parts.layers)):
                     layer = self.parts.layers[idx]
                     with on_device(layer, self.dev):
@@ -369,7 +381,7 @@ class SequentialScorer:
                 for h, lp in zip(hidden, base, strict=True):
                     lq = self._logprobs(h)
                     acc.add(g.name, f, float((lp.exp() * (lp - lq)).sum(-1).double().sum()))
-        return acc
+        return acc, tokens
 
     def _logprobs(self, h: torch.Tensor) -> torch.Tensor:
         parts = self.parts
@@ -400,7 +412,8 @@ def score(
     if SensitivityMethod.FISHER in want:
         out[SensitivityMethod.FISHER] = s.fisher(boundaries, kwargs, final).normalised(n, 0.5)
     if SensitivityMethod.KL in want:
-        out[SensitivityMethod.KL] = s.kl(boundaries, kwargs, final).normalised(n)
+        kl_sums, kl_tokens = s.kl(boundaries, kwargs, final)
+        out[SensitivityMethod.KL] = kl_sums.normalised(float(kl_tokens))
     for sc in out.values():  # every group appears, even with no candidate format
         for g in groups:
             sc.setdefault(g.name, {})

@@ -80,3 +80,13 @@ def test_layer_by_layer_reproduces_the_full_forward(tiny_llama: Path):
 def test_missing_model_dir_is_a_clear_error(tmp_path: Path):
     with pytest.raises(ModelLoadError, match=r"no config\.json"):
         load_model(tmp_path)
+
+
+def test_tied_head_is_not_a_plannable_group(tiny_llama: Path):
+    """Quantizing a tied lm_head would quantize the embeddings with it."""
+    model, _ = load_model(tiny_llama)
+    model.lm_head.weight = model.model.embed_tokens.weight
+    parts = decoder_parts(model)
+    assert parts.tied_head
+    groups = discover_groups(parts)
+    assert all(g.kind is not GroupKind.LM_HEAD for g in groups) and len(groups) == 8

@@ -90,3 +90,21 @@ def test_spearman() -> None:
     assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     with pytest.raises(ValueError):
         spearman([1], [1])
+
+
+def test_kl_cache_budget_limits_tokens_not_coverage(scored) -> None:  # type: ignore[no-untyped-def]
+    parts, groups, ids, _opts, run = scored
+    vocab = parts.head.out_features
+    small = ScoringOptions(
+        formats=FORMATS,
+        group_size=64,
+        micro_batch=2,
+        progress=False,
+        kl_cache_bytes=2 * 32 * vocab * 4,
+    )  # one micro-batch of 2x32
+    part = score(parts, groups, ids, small, [SensitivityMethod.KL])
+    full, half = run.scores[SensitivityMethod.KL], part.scores[SensitivityMethod.KL]
+    assert {g: set(v) for g, v in half.items()} == {g: set(v) for g, v in full.items()}
+    keys = [(g, f) for g in full for f in full[g]]
+    assert spearman([full[g][f] for g, f in keys], [half[g][f] for g, f in keys]) > 0.8
+    assert half != full  # it really used fewer tokens

@@ -245,6 +245,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = config_from(ns, stage)
         if stage == "quantize":
             run_all(cfg, evaluate=not ns.skip_evaluate)
+            from samp_jobs.report import render
+
+            print(render(cfg.workdir, cfg.artifact_dir))
         else:
             runner: Callable[[JobConfig], Any] = STAGES[stage]
             runner(cfg)

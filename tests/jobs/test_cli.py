@@ -73,10 +73,15 @@ def test_quantize_runs_every_stage(
     assert ev.num_prompts >= 3 and 0 <= ev.top1_agreement <= 1  # type: ignore[union-attr]
     assert ev.task_exact_match_base is not None  # type: ignore[union-attr]
     assert (work / "artifact" / "samp_plan.json").is_file()
+    captured = capsys.readouterr()
+    report = captured.out  # the human report on stdout: plan table + accuracy
+    assert "| group | kind | format | bytes | score |" in report
+    assert "# Accuracy against the 16-bit model" in report
+    assert f"{ev.perplexity_quant:.3f}" in report  # type: ignore[union-attr]
     summary = json.loads(term.read_text())  # the last stage's summary
     assert summary["kind"] == "EvaluationResult" and len(term.read_bytes()) < 4096
     logs = [
-        json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")
+        json.loads(line) for line in captured.err.splitlines() if line.startswith("{")
     ]
     assert [r["stage"] for r in logs if r["event"] == "result"] == [
         "calibrate",

@@ -142,7 +142,9 @@ def _deployment(name: str, ns: str, labels: dict[str, str], args: list[str]) -> 
     }
 
 
+@pytest.mark.parametrize("scenario", ["healthy", "regression"])
 def test_operator_runs_the_canary_on_the_control_plane(  # noqa: PLR0917 (fixtures)
+    scenario: str,
     cluster: Any,
     samp_crds: Any,
     gateway_api_crds: Any,
@@ -152,6 +154,7 @@ def test_operator_runs_the_canary_on_the_control_plane(  # noqa: PLR0917 (fixtur
     tmp_path: Path,
 ) -> None:
     ns = cluster_namespace
+    healthy = scenario == "healthy"
     operator_rbac(OPERATOR_RULES + ROLLOUT_RULES)
     api = Api(cluster, ns)
     api.make_claims("artifacts", "prompts")
@@ -212,8 +215,8 @@ def test_operator_runs_the_canary_on_the_control_plane(  # noqa: PLR0917 (fixtur
             "httpRoute": {"name": "tiny-llama", "stableBackend": "tiny-llama"},
         },
         gates={
-            "latency": {"p99MaxRatioToStable": 2.5, "p99MaxSeconds": 30},
-            "minRequests": 5,
+            "latency": {"p99MaxRatioToStable": 3, "p99MaxSeconds": 30 if healthy else 3},
+            "minRequests": 5 if healthy else 3,
             "prometheusUrl": servers.prometheus.url,
         },
     )
@@ -222,7 +225,10 @@ def test_operator_runs_the_canary_on_the_control_plane(  # noqa: PLR0917 (fixtur
     share = RouteShare(cluster, ns, "tiny-llama", "tiny-llama", "tiny-llama-canary")
     gen = LoadGenerator(
         Backend(servers.stable.url, "tiny-llama", 16),
-        Backend(servers.canary.url, "tiny-llama-canary", 16),
+        # regression: the injected fault of test_rollout_real (n=8 x 256 tokens per request)
+        Backend(
+            servers.canary.url, "tiny-llama-canary", 16 if healthy else 256, 1 if healthy else 8
+        ),
         share,
         threads=4,
     )
@@ -261,24 +267,38 @@ def test_operator_runs_the_canary_on_the_control_plane(  # noqa: PLR0917 (fixtur
             "requests:",
             gen.stats.per_model,
         )
-        assert st["phase"] == "Promoted", st.get("message")
-        assert 50 in share.seen and 100 in share.seen  # the route really moved
-        gates = {g["gate"]: g for g in st["gates"]}
-        assert gates["p99RatioToStable"]["verdict"] == "Successful"
-        # promotion: stable Deployment serves the artifact, canary gone, route back to stable
+        reasons = api2.reasons()
+        assert "CanaryStarted" in reasons
+        status, _ = cluster.request(
+            "GET", f"/apis/apps/v1/namespaces/{ns}/deployments/tiny-llama-canary"
+        )
+        assert status == 404  # the canary is removed either way
         status, stable = cluster.request(
             "GET", f"/apis/apps/v1/namespaces/{ns}/deployments/tiny-llama-stable"
         )
         args = stable["spec"]["template"]["spec"]["containers"][0]["args"]
         assert args[args.index("--served-model-name") + 1] == "tiny-llama"
-        assert args[args.index("--model") + 1].startswith("/artifacts/")
-        status, _ = cluster.request(
-            "GET", f"/apis/apps/v1/namespaces/{ns}/deployments/tiny-llama-canary"
+        status, route = cluster.request(
+            "GET", f"/apis/gateway.networking.k8s.io/v1/namespaces/{ns}/httproutes/tiny-llama"
         )
-        assert status == 404
-        reasons = api2.reasons()
-        assert "CanaryStarted" in reasons and "Promoted" in reasons
-        assert "AnalysisSuccessful" in reasons
+        assert weights_of(route, "tiny-llama", "tiny-llama-canary") == [(100, 0)]
+        gates = {g["gate"]: g for g in st["gates"]}
+        if healthy:
+            assert st["phase"] == "Promoted", st.get("message")
+            assert 50 in share.seen and 100 in share.seen  # the route really moved
+            assert gates["p99RatioToStable"]["verdict"] == "Successful"
+            # UpdateStable: the stable Deployment now serves the artifact
+            assert args[args.index("--model") + 1].startswith("/artifacts/")
+            assert "Promoted" in reasons and "AnalysisSuccessful" in reasons
+        else:
+            assert st["phase"] == "RolledBack", st.get("message")
+            assert 50 in share.seen and 100 not in share.seen
+            rolled = next(c for c in st["conditions"] if c["type"] == "RolledBack")
+            assert rolled["status"] == "True" and rolled["reason"] == "GateFailed"
+            assert "gate p99" in rolled["message"] and "threshold" in rolled["message"]
+            assert gates["p99"]["value"] is not None and gates["p99"]["baseline"] is not None
+            assert args[args.index("--model") + 1] == "/models/base"  # stable untouched
+            assert "RolledBack" in reasons and "AnalysisFailed" in reasons
     finally:
         runtime.stop()
         op.stop()

@@ -29,9 +29,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: install
+	mkdir -p $(dir $(DEMO_OUT))
 	$(BIN)/samp validate examples/tiny-cpu.yaml
 	$(BIN)/samp quantize --manifest examples/tiny-cpu.yaml --model examples/tiny/model \
-	    --prompts examples/tiny/prompts.jsonl --eval-set examples/tiny/eval.jsonl --out $(DEMO_OUT)
+	    --prompts examples/tiny/prompts.jsonl --eval-set examples/tiny/eval.jsonl \
+	    --workdir $(DEMO_OUT) --no-progress 2>$(DEMO_OUT).log || { tail -20 $(DEMO_OUT).log; exit 1; }
 
 lint: install
 	$(BIN)/ruff check operator jobs tests

@@ -3,6 +3,9 @@
 Subcommands:
   samp validate FILE...        check QuantizedModel manifests; every problem, with a fix
   samp crds [--check] [--out]  write (or check) the generated CRD YAML
+  samp rollout status|promote|abort|pause|resume NAME [-n NS]
+                               show or steer a canary (annotations; never writes spec)
+  samp operator run [...]      run the operator (needs the 'operator' extra)
   samp operator run [flags]    run the operator (samp_operator.main; needs the 'operator' extra)
   samp quantize|calibrate|sensitivity|plan|export|evaluate ...
                                the SAMP job stages (samp_jobs.cli; needs the 'jobs' extra)
@@ -109,6 +112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_crds.add_argument("--out", default="crds", help="directory of the CRD YAML")
     p_crds.add_argument("--check", action="store_true", help="fail if the file is stale")
     sub.add_parser("operator", help="run the operator (samp operator run --help)")
+    from samp_operator import rollout_cli
+
+    rollout_cli.add_parser(sub)
     for stage in JOB_STAGES:
         sub.add_parser(stage, help=f"SAMP job stage '{stage}' (samp {stage} --help)")
     ns = parser.parse_args(args)
@@ -116,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return validate(ns.files)
     if ns.command == "crds":
         return crds(ns.out, ns.check)
+    if ns.command == "rollout":
+        return rollout_cli.run(ns)
     parser.error(f"unknown command {ns.command}")
     return 2
 

@@ -23,8 +23,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- else -}}{{ default "default" .Values.serviceAccount.name }}{{- end -}}
 {{- end -}}
 
-{{/* Rules the operator needs in every namespace it watches. Each one is used by the code:
-     tests/shipping/test_chart_rbac.py removes them one at a time and shows a test failing. */}}
+{{/* Rules the operator needs in every namespace it watches: the union of what the
+     quantization half (tests/operator OPERATOR_RULES) and the canary half
+     (tests/rollout ROLLOUT_RULES) use against the real API server. */}}
 {{- define "samp.namespacedRules" -}}
 - apiGroups: ["samp.dev"]
   resources: ["quantizedmodels"]
@@ -40,13 +41,19 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   verbs: ["get", "list", "watch"]
 - apiGroups: [""]
   resources: ["configmaps", "services"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "delete"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "delete", "patch", "update"]
+- apiGroups: ["apps"]
+  resources: ["deployments/scale"]
+  verbs: ["get", "patch"]
+- apiGroups: ["apps"]
+  resources: ["deployments/status"]
+  verbs: ["get"]
 - apiGroups: ["gateway.networking.k8s.io"]
   resources: ["httproutes"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "update", "patch"]
 - apiGroups: ["", "events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]

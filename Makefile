@@ -1,5 +1,7 @@
 # samp-operator developer entry points. Every target installs what it needs first.
-#   make demo   run the SAMP pipeline end to end on the bundled tiny example (CPU)
+#   make demo   the whole flow on the tiny example (CPU): quantize, evaluate, serve stable and
+#               canary with vLLM, step traffic, read Prometheus, promote or roll back
+#   make quantize  only the SAMP pipeline (calibrate..evaluate) on the tiny example
 #   make test   lint + type + layer checks, then the whole test suite
 #   make lint   ruff, mypy (strict on the core), import-linter contracts
 #   make crds   regenerate crds/ from the typed models
@@ -13,8 +15,9 @@ WHEELS ?= ../shared/wheels
 FIND_LINKS := $(if $(wildcard $(WHEELS)/*.whl),--find-links $(WHEELS),)
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= out/demo
+QUANTIZE_OUT ?= out/quantize
 
-.PHONY: install demo test lint crds clean
+.PHONY: install demo quantize test lint crds clean
 
 install: $(STAMP)
 
@@ -29,11 +32,20 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	mkdir -p $(dir $(DEMO_OUT))
+	@command -v prometheus >/dev/null || bash .ci/system-packages
 	$(BIN)/samp validate examples/tiny-cpu.yaml
+	@# Exit 3 means the canary was rolled back by its gates: a real outcome, printed above.
+	$(BIN)/python -m samp_operator.local_flow --manifest examples/tiny-cpu.yaml \
+	    --model examples/tiny/model --out $(DEMO_OUT); rc=$$?; \
+	    if [ $$rc -eq 3 ]; then echo "demo finished: the canary was rolled back (see above)"; \
+	    elif [ $$rc -ne 0 ]; then exit $$rc; fi
+
+quantize: install
+	mkdir -p $(dir $(QUANTIZE_OUT))
 	$(BIN)/samp quantize --manifest examples/tiny-cpu.yaml --model examples/tiny/model \
 	    --prompts examples/tiny/prompts.jsonl --eval-set examples/tiny/eval.jsonl \
-	    --workdir $(DEMO_OUT) --no-progress 2>$(DEMO_OUT).log || { tail -20 $(DEMO_OUT).log; exit 1; }
+	    --workdir $(QUANTIZE_OUT) --no-progress 2>$(QUANTIZE_OUT).log \
+	    || { tail -20 $(QUANTIZE_OUT).log; exit 1; }
 
 lint: install
 	$(BIN)/ruff check operator jobs tests

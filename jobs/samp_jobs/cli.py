@@ -103,6 +103,38 @@ def _parser(stage: str) -> argparse.ArgumentParser:
         g.add_argument("--quantize-lm-head", action="store_true")
         g.add_argument("--allow-non-native", action="store_true")
         g.add_argument("--export-format", type=ExportFormat)
+    if stage == "plan":
+        r = p.add_argument_group(
+            "re-plan (closed loop: a canary gate failed, derive a more conservative plan)"
+        )
+        r.add_argument(
+            "--attempt",
+            type=int,
+            default=1,
+            help="attempt number; n > 1 raises the most sensitive groups of attempt n-1's "
+            "plan toward 16-bit within the headroom (samp_core.canary.conservative_plan)",
+        )
+        r.add_argument(
+            "--previous-plan",
+            type=Path,
+            help="attempt n-1's plan document; when absent the chain is rebuilt from attempt 1",
+        )
+        r.add_argument(
+            "--plan-copy", type=Path, help="also write the plan document here (kept per attempt)"
+        )
+        r.add_argument(
+            "--replan-headroom",
+            type=float,
+            default=None,
+            help="without --manifest: spec.rollout.replan.maxBudgetIncreaseFraction (0.1)",
+        )
+        r.add_argument(
+            "--replan-max-attempts",
+            type=int,
+            default=None,
+            help="without --manifest: spec.rollout.replan.maxAttempts (3); the headroom opens "
+            "linearly and is complete at the last attempt",
+        )
     if stage in ("export", "evaluate", "quantize"):
         p.add_argument("--artifact", type=Path, help="checkpoint dir (default WORKDIR/artifact)")
     if stage in ("evaluate", "quantize"):
@@ -179,6 +211,22 @@ def config_from(ns: argparse.Namespace, stage: str) -> JobConfig:
         cfg.eval_set = a["eval_set"]
     if "max_new_tokens" in a:
         cfg.max_new_tokens = a["max_new_tokens"]
+    if "attempt" in a:
+        if a["attempt"] < 1:
+            raise PlanError("--attempt counts from 1")
+        cfg.attempt = a["attempt"]
+        cfg.previous_plan = a["previous_plan"]
+        cfg.plan_copy = a["plan_copy"]
+        if ns.manifest is None:
+            from samp_core.spec import ReplanSpec
+
+            cfg.replan = ReplanSpec(
+                enabled=True,
+                max_attempts=max(cfg.attempt, a["replan_max_attempts"] or 3),
+                max_budget_increase_fraction=0.1
+                if a["replan_headroom"] is None
+                else a["replan_headroom"],
+            )
     del stage
     return cfg
 
@@ -222,6 +270,8 @@ def apply_manifest(cfg: JobConfig, ns: argparse.Namespace) -> None:
         return request_from_spec(q, groups=groups, scores=scores, profile=profile)
 
     cfg.plan_request = request
+    cfg.quantization = q
+    cfg.replan = spec.rollout.replan
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -30,7 +30,7 @@ import torch
 from samp_core.formats import ExportFormat, Format, SensitivityMethod
 from samp_core.groups import LayerGroup
 from samp_core.hardware import get_profile
-from samp_core.planner import Budget, PlanRequest, plan
+from samp_core.planner import Budget, PlanError, PlanRequest, plan
 from samp_core.results import (
     CalibrationResult,
     EvaluationResult,
@@ -88,6 +88,12 @@ class JobConfig:
     eval_set: Path | None = None
     max_new_tokens: int = 32
     plan_request: Any = None  # a callable(groups, scores) -> PlanRequest from a manifest
+    # Re-plan (closed loop): attempt n > 1 derives a more conservative plan from n-1's.
+    attempt: int = 1
+    previous_plan: Path | None = None  # attempt n-1's plan document (else rebuilt)
+    plan_copy: Path | None = None  # where to keep a copy of this attempt's plan
+    quantization: Any = None  # samp_core.spec.QuantizationSpec from a manifest
+    replan: Any = None  # samp_core.spec.ReplanSpec (manifest or --replan-* flags)
 
     @property
     def artifact_dir(self) -> Path:
@@ -293,13 +299,75 @@ def run_plan(cfg: JobConfig) -> PlanResult:
         )
         cfg.group_size = sens.group_size
     req = plan_request(cfg, sens.groups, sens.scores)
-    result = plan(req)
-    result.inputs_hash = inputs_hash(
-        sensitivity=sens.inputs_hash,
-        request=req.model_dump(mode="json", exclude={"groups", "scores"}),
-    )
+    result: PlanResult | None = None
+    if cfg.attempt > 1 and cfg.previous_plan is not None and cfg.previous_plan.is_file():
+        previous = PlanResult.model_validate(read_json(cfg.previous_plan, "previous plan"))
+        log("plan.replan", attempt=cfg.attempt, previous=str(cfg.previous_plan))
+        result = _replan(cfg, previous, sens, req, cfg.attempt)
+    else:
+        result = plan(req)
+        result.inputs_hash = inputs_hash(
+            sensitivity=sens.inputs_hash,
+            request=req.model_dump(mode="json", exclude={"groups", "scores"}),
+        )
+        # No copy of attempt n-1's plan (object-store work dir, or a spec change made
+        # during a re-plan): rebuild the chain; the planner and the re-plan are
+        # deterministic, so this is the plan that attempt would have made.
+        for k in range(2, cfg.attempt + 1):
+            if k == cfg.attempt:
+                log("plan.replan", attempt=k, previous="rebuilt", missing=str(cfg.previous_plan))
+            result = _replan(cfg, result, sens, req, k)
+    if cfg.plan_copy is not None:  # before the result: success implies the copy exists
+        cfg.plan_copy.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cfg.plan_copy.with_name(cfg.plan_copy.name + ".tmp")
+        tmp.write_text(result.model_dump_json(by_alias=True, indent=2) + "\n")
+        tmp.replace(cfg.plan_copy)
     write_result(result, cfg.workdir, cfg.termination_log)
     return result
+
+
+def _replan(
+    cfg: JobConfig, previous: PlanResult, sens: SensitivityResult, req: PlanRequest, attempt: int
+) -> PlanResult:
+    """Attempt ``attempt``'s plan: ``previous`` with its most sensitive groups raised toward
+    16-bit within the spec's headroom (samp_core.canary.conservative_plan)."""
+    from samp_core.canary import conservative_plan, replan_ceiling
+    from samp_core.spec import Budget as SpecBudget
+    from samp_core.spec import QuantizationSpec, ReplanSpec
+
+    q = cfg.quantization
+    if q is None:  # flags, not a manifest: the same policy as a spec would state it
+        b = req.budget
+        q = QuantizationSpec.model_construct(
+            budget=SpecBudget.model_construct(
+                max_weight_bytes=None if b.max_weight_bytes is None else str(b.max_weight_bytes),
+                fraction_of_16bit=b.fraction_of_16bit,
+                effective_bits=b.effective_bits,
+            ),
+            allowed_formats=list(req.allowed_formats),
+            allow_non_native_formats=req.allow_non_native,
+        )
+    rp = cfg.replan if cfg.replan is not None else ReplanSpec(enabled=True)
+    new = conservative_plan(previous, sens, req.profile, q, rp, attempt)
+    if new is None:
+        base, ceiling = replan_ceiling(previous, q, rp, attempt)
+        raise PlanError(
+            f"re-plan attempt {attempt}: no group of the previous plan can be raised toward "
+            f"16-bit within the headroom (plan {previous.total_bytes} bytes, base budget "
+            f"{base}, ceiling {ceiling}); raise spec.rollout.replan.maxBudgetIncreaseFraction "
+            "or the budget"
+        )
+    if all(a.format.is_unquantized for a in new.assignments):
+        # The stable already serves the 16-bit model; a canary of it proves nothing, and a
+        # checkpoint with no quantized layer is not a compressed-tensors checkpoint.
+        raise PlanError(
+            f"re-plan attempt {attempt}: the headroom lets every group go back to 16-bit "
+            f"({new.total_bytes} bytes), which leaves nothing quantized to canary; lower "
+            "spec.rollout.replan.maxBudgetIncreaseFraction"
+        )
+    for note in new.warnings:
+        log("plan.replan.raise", attempt=attempt, note=note)
+    return new
 
 
 # --------------------------------------------------------------------- export

@@ -309,7 +309,8 @@ def stage_plan(
 ) -> dict[str, Any]:
     """stages.json: every stage's inputs hash and output URI, so a stage finds its inputs.
 
-    ``attempt`` > 1 tells the plan stage to derive the conservative re-plan
+    ``attempt`` > 1 is recorded for the plan stage, whose command
+    (:func:`stage_command`) then derives the conservative re-plan
     (samp_core.canary.conservative_plan) from the previous attempt's plan.
     """
     return {
@@ -324,13 +325,30 @@ def stage_plan(
     }
 
 
-def stage_command(resource: QuantizedModel, stage: Stage, hashes: Mapping[Stage, str]) -> list[
-    str
-]:
+def plan_copy_path(workdir: str, plan_hash: str) -> str:
+    """Where a plan stage keeps a copy of its plan, keyed by the plan stage's inputs hash.
+
+    ``plan.json`` in the work directory is always the latest plan (export reads it); the
+    copy under ``plans/`` survives the next attempt, so attempt n+1 derives its plan from
+    the plan attempt n actually exported and canaried.
+    """
+    return f"{workdir}/plans/{short_hash(plan_hash)}.json"
+
+
+def stage_command(
+    resource: QuantizedModel, stage: Stage, hashes: Mapping[Stage, str], attempt: int = 1
+) -> list[str]:
     """The jobs CLI invocation of one stage (samp_jobs.cli).
 
     Object-store artifact URIs have no mount: the work directory is then the scratch
     volume and the Job itself must upload (SAMP_OUTPUT_URI tells it where).
+
+    The plan stage keeps a copy of its plan (:func:`plan_copy_path`). In a re-plan
+    attempt n > 1 it gets ``--attempt n`` and the previous attempt's copy as
+    ``--previous-plan``: the job applies samp_core.canary.conservative_plan to it. When
+    that copy is missing (object-store work directories, or a spec change made during
+    a re-plan, so attempt n-1 never ran under this spec) the job rebuilds the chain
+    from attempt 1 deterministically.
     """
     spec = resource.spec
     workdir = local_path(workdir_uri(resource, hashes)) or f"{SCRATCH_MOUNT}/work"
@@ -350,6 +368,12 @@ def stage_command(resource: QuantizedModel, stage: Stage, hashes: Mapping[Stage,
     prompts = local_path(spec.calibration.source)
     if stage == Stage.CALIBRATE and prompts:
         cmd += ["--prompts", prompts]
+    if stage == Stage.PLAN:
+        cmd += ["--plan-copy", plan_copy_path(workdir, hashes[Stage.PLAN])]
+        if attempt > 1:
+            previous = stage_hashes(resource, attempt - 1)[Stage.PLAN]
+            cmd += ["--attempt", str(attempt),
+                    "--previous-plan", plan_copy_path(workdir, previous)]
     return cmd
 
 
@@ -496,7 +520,7 @@ def job_manifest(  # noqa: PLR0917
                                     ANNOTATION_INPUTS_HASH: hashes[stage]},
                 },
                 "spec": _pod_spec(resource, settings,
-                                  command=stage_command(resource, stage, hashes),
+                                  command=stage_command(resource, stage, hashes, attempt),
                                   config_map=name, gpu=stage in GPU_STAGES, env=env),
             },
         },

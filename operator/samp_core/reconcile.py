@@ -465,7 +465,27 @@ def reconcile(
         decision.delete.append(ChildRef("ConfigMap", name))
 
     _conditions(status, old, decision, resource, active, failed, suspended, now)
+    _note_attempt(status, failed, now)
     return decision
+
+
+def _note_attempt(
+    status: QuantizedModelStatus, failed: tuple[Stage, str, str] | None, now: datetime
+) -> None:
+    """Keep the current attempt's history entry (opened by the canary's re-plan) honest:
+    its inputs hash is this attempt's, and a stage that fails ends it."""
+    for i, entry in enumerate(status.history):
+        if entry.attempt != status.attempt:
+            continue
+        update: dict[str, Any] = {}
+        if not entry.inputs_hash and status.inputs_hash:
+            update["inputs_hash"] = status.inputs_hash
+        mine = (update.get("inputs_hash") or entry.inputs_hash) == status.inputs_hash
+        if failed is not None and mine and entry.outcome == "Running":
+            update.update(outcome="Failed", finished_at=_ts(now),
+                          reason=_clip(f"{failed[0].value} failed: {failed[2]}", 1024))
+        if update:
+            status.history[i] = entry.model_copy(update=update)
 
 
 def _apply_result(

@@ -16,7 +16,9 @@ HTTPRoute or replica-ratio router (samp_operator.traffic), a ``NoRouter`` when t
 is neither a route nor a stable target (the canary then is the only backend);
 PromoteStable patches the stable Deployment (UpdateStable); RemoveCanary deletes the
 canary's Deployment and Service. StartReplan needs nothing here: the decision's
-status already opened the next attempt (phase Planning, attempt + 1).
+status already opened the next attempt (phase Planning, attempt + 1), and the
+quantization machine's next pass creates that attempt's plan Job, which runs
+``samp plan --attempt n --previous-plan ...`` (samp_core.children.stage_command).
 
 Idempotent: creating what exists and deleting what is gone are no-ops; a weight set
 before a status write that then conflicts is set again on the next reconcile.

@@ -485,3 +485,116 @@ def test_pod_local_artifact_path_is_reported_as_its_uri() -> None:
     w.step()
     assert w.status.artifact_uri is not None
     assert w.status.artifact_uri.startswith("pvc://artifacts/samp/ml/llama/artifact-")
+
+
+def _command(job: dict[str, Any]) -> list[str]:
+    cmd: list[str] = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    return cmd
+
+
+def _flag(cmd: list[str], flag: str) -> str:
+    return cmd[cmd.index(flag) + 1]
+
+
+def test_replan_closes_the_loop_with_a_conservative_plan_and_keeps_history() -> None:
+    """Accuracy gate fails on attempt 1 → the canary opens attempt 2 → its plan Job derives
+    a conservative plan from attempt 1's copy, export and evaluate rerun into a new
+    artifact, and the history keeps both attempts' plan, accuracy and verdict."""
+    from samp_core import canary
+
+    body = manifest(**{"gates__accuracy__maxPerplexityIncreasePercent": 0.5,
+                       "rollout__replan": {"enabled": True, "maxAttempts": 3,
+                                           "maxBudgetIncreaseFraction": 0.2}})
+    w = World(body)
+    w.run_to_evaluated()
+    res, _ = validate_manifest(body)
+    assert res is not None
+    plan1 = w.jobs["llama-g1-plan"]["manifest"]
+    h1 = plan1["metadata"]["annotations"][ANNOTATION_INPUTS_HASH]
+    copy1 = _flag(_command(plan1), "--plan-copy")
+    assert copy1.endswith(f"/plans/{h1.removeprefix('sha256:')[:16]}.json")
+    assert "--attempt" not in _command(plan1) and "--previous-plan" not in _command(plan1)
+    artifact1 = _flag(_command(w.jobs["llama-g1-export"]["manifest"]), "--artifact")
+
+    # The canary machine: attempt 1 fails the accuracy gate (+1% > 0.5%) and re-plans.
+    d = canary.decide(res.spec, w.status, canary.Observation(name="llama", generation=1),
+                      w.now)
+    assert any(isinstance(a, canary.StartReplan) and a.attempt == 2 for a in d.actions)
+    assert d.status.phase == Phase.PLANNING and d.status.attempt == 2
+    w.body["status"] = d.status.to_wire()
+
+    d2 = w.step()
+    assert w.created[-1] == "llama-g1-a2-plan"
+    assert [(r.stage, r.state, r.job) for r in w.status.stages] == [
+        ("calibrate", "Succeeded", "llama-g1-cal"), ("sensitivity", "Succeeded", "llama-g1-sens"),
+        ("plan", "Running", "llama-g1-a2-plan")]
+    plan2 = w.jobs["llama-g1-a2-plan"]["manifest"]
+    h2 = plan2["metadata"]["annotations"][ANNOTATION_INPUTS_HASH]
+    assert h2 != h1 and h2 == stage_hashes(res, 2)[Stage.PLAN]
+    cmd2 = _command(plan2)
+    assert cmd2[:2] == ["samp", "plan"]
+    assert _flag(cmd2, "--attempt") == "2"
+    assert _flag(cmd2, "--previous-plan") == copy1  # attempt 1's copy, in the shared work dir
+    assert _flag(cmd2, "--plan-copy") != copy1
+    assert _flag(cmd2, "--workdir") == _flag(_command(plan1), "--workdir")
+    assert json.loads(d2.create[0]["data"]["stages.json"])["attempt"] == 2
+    assert w.status.plan is None and w.status.accuracy is None  # attempt 1's figures are gone
+    assert "llama-g1-plan" not in w.jobs  # obsolete Jobs of attempt 1 are deleted
+
+    # Attempt 2's plan is more conservative; it is exported and evaluated again.
+    plan_sum = {**SUMMARIES["plan"], "totalBytes": 460, "fractionOf16Bit": 0.46,
+                "effectiveBits": 7.36, "predictedLoss": 0.004,
+                "byFormat": {"int4-w4a16": 5, "fp8-w8a8": 2, "bf16": 2}}
+    w.finish("plan", result=json.dumps(plan_sum))
+    w.step()
+    assert w.created[-1] == "llama-g1-a2-export"
+    artifact2 = _flag(_command(w.jobs["llama-g1-a2-export"]["manifest"]), "--artifact")
+    assert artifact2 != artifact1
+    w.finish("export", result=json.dumps({"kind": "ExportResult", "stage": "export"}))
+    w.step()
+    assert w.created[-1] == "llama-g1-a2-eval"
+    w.finish("evaluate", result=json.dumps({**SUMMARIES["evaluate"], "perplexityQuant": 10.03}))
+    d3 = w.step()
+    assert d3.quantized and w.status.phase == Phase.EVALUATED and w.status.attempt == 2
+    assert w.status.plan is not None and w.status.plan.bytes_quantized == 460
+    assert w.status.artifact_uri is not None
+    assert artifact2.endswith(w.status.artifact_uri.removeprefix("pvc://"))
+
+    # The canary takes attempt 2 (accuracy +0.3% passes) and starts serving its artifact.
+    d4 = canary.decide(res.spec, w.status, canary.Observation(name="llama", generation=1),
+                       w.now)
+    assert d4.status.phase == Phase.CANARY
+    ensure = next(a for a in d4.actions if isinstance(a, canary.EnsureCanary))
+    assert ensure.attempt == 2 and ensure.artifact_uri == w.status.artifact_uri
+    hist = d4.status.history
+    assert [(a.attempt, a.outcome) for a in hist] == [(1, "RolledBack"), (2, "Running")]
+    assert hist[0].plan is not None and hist[0].plan.bytes_quantized == 400
+    assert hist[0].accuracy is not None
+    assert hist[0].accuracy.perplexity_increase_percent == pytest.approx(1.0)
+    assert "perplexity" in hist[0].reason
+    assert hist[1].plan is not None and hist[1].plan.bytes_quantized == 460
+    assert hist[1].accuracy is not None
+    assert hist[1].accuracy.perplexity_increase_percent == pytest.approx(0.3)
+    assert hist[1].inputs_hash == w.status.inputs_hash != hist[0].inputs_hash
+
+
+def test_replan_plan_failure_ends_the_attempt_in_history() -> None:
+    """No group can be raised within the headroom: the plan Job exits 2 and fails."""
+    from samp_core import canary
+
+    body = manifest(**{"gates__accuracy__maxPerplexityIncreasePercent": 0.5,
+                       "rollout__replan": {"enabled": True, "maxAttempts": 2}})
+    w = World(body)
+    w.run_to_evaluated()
+    res, _ = validate_manifest(body)
+    assert res is not None
+    d = canary.decide(res.spec, w.status, canary.Observation(name="llama"), w.now)
+    w.body["status"] = d.status.to_wire()
+    w.step()
+    w.fail("plan", reason="PodFailurePolicy",
+           message="samp plan: re-plan attempt 2: no group of the previous plan can be raised")
+    w.step()
+    st = w.status
+    assert st.phase == Phase.FAILED and st.attempt == 2
+    assert [(a.attempt, a.outcome) for a in st.history] == [(1, "RolledBack"), (2, "Failed")]
+    assert "no group of the previous plan can be raised" in st.history[1].reason

@@ -53,6 +53,8 @@ def _manifest() -> dict[str, Any]:
             },
             "hardware": {"target": "cpu", "gpusPerJob": 0},
             "artifacts": {"uri": "pvc://out/samp"},
+            "rollout": {"replan": {"enabled": True, "maxAttempts": 2,
+                                   "maxBudgetIncreaseFraction": 0.1}},
         },
     }
 
@@ -97,27 +99,36 @@ def test_every_stage_job_runs_the_real_cli_and_its_summary_reaches_status(
     body = _manifest()
     jobs: dict[str, ObservedJob] = {}
     config_maps: dict[str, dict[str, str]] = {}
+    ran: list[str] = []
     now = datetime(2026, 1, 1, tzinfo=UTC)
-    for _ in range(12):
-        d = reconcile(body, list(jobs.values()), sorted(config_maps), now,
-                      JobSettings(default_image="samp-jobs:test"))
-        body["status"] = d.status.to_wire()
-        if d.status.phase in (Phase.EVALUATED, Phase.FAILED):
-            break
-        for obj in d.create:
-            name = obj["metadata"]["name"]
-            if obj["kind"] == "ConfigMap":
-                config_maps[name] = obj["data"]
-                continue
-            rc, message, logs = _run_job(obj, config_maps[name], tmp_path)
-            assert rc == 0, f"{name} exited {rc}:\n{logs}"
-            labels = obj["metadata"]["labels"]
-            now += timedelta(seconds=10)
-            jobs[name] = ObservedJob(
-                name=name, stage=labels["samp.dev/stage"],
-                inputs_hash=obj["metadata"]["annotations"]["samp.dev/inputs-hash"],
-                generation=1, state="Succeeded", started_at=now - timedelta(seconds=9),
-                finished_at=now, result=message)
+
+    def drive() -> None:
+        nonlocal now
+        for _ in range(12):
+            d = reconcile(body, list(jobs.values()), sorted(config_maps), now,
+                          JobSettings(default_image="samp-jobs:test"))
+            body["status"] = d.status.to_wire()
+            for ref in d.delete:
+                jobs.pop(ref.name, None) if ref.kind == "Job" else config_maps.pop(ref.name, None)
+            if d.status.phase in (Phase.EVALUATED, Phase.FAILED):
+                break
+            for obj in d.create:
+                name = obj["metadata"]["name"]
+                if obj["kind"] == "ConfigMap":
+                    config_maps[name] = obj["data"]
+                    continue
+                rc, message, logs = _run_job(obj, config_maps[name], tmp_path)
+                assert rc == 0, f"{name} exited {rc}:\n{logs}"
+                ran.append(name)
+                labels = obj["metadata"]["labels"]
+                now += timedelta(seconds=10)
+                jobs[name] = ObservedJob(
+                    name=name, stage=labels["samp.dev/stage"],
+                    inputs_hash=obj["metadata"]["annotations"]["samp.dev/inputs-hash"],
+                    generation=1, state="Succeeded", started_at=now - timedelta(seconds=9),
+                    finished_at=now, result=message)
+
+    drive()
     st = parse_status(body["status"])
     assert st.phase == Phase.EVALUATED, json.dumps(body["status"], indent=1)[:3000]
     assert [r.state for r in st.stages] == ["Succeeded"] * 5
@@ -128,3 +139,21 @@ def test_every_stage_job_runs_the_real_cli_and_its_summary_reaches_status(
     workdir = pvc / "out" / "samp" / "ml" / "tiny"
     assert any(workdir.glob("w-*/plan.json")), list(workdir.rglob("*"))[:20]
     assert any(workdir.glob("artifact-*/config.json")), list(workdir.rglob("*"))[:20]
+
+    # Attempt 2, as the canary opens it after a failed gate (phase Planning, attempt + 1):
+    # the a2 plan Job derives a more conservative plan from attempt 1's kept copy, and
+    # export and evaluate run again into a new artifact.
+    plan1, artifact1 = st.plan, st.artifact_uri
+    body["status"] = st.model_copy(update={"phase": Phase.PLANNING, "attempt": 2,
+                                           "accuracy": None}).to_wire()
+    drive()
+    st2 = parse_status(body["status"])
+    assert st2.phase == Phase.EVALUATED, json.dumps(body["status"], indent=1)[:3000]
+    assert ran[-3:] == ["tiny-g1-a2-plan", "tiny-g1-a2-export", "tiny-g1-a2-eval"]
+    assert len(ran) == 8  # calibration and sensitivity were reused
+    assert st2.plan is not None and st2.plan.bytes_quantized > plan1.bytes_quantized
+    assert st2.plan.predicted_loss <= plan1.predicted_loss
+    assert st2.accuracy is not None and st2.accuracy.perplexity_base
+    assert st2.artifact_uri is not None and st2.artifact_uri != artifact1
+    copies = sorted(workdir.glob("w-*/plans/*.json"))
+    assert len(copies) == 2, copies  # one kept plan per attempt

@@ -137,6 +137,12 @@ def _parser(stage: str) -> argparse.ArgumentParser:
         )
     if stage in ("export", "evaluate", "quantize"):
         p.add_argument("--artifact", type=Path, help="checkpoint dir (default WORKDIR/artifact)")
+    if stage == "export":
+        p.add_argument(
+            "--plan",
+            type=Path,
+            help="plan document to export (default WORKDIR/plan.json, the latest plan)",
+        )
     if stage in ("evaluate", "quantize"):
         p.add_argument("--eval-set", type=Path, help="JSONL with expected answers")
         p.add_argument("--max-new-tokens", type=int, default=32)
@@ -211,6 +217,8 @@ def config_from(ns: argparse.Namespace, stage: str) -> JobConfig:
         cfg.eval_set = a["eval_set"]
     if "max_new_tokens" in a:
         cfg.max_new_tokens = a["max_new_tokens"]
+    if a.get("plan"):
+        cfg.plan_path = a["plan"]
     if "attempt" in a:
         if a["attempt"] < 1:
             raise PlanError("--attempt counts from 1")

@@ -29,7 +29,6 @@ import torch
 
 from samp_core.formats import ExportFormat, Format, SensitivityMethod
 from samp_core.groups import LayerGroup
-from samp_core.hardware import get_profile
 from samp_core.planner import Budget, PlanError, PlanRequest, plan
 from samp_core.results import (
     CalibrationResult,
@@ -46,6 +45,7 @@ from samp_jobs.calibration import (
     load_held_out,
     save_calibration,
 )
+from samp_jobs.measured import get_profile  # sm90 with the H200-measured kernel costs
 from samp_jobs.modeling import DTYPES
 from samp_jobs.runlog import log, read_json, write_result
 
@@ -92,6 +92,7 @@ class JobConfig:
     attempt: int = 1
     previous_plan: Path | None = None  # attempt n-1's plan document (else rebuilt)
     plan_copy: Path | None = None  # where to keep a copy of this attempt's plan
+    plan_path: Path | None = None  # the plan export reads (default workdir/plan.json)
     quantization: Any = None  # samp_core.spec.QuantizationSpec from a manifest
     replan: Any = None  # samp_core.spec.ReplanSpec (manifest or --replan-* flags)
 
@@ -377,7 +378,13 @@ def run_export(cfg: JobConfig) -> ExportResult:
     from samp_jobs.export import export
 
     _require_model(cfg)
-    p = PlanResult.model_validate(read_json(cfg.workdir / "plan.json", "plan result"))
+    plan_path = cfg.workdir / "plan.json"
+    if cfg.plan_path is not None:
+        if cfg.plan_path.is_file():
+            plan_path = cfg.plan_path
+        else:  # a plan made before plan copies existed
+            log("export.plan", missing=str(cfg.plan_path), using=str(plan_path))
+    p = PlanResult.model_validate(read_json(plan_path, "plan result"))
     ids = None
     if (cfg.workdir / "calibration_tokens.pt").is_file():
         ids = load_calibration_tokens(cfg.workdir)[:64]

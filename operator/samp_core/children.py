@@ -368,6 +368,9 @@ def stage_command(
     prompts = local_path(spec.calibration.source)
     if stage == Stage.CALIBRATE and prompts:
         cmd += ["--prompts", prompts]
+    if stage == Stage.EXPORT:
+        # Exactly the plan this export's hash chains from, not whatever plan.json holds now.
+        cmd += ["--plan", plan_copy_path(workdir, hashes[Stage.PLAN])]
     if stage == Stage.PLAN:
         cmd += ["--plan-copy", plan_copy_path(workdir, hashes[Stage.PLAN])]
         if attempt > 1:

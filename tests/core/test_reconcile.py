@@ -548,8 +548,10 @@ def test_replan_closes_the_loop_with_a_conservative_plan_and_keeps_history() -> 
     w.finish("plan", result=json.dumps(plan_sum))
     w.step()
     assert w.created[-1] == "llama-g1-a2-export"
-    artifact2 = _flag(_command(w.jobs["llama-g1-a2-export"]["manifest"]), "--artifact")
+    export2 = _command(w.jobs["llama-g1-a2-export"]["manifest"])
+    artifact2 = _flag(export2, "--artifact")
     assert artifact2 != artifact1
+    assert _flag(export2, "--plan") == _flag(cmd2, "--plan-copy")  # exactly attempt 2's plan
     w.finish("export", result=json.dumps({"kind": "ExportResult", "stage": "export"}))
     w.step()
     assert w.created[-1] == "llama-g1-a2-eval"

@@ -353,6 +353,7 @@ class ControlPlane:
         )
         self.certs = Certs(self.workdir / "pki")
         self.operator_token = ""
+        self.audit_log = self.workdir / "logs" / "audit-operator.log"  # set at start
         self.timings: dict[str, float] = {}
         self._api_client: Any = None
         self._ssl: ssl.SSLContext | None = None
@@ -520,6 +521,15 @@ class ControlPlane:
         port = free_port()
         self.server = f"https://127.0.0.1:{port}"
         d = self.certs.dir
+        # Audit only the operator identity's requests (metadata level): tests read which
+        # API calls the operator really makes (tests/shipping/test_chart_rbac_cluster.py).
+        self.audit_log = logs / "audit-operator.log"
+        policy = logs / "audit-policy.yaml"
+        policy.write_text(
+            "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\n"
+            f"rules:\n- level: Metadata\n  users: [{self.operator_username!r}]\n"
+            "- level: None\n"
+        )
         comp = Component(
             "kube-apiserver",
             [
@@ -550,6 +560,14 @@ class ControlPlane:
                 "10.0.0.0/24",
                 "--allow-privileged=true",
                 "--profiling=false",
+                "--audit-policy-file",
+                str(policy),
+                "--audit-log-path",
+                str(self.audit_log),
+                "--audit-log-format",
+                "json",
+                "--audit-log-mode",
+                "blocking",
                 "--v",
                 "1",
             ],

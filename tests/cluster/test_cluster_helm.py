@@ -187,7 +187,7 @@ def test_operator_identity_under_the_charts_rbac(
         for verb, resource, group, sub in [
             ("patch", "quantizedmodels", "samp.dev", "status"),
             ("create", "deployments", "apps", ""),
-            ("patch", "httproutes", "gateway.networking.k8s.io", ""),
+            ("update", "httproutes", "gateway.networking.k8s.io", ""),
             ("create", "events", "", ""),
         ]:
             assert cluster.operator_can(

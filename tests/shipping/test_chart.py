@@ -76,6 +76,9 @@ def test_default_render_is_cluster_wide_and_restricted(helm: Any) -> None:
         "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
         "capabilities": {"drop": ["ALL"]}}
     assert not any(a.startswith("--namespace") for a in container["args"])
+    # Cluster-wide, Kopf never observes namespaces (audit log, test_chart_operator_cluster).
+    assert not any("namespaces" in rule["resources"]
+                   for role in by_kind(docs, "ClusterRole") for rule in role["rules"])
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["resources"]["limits"]["memory"]
 
@@ -85,9 +88,11 @@ def test_namespaced_render_uses_roles_per_namespace(helm: Any) -> None:
     roles = by_kind(docs, "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     cluster_roles = by_kind(docs, "ClusterRole")
-    assert len(cluster_roles) == 1  # only the cluster-scoped reads Kopf needs
+    assert len(cluster_roles) == 1  # only the cluster-scoped calls Kopf makes
     resources = {r for rule in cluster_roles[0]["rules"] for r in rule["resources"]}
-    assert "namespaces" not in resources and "jobs" not in resources
+    # Kopf observes namespaces only when it serves a list of them (audit-log proven in
+    # test_chart_operator_cluster.py); no cluster peering, no namespaced resource.
+    assert resources == {"customresourcedefinitions", "namespaces"}
     (deploy,) = by_kind(docs, "Deployment")
     args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--namespace=team-a" in args and "--namespace=team-b" in args

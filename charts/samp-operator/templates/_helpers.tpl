@@ -24,42 +24,49 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
 {{/* Rules the operator needs in every namespace it watches: the union of what the
-     quantization half (tests/operator OPERATOR_RULES) and the canary half
-     (tests/rollout ROLLOUT_RULES) use against the real API server. */}}
+     quantization half and the canary half really call on the API server (quantization:
+     the kube-apiserver audit log of tests/shipping/test_chart_operator_cluster.py, each
+     rule removed in turn in test_chart_rbac_minimal_cluster.py; canary: tests/rollout).
+     quantizedmodels get: engine re-reads; jobs get: the artifact-cleanup Job on delete;
+     pods and configmaps are only listed and watched, never read one by one; events are
+     core/v1 and only created. The canary half never lists or watches Deployments,
+     Services or HTTPRoutes (it reads them by name), replaces HTTPRoutes (update, never
+     patch), merge-patches the stable Deployment and scales by deployments/scale patch
+     (replica-split router). */}}
 {{- define "samp.namespacedRules" -}}
 - apiGroups: ["samp.dev"]
   resources: ["quantizedmodels"]
   verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["samp.dev"]
   resources: ["quantizedmodels/status"]
-  verbs: ["get", "patch"]
+  verbs: ["patch"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create", "delete"]
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 - apiGroups: [""]
-  resources: ["configmaps", "services"]
-  verbs: ["get", "list", "watch", "create", "delete"]
+  resources: ["configmaps"]
+  verbs: ["list", "watch", "create", "delete"]
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["get", "create", "delete"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "delete", "patch", "update"]
+  verbs: ["get", "create", "delete", "patch"]
 - apiGroups: ["apps"]
   resources: ["deployments/scale"]
-  verbs: ["get", "patch"]
+  verbs: ["patch"]
 - apiGroups: ["apps"]
   resources: ["deployments/status"]
   verbs: ["get"]
 - apiGroups: ["gateway.networking.k8s.io"]
   resources: ["httproutes"]
-  verbs: ["get", "list", "watch", "update", "patch"]
-- apiGroups: ["", "events.k8s.io"]
+  verbs: ["get", "update"]
+- apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
-- apiGroups: ["kopf.dev"]
-  resources: ["kopfpeerings"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["create"]
 {{- end -}}
 
 {{/* "2h" -> 7200, "30m" -> 1800 (values.schema.json allows only these two units). */}}

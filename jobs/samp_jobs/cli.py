@@ -36,6 +36,7 @@ from samp_jobs.export import ExportError
 from samp_jobs.modeling import ModelLoadError
 from samp_jobs.pipeline import STAGES, JobConfig, run_all
 from samp_jobs.runlog import log
+from samp_jobs.sources import resolve_model
 
 STAGE_NAMES = ("quantize", "calibrate", "sensitivity", "plan", "export", "evaluate")
 
@@ -249,7 +250,7 @@ def apply_manifest(cfg: JobConfig, ns: argparse.Namespace) -> None:
 
     qm = parse(yaml.safe_load(ns.manifest.read_text()))
     spec = qm.spec
-    cfg.model = ns.model or _local_source(spec.model.source, "SAMP_MODEL_ROOT", "/models")
+    cfg.model = ns.model or resolve_model(spec.model.source, Path(ns.workdir))
     cfg.trust_remote_code = cfg.trust_remote_code or spec.model.trust_remote_code
     if cfg.dtype == "auto":
         cfg.dtype = spec.model.dtype

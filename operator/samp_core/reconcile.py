@@ -71,7 +71,7 @@ from samp_core.status import (
     QuantizedModelStatus,
     StageStatus,
 )
-from samp_core.validation import validate_manifest
+from samp_core.validation import Problem, validate_manifest
 
 # A Job that completed but whose pod's termination message is not visible yet (the pod
 # watch can lag the Job watch) is looked at again after RESULT_RETRY_SECONDS, for at most
@@ -274,6 +274,32 @@ def _describe(stage: Stage, data: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------- reconcile
 
 
+_OBJECT_STORES = ("s3://", "gs://")
+
+
+def unsupported_stores(resource: QuantizedModel) -> list[Problem]:
+    """Object-store URIs the API accepts but this release's Jobs cannot use yet.
+
+    Stages run in separate pods and hand their work directory on through the artifact
+    volume, and the jobs read model and prompts from mounted paths or the Hugging Face
+    hub; nothing in the job image talks to S3 or GCS. Refusing up front with the field
+    named beats a Job that fails (or silently loses its output) hours later.
+    """
+    spec = resource.spec
+    fields = {
+        "spec.model.source": spec.model.source,
+        "spec.calibration.source": spec.calibration.source,
+        "spec.gates.accuracy.evalSet": spec.gates.accuracy.eval_set,
+        "spec.artifacts.uri": spec.artifacts.uri,
+    }
+    return [
+        Problem(path, f"{uri.split('://')[0]}:// is not supported by this release's Jobs yet",
+                "copy the data to a PersistentVolumeClaim and use pvc://claim/path")
+        for path, uri in fields.items()
+        if uri and uri.startswith(_OBJECT_STORES)
+    ]
+
+
 def _invalid(  # noqa: PLR0917
     body: Mapping[str, Any], old: QuantizedModelStatus, problems: Sequence[Any],
     jobs: Sequence[ObservedJob], config_maps: Sequence[str], now: datetime,
@@ -312,6 +338,9 @@ def reconcile(
     resource, problems = validate_manifest(manifest)
     if resource is None:
         return _invalid(body, old, problems, jobs, config_maps, now)
+    unsupported = unsupported_stores(resource)
+    if unsupported:
+        return _invalid(body, old, unsupported, jobs, config_maps, now)
 
     gen = resource.generation
     attempt = old.attempt

@@ -398,6 +398,18 @@ def test_invalid_spec_is_reported_not_raised() -> None:
     assert len(w.events) == 1  # reported once per generation
 
 
+def test_object_store_uris_are_refused_with_the_field_and_the_fix() -> None:
+    body = manifest(artifacts__uri="s3://bucket/models", calibration__source="gs://prompts/p.jsonl")
+    w = World(body)
+    d = w.step()
+    assert d.create == [] and w.status.phase == Phase.FAILED
+    message = w.cond("Ready").message
+    assert "spec.artifacts.uri: s3:// is not supported" in message
+    assert "spec.calibration.source: gs:// is not supported" in message
+    assert "pvc://claim/path" in message
+    assert "spec.model.source" not in message  # hf:// models are downloaded by the Job
+
+
 def test_invalid_spec_after_valid_deletes_children() -> None:
     w = World(manifest())
     w.step()

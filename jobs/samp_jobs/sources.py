@@ -1,0 +1,53 @@
+"""Where a Job finds its model: a mounted path, or a Hugging Face hub snapshot.
+
+``pvc://claim/path`` sources are mounted by the operator under ``$SAMP_MODEL_ROOT``.
+``hf://org/name@revision`` sources are downloaded with huggingface_hub (the token comes
+from ``HF_TOKEN`` in the Secret named by spec.model.secretRef) into a cache beside the
+work directory, on the artifact volume, so the stages of one QuantizedModel download the
+weights once, not once per pod.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from samp_jobs.modeling import ModelLoadError
+
+# Weights in safetensors plus what a tokenizer and config need; skips duplicate .bin/.pth.
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken", "*.py"]
+
+
+def parse_hub_uri(uri: str) -> tuple[str, str | None]:
+    """``hf://org/name@rev`` -> (``org/name``, ``rev``); the revision is optional."""
+    repo, _, revision = uri.removeprefix("hf://").partition("@")
+    if repo.count("/") != 1 or not all(repo.split("/")):
+        raise ModelLoadError(f"{uri!r} is not hf://org/name[@revision]")
+    return repo, revision or None
+
+
+def hub_cache_dir(workdir: Path) -> Path:
+    return Path(os.environ.get("SAMP_HF_CACHE") or workdir.parent / "hf-cache")
+
+
+def resolve_model(uri: str, workdir: Path) -> str:
+    """A local directory holding the model named by ``uri``."""
+    if uri.startswith("pvc://"):
+        root = os.environ.get("SAMP_MODEL_ROOT", "/models")
+        return str(Path(root) / uri.removeprefix("pvc://"))
+    if not uri.startswith("hf://"):
+        return uri
+    repo, revision = parse_hub_uri(uri)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return str(snapshot_download(
+            repo_id=repo, revision=revision, cache_dir=hub_cache_dir(workdir),
+            allow_patterns=HUB_PATTERNS, token=os.environ.get("HF_TOKEN") or None,
+        ))
+    except Exception as err:  # network, auth, missing revision: one clear message
+        raise ModelLoadError(
+            f"cannot fetch {uri} from the Hugging Face hub ({type(err).__name__}: {err}); "
+            "check the HF_TOKEN in spec.model.secretRef, the revision and the cluster's "
+            "egress, or copy the model to a PVC and use pvc://claim/path"
+        ) from err

@@ -245,8 +245,8 @@ def apply_manifest(cfg: JobConfig, ns: argparse.Namespace) -> None:
     import yaml
 
     from samp_core.api import parse
-    from samp_core.hardware import get_profile
     from samp_core.planner import request_from_spec
+    from samp_jobs.measured import get_profile  # measured kernel costs where shipped
 
     qm = parse(yaml.safe_load(ns.manifest.read_text()))
     spec = qm.spec

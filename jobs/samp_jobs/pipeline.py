@@ -29,7 +29,6 @@ import torch
 
 from samp_core.formats import ExportFormat, Format, SensitivityMethod
 from samp_core.groups import LayerGroup
-from samp_core.hardware import get_profile
 from samp_core.planner import Budget, PlanError, PlanRequest, plan
 from samp_core.results import (
     CalibrationResult,
@@ -46,6 +45,7 @@ from samp_jobs.calibration import (
     load_held_out,
     save_calibration,
 )
+from samp_jobs.measured import get_profile  # sm90 with the H200-measured kernel costs
 from samp_jobs.modeling import DTYPES
 from samp_jobs.runlog import log, read_json, write_result
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import json
 import os
 import random
@@ -77,6 +78,22 @@ def http_ok(url: str, timeout: float = 2.0) -> bool:
             return bool(200 <= r.status < 300)
     except (urllib.error.URLError, OSError, TimeoutError):
         return False
+
+
+# Resolved in the parent so the child, between fork and exec, only makes one C call
+# (no imports or allocations that another thread could hold a lock on).
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: on Linux, SIGTERM it when its parent dies.
+
+    A test run or demo killed with SIGKILL cannot stop its servers itself; this way the
+    vLLM and Prometheus processes it started do not outlive it.
+    """
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _stop(proc: subprocess.Popen[bytes] | None, grace: float = 15.0) -> None:
@@ -159,6 +176,7 @@ class PrometheusProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 (one C call, see _PRCTL)
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -253,6 +271,7 @@ class VllmProcess:
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 (one C call, see _PRCTL)
         )
 
     def wait_ready(self, timeout: float = 300.0) -> float:

@@ -19,7 +19,6 @@ Example (the bundled tiny model, CPU profile):
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -36,7 +35,7 @@ from samp_jobs.export import ExportError
 from samp_jobs.modeling import ModelLoadError
 from samp_jobs.pipeline import STAGES, JobConfig, run_all
 from samp_jobs.runlog import log
-from samp_jobs.sources import resolve_model
+from samp_jobs.sources import resolve_model, resolve_prompts
 
 STAGE_NAMES = ("quantize", "calibrate", "sensitivity", "plan", "export", "evaluate")
 
@@ -152,14 +151,6 @@ def _parser(stage: str) -> argparse.ArgumentParser:
     return p
 
 
-def _local_source(uri: str, env: str, default_root: str) -> str:
-    """Where the operator mounts a pvc:// source inside the Job."""
-    if uri.startswith("pvc://"):
-        root = os.environ.get(env, default_root)
-        return str(Path(root) / uri.removeprefix("pvc://"))
-    return uri
-
-
 def config_from(ns: argparse.Namespace, stage: str) -> JobConfig:
     cfg = JobConfig(
         workdir=ns.workdir,
@@ -256,7 +247,7 @@ def apply_manifest(cfg: JobConfig, ns: argparse.Namespace) -> None:
         cfg.dtype = spec.model.dtype
     c = spec.calibration
     cfg.calibration = CalibrationOptions(
-        source=getattr(ns, "prompts", None) or _local_source(c.source, "SAMP_DATA_ROOT", "/data"),
+        source=getattr(ns, "prompts", None) or resolve_prompts(c.source),
         format=c.format,
         text_field=c.text_field,
         messages_field=c.messages_field,

@@ -48,11 +48,8 @@ def render(workdir: Path, artifact_dir: Path) -> str:
     if plan_file.is_file():
         plan = parse_result(plan_file.read_text(encoding="utf-8"))
         if isinstance(plan, PlanResult):
-            counts: dict[str, int] = {}
-            for assignment in plan.assignments:
-                counts[assignment.format.value] = counts.get(assignment.format.value, 0) + 1
             parts.append("groups per format: " + ", ".join(
-                f"{fmt} {n}" for fmt, n in sorted(counts.items())))
+                f"{fmt} {n}" for fmt, n in sorted(plan.groups_per_format().items())))
     eval_file = workdir / "evaluation.json"
     if eval_file.is_file():
         ev = parse_result(eval_file.read_text(encoding="utf-8"))

@@ -30,12 +30,22 @@ def hub_cache_dir(workdir: Path) -> Path:
     return Path(os.environ.get("SAMP_HF_CACHE") or workdir.parent / "hf-cache")
 
 
+def mounted_path(uri: str, env: str, default_root: str) -> str:
+    """Where the operator mounts a ``pvc://claim/path`` source (root from ``env``)."""
+    if uri.startswith("pvc://"):
+        return str(Path(os.environ.get(env, default_root)) / uri.removeprefix("pvc://"))
+    return uri
+
+
+def resolve_prompts(uri: str) -> str:
+    """A local path for the calibration or evaluation JSONL."""
+    return mounted_path(uri, "SAMP_DATA_ROOT", "/data")
+
+
 def resolve_model(uri: str, workdir: Path) -> str:
     """A local directory holding the model named by ``uri``."""
-    if uri.startswith("pvc://"):
-        root = os.environ.get("SAMP_MODEL_ROOT", "/models")
-        return str(Path(root) / uri.removeprefix("pvc://"))
     if not uri.startswith("hf://"):
+        return mounted_path(uri, "SAMP_MODEL_ROOT", "/models")
         return uri
     repo, revision = parse_hub_uri(uri)
     from huggingface_hub import snapshot_download

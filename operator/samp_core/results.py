@@ -335,8 +335,12 @@ class PlanResult(ResultBase):
             out.setdefault(a.format, []).extend(a.modules)
         return out
 
+    def groups_per_format(self) -> dict[str, int]:
+        """Format name -> number of layer groups planned in it (status, reports, logs)."""
+        return dict(Counter(a.format.value for a in self.assignments))
+
     def summary(self) -> dict[str, Any]:
-        by_format: Counter[str] = Counter(a.format.value for a in self.assignments)
+        by_format = self.groups_per_format()
         by_kind: dict[str, dict[str, int]] = {}
         for a in self.assignments:
             per = by_kind.setdefault(a.kind.value, {})

@@ -537,9 +537,6 @@ def _samp(*args: str) -> None:
 
 
 def _plan_summary(p: PlanResult) -> PlanSummary:
-    counts: dict[str, int] = {}
-    for a in p.assignments:
-        counts[a.format.value] = counts.get(a.format.value, 0) + 1
     return PlanSummary(
         profile=p.profile,
         bytes16_bit=p.bytes_16bit,
@@ -547,7 +544,7 @@ def _plan_summary(p: PlanResult) -> PlanSummary:
         effective_bits=round(p.effective_bits, 4),
         memory_saved_percent=round(100 * (1 - p.fraction_of_16bit), 2),
         predicted_loss=p.predicted_loss,
-        groups_per_format=counts,
+        groups_per_format=p.groups_per_format(),
     )
 
 

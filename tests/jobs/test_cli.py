@@ -78,6 +78,10 @@ def test_quantize_runs_every_stage(
     assert "| group | kind | format | bytes | score |" in report
     assert "# Accuracy against the 16-bit model" in report
     assert f"{ev.perplexity_quant:.3f}" in report  # type: ignore[union-attr]
+    per_format = plan.groups_per_format()  # type: ignore[union-attr]
+    assert sum(per_format.values()) == len(plan.assignments)  # type: ignore[union-attr]
+    assert "groups per format: " + ", ".join(
+        f"{fmt} {n}" for fmt, n in sorted(per_format.items())) in report
     summary = json.loads(term.read_text())  # the last stage's summary
     assert summary["kind"] == "EvaluationResult" and len(term.read_bytes()) < 4096
     logs = [

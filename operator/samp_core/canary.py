@@ -60,6 +60,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from samp_core import gates as g
+from samp_core.conditions import rfc3339
+from samp_core.conditions import with_condition as set_condition
 from samp_core.formats import Format
 from samp_core.hardware import HardwareProfile
 from samp_core.planner import Budget as PlanBudget
@@ -71,7 +73,6 @@ from samp_core.status import (
     MAX_HISTORY,
     Attempt,
     CanaryStatus,
-    Condition,
     ConditionType,
     GateResult,
     Phase,
@@ -236,10 +237,6 @@ class CanaryDecision:
 # ---------------------------------------------------------------- helpers
 
 
-def rfc3339(t: datetime) -> str:
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _parse_time(text: str | None) -> datetime | None:
     if not text:
         return None
@@ -248,48 +245,6 @@ def _parse_time(text: str | None) -> datetime | None:
     except ValueError:
         return None
     return t if t.tzinfo else t.replace(tzinfo=UTC)
-
-
-def set_condition(  # noqa: PLR0917
-    conditions: Sequence[Condition],
-    type_: ConditionType | str,
-    status: Literal["True", "False", "Unknown"],
-    reason: str,
-    message: str,
-    now: datetime,
-    generation: int | None = None,
-) -> list[Condition]:
-    """Conditions with ``type_`` set; lastTransitionTime changes only when status does."""
-    kind = str(type_)
-    out: list[Condition] = []
-    found = False
-    for c in conditions:
-        if c.type != kind:
-            out.append(c)
-            continue
-        found = True
-        out.append(
-            Condition(
-                type=kind,
-                status=status,
-                reason=reason,
-                message=message[:32768],
-                observed_generation=generation,
-                last_transition_time=c.last_transition_time if c.status == status else rfc3339(now),
-            )
-        )
-    if not found:
-        out.append(
-            Condition(
-                type=kind,
-                status=status,
-                reason=reason,
-                message=message[:32768],
-                observed_generation=generation,
-                last_transition_time=rfc3339(now),
-            )
-        )
-    return out
 
 
 def _request_active(value: str | None, since: datetime | None) -> bool:

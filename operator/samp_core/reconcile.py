@@ -61,6 +61,7 @@ from samp_core.children import (
     stage_hashes,
     stage_output_uri,
 )
+from samp_core.conditions import rfc3339, with_condition
 from samp_core.results import Stage
 from samp_core.status import (
     AccuracySummary,
@@ -143,8 +144,6 @@ class Decision:
     resource: QuantizedModel | None = None  # the parsed object, None when the spec is invalid
 
 
-def _ts(t: datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _clip(text: str, limit: int = MESSAGE_MAX) -> str:
@@ -175,20 +174,9 @@ def set_condition(  # noqa: PLR0917 (mirrors the Condition fields)
     generation: int,
     now: datetime,
 ) -> None:
-    """Upsert a condition; lastTransitionTime moves only when status changes."""
-    for i, cond in enumerate(conditions):
-        if cond.type == ctype:
-            moved = cond.status != status
-            conditions[i] = Condition(
-                type=ctype, status=status, reason=reason, message=_clip(message),
-                observed_generation=generation,
-                last_transition_time=_ts(now) if moved else cond.last_transition_time,
-            )
-            return
-    conditions.append(Condition(
-        type=ctype, status=status, reason=reason, message=_clip(message),
-        observed_generation=generation, last_transition_time=_ts(now),
-    ))
+    """In-place form of samp_core.conditions.with_condition, for the status being built."""
+    conditions[:] = with_condition(conditions, ctype, status, reason, _clip(message), now,
+                                   generation)
 
 
 def condition(status: QuantizedModelStatus, ctype: str) -> Condition | None:
@@ -395,7 +383,7 @@ def reconcile(
             decision.create.append(job_manifest(resource, uid, stage, hashes, settings, attempt))
             keep.add(name)
             started = StageStatus(stage=stage.value, state="Running", inputs_hash=h, job=name,
-                                  generation=gen, started_at=_ts(now), output_uri=out_uri,
+                                  generation=gen, started_at=rfc3339(now), output_uri=out_uri,
                                   message="Job created")
             new_records.append(started)
             if not (rec and rec.job == name and rec.state == "Running"):
@@ -406,8 +394,8 @@ def reconcile(
         base = StageStatus(
             stage=stage.value, state="Running", inputs_hash=h, job=job.name,
             generation=job.generation,
-            started_at=_ts(job.started_at) if job.started_at else
-            (rec.started_at if rec and rec.job == job.name else _ts(now)),
+            started_at=rfc3339(job.started_at) if job.started_at else
+            (rec.started_at if rec and rec.job == job.name else rfc3339(now)),
             pod_failures=job.failed_pods, output_uri=out_uri,
         )
         prev_failures = rec.pod_failures if rec and rec.job == job.name else 0
@@ -432,7 +420,7 @@ def reconcile(
             reason = job.reason or "Failed"
             message = _clip(f"Job {job.name} failed ({reason}): {job.message or 'no message'}")
             base.state = "Failed"
-            base.finished_at = _ts(job.finished_at or now)
+            base.finished_at = rfc3339(job.finished_at or now)
             base.message = message
             new_records.append(base)
             if not (rec and rec.job == job.name and rec.state == "Failed"):
@@ -452,7 +440,7 @@ def reconcile(
                 active = stage
                 break
             base.state = "Failed"
-            base.finished_at = _ts(finished)
+            base.finished_at = rfc3339(finished)
             base.message = (f"Job {job.name} completed without a result summary in its "
                             "termination message")
             new_records.append(base)
@@ -465,7 +453,7 @@ def reconcile(
             data = parse_summary(stage, job.result)
         except ResultError as err:
             base.state = "Failed"
-            base.finished_at = _ts(finished)
+            base.finished_at = rfc3339(finished)
             base.message = _clip(f"Job {job.name}: {err}")
             new_records.append(base)
             if not (rec and rec.state == "Failed" and rec.job == job.name):
@@ -474,7 +462,7 @@ def reconcile(
             failed = (stage, "ResultInvalid", base.message)
             break
         base.state = "Succeeded"
-        base.finished_at = _ts(finished)
+        base.finished_at = rfc3339(finished)
         base.message = _clip(_describe(stage, data), 500)
         new_records.append(base)
         _apply_result(status, stage, data, out_uri)
@@ -511,7 +499,7 @@ def _note_attempt(
             update["inputs_hash"] = status.inputs_hash
         mine = (update.get("inputs_hash") or entry.inputs_hash) == status.inputs_hash
         if failed is not None and mine and entry.outcome == "Running":
-            update.update(outcome="Failed", finished_at=_ts(now),
+            update.update(outcome="Failed", finished_at=rfc3339(now),
                           reason=_clip(f"{failed[0].value} failed: {failed[2]}", 1024))
         if update:
             status.history[i] = entry.model_copy(update=update)

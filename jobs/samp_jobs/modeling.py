@@ -152,9 +152,12 @@ def _to(obj: Any, device: torch.device) -> Any:
 
 
 def capture_layer0_inputs(
-    parts: DecoderParts, input_ids: torch.Tensor, device: torch.device
+    parts: DecoderParts, input_ids: torch.Tensor, device: torch.device, *, move: bool = True
 ) -> LayerInputs:
-    """Run the model's own preamble (embeddings, rotary, mask) and stop at layer 0."""
+    """Run the model's own preamble (embeddings, rotary, mask) and stop at layer 0.
+
+    With ``move=False`` the caller has already put the non-layer modules on the device.
+    """
     captured: dict[str, Any] = {}
 
     def hook(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -163,7 +166,7 @@ def capture_layer0_inputs(
         raise _StopForwardError
 
     handle = parts.layers[0].register_forward_pre_hook(hook, with_kwargs=True)
-    moved = _move_non_layers(parts, device)
+    moved = _move_non_layers(parts, device) if move else []
     try:
         with torch.no_grad():
             parts.model(input_ids=input_ids.to(device), use_cache=False)
@@ -179,11 +182,9 @@ def capture_layer0_inputs(
     return LayerInputs(captured["hidden"], kwargs)
 
 
-def _move_non_layers(parts: DecoderParts, device: torch.device) -> list[nn.Module]:
-    """Put everything except the decoder layers on the device (embeddings, rotary)."""
-    if device.type == "cpu":
-        return []
-    moved: list[nn.Module] = []
+def non_layer_modules(parts: DecoderParts) -> list[nn.Module]:
+    """Modules outside the decoder layers that own tensors (embeddings, rotary, norm, head)."""
+    found: list[nn.Module] = []
     layer_ids = {id(m) for m in parts.layers}
     for mod in parts.model.children():
         stack = [mod]
@@ -194,9 +195,18 @@ def _move_non_layers(parts: DecoderParts, device: torch.device) -> list[nn.Modul
             if any(True for _ in m.parameters(recurse=False)) or any(
                 True for _ in m.buffers(recurse=False)
             ):
-                m.to(device)
-                moved.append(m)
+                found.append(m)
             stack.extend(m.children())
+    return found
+
+
+def _move_non_layers(parts: DecoderParts, device: torch.device) -> list[nn.Module]:
+    """Put everything except the decoder layers on the device (embeddings, rotary)."""
+    if device.type == "cpu":
+        return []
+    moved = non_layer_modules(parts)
+    for m in moved:
+        m.to(device)
     return moved
 
 

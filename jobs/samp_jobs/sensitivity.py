@@ -1,6 +1,6 @@
 """Per group × candidate format: how much worse does the model get if only that group is quantized?
 
-Three estimators, all run layer by layer (one decoder layer on the device):
+Three estimators, all run layer by layer:
 
 - ``activation``: Σ_tokens ||ΔY||², ΔY = Q_a(X)·Q(W)ᵀ − X·Wᵀ on the calibration
   inputs X of each Linear, streamed in the forward pass (no backward). Cheap, but
@@ -18,13 +18,20 @@ Every score is normalised per calibration token (nats/token for fisher and kl,
 squared output units for activation), so runs with different sample counts
 compare. ΔY includes activation quantization for formats that quantize
 activations (W8A8, W4A8, NVFP4), because that is what the kernel computes.
+
+How it runs fast: the per-format work is one GEMM per group (``samp_jobs.deltas``);
+boundary hidden states stay on the accelerator when they fit, the whole model
+too when it fits beside them, otherwise layers stream from pinned host memory
+and the calibration tokens are scored in chunks (``samp_jobs.placement``); the
+lm_head's 100k-wide logits are handled in token slices; sums stay on the device
+until the end.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,18 +42,28 @@ from tqdm import tqdm
 from samp_core.formats import Format, SensitivityMethod
 from samp_core.groups import LayerGroup
 from samp_core.hardware import FIXED_GROUP_SIZE, requires_group_divisibility
+from samp_jobs.deltas import GroupCandidates, activation_sums, fisher_sums
 from samp_jobs.fakequant import FormatQuantizer, quantizer
 from samp_jobs.modeling import (
     DecoderParts,
-    LayerInputs,
     PeakMemory,
     _to,
     capture_layer0_inputs,
-    on_device,
+    non_layer_modules,
     run_layer,
 )
+from samp_jobs.placement import (
+    GIB,
+    MemoryPlan,
+    WeightPlacer,
+    host_available_bytes,
+    module_bytes,
+    plan_memory,
+)
+from samp_jobs.runlog import log
 
 Scores = dict[str, dict[Format, float]]
+Tensor = torch.Tensor
 
 
 @dataclass
@@ -58,7 +75,12 @@ class ScoringOptions:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     quant_dtype: torch.dtype = torch.bfloat16  # dtype the checkpoint stores and exports
     progress: bool = True
-    kl_cache_bytes: int = 8 * 2**30  # CPU memory for the 16-bit log-probs the KL compares to
+    kl_cache_bytes: int = 8 * GIB  # CPU memory for the 16-bit log-probs the KL compares to
+    # Memory placement (see samp_jobs.placement); the defaults choose by what is free.
+    device_memory_fraction: float = 0.9  # of the accelerator's free memory scoring may use
+    max_micro_batches_per_chunk: int | None = None  # cap tokens per pass (None: memory decides)
+    resident_weights: bool | None = None  # force weights resident / streamed (None: auto)
+    head_slice_bytes: int = GIB  # float32 logits per lm_head slice (vocab × tokens × 4 B)
 
 
 @dataclass
@@ -69,6 +91,7 @@ class ScoringRun:
     wall_seconds: float
     peak_memory_bytes: int
     device: str
+    memory: MemoryPlan | None = None
 
 
 def candidate_formats(group: LayerGroup, formats: list[Format], group_size: int) -> list[Format]:
@@ -118,33 +141,38 @@ def perturbed(modules: list[nn.Linear], fq: FormatQuantizer) -> Iterator[None]:
             h.remove()
 
 
-def _sq_sum(d: torch.Tensor) -> float:
-    """Σ d² accumulated in float64 without a float64 copy of d (it is token×features big)."""
-    return float(torch.sum(torch.square(d), dtype=torch.float64))
-
-
-def _grad(h: torch.Tensor) -> torch.Tensor:
-    if h.grad is None:
-        raise RuntimeError("no gradient reached the layer input; is the loss connected?")
-    return h.grad.detach().cpu()
-
-
 class _Accumulator:
-    """Float64 running sums per (group, format)."""
+    """Float64 running sums per (group, format), kept on the device until read."""
 
     def __init__(self) -> None:
-        self.sums: dict[str, dict[Format, float]] = {}
+        self.sums: dict[str, dict[Format, Tensor]] = {}
 
-    def add(self, group: str, fmt: Format, value: float) -> None:
+    def add(self, group: str, values: dict[Format, Tensor]) -> None:
         per = self.sums.setdefault(group, {})
-        per[fmt] = per.get(fmt, 0.0) + value
+        for f, v in values.items():
+            v64 = v.detach().double()
+            per[f] = v64 if f not in per else per[f] + v64
 
     def normalised(self, denom: float, scale: float = 1.0) -> Scores:
-        return {g: {f: scale * v / denom for f, v in per.items()} for g, per in self.sums.items()}
+        return {
+            g: {f: scale * float(v) / denom for f, v in per.items()} for g, per in self.sums.items()
+        }
+
+
+@dataclass
+class _Captured:
+    """One group's input X, per-module ∂L/∂Y and the gradient it sent back to X."""
+
+    x: Tensor | None = None
+    grad_out: dict[str, Tensor] = field(default_factory=dict)
+    grad_in: Tensor | None = None
+
+
+Boundaries = list[list[Tensor]]  # [boundary][micro-batch] hidden states
 
 
 class SequentialScorer:
-    """Drives the layer-by-layer passes and hands each layer's modules to the estimators."""
+    """Drives the layer-by-layer passes and hands each layer's groups to the estimators."""
 
     def __init__(
         self,
@@ -155,7 +183,6 @@ class SequentialScorer:
     ) -> None:
         self.parts = parts
         self.groups = groups
-        self.input_ids = input_ids
         self.opts = opts
         self.dev = opts.device
         self.modules: dict[str, Any] = dict(parts.model.named_modules())
@@ -167,194 +194,278 @@ class SequentialScorer:
         mb = max(1, opts.micro_batch)
         self.batches = [input_ids[i : i + mb] for i in range(0, input_ids.shape[0], mb)]
         self.num_tokens = int(input_ids.numel())
+        self.store = torch.device("cpu")  # where boundary states live; set by use_plan
+        self.placer = WeightPlacer(self.dev, pin=False)
+
+    # ------------------------------------------------------------ placement
+    def placement_inputs(self, keep_boundaries: bool) -> dict[str, Any]:
+        """What ``plan_memory`` needs to know about this model, these tokens and this device."""
+        parts, opts = self.parts, self.opts
+        elem = next(parts.model.parameters()).element_size()
+        hidden = parts.head.in_features
+        tokens = int(self.batches[0].numel())
+        layer_bytes = module_bytes(parts.layers[0])
+        n_fmt = max((len(c) for c in self.cands.values()), default=0)
+        widest = max(
+            (max(g.in_features, g.out_features) for g in self.groups if g.layer_index is not None),
+            default=hidden,
+        )
+        head_bytes = module_bytes(parts.head)
+        # activations of one layer's forward+backward, captured inputs/gradients, candidates
+        layer_work = layer_bytes * (1 + n_fmt) + tokens * widest * elem * 12
+        head_work = head_bytes * (1 + n_fmt) + 4 * opts.head_slice_bytes + tokens * hidden * 16
+        accelerator = self.dev.type == "cuda"
+        device_budget = 0
+        if accelerator:
+            free, _total = torch.cuda.mem_get_info(self.dev)
+            device_budget = int(free * opts.device_memory_fraction)
+        return {
+            "accelerator": accelerator,
+            "device_budget": device_budget,
+            "host_budget": int(host_available_bytes() * 0.8),
+            "model_bytes": module_bytes(parts.model),
+            "layer_bytes": layer_bytes,
+            "working_bytes": max(layer_work, head_work) + GIB,
+            "state_bytes_per_micro_batch": tokens * hidden * elem,
+            "num_micro_batches": len(self.batches),
+            "num_boundaries": len(parts.layers) + 1 if keep_boundaries else 2,
+            "max_micro_batches_per_chunk": opts.max_micro_batches_per_chunk,
+        }
+
+    def memory_plan(self, keep_boundaries: bool) -> MemoryPlan:
+        plan = plan_memory(**self.placement_inputs(keep_boundaries))
+        forced = self.opts.resident_weights
+        if self.dev.type == "cuda" and forced is not None:
+            why = f"weights {'resident' if forced else 'streamed'} as asked"
+            plan = MemoryPlan(
+                forced,
+                plan.boundaries_on_device,
+                plan.micro_batches_per_chunk,
+                plan.num_chunks,
+                why,
+            )
+        return plan
+
+    def use_plan(self, plan: MemoryPlan) -> None:
+        self.store = self.dev if plan.boundaries_on_device else torch.device("cpu")
+        self.placer = WeightPlacer(self.dev, pin=not plan.resident_weights)
+
+    def chunks(self, plan: MemoryPlan) -> list[list[torch.Tensor]]:
+        n = plan.micro_batches_per_chunk
+        return [self.batches[i : i + n] for i in range(0, len(self.batches), n)]
 
     # -------------------------------------------------------------- helpers
     def _linears(self, g: LayerGroup) -> list[nn.Linear]:
         return [self.modules[n] for n in g.modules]
 
-    def _qweights(self, groups: list[LayerGroup]) -> dict[tuple[str, Format], torch.Tensor]:
-        """Fake-quantized weights of one layer for every candidate, computed once per layer."""
-        out: dict[tuple[str, Format], torch.Tensor] = {}
+    def _candidates(self, groups: list[LayerGroup]) -> list[tuple[LayerGroup, GroupCandidates]]:
+        """ΔW of every candidate format for these groups, built once per layer visit."""
+        out = []
         for g in groups:
-            for n, m in zip(g.modules, self._linears(g), strict=True):
-                for f in self.cands[g.name]:
-                    out[(n, f)] = self.quant[f].weight(m.weight.data)
+            if self.cands[g.name]:
+                quant = {f: self.quant[f] for f in self.cands[g.name]}
+                out.append((g, GroupCandidates.build(g.name, self._linears(g), quant)))
         return out
-
-    def _delta(
-        self, x: torch.Tensor, w: torch.Tensor, wq: torch.Tensor, fmt: Format
-    ) -> torch.Tensor:
-        act = self.quant[fmt].activation
-        xq = act(x) if act is not None else x
-        return nn.functional.linear(xq, wq) - nn.functional.linear(x, w)
 
     def _progress(self, it: Any, desc: str) -> Any:
         return tqdm(it, desc=desc, disable=not self.opts.progress, leave=False)
 
-    def layer0_inputs(self) -> list[LayerInputs]:
-        return [capture_layer0_inputs(self.parts, b, self.dev) for b in self.batches]
+    def _head_groups(self) -> list[LayerGroup]:
+        return self.by_layer.get(None, [])
+
+    def _head_slices(self, rows: int) -> list[slice]:
+        """Token slices small enough that one slice's float32 logits fit head_slice_bytes."""
+        n = max(1, self.opts.head_slice_bytes // (4 * self.parts.head.out_features))
+        return [slice(i, min(i + n, rows)) for i in range(0, rows, n)]
+
+    def layer0_inputs(self, batches: list[torch.Tensor]) -> tuple[list[Tensor], dict[str, Any]]:
+        with self.placer.hold(*non_layer_modules(self.parts)):
+            ins = [capture_layer0_inputs(self.parts, b, self.dev, move=False) for b in batches]
+        return [i.hidden.to(self.store) for i in ins], _to(ins[0].kwargs, self.dev)
 
     # -------------------------------------------------------------- forward
     def forward(
-        self, activation: _Accumulator | None, keep_boundaries: bool
-    ) -> tuple[list[list[torch.Tensor]], dict[str, Any], list[torch.Tensor]]:
-        """Run every layer over all micro-batches; optionally score ||ΔY||² on the way.
+        self, batches: list[torch.Tensor], activation: _Accumulator | None, keep: bool
+    ) -> tuple[Boundaries, dict[str, Any], list[Tensor]]:
+        """Run every layer over the micro-batches; optionally score ||ΔY||² on the way.
 
         Returns (boundary hidden states per layer if kept, layer kwargs, final hidden).
         """
-        ins = self.layer0_inputs()
-        kwargs = _to(ins[0].kwargs, self.dev)
-        hidden = [i.hidden.cpu() for i in ins]
-        boundaries: list[list[torch.Tensor]] = []
+        hidden, kwargs = self.layer0_inputs(batches)
+        boundaries: Boundaries = []
         for idx in self._progress(range(len(self.parts.layers)), "forward layers"):
             layer = self.parts.layers[idx]
-            if keep_boundaries:
+            if keep:
                 boundaries.append(hidden)
-            groups = self.by_layer.get(idx, [])
-            with on_device(layer, self.dev), torch.no_grad(), ExitStack() as stack:
+            with self.placer.hold(layer), torch.no_grad(), ExitStack() as stack:
                 if activation is not None:
-                    qw = self._qweights(groups)
-                    for g in groups:
-                        for n, m in zip(g.modules, self._linears(g), strict=True):
-                            stack.enter_context(self._act_hook(m, n, g, qw, activation))
-                nxt = []
-                for h in hidden:
-                    nxt.append(run_layer(layer, h.to(self.dev), kwargs).cpu())
-                hidden = nxt
+                    cands = self._candidates(self.by_layer.get(idx, []))
+                    for g, c in cands:
+                        stack.enter_context(self._activation_hook(g, c, activation))
+                hidden = [
+                    run_layer(layer, h.to(self.dev, non_blocking=True), kwargs).to(self.store)
+                    for h in hidden
+                ]
         if activation is not None:
             self._score_head_activation(hidden, activation)
         return boundaries, kwargs, hidden
 
     @contextmanager
-    def _act_hook(
-        self,
-        m: nn.Linear,
-        name: str,
-        g: LayerGroup,
-        qw: dict[tuple[str, Format], torch.Tensor],
-        acc: _Accumulator,
+    def _activation_hook(
+        self, g: LayerGroup, c: GroupCandidates, acc: _Accumulator
     ) -> Iterator[None]:
-        def hook(_m: nn.Module, args: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
-            x = args[0]
-            for f in self.cands[g.name]:
-                d = self._delta(x, m.weight, qw[(name, f)], f)
-                acc.add(g.name, f, _sq_sum(d))
+        def hook(_m: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            acc.add(g.name, activation_sums(c, args[0]))
 
-        h = m.register_forward_hook(hook)
+        # fused modules share their input: one hook on the first scores the whole group
+        h = self._linears(g)[0].register_forward_pre_hook(hook)
         try:
             yield
         finally:
             h.remove()
 
-    def _head_groups(self) -> list[LayerGroup]:
-        return self.by_layer.get(None, [])
-
-    def _score_head_activation(self, hidden: list[torch.Tensor], acc: _Accumulator) -> None:
+    def _score_head_activation(self, hidden: list[Tensor], acc: _Accumulator) -> None:
         parts = self.parts
-        with on_device(parts.norm, self.dev), on_device(parts.head, self.dev), torch.no_grad():
-            qw = self._qweights(self._head_groups())
-            for g in self._head_groups():
-                for h in hidden:
-                    x = parts.norm(h.to(self.dev))
-                    for f in self.cands[g.name]:
-                        d = self._delta(x, parts.head.weight, qw[(g.modules[0], f)], f)
-                        acc.add(g.name, f, _sq_sum(d))
+        with self.placer.hold(parts.norm, parts.head), torch.no_grad():
+            cands = self._candidates(self._head_groups())
+            for h in hidden:
+                flat = h.reshape(-1, h.shape[-1])
+                for sl in self._head_slices(flat.shape[0]):
+                    x = parts.norm(flat[sl].to(self.dev))
+                    for g, c in cands:
+                        acc.add(g.name, activation_sums(c, x))
 
     # -------------------------------------------------------------- fisher
     def fisher(
         self,
-        boundaries: list[list[torch.Tensor]],
+        batches: list[torch.Tensor],
+        boundaries: Boundaries,
         kwargs: dict[str, Any],
-        final: list[torch.Tensor],
-    ) -> _Accumulator:
-        acc = _Accumulator()
-        for p in self.parts.model.parameters():
-            p.requires_grad_(False)
-        grads = self._head_backward(final, acc)
+        final: list[Tensor],
+        acc: _Accumulator,
+    ) -> None:
+        """Backward from the loss, one layer at a time, scoring each group on the way down.
+
+        Frees each boundary once its layer is done, so memory falls as it descends.
+        """
+        grads = self._head_backward(batches, final, acc)
         for idx in self._progress(reversed(range(len(self.parts.layers))), "backward layers"):
             layer = self.parts.layers[idx]
             groups = self.by_layer.get(idx, [])
-            with on_device(layer, self.dev):
-                qw = self._qweights(groups)
+            with self.placer.hold(layer):
+                cands = self._candidates(groups)
                 new_grads = []
-                for h_cpu, g_out in zip(boundaries[idx], grads, strict=True):
-                    h = h_cpu.to(self.dev).requires_grad_(True)
+                for h_stored, g_out in zip(boundaries[idx], grads, strict=True):
+                    h = h_stored.to(self.dev, non_blocking=True).detach().requires_grad_(True)
                     with self._capture(groups) as cap:
                         out = run_layer(layer, h, kwargs)
-                        torch.autograd.backward(out, g_out.to(self.dev))
-                    self._fisher_accumulate(groups, cap, qw, acc)
-                    new_grads.append(_grad(h) if idx > 0 else h_cpu)
+                        torch.autograd.backward(out, g_out.to(self.dev, non_blocking=True))
+                    self._fisher_add(cands, cap, acc)
+                    if idx > 0:
+                        new_grads.append(self._grad(h).to(self.store))
                 grads = new_grads
-        return acc
+            boundaries[idx] = []
 
-    def _head_backward(self, final: list[torch.Tensor], acc: _Accumulator) -> list[torch.Tensor]:
+    @staticmethod
+    def _grad(h: Tensor) -> Tensor:
+        if h.grad is None:
+            raise RuntimeError("no gradient reached the layer input; is the loss connected?")
+        return h.grad.detach()
+
+    def _head_backward(
+        self, batches: list[torch.Tensor], final: list[Tensor], acc: _Accumulator
+    ) -> list[Tensor]:
+        """∂L/∂(final hidden) per micro-batch, scoring the head on the way (token slices)."""
         parts = self.parts
-        grads: list[torch.Tensor] = []
-        with on_device(parts.norm, self.dev), on_device(parts.head, self.dev):
+        grads: list[Tensor] = []
+        with self.placer.hold(parts.norm, parts.head):
             groups = self._head_groups()
-            qw = self._qweights(groups)
-            for h_cpu, ids in zip(final, self.batches, strict=True):
-                h = h_cpu.to(self.dev).requires_grad_(True)
-                with self._capture(groups) as cap:
-                    logits = parts.head(parts.norm(h))
-                    loss = nn.functional.cross_entropy(
-                        logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-                        ids[:, 1:].reshape(-1).to(self.dev),
-                        reduction="sum",
-                    )
-                    torch.autograd.backward(loss)
-                self._fisher_accumulate(groups, cap, qw, acc)
-                grads.append(_grad(h))
+            cands = self._candidates(groups)
+            for h_stored, ids in zip(final, batches, strict=True):
+                flat = h_stored.reshape(-1, h_stored.shape[-1])
+                # next-token targets; the last position of each row has none
+                targets = torch.full(ids.shape, -100, dtype=torch.long)
+                targets[:, :-1] = ids[:, 1:]
+                targets = targets.reshape(-1).to(self.dev)
+                grad = torch.empty_like(flat, device=self.dev)
+                for sl in self._head_slices(flat.shape[0]):
+                    x = flat[sl].to(self.dev, non_blocking=True).detach().requires_grad_(True)
+                    with self._capture(groups) as cap:
+                        logits = parts.head(parts.norm(x))
+                        loss = nn.functional.cross_entropy(
+                            logits.float(), targets[sl], reduction="sum", ignore_index=-100
+                        )
+                        torch.autograd.backward(loss)
+                    self._fisher_add(cands, cap, acc)
+                    grad[sl] = self._grad(x)
+                grads.append(grad.reshape(h_stored.shape).to(self.store))
         return grads
 
     @contextmanager
-    def _capture(self, groups: list[LayerGroup]) -> Iterator[dict[str, list[torch.Tensor]]]:
-        """Record each module's input X and output gradient ∂L/∂Y during one fwd+bwd."""
-        cap: dict[str, list[torch.Tensor]] = {}
+    def _capture(self, groups: list[LayerGroup]) -> Iterator[dict[str, _Captured]]:
+        """Record each group's input X, its modules' ∂L/∂Y and the gradient sent back to X."""
+        cap = {g.name: _Captured() for g in groups}
         handles = []
         for g in groups:
+            rec = cap[g.name]
             for n, m in zip(g.modules, self._linears(g), strict=True):
 
-                def hook(
-                    _m: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor, n: str = n
+                def pre(
+                    _m: nn.Module, args: tuple[Tensor, ...], rec: _Captured = rec
+                ) -> tuple[Any, ...] | None:
+                    x = args[0]
+                    if rec.x is None:
+                        rec.x = x.detach()
+                    if not x.requires_grad:
+                        return None
+                    # a private view of X, so its gradient is this module's share alone
+                    xv = x.view_as(x)
+
+                    def on_grad(gr: Tensor, rec: _Captured = rec) -> None:
+                        gr = gr.detach()
+                        rec.grad_in = gr if rec.grad_in is None else rec.grad_in + gr
+
+                    xv.register_hook(on_grad)  # type: ignore[no-untyped-call]
+                    return (xv, *args[1:])
+
+                def post(
+                    _m: nn.Module, _args: Any, out: Tensor, rec: _Captured = rec, n: str = n
                 ) -> None:
-                    cap[n] = [args[0].detach()]
+                    def on_grad(gr: Tensor) -> None:
+                        rec.grad_out[n] = gr.detach()
 
-                    def grad_hook(gr: torch.Tensor, n: str = n) -> None:
-                        cap[n].append(gr.detach())
+                    out.register_hook(on_grad)  # type: ignore[no-untyped-call]
 
-                    out.register_hook(grad_hook)  # type: ignore[no-untyped-call]
-
-                handles.append(m.register_forward_hook(hook))
+                handles.append(m.register_forward_pre_hook(pre))
+                handles.append(m.register_forward_hook(post))
         try:
             yield cap
         finally:
             for h in handles:
                 h.remove()
 
-    def _fisher_accumulate(
+    def _fisher_add(
         self,
-        groups: list[LayerGroup],
-        cap: dict[str, list[torch.Tensor]],
-        qw: dict[tuple[str, Format], torch.Tensor],
+        cands: list[tuple[LayerGroup, GroupCandidates]],
+        cap: dict[str, _Captured],
         acc: _Accumulator,
     ) -> None:
         with torch.no_grad():
-            for g in groups:
-                for f in self.cands[g.name]:
-                    dot: torch.Tensor | float = 0.0
-                    for n, m in zip(g.modules, self._linears(g), strict=True):
-                        x, gy = cap[n]
-                        d = self._delta(x, m.weight, qw[(n, f)], f)
-                        dot = dot + torch.sum(gy * d, dim=-1, dtype=torch.float64)
-                    acc.add(g.name, f, float(torch.as_tensor(dot).pow(2).sum()))
+            for g, c in cands:
+                rec = cap[g.name]
+                missing = [n for n in g.modules if n not in rec.grad_out]
+                if rec.x is None or missing:
+                    raise RuntimeError(f"{g.name}: no gradient reached {missing or g.modules}")
+                grads = [rec.grad_out[n] for n in g.modules]
+                acc.add(g.name, fisher_sums(c, rec.x, grads, rec.grad_in))
 
     # ------------------------------------------------------------------ kl
     def kl(
         self,
-        boundaries: list[list[torch.Tensor]],
+        batches: list[torch.Tensor],
+        boundaries: Boundaries,
         kwargs: dict[str, Any],
-        final: list[torch.Tensor],
+        final: list[Tensor],
     ) -> tuple[_Accumulator, int]:
         """Exact KL per (group, format); returns the sums and the tokens they cover.
 
@@ -364,7 +475,7 @@ class SequentialScorer:
         acc = _Accumulator()
         per_token = 4 * self.parts.head.out_features
         n_mb, tokens = 0, 0
-        for b in self.batches:
+        for b in batches:
             if n_mb and (tokens + b.numel()) * per_token > self.opts.kl_cache_bytes:
                 break
             n_mb, tokens = n_mb + 1, tokens + b.numel()
@@ -376,18 +487,33 @@ class SequentialScorer:
                 hidden = (boundaries[start] if start < len(boundaries) else final)[:n_mb]
                 for idx in range(start, len(self.parts.layers)):
                     layer = self.parts.layers[idx]
-                    with on_device(layer, self.dev):
-                        hidden = [run_layer(layer, h.to(self.dev), kwargs).cpu() for h in hidden]
+                    with self.placer.hold(layer):
+                        hidden = [run_layer(layer, h.to(self.dev), kwargs) for h in hidden]
+                kl = torch.zeros((), dtype=torch.float64)
                 for h, lp in zip(hidden, base, strict=True):
                     lq = self._logprobs(h)
-                    acc.add(g.name, f, float((lp.exp() * (lp - lq)).sum(-1).double().sum()))
+                    kl += (lp.exp() * (lp - lq)).sum(-1).double().sum()
+                acc.add(g.name, {f: kl})
         return acc, tokens
 
     def _logprobs(self, h: torch.Tensor) -> torch.Tensor:
         parts = self.parts
-        with on_device(parts.norm, self.dev), on_device(parts.head, self.dev), torch.no_grad():
+        with self.placer.hold(parts.norm, parts.head), torch.no_grad():
             logits = parts.head(parts.norm(h.to(self.dev))).float()
             return torch.log_softmax(logits, dim=-1).cpu()
+
+
+@contextmanager
+def _frozen(model: nn.Module) -> Iterator[None]:
+    """No weight gradients: scoring needs ∂L/∂activations only (half the backward FLOPs)."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, f in flags:
+            p.requires_grad_(f)
 
 
 def score(
@@ -397,23 +523,37 @@ def score(
     opts: ScoringOptions,
     methods: list[SensitivityMethod],
 ) -> ScoringRun:
-    """Score every group × candidate format with the requested estimators (one shared forward)."""
+    """Score every group × candidate format with the requested estimators (shared passes)."""
     t0 = time.monotonic()
     peak = PeakMemory(opts.device)
     s = SequentialScorer(parts, groups, input_ids, opts)
     want = set(methods)
     act = _Accumulator() if SensitivityMethod.ACTIVATION in want else None
-    need_bound = bool(want & {SensitivityMethod.FISHER, SensitivityMethod.KL})
-    boundaries, kwargs, final = s.forward(act, keep_boundaries=need_bound)
+    fisher = _Accumulator() if SensitivityMethod.FISHER in want else None
+    keep = bool(want & {SensitivityMethod.FISHER, SensitivityMethod.KL})
+    plan = s.memory_plan(keep)
+    s.use_plan(plan)
+    log("sensitivity.memory", tokens=s.num_tokens, **plan.as_log())
+    kl_result: tuple[_Accumulator, int] | None = None
+    resident = s.placer.hold(parts.model) if plan.resident_weights else nullcontext()
+    with resident, _frozen(parts.model):
+        for i, chunk in enumerate(s.chunks(plan)):
+            if plan.num_chunks > 1:
+                log("sensitivity.chunk", chunk=i + 1, of=plan.num_chunks, microBatches=len(chunk))
+            boundaries, kwargs, final = s.forward(chunk, act, keep)
+            if SensitivityMethod.KL in want and kl_result is None:  # first chunk is enough
+                kl_result = s.kl(chunk, boundaries, kwargs, final)
+            if fisher is not None:
+                s.fisher(chunk, boundaries, kwargs, final, fisher)
+            del boundaries, final
     n = float(s.num_tokens)
     out: dict[SensitivityMethod, Scores] = {}
     if act is not None:
         out[SensitivityMethod.ACTIVATION] = act.normalised(n)
-    if SensitivityMethod.FISHER in want:
-        out[SensitivityMethod.FISHER] = s.fisher(boundaries, kwargs, final).normalised(n, 0.5)
-    if SensitivityMethod.KL in want:
-        kl_sums, kl_tokens = s.kl(boundaries, kwargs, final)
-        out[SensitivityMethod.KL] = kl_sums.normalised(float(kl_tokens))
+    if fisher is not None:
+        out[SensitivityMethod.FISHER] = fisher.normalised(n, 0.5)
+    if kl_result is not None:
+        out[SensitivityMethod.KL] = kl_result[0].normalised(float(kl_result[1]))
     for sc in out.values():  # every group appears, even with no candidate format
         for g in groups:
             sc.setdefault(g.name, {})
@@ -424,6 +564,7 @@ def score(
         wall_seconds=time.monotonic() - t0,
         peak_memory_bytes=peak.peak_bytes(),
         device=str(opts.device),
+        memory=plan,
     )
 
 

@@ -225,6 +225,43 @@ def kernel_check() -> dict[str, Any]:
     return out
 
 
+# ------------------------------------------------------------------------ placement
+def placement_check() -> dict[str, Any]:
+    """The same fisher + activation scores whether weights are resident or streamed per layer
+    from pinned memory, and whether the tokens go in one pass or one micro-batch per pass."""
+    from samp_jobs.modeling import decoder_parts, discover_groups, load_model
+    from samp_jobs.sensitivity import ScoringOptions, score
+
+    model, _ = load_model(TINY)
+    parts = decoder_parts(model)
+    dev = torch.device(DEV)
+    groups = discover_groups(parts, dev)
+    ids = torch.randint(3, 2000, (8, 256), generator=torch.Generator().manual_seed(0))
+    fmts = [Format.INT4_W4A16, Format.FP8_W8A8, Format.INT8_W8A8, Format.BF16]
+    methods = [SensitivityMethod.FISHER, SensitivityMethod.ACTIVATION]
+    runs = {}
+    for name, extra in {
+        "auto": {},
+        "streamed": {"resident_weights": False},
+        "streamed_chunked": {"resident_weights": False, "max_micro_batches_per_chunk": 1},
+    }.items():
+        opts = ScoringOptions(formats=fmts, group_size=64, device=dev, progress=False, **extra)
+        runs[name] = score(parts, groups, ids, opts, methods)
+    out: dict[str, Any] = {n: vars(r.memory) for n, r in runs.items()}
+    for m in methods:
+        ref = runs["auto"].scores[m]
+        for n in ("streamed", "streamed_chunked"):
+            got = runs[n].scores[m]
+            worst = max(
+                abs(got[g][f] - v) / max(abs(v), 1e-30)
+                for g, per in ref.items()
+                for f, v in per.items()
+            )
+            out[f"{m.value}_{n}_max_rel_diff_vs_auto"] = worst
+    out["weights_back_on_cpu"] = all(p.device.type == "cpu" for p in model.parameters())
+    return out
+
+
 # --------------------------------------------------------------------- random models
 def random_llama(out: Path, *, hidden: int, inter: int, layers: int, heads: int) -> Path:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -376,13 +413,84 @@ def run_stages(
         save()
 
 
+def llama70b_slice(n_layers: int, rows: int, tmp: Path) -> dict[str, Any]:
+    """Score a few 70B-shaped decoder layers exactly as a full 80-layer 70B run would place
+    them: weights streamed per layer from pinned host memory, tokens chunked to fit the
+    boundary states of all 81 boundaries on the GPU."""
+    from samp_jobs.modeling import decoder_parts, discover_groups, load_model
+    from samp_jobs.placement import plan_memory
+    from samp_jobs.sensitivity import ScoringOptions, SequentialScorer, score
+
+    t = time.time()
+    m = random_llama(tmp / f"l70-{n_layers}", hidden=8192, inter=28672, layers=n_layers, heads=64)
+    r: dict[str, Any] = {"build_seconds": round(time.time() - t, 1), "params": params_of(m)}
+    ids = calibration_ids(tmp / f"w70-{n_layers}", m, rows)
+    model, _ = load_model(m)
+    parts = decoder_parts(model)
+    dev = torch.device(DEV)
+    groups = discover_groups(parts, dev)
+    fmts = [Format.INT4_W4A16, Format.FP8_W8A8, Format.INT8_W8A8, Format.BF16]
+    base = ScoringOptions(formats=fmts, device=dev, progress=False)
+    inputs = SequentialScorer(parts, groups, ids, base).placement_inputs(True)
+    p = params_of(m)
+    full = {
+        **inputs,
+        "model_bytes": 2 * (80 * p["per_layer_linear"] + p["head"] + p["embed"]),
+        "num_boundaries": 81,
+    }
+    if DEV == "cpu":
+        full.update(accelerator=True, device_budget=int(139 * 2**30 * 0.9))
+    full_plan = plan_memory(**full)
+    r["full_70b_memory_plan"] = vars(full_plan)
+    opts = ScoringOptions(
+        formats=fmts,
+        device=dev,
+        progress=False,
+        resident_weights=False,
+        max_micro_batches_per_chunk=full_plan.micro_batches_per_chunk,
+    )
+    for method in (SensitivityMethod.FISHER, SensitivityMethod.ACTIVATION):
+        peak_reset()
+        run = score(parts, groups, ids, opts, [method])
+        r[method.value] = {
+            "seconds": round(run.wall_seconds, 2),
+            "tokens": run.num_tokens,
+            "peak_gpu_bytes": peak(),
+            "memory_plan": vars(run.memory) if run.memory else None,
+        }
+        print("70b", n_layers, method.value, r[method.value], flush=True)
+    r["floors"] = floors(m, ids.numel())
+    del model, parts
+    shutil.rmtree(m, ignore_errors=True)
+    return r
+
+
+def calibration_ids(work: Path, model: Path, rows: int) -> torch.Tensor:
+    from samp_jobs.calibration import load_calibration_tokens
+    from samp_jobs.pipeline import JobConfig, run_calibrate
+
+    prompts = prompts_file(work.parent / f"{work.name}-prompts.jsonl")
+    cfg = JobConfig(
+        workdir=work,
+        model=str(model),
+        device=DEV,
+        progress=False,
+        calibration=CalibrationOptions(
+            source=str(prompts), samples=100_000, max_sequence_length=SEQ, held_out_fraction=0.01
+        ),
+        max_tokens=rows * SEQ,
+    )
+    run_calibrate(cfg)
+    return load_calibration_tokens(work)[:rows]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--rows", type=int, default=128, help="calibration sequences of 2048")
     ap.add_argument("--layers70b", default="1,3", help="decoder layer counts to time")
-    ap.add_argument("--rows70b", type=int, default=32)
-    ap.add_argument("--parts", default="tiny,kernels,70b,8b")
+    ap.add_argument("--rows70b", type=int, default=128)
+    ap.add_argument("--parts", default="tiny,kernels,placement,8b,70b")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--methods8b", default="activation,fisher")
     ap.add_argument("--tmp", type=Path, default=Path("/tmp/samp-gpu"))
@@ -404,27 +512,10 @@ def main(argv: list[str] | None = None) -> int:
         res["kernels"] = kernel_check()
         dump(args.out, res)
         print("kernels", json.dumps(res["kernels"]), flush=True)
-    if "70b" in parts:
-        res["llama70b_layers"] = {}
-        for n_layers in (int(x) for x in args.layers70b.split(",")):
-            t = time.time()
-            m = random_llama(
-                args.tmp / f"l70-{n_layers}", hidden=8192, inter=28672, layers=n_layers, heads=64
-            )
-            r: dict[str, Any] = {"build_seconds": round(time.time() - t, 1), "params": params_of(m)}
-            res["llama70b_layers"][str(n_layers)] = r
-            run_stages(
-                m,
-                args.tmp / f"w70-{n_layers}",
-                args.rows70b,
-                methods=["activation", "fisher"],
-                do_export=False,
-                res=r,
-                save=lambda: dump(args.out, res),
-            )
-            r["floors"] = floors(m, args.rows70b * SEQ)
-            dump(args.out, res)
-            shutil.rmtree(m, ignore_errors=True)
+    if "placement" in parts:
+        res["placement"] = placement_check()
+        dump(args.out, res)
+        print("placement", json.dumps(res["placement"]), flush=True)
     if "8b" in parts:
         t = time.time()
         m = random_llama(args.tmp / "l8", hidden=4096, inter=14336, layers=32, heads=32)
@@ -442,6 +533,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         r["floors"] = floors(m, args.rows * SEQ)
         dump(args.out, res)
+    if "70b" in parts:
+        res["llama70b_layers"] = {}
+        for n_layers in (int(x) for x in args.layers70b.split(",")):
+            res["llama70b_layers"][str(n_layers)] = llama70b_slice(n_layers, args.rows70b, args.tmp)
+            dump(args.out, res)
     print(json.dumps(res, indent=1, default=str))
     return 0
 

@@ -404,7 +404,12 @@ def run_stages(
     if do_export:
         peak_reset()
         t = time.time()
-        ex = run_export(cfg)
+        try:
+            ex = run_export(cfg)
+        except Exception as e:  # keep the rest of the run (and what was measured) going
+            st["export"] = {"error": f"{type(e).__name__}: {e}"[:500]}
+            save()
+            return
         st["export"] = {
             "seconds": round(time.time() - t, 2),
             "peak_gpu_bytes": peak(),

@@ -470,6 +470,61 @@ def llama70b_slice(n_layers: int, rows: int, tmp: Path) -> dict[str, Any]:
     return r
 
 
+def profile_fisher(tmp: Path, rows: int, n_layers: int = 4) -> dict[str, Any]:
+    """Where fisher scoring's GPU time goes: torch.profiler over an 8B-shaped slice,
+    kernel time summed by kind (GEMM, attention, elementwise/reduction, copies)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from samp_jobs.modeling import decoder_parts, discover_groups, load_model
+    from samp_jobs.sensitivity import ScoringOptions, score
+
+    m = random_llama(tmp / "prof8", hidden=4096, inter=14336, layers=n_layers, heads=32)
+    ids = calibration_ids(tmp / "wprof", m, rows)
+    model, _ = load_model(m)
+    parts = decoder_parts(model)
+    dev = torch.device(DEV)
+    groups = discover_groups(parts, dev)
+    fmts = [Format.INT4_W4A16, Format.FP8_W8A8, Format.INT8_W8A8, Format.BF16]
+    opts = ScoringOptions(formats=fmts, device=dev, progress=False)
+    score(parts, groups, ids[:4], opts, [SensitivityMethod.FISHER])  # warm-up
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEV == "cuda" else [])
+    t = time.time()
+    with profile(activities=acts) as prof:
+        score(parts, groups, ids, opts, [SensitivityMethod.FISHER])
+        if DEV == "cuda":
+            torch.cuda.synchronize()
+    wall = time.time() - t
+    kinds: dict[str, float] = {}
+    top = []
+    for e in prof.key_averages():
+        us = float(getattr(e, "device_time_total", 0.0) or getattr(e, "cuda_time_total", 0.0))
+        if us <= 0 or e.key.startswith("aten::") or e.key.startswith("cuda"):
+            continue  # kernels only (aten ops double count their kernels)
+        k = e.key.lower()
+        kind = (
+            "gemm"
+            if any(x in k for x in ("gemm", "sm90_xmma", "cutlass", "nvjet", "matmul"))
+            else "attention"
+            if any(x in k for x in ("flash", "fmha", "attention", "sdpa"))
+            else "copy"
+            if "memcpy" in k or "memset" in k
+            else "elementwise/reduction"
+        )
+        kinds[kind] = kinds.get(kind, 0.0) + us / 1e6
+        top.append((us / 1e6, e.key[:90], e.count))
+    top.sort(reverse=True)
+    floor = floors(m, int(ids.numel()))["fisher_fwd_bwd_s"]
+    shutil.rmtree(m, ignore_errors=True)
+    return {
+        "layers": n_layers,
+        "tokens": int(ids.numel()),
+        "wall_seconds_profiled": round(wall, 2),
+        "kernel_seconds_by_kind": {k: round(v, 3) for k, v in sorted(kinds.items())},
+        "top_kernels": [[round(a, 3), b, c] for a, b, c in top[:15]],
+        "floor_fisher_s": floor,
+    }
+
+
 def calibration_ids(work: Path, model: Path, rows: int) -> torch.Tensor:
     from samp_jobs.calibration import load_calibration_tokens
     from samp_jobs.pipeline import JobConfig, run_calibrate
@@ -495,6 +550,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", type=int, default=128, help="calibration sequences of 2048")
     ap.add_argument("--layers70b", default="1,3", help="decoder layer counts to time")
     ap.add_argument("--rows70b", type=int, default=128)
+    ap.add_argument("--rows-profile", type=int, default=32)
     ap.add_argument("--parts", default="tiny,kernels,placement,8b,70b")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--methods8b", default="activation,fisher")
@@ -538,6 +594,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         r["floors"] = floors(m, args.rows * SEQ)
         dump(args.out, res)
+    if "profile" in parts:
+        res["profile"] = profile_fisher(args.tmp, args.rows_profile)
+        dump(args.out, res)
+        print("profile", json.dumps(res["profile"], indent=1), flush=True)
     if "70b" in parts:
         res["llama70b_layers"] = {}
         for n_layers in (int(x) for x in args.layers70b.split(",")):

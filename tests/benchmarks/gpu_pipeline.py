@@ -375,8 +375,10 @@ def run_stages(
     cal = run_calibrate(cfg)
     st["calibrate"] = {"seconds": round(time.time() - t, 2), "tokens": cal.num_tokens}
     save()
-    for m in methods:
-        cfg.method = SensitivityMethod(m)
+    fisher_runs: dict[str, tuple[Any, dict[str, str]]] = {}  # label -> (scores, plan)
+    for m in methods:  # "fisher-fp8" = fisher with FP8 ΔY products
+        cfg.method = SensitivityMethod(m.removesuffix("-fp8"))
+        cfg.fp8_fisher = m.endswith("-fp8")
         peak_reset()
         t = time.time()
         doc = run_sensitivity(cfg)
@@ -389,8 +391,27 @@ def run_stages(
             "peak_gpu_bytes": peak(),
             "load_seconds": round(wall - doc.wall_seconds, 2),
         }
+        if cfg.method is SensitivityMethod.FISHER:
+            try:
+                pl = run_plan(cfg)
+                fisher_runs[m] = (doc.scores, {a.group: a.format.value for a in pl.assignments})
+            except ValueError:
+                pass
         save()
         print(m, st[f"sensitivity_{m}"], flush=True)
+    if {"fisher", "fisher-fp8"} <= set(fisher_runs):
+        from samp_jobs.sensitivity import spearman
+
+        (a, pa), (b, pb) = fisher_runs["fisher"], fisher_runs["fisher-fp8"]
+        keys = [(g, f) for g in a for f in a[g]]
+        st["fisher_fp8_vs_bf16"] = {
+            "spearman": spearman([a[g][f] for g, f in keys], [b[g][f] for g, f in keys]),
+            "max_relative_difference": max(abs(b[g][f] / a[g][f] - 1) for g, f in keys),
+            "plan_same_assignments": sum(pa[k] == pb[k] for k in pa),
+            "plan_groups": len(pa),
+        }
+        save()
+        print("fisher fp8 vs bf16", st["fisher_fp8_vs_bf16"], flush=True)
     t = time.time()
     try:
         p = run_plan(cfg)
@@ -553,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows-profile", type=int, default=32)
     ap.add_argument("--parts", default="tiny,kernels,placement,8b,70b")
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--methods8b", default="activation,fisher")
+    ap.add_argument("--methods8b", default="activation,fisher-fp8,fisher")
     ap.add_argument("--tmp", type=Path, default=Path("/tmp/samp-gpu"))
     args = ap.parse_args(argv)
     parts = set(args.parts.split(","))

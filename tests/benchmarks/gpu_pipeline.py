@@ -25,6 +25,7 @@ Usage (GPU machine, repository root):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import random
@@ -475,16 +476,21 @@ def llama70b_slice(n_layers: int, rows: int, tmp: Path) -> dict[str, Any]:
         resident_weights=False,
         max_micro_batches_per_chunk=full_plan.micro_batches_per_chunk,
     )
-    for method in (SensitivityMethod.FISHER, SensitivityMethod.ACTIVATION):
+    variants = {
+        "fisher": (SensitivityMethod.FISHER, opts),
+        "fisher-fp8": (SensitivityMethod.FISHER, dataclasses.replace(opts, fp8_fisher=True)),
+        "activation": (SensitivityMethod.ACTIVATION, opts),
+    }
+    for label, (method, o) in variants.items():
         peak_reset()
-        run = score(parts, groups, ids, opts, [method])
-        r[method.value] = {
+        run = score(parts, groups, ids, o, [method])
+        r[label] = {
             "seconds": round(run.wall_seconds, 2),
             "tokens": run.num_tokens,
             "peak_gpu_bytes": peak(),
             "memory_plan": vars(run.memory) if run.memory else None,
         }
-        print("70b", n_layers, method.value, r[method.value], flush=True)
+        print("70b", n_layers, label, r[label], flush=True)
     r["floors"] = floors(m, ids.numel())
     del model, parts
     shutil.rmtree(m, ignore_errors=True)

@@ -268,6 +268,7 @@ def apply_manifest(cfg: JobConfig, ns: argparse.Namespace) -> None:
     q = spec.quantization
     cfg.method = q.sensitivity.method
     cfg.max_tokens = q.sensitivity.max_tokens
+    cfg.fp8_fisher = q.sensitivity.fp8_products
     cfg.formats = list(q.allowed_formats)
     cfg.group_size = int(q.group_size)
     profile = get_profile(spec.hardware.target)

@@ -239,3 +239,42 @@ def test_manifest_supplies_policy_and_target(
     layer0 = [a for a in plan["assignments"] if a["group"].startswith("model.layers.0.")]
     assert layer0 and all(a["format"] == "bf16" for a in layer0)
     assert {a["format"] for a in plan["assignments"]} - {"bf16"}  # something got quantized
+
+
+def test_manifest_fp8_products_reach_the_scorer(
+    tiny_llama: Path, text_prompts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """sensitivity.fp8Products switches fisher to FP8 products and is part of the inputs hash."""
+    hashes: dict[bool, tuple[str, object]] = {}
+    for fp8 in (False, True):
+        manifest = {
+            "apiVersion": "samp.dev/v1alpha1",
+            "kind": "QuantizedModel",
+            "metadata": {"name": "tiny"},
+            "spec": {
+                "model": {"source": "pvc://models/tiny", "dtype": "float32"},
+                "calibration": {"source": "pvc://data/text.jsonl", "samples": 16,
+                                "maxSequenceLength": 32},
+                "quantization": {
+                    "budget": {"fractionOf16Bit": 0.8},
+                    "allowedFormats": ["int4-w4a16", "fp8-w8a8", "bf16"],
+                    "sensitivity": {"method": "fisher", "maxTokens": 1024, "fp8Products": fp8},
+                    "groupSize": 64,
+                },
+                "hardware": {"target": "h100"},
+                "serving": {"stable": {"deployment": "d", "service": "s"}},
+                "rollout": {"steps": [{"weight": 100, "duration": "1m"}]},
+                "artifacts": {"uri": "pvc://data/out"},
+            },
+        }  # fmt: skip
+        path = tmp_path / f"qm-{fp8}.yaml"
+        path.write_text(yaml.safe_dump(manifest))
+        work = tmp_path / f"w-{fp8}"
+        common = ["--workdir", str(work), "--manifest", str(path), "--no-progress"]
+        assert main(["calibrate", *common, "--model", str(tiny_llama),
+                     "--prompts", str(text_prompts)]) == 0  # fmt: skip
+        assert main(["sensitivity", *common, "--model", str(tiny_llama)]) == 0
+        doc = json.loads((work / "sensitivity.json").read_text())
+        hashes[fp8] = (doc["inputsHash"], doc["scores"])
+    assert hashes[False][0] != hashes[True][0]
+    assert hashes[False][1] != hashes[True][1]  # the FP8 products really ran

@@ -18,13 +18,36 @@ fp8 activations on sm90 (CUTLASS W4AFP8).
 
 bitsandbytes NF4 is a separate family (vLLM loads it as one method for the
 whole model plus a skip list), written through transformers' quantizer.
+
+Where the time goes (``ExportResult.phase_seconds``, also logged as ``export.phase``
+events, with ``export.timings`` at the end): ``import`` (compressed-tensors and
+transformers), ``load`` (``from_pretrained``; safetensors are memory-mapped, so weight
+bytes are read from disk when first touched, i.e. in ``quantize`` or ``transfer``),
+``device`` (CUDA context), ``calibrate`` (NVFP4 only: activation absmax), ``quantize``
+(attach schemes, weight scales and zero points), ``compress`` (quantize + pack),
+``transfer`` (module by module only: host-device copies), ``save`` (safetensors,
+config, tokenizer, plan report) and ``hash`` (sha256 of every written file, files in
+parallel).
+
+On an accelerator, quantize and compress run module by module: one Linear's
+parameters go to the device, its min/max reductions and compression run there, and the
+compressed tensors come back, so device memory holds one Linear at a time. The scale
+arithmetic stays on the CPU (see ``_fill_weight_qparams``) so that the checkpoint's
+bytes do not depend on the device; ``test_cuda_export_is_byte_identical_to_cpu``
+checks that on a GPU.
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
+import os
 import shutil
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +57,92 @@ from torch import nn
 from samp_core.formats import ExportFormat, Format
 from samp_core.results import ConfigGroupSummary, ExportedFile, ExportResult, PlanResult
 from samp_jobs.modeling import DecoderParts, _to, capture_layer0_inputs, on_device, run_layer
+from samp_jobs.runlog import log
 
 PLAN_JSON = "samp_plan.json"
 PLAN_TABLE = "samp_plan.md"
+HASH_CHUNK_BYTES = 16 << 20  # streamed, so memory stays bounded for multi-GB shards
 
 
 class ExportError(RuntimeError):
     """The plan cannot be written in the requested checkpoint format."""
+
+
+class PhaseClock:
+    """Wall seconds per export phase; each phase is logged as ``export.phase`` when it ends.
+
+    On CUDA the device is synchronised before a phase's time is read, so queued kernels
+    are charged to the phase that launched them.
+    """
+
+    def __init__(self, device: torch.device | None = None) -> None:
+        self.device = device or torch.device("cpu")
+        self.seconds: dict[str, float] = {}
+        self.started = time.perf_counter()
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda" and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
+            torch.cuda.synchronize(self.device)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._sync()
+            dt = time.perf_counter() - t
+            self.add(name, dt)
+            log("export.phase", phase=name, seconds=round(dt, 4))
+
+    def lap(self) -> float:
+        """Synchronise and return now; for phases interleaved module by module."""
+        self._sync()
+        return time.perf_counter()
+
+    def wall(self) -> float:
+        return time.perf_counter() - self.started
+
+    def rounded(self) -> dict[str, float]:
+        return {k: round(v, 4) for k, v in self.seconds.items()}
+
+
+class QuietGC:
+    """Keeps Python's cyclic garbage collector out of the import and model-load phases.
+
+    Importing compressed-tensors and transformers and building the model create
+    millions of long-lived objects, which trigger full collections that free next to
+    nothing (about 0.9 s of a 300M-parameter export on our 2-core machine, more than the
+    whole qparam phase). ``held`` disables the collector for a block (reference counting
+    still frees everything acyclic, tensors included); with ``freeze``, what is alive at
+    the end of the block (imported modules, classes) moves to the permanent generation
+    so later collections skip it, and ``thaw`` gives it back when the export ends.
+    Nothing is frozen when someone else already froze objects.
+    """
+
+    def __init__(self) -> None:
+        self.froze = False
+
+    @contextmanager
+    def held(self, *, freeze: bool = False) -> Iterator[None]:
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            yield
+            if freeze and not self.froze and gc.get_freeze_count() == 0:
+                gc.freeze()
+                self.froze = True
+        finally:
+            if was_enabled:
+                gc.enable()
+
+    def thaw(self) -> None:
+        if self.froze:
+            gc.unfreeze()
+            self.froze = False
 
 
 def preset_for(fmt: Format, profile: str) -> str:
@@ -81,7 +183,14 @@ def build_quantization_config(plan: PlanResult, all_linears: list[str]) -> Any:
 
 
 def _fill_weight_qparams(module: Any) -> None:
-    """Compute weight scales the way compressed-tensors' min-max observer would."""
+    """Compute weight scales the way compressed-tensors' min-max observer would.
+
+    The min/max reductions (exact on any device) run where the weight is; the
+    arithmetic that turns them into scales always runs on the CPU, because CUDA
+    computes ``tensor / python_float`` as a multiplication by the reciprocal, which
+    can differ from the CPU's division in the last bit (float32 and float16 weights),
+    and the checkpoint must not depend on the device.
+    """
     from compressed_tensors.offload import update_offload_parameter
     from compressed_tensors.quantization.utils.helpers import calculate_qparams, generate_gparam
 
@@ -97,14 +206,93 @@ def _fill_weight_qparams(module: Any) -> None:
         lo, hi = w.amin().reshape(1), w.amax().reshape(1)
     else:
         raise ExportError(f"weight strategy {strategy} not supported by the exporter")
+    lo, hi = lo.cpu(), hi.cpu()  # no-ops on the CPU path
     global_scale = None
     if strategy == "tensor_group":
-        global_scale = generate_gparam(w.amin(), w.amax())
+        global_scale = generate_gparam(w.amin().cpu(), w.amax().cpu())
         update_offload_parameter(module, "weight_global_scale", global_scale)
     scale, zp = calculate_qparams(lo, hi, args, global_scale=global_scale)
     update_offload_parameter(module, "weight_scale", scale)
     if hasattr(module, "weight_zero_point"):
         update_offload_parameter(module, "weight_zero_point", zp)
+
+
+def _fill_module_qparams(name: str, module: Any, amax: dict[str, float]) -> None:
+    """Weight qparams, plus NVFP4's static input global scale from calibration absmax."""
+    from compressed_tensors.offload import update_offload_parameter
+    from compressed_tensors.quantization.utils.helpers import generate_gparam
+
+    _fill_weight_qparams(module)
+    if hasattr(module, "input_global_scale"):
+        a = torch.tensor(amax.get(name, 1.0))
+        update_offload_parameter(module, "input_global_scale", generate_gparam(-a, a))
+
+
+def _quantized_modules(model: nn.Module) -> list[tuple[str, Any]]:
+    return [
+        (name, mod)
+        for name, mod in model.named_modules()
+        if getattr(mod, "quantization_scheme", None) is not None
+    ]
+
+
+def move_own_tensors(module: nn.Module, device: torch.device) -> None:
+    """Put a module's direct parameters and buffers on ``device``.
+
+    Unlike ``module.to``, a parameter that is not already there is replaced by a new
+    Parameter instead of having its ``.data`` swapped, so a Parameter shared with
+    another module (tied embeddings) stays where it is for that other module.
+    """
+    for key, p in module._parameters.items():
+        if p is not None:
+            moved = p.detach().to(device)
+            if moved.device != p.device:
+                module._parameters[key] = nn.Parameter(moved, requires_grad=p.requires_grad)
+    for key, b in module._buffers.items():
+        if b is not None:
+            module._buffers[key] = b.to(device)
+
+
+def quantize_and_compress_per_module(
+    model: nn.Module,
+    compressor: Any,
+    amax: dict[str, float],
+    device: torch.device,
+    clock: PhaseClock,
+) -> int:
+    """Qparams and compression one Linear at a time on ``device``; returns modules done.
+
+    Each quantized module's own parameters (weight, scale, zero point, ...) move to the
+    device, are filled and compressed there with compressed-tensors' ``compress_module``
+    (the same call ``ModelCompressor.compress_model`` makes per module), and the
+    compressed tensors come back to the CPU before the next module, so the device holds
+    one Linear at a time. Model-level bookkeeping mirrors ``compress_model``. Copies
+    both ways are timed as ``transfer`` (on the CPU they are no-ops).
+    """
+    from compressed_tensors.compressors.base import compress_module
+    from compressed_tensors.quantization import QuantizationStatus
+
+    cpu = torch.device("cpu")
+    fmt = compressor.force_compression_format
+    done = 0
+    for name, mod in _quantized_modules(model):
+        t0 = clock.lap()
+        move_own_tensors(mod, device)
+        t1 = clock.lap()
+        _fill_module_qparams(name, mod, amax)
+        t2 = clock.lap()
+        compress_module(mod, fmt)
+        t3 = clock.lap()
+        move_own_tensors(mod, cpu)
+        t4 = clock.lap()
+        clock.add("transfer", (t1 - t0) + (t4 - t3))
+        clock.add("quantize", t2 - t1)
+        clock.add("compress", t3 - t2)
+        done += 1
+    if compressor.quantization_config is not None:
+        compressor.quantization_config.quantization_status = QuantizationStatus.COMPRESSED
+    compressor.add_decompress_hook(model)
+    return done
 
 
 def collect_input_absmax(
@@ -145,18 +333,35 @@ def collect_input_absmax(
     return amax
 
 
-def _files(out: Path) -> list[ExportedFile]:
-    files = []
-    for p in sorted(out.rglob("*")):
-        if p.is_file():
-            files.append(
-                ExportedFile(
-                    path=str(p.relative_to(out)),
-                    bytes=p.stat().st_size,
-                    sha256="sha256:" + hashlib.sha256(p.read_bytes()).hexdigest(),
-                )
-            )
-    return files
+def sha256_file(path: Path, chunk_bytes: int = HASH_CHUNK_BYTES) -> str:
+    """``sha256:<hex>`` of a file, streamed through one reused buffer."""
+    h = hashlib.sha256()
+    buf = memoryview(bytearray(chunk_bytes))
+    with path.open("rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(buf[:n])  # hashlib releases the GIL for large updates
+    return "sha256:" + h.hexdigest()
+
+
+def hash_workers(num_files: int) -> int:
+    return max(1, min(num_files, os.cpu_count() or 1, 16))
+
+
+def exported_files(out: Path, workers: int | None = None) -> list[ExportedFile]:
+    """Every file under ``out`` with its size and sha256, hashed by a thread pool.
+
+    Files are submitted largest first so one big shard does not start last; the list
+    is returned in path order.
+    """
+    paths = sorted(p for p in out.rglob("*") if p.is_file())
+    sizes = {p: p.stat().st_size for p in paths}
+    n = workers or hash_workers(len(paths))
+    with ThreadPoolExecutor(max_workers=n, thread_name_prefix="sha256") as pool:
+        futures = {p: pool.submit(sha256_file, p) for p in sorted(paths, key=lambda p: -sizes[p])}
+        return [
+            ExportedFile(path=str(p.relative_to(out)), bytes=sizes[p], sha256=futures[p].result())
+            for p in paths
+        ]
 
 
 def plan_table(plan: PlanResult) -> str:
@@ -192,55 +397,117 @@ def export_compressed_tensors(
     input_ids: torch.Tensor | None = None,
     device: torch.device | None = None,
     trust_remote_code: bool = False,
+    per_module: bool | None = None,
 ) -> ExportResult:
-    """Quantize the base model per the plan and save a compressed-tensors checkpoint."""
-    from compressed_tensors.compressors import ModelCompressor
-    from compressed_tensors.offload import update_offload_parameter
-    from compressed_tensors.quantization import apply_quantization_config
-    from compressed_tensors.quantization.utils.helpers import generate_gparam
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Quantize the base model per the plan and save a compressed-tensors checkpoint.
 
-    from samp_jobs.modeling import decoder_parts
+    ``per_module`` (default: whenever ``device`` is not the CPU) computes qparams and
+    compresses one module at a time on ``device``; otherwise the whole CPU-resident
+    model goes through ``ModelCompressor.compress_model``. Both write the same bytes.
+    """
+    quiet = QuietGC()
+    try:
+        return _export_compressed_tensors(
+            model_dir,
+            plan,
+            out,
+            input_ids=input_ids,
+            device=device,
+            trust_remote_code=trust_remote_code,
+            per_module=per_module,
+            quiet=quiet,
+        )
+    finally:
+        quiet.thaw()
 
+
+def _export_compressed_tensors(
+    model_dir: Path,
+    plan: PlanResult,
+    out: Path,
+    *,
+    input_ids: torch.Tensor | None,
+    device: torch.device | None,
+    trust_remote_code: bool,
+    per_module: bool | None,
+    quiet: QuietGC,
+) -> ExportResult:
     dev = device or torch.device("cpu")
-    model: Any = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype="auto", trust_remote_code=trust_remote_code
-    )
-    model.train(False)
-    parts = decoder_parts(model)
-    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    known = set(linears)
-    planned = {m for a in plan.assignments for m in a.modules}
-    if planned - known:
-        raise ExportError(f"plan names modules the model lacks: {sorted(planned - known)[:5]}")
-    qcfg = build_quantization_config(plan, linears)
+    clock = PhaseClock(dev)
+    by_module = dev.type != "cpu" if per_module is None else per_module
+    with quiet.held(freeze=True), clock.phase("import"):  # compressed-tensors imports inductor
+        from compressed_tensors.compressors import ModelCompressor
+        from compressed_tensors.quantization import apply_quantization_config
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from samp_jobs.modeling import decoder_parts
+    with clock.phase("load"):
+        with quiet.held():
+            model: Any = AutoModelForCausalLM.from_pretrained(
+                model_dir, dtype="auto", trust_remote_code=trust_remote_code
+            )
+        model.train(False)
+        parts = decoder_parts(model)
+        linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+        known = set(linears)
+        planned = {m for a in plan.assignments for m in a.modules}
+        if planned - known:
+            raise ExportError(f"plan names modules the model lacks: {sorted(planned - known)[:5]}")
+        qcfg = build_quantization_config(plan, linears)
+    if dev.type == "cuda":  # context creation is its own cost, not the first phase's
+        with clock.phase("device"):
+            torch.empty(1, device=dev)
     nvfp4 = sorted(plan.modules_by_format().get(Format.NVFP4, []))
     amax: dict[str, float] = {}
     if nvfp4:
         if input_ids is None:
             raise ExportError("NVFP4 needs calibration data for its static activation scale")
-        amax = collect_input_absmax(parts, nvfp4, input_ids, dev)
-    apply_quantization_config(model, qcfg)
-    with torch.no_grad():
-        for name, mod in model.named_modules():
-            if getattr(mod, "quantization_scheme", None) is None:
-                continue
-            _fill_weight_qparams(mod)
-            if hasattr(mod, "input_global_scale"):
-                a = torch.tensor(amax.get(name, 1.0))
-                update_offload_parameter(mod, "input_global_scale", generate_gparam(-a, a))
-    compressor = ModelCompressor.from_pretrained_model(model)
-    compressor.compress_model(model)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    model.save_pretrained(out)
-    compressor.update_config(str(out))
-    AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code).save_pretrained(
-        out
+        with clock.phase("calibrate"):
+            amax = collect_input_absmax(parts, nvfp4, input_ids, dev)
+    log(
+        "export.start",
+        device=str(dev),
+        perModule=by_module,
+        quantizedModules=sum(
+            len(mods) for fmt, mods in plan.modules_by_format().items() if not fmt.is_unquantized
+        ),
+        linears=len(linears),
+        configGroups=len(qcfg.config_groups),
     )
-    _copy_generation_config(model_dir, out)
-    write_plan_report(plan, out)
+    if by_module:
+        t = clock.lap()
+        apply_quantization_config(model, qcfg)
+        compressor = ModelCompressor.from_pretrained_model(model)
+        clock.add("quantize", clock.lap() - t)
+        with torch.no_grad():
+            quantize_and_compress_per_module(model, compressor, amax, dev, clock)
+        for name in ("transfer", "quantize", "compress"):
+            log(
+                "export.phase",
+                phase=name,
+                seconds=round(clock.seconds.get(name, 0.0), 4),
+                perModule=True,
+            )
+    else:
+        with clock.phase("quantize"):
+            apply_quantization_config(model, qcfg)
+            with torch.no_grad():
+                for name, mod in _quantized_modules(model):
+                    _fill_module_qparams(name, mod, amax)
+        with clock.phase("compress"):
+            compressor = ModelCompressor.from_pretrained_model(model)
+            compressor.compress_model(model)
+    with clock.phase("save"):
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        model.save_pretrained(out)
+        compressor.update_config(str(out))
+        AutoTokenizer.from_pretrained(
+            model_dir, trust_remote_code=trust_remote_code
+        ).save_pretrained(out)
+        _copy_generation_config(model_dir, out)
+        write_plan_report(plan, out)
     cfg = json.loads((out / "config.json").read_text())["quantization_config"]
     fmt_of = {m: a.format for a in plan.assignments for m in a.modules}
     summaries = [
@@ -253,15 +520,39 @@ def export_compressed_tensors(
         )
         for name, g in cfg["config_groups"].items()
     ]
-    files = _files(out)
-    return ExportResult(
+    with clock.phase("hash"):
+        files = exported_files(out)
+    return _result(
+        clock,
         artifact_uri=str(out),
         export_format=ExportFormat.COMPRESSED_TENSORS,
         config_groups=summaries,
         ignore=list(cfg.get("ignore") or []),
         files=files,
-        bytes_on_disk=sum(f.bytes for f in files),
     )
+
+
+def _result(clock: PhaseClock, **fields: Any) -> ExportResult:
+    """The ExportResult with its timings; logs ``export.timings`` (the phases' sum and wall)."""
+    files: list[ExportedFile] = fields["files"]
+    wall = clock.wall()
+    result = ExportResult(
+        **fields,
+        bytes_on_disk=sum(f.bytes for f in files),
+        wall_seconds=round(wall, 4),
+        phase_seconds=clock.rounded(),
+        device=str(clock.device),
+    )
+    log(
+        "export.timings",
+        device=str(clock.device),
+        wallSeconds=round(wall, 4),
+        phaseSeconds=clock.rounded(),
+        unaccountedSeconds=round(wall - sum(clock.seconds.values()), 4),
+        bytesOnDisk=result.bytes_on_disk,
+        files=len(files),
+    )
+    return result
 
 
 def _copy_generation_config(src: Path, out: Path) -> None:
@@ -297,36 +588,45 @@ def bnb_skip_modules(plan: PlanResult) -> list[str]:
 def export_bitsandbytes_nf4(
     model_dir: Path, plan: PlanResult, out: Path, *, trust_remote_code: bool = False
 ) -> ExportResult:
-    """NF4 for the planned groups through transformers' bitsandbytes quantizer."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    """NF4 for the planned groups through transformers' bitsandbytes quantizer.
 
+    Quantization happens inside ``from_pretrained``, so it is timed as ``load``.
+    """
     others = {a.format for a in plan.assignments} - {Format.NF4, Format.BF16, Format.FP16}
     if others:
         raise ExportError(f"bitsandbytes export carries only NF4 and 16-bit, plan has {others}")
     skip = bnb_skip_modules(plan)
-    qc = BitsAndBytesConfig(  # type: ignore[no-untyped-call]
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_compute_dtype=torch.bfloat16,
-        llm_int8_skip_modules=skip,
-    )
-    model = AutoModelForCausalLM.from_pretrained(
-        model_dir,
-        quantization_config=qc,
-        dtype=torch.bfloat16,
-        trust_remote_code=trust_remote_code,
-    )
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code).save_pretrained(
-        out
-    )
-    _copy_generation_config(model_dir, out)
-    write_plan_report(plan, out)
-    files = _files(out)
-    return ExportResult(
+    clock = PhaseClock()
+    quiet = QuietGC()
+    with quiet.held(), clock.phase("import"):
+        from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    with quiet.held(), clock.phase("load"):
+        qc = BitsAndBytesConfig(  # type: ignore[no-untyped-call]
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            llm_int8_skip_modules=skip,
+        )
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir,
+            quantization_config=qc,
+            dtype=torch.bfloat16,
+            trust_remote_code=trust_remote_code,
+        )
+    with clock.phase("save"):
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        model.save_pretrained(out)
+        AutoTokenizer.from_pretrained(
+            model_dir, trust_remote_code=trust_remote_code
+        ).save_pretrained(out)
+        _copy_generation_config(model_dir, out)
+        write_plan_report(plan, out)
+    with clock.phase("hash"):
+        files = exported_files(out)
+    return _result(
+        clock,
         artifact_uri=str(out),
         export_format=ExportFormat.BITSANDBYTES_NF4,
         config_groups=[
@@ -339,7 +639,6 @@ def export_bitsandbytes_nf4(
         ],
         ignore=skip,
         files=files,
-        bytes_on_disk=sum(f.bytes for f in files),
     )
 
 

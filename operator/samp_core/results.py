@@ -397,9 +397,15 @@ class ExportResult(ResultBase):
     ignore: list[str] = Field(default_factory=list)
     files: list[ExportedFile] = Field(default_factory=list)
     bytes_on_disk: int = Field(ge=0)
+    # Where the export's time went (absent in documents from older jobs): wall seconds
+    # and seconds per phase (import, load, device, calibrate, transfer, quantize, compress,
+    # save, hash; samp_jobs.export says what each covers), and the device it ran on.
+    wall_seconds: float | None = Field(default=None, ge=0)
+    phase_seconds: dict[str, float] | None = None
+    device: str | None = None
 
     def summary(self) -> dict[str, Any]:
-        return {
+        s: dict[str, Any] = {
             **self._header(),
             "artifactUri": self.artifact_uri[:500],
             "exportFormat": self.export_format.value,
@@ -411,6 +417,13 @@ class ExportResult(ResultBase):
             "files": len(self.files),
             "bytesOnDisk": self.bytes_on_disk,
         }
+        if self.wall_seconds is not None:
+            s["wallSeconds"] = round(self.wall_seconds, 2)
+        if self.phase_seconds:
+            s["phaseSeconds"] = {k: round(v, 2) for k, v in list(self.phase_seconds.items())[:12]}
+        if self.device:
+            s["device"] = self.device[:40]
+        return s
 
 
 # ----------------------------------------------------------------- evaluation

@@ -1,20 +1,37 @@
-"""Export: compressed-tensors configs per profile, reload parity, bitsandbytes NF4."""
+"""Export: compressed-tensors configs per profile, reload parity, bitsandbytes NF4,
+module-by-module (device) path, phase timings, parallel hashing."""
 
 from __future__ import annotations
 
+import gc
+import hashlib
 import json
+import random
+import threading
 from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from samp_core.formats import ExportFormat, Format
 from samp_core.hardware import get_profile
 from samp_core.planner import Budget, PlanRequest, plan
-from samp_core.results import PlanResult
+from samp_core.results import SUMMARY_MAX_BYTES, ExportResult, PlanResult
+from samp_jobs import export as export_module
 from samp_jobs.evaluate import load_quantized
-from samp_jobs.export import ExportError, bnb_skip_modules, build_quantization_config, export
+from samp_jobs.export import (
+    ExportError,
+    QuietGC,
+    bnb_skip_modules,
+    build_quantization_config,
+    export,
+    export_compressed_tensors,
+    exported_files,
+    move_own_tensors,
+    sha256_file,
+)
 from samp_jobs.modeling import decoder_parts, discover_groups, load_model
 from samp_jobs.sensitivity import ScoringOptions, make_quantizer, perturbed
 
@@ -145,3 +162,201 @@ def test_bitsandbytes_nf4_mlp_only(tiny_llama: Path, tmp_path: Path):
         assert torch.isfinite(loaded(input_ids=ids).logits).all()
     with pytest.raises(ExportError, match="NF4 groups cannot"):
         build_quantization_config(p, ["model.layers.0.mlp.up_proj"])
+
+
+# ------------------------------------------------------ device path, timings, hashing
+
+RECIPES = [
+    ("cpu", Format.INT4_W4A8, Format.INT8_W8A8),
+    ("sm90", Format.INT4_W4A16, Format.FP8_W8A8),
+    ("sm100", Format.NVFP4, Format.FP8_W8A8),
+]
+CAL_IDS = torch.randint(3, 300, (2, 16), generator=torch.Generator().manual_seed(0))
+
+
+def digests(res: ExportResult) -> dict[str, str]:
+    return {f.path: f.sha256 for f in res.files}
+
+
+@pytest.mark.parametrize(("profile", "mlp", "attn"), RECIPES, ids=[r[0] for r in RECIPES])
+def test_module_by_module_path_writes_the_same_bytes(
+    tiny_llama: Path, tmp_path: Path, profile: str, mlp: Format, attn: Format
+):
+    """The path a GPU takes (qparams + compress_module per Linear), run on the CPU, writes
+    exactly the checkpoint of the whole-model compress_model path."""
+    p = recipe(tiny_llama, profile, mlp, attn)
+    whole = export_compressed_tensors(
+        tiny_llama, p, tmp_path / "whole", input_ids=CAL_IDS, per_module=False
+    )
+    per = export_compressed_tensors(
+        tiny_llama, p, tmp_path / "per", input_ids=CAL_IDS, per_module=True
+    )
+    assert any(f.path.endswith(".safetensors") for f in per.files)
+    assert digests(per) == digests(whole)
+    assert per.phase_seconds is not None and per.phase_seconds["compress"] >= 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+def test_cuda_export_is_byte_identical_to_cpu(tiny_llama: Path, tmp_path: Path, dtype: str):
+    """The module-by-module CUDA path writes the CPU path's bytes, for every weight dtype.
+
+    NVFP4's static activation scale comes from a calibration forward pass on the export
+    device, whose matmuls differ between devices; everything else must match exactly."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = tmp_path / dtype
+    AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=getattr(torch, dtype)).save_pretrained(
+        src
+    )
+    AutoTokenizer.from_pretrained(tiny_llama).save_pretrained(src)
+    for profile, mlp, attn in RECIPES:
+        p = recipe(src, profile, mlp, attn)
+        cpu_dir, gpu_dir = tmp_path / f"{profile}-cpu", tmp_path / f"{profile}-gpu"
+        on_cpu = export(src, p, cpu_dir, input_ids=CAL_IDS)
+        on_gpu = export(src, p, gpu_dir, input_ids=CAL_IDS, device=torch.device("cuda"))
+        assert on_gpu.device is not None and on_gpu.device.startswith("cuda")
+        assert on_gpu.phase_seconds is not None and "transfer" in on_gpu.phase_seconds
+        if mlp is not Format.NVFP4:
+            assert digests(on_gpu) == digests(on_cpu), (dtype, profile)
+            continue
+        a, b = load_file(cpu_dir / "model.safetensors"), load_file(gpu_dir / "model.safetensors")
+        assert sorted(a) == sorted(b)
+        for k in a:
+            if not k.endswith("input_global_scale"):
+                assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, (dtype, k)
+                bits = [t.contiguous().flatten().view(torch.uint8) for t in (a[k], b[k])]
+                assert torch.equal(*bits), (dtype, k)
+
+
+def test_export_reports_phase_timings(
+    tiny_llama: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    p = recipe(tiny_llama, "sm90", Format.INT4_W4A16, Format.FP8_W8A8)
+    capsys.readouterr()
+    res = export(tiny_llama, p, tmp_path / "t")
+    assert gc.isenabled() and gc.get_freeze_count() == 0  # the collector is as it was
+    phases = res.phase_seconds
+    assert phases is not None and res.wall_seconds is not None
+    assert list(phases) == ["import", "load", "quantize", "compress", "save", "hash"]
+    assert all(v >= 0 for v in phases.values())
+    # The phases cover the export: what is left is bookkeeping between them.
+    assert sum(phases.values()) <= res.wall_seconds + 1e-3
+    assert res.wall_seconds - sum(phases.values()) < 0.05 + 0.05 * res.wall_seconds
+    assert res.device == "cpu"
+
+    events = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line[:1] == "{"]
+    logged = [e for e in events if e["event"] == "export.phase"]
+    assert [e["phase"] for e in logged] == list(phases)
+    assert all(e["seconds"] == pytest.approx(phases[e["phase"]], abs=1e-3) for e in logged)
+    (timings,) = [e for e in events if e["event"] == "export.timings"]
+    assert timings["phaseSeconds"] == phases and timings["wallSeconds"] == res.wall_seconds
+    assert timings["bytesOnDisk"] == res.bytes_on_disk
+
+    summary = json.loads(res.summary_json())
+    assert len(res.summary_json()) < SUMMARY_MAX_BYTES and "truncated" not in summary
+    assert set(summary["phaseSeconds"]) == set(phases) and summary["wallSeconds"] >= 0
+    assert ExportResult.model_validate_json(res.to_json()) == res
+    # Documents written before timings existed still parse.
+    old = json.loads(res.to_json())
+    for k in ("wallSeconds", "phaseSeconds", "device"):
+        del old[k]
+    assert ExportResult.model_validate(old).phase_seconds is None
+
+
+def test_bitsandbytes_export_reports_phase_timings(tiny_llama: Path, tmp_path: Path):
+    model, _ = load_model(tiny_llama)
+    groups = discover_groups(decoder_parts(model))
+    p = plan(
+        PlanRequest(
+            groups=groups,
+            scores={g.name: {Format.NF4: 1.0} for g in groups},
+            profile=get_profile("sm80"),
+            budget=Budget(fraction_of_16bit=1.0),
+            allowed_formats=[Format.NF4, Format.BF16],
+            overrides=[(r"\.mlp\.", Format.NF4), (r"\.self_attn\.", Format.BF16)],
+            allow_non_native=True,
+            export_format=ExportFormat.BITSANDBYTES_NF4,
+        )
+    )
+    res = export(tiny_llama, p, tmp_path / "nf4")
+    assert res.phase_seconds is not None and res.wall_seconds is not None
+    assert list(res.phase_seconds) == ["import", "load", "save", "hash"]
+    assert 0 <= sum(res.phase_seconds.values()) <= res.wall_seconds + 1e-3
+
+
+def test_sha256_file_streams_in_chunks_and_matches_hashlib(tmp_path: Path):
+    data = random.Random(0).randbytes(100_003)
+    path = tmp_path / "blob.bin"
+    path.write_bytes(data)
+    want = "sha256:" + hashlib.sha256(data).hexdigest()
+    for chunk in (1, 4096, 65_536, 100_003, 1 << 24):
+        assert sha256_file(path, chunk_bytes=chunk) == want
+    (tmp_path / "empty").write_bytes(b"")
+    assert sha256_file(tmp_path / "empty") == "sha256:" + hashlib.sha256(b"").hexdigest()
+
+
+def test_exported_files_hashes_in_parallel_and_lists_in_path_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    rng = random.Random(1)
+    sizes = {"z.safetensors": 300_000, "a.json": 10, "sub/m.bin": 70_000, "empty.txt": 0}
+    for name, n in sizes.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(rng.randbytes(n))
+    # Two files must be in flight at once: a serial loop would time out on the barrier.
+    barrier = threading.Barrier(2, timeout=10)
+    real = export_module.sha256_file
+    started: list[str] = []
+
+    def hashing(path: Path, chunk_bytes: int = export_module.HASH_CHUNK_BYTES) -> str:
+        started.append(path.name)
+        if len(started) <= 2:
+            barrier.wait()
+        return real(path, chunk_bytes)
+
+    monkeypatch.setattr(export_module, "sha256_file", hashing)
+    files = exported_files(tmp_path, workers=2)
+    assert started[0] == "z.safetensors"  # largest first
+    assert [f.path for f in files] == sorted(sizes)
+    for f in files:
+        raw = (tmp_path / f.path).read_bytes()
+        assert f.bytes == sizes[f.path] == len(raw)
+        assert f.sha256 == "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+def test_moving_one_module_leaves_a_tied_parameter_where_it_was():
+    emb, head = nn.Linear(4, 4), nn.Linear(4, 4)
+    head.weight = emb.weight  # tied, like lm_head and embed_tokens
+    move_own_tensors(head, torch.device("meta"))
+    assert head.weight.device.type == "meta" and isinstance(head.weight, nn.Parameter)
+    assert head.bias.device.type == "meta"
+    assert emb.weight.device.type == "cpu"
+
+
+def test_quiet_gc_holds_the_collector_and_gives_back_what_it_froze():
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    quiet = QuietGC()
+    with quiet.held(freeze=True):
+        assert not gc.isenabled()
+    assert gc.isenabled() and gc.get_freeze_count() > 0
+    quiet.thaw()
+    assert gc.get_freeze_count() == 0
+    gc.freeze()  # someone else's frozen objects stay frozen
+    try:
+        frozen = gc.get_freeze_count()
+        other = QuietGC()
+        with other.held(freeze=True):
+            pass
+        other.thaw()
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
+    gc.disable()  # a collector that was off stays off
+    try:
+        with QuietGC().held():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

@@ -64,6 +64,11 @@ PLAN_TABLE = "samp_plan.md"
 HASH_CHUNK_BYTES = 16 << 20  # streamed, so memory stays bounded for multi-GB shards
 
 
+# Checkpoint shards of at most 2 GB (transformers 5 defaults to one 50 GB file): the
+# hash phase then runs one SHA-256 stream per shard in parallel, and pulls resume per shard.
+SHARD_SIZE = "2GB"
+
+
 class ExportError(RuntimeError):
     """The plan cannot be written in the requested checkpoint format."""
 
@@ -501,7 +506,7 @@ def _export_compressed_tensors(
         if out.exists():
             shutil.rmtree(out)
         out.mkdir(parents=True)
-        model.save_pretrained(out)
+        model.save_pretrained(out, max_shard_size=SHARD_SIZE)
         compressor.update_config(str(out))
         AutoTokenizer.from_pretrained(
             model_dir, trust_remote_code=trust_remote_code
@@ -617,7 +622,7 @@ def export_bitsandbytes_nf4(
         if out.exists():
             shutil.rmtree(out)
         out.mkdir(parents=True)
-        model.save_pretrained(out)
+        model.save_pretrained(out, max_shard_size=SHARD_SIZE)
         AutoTokenizer.from_pretrained(
             model_dir, trust_remote_code=trust_remote_code
         ).save_pretrained(out)

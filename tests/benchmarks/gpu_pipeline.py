@@ -436,6 +436,8 @@ def run_stages(
             "seconds": round(time.time() - t, 2),
             "peak_gpu_bytes": peak(),
             "bytes": ex.bytes_on_disk,
+            "files": len(ex.files),
+            "phase_seconds": ex.phase_seconds,
         }
         save()
 

@@ -360,3 +360,28 @@ def test_quiet_gc_holds_the_collector_and_gives_back_what_it_froze():
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_large_checkpoints_are_sharded_and_every_shard_is_hashed(
+    tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shards (2 GB in production, shrunk here) reload as one model and all get a digest."""
+    p = recipe(tiny_llama, "sm90", Format.INT4_W4A16, Format.FP8_W8A8)
+    whole = export(tiny_llama, p, tmp_path / "whole")
+    monkeypatch.setattr(export_module, "SHARD_SIZE", "200KB")
+    res = export(tiny_llama, p, tmp_path / "sharded")
+    shards = [f for f in res.files if f.path.endswith(".safetensors")]
+    assert len(shards) > 1 and any(f.path.endswith(".index.json") for f in res.files)
+    for f in res.files:
+        assert (
+            f.sha256
+            == "sha256:" + hashlib.sha256((tmp_path / "sharded" / f.path).read_bytes()).hexdigest()
+        )
+    ids = torch.randint(3, 300, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a = load_quantized(tmp_path / "whole", dtype=torch.float32)(input_ids=ids).logits
+        b = load_quantized(tmp_path / "sharded", dtype=torch.float32)(input_ids=ids).logits
+    assert torch.equal(a, b)
+    assert sum(f.bytes for f in shards) == pytest.approx(
+        sum(f.bytes for f in whole.files if f.path.endswith(".safetensors")), rel=0.01
+    )

@@ -58,7 +58,9 @@ def fp8_rows(t: Tensor) -> tuple[Tensor, Tensor]:
     """Row-wise e4m3: codes and float32 scales [rows, 1] with codes * scale ≈ t."""
     tf = t.float()
     scale = tf.abs().amax(dim=-1, keepdim=True).clamp(min=1e-30) / FP8_MAX
-    return (tf / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn), scale
+    # row-major whatever t's strides were: cuBLASLt takes only row-major A, column-major B
+    codes = (tf / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).contiguous()
+    return codes, scale
 
 
 def fp8_shapes_ok(*dims: int) -> bool:

@@ -92,12 +92,6 @@ def _parser(stage: str) -> argparse.ArgumentParser:
         g.add_argument("--profile", help="hardware profile or target: cpu, sm80, sm90, h100...")
         g.add_argument("--group-size", type=int, default=128)
         g.add_argument("--micro-batch", type=int, default=4)
-        g.add_argument(
-            "--fp8-fisher",
-            action="store_true",
-            help="fisher's ΔY products on FP8 tensor cores (H100/H200/L40S; about 1.8x faster "
-            "GEMMs, a few percent of per-token noise that averages out)",
-        )
         g.add_argument("--max-tokens", type=int, default=262_144)
         b = g.add_mutually_exclusive_group()
         b.add_argument("--max-weight-bytes", type=int)
@@ -189,7 +183,6 @@ def config_from(ns: argparse.Namespace, stage: str) -> JobConfig:
         cfg.formats = a["formats"] or cfg.formats
         cfg.group_size = a["group_size"]
         cfg.micro_batch = a["micro_batch"]
-        cfg.fp8_fisher = a["fp8_fisher"]
         cfg.max_tokens = a["max_tokens"]
         cfg.keep_lm_head_16bit = not a["quantize_lm_head"]
         cfg.allow_non_native = a["allow_non_native"]
@@ -268,7 +261,6 @@ def apply_manifest(cfg: JobConfig, ns: argparse.Namespace) -> None:
     q = spec.quantization
     cfg.method = q.sensitivity.method
     cfg.max_tokens = q.sensitivity.max_tokens
-    cfg.fp8_fisher = q.sensitivity.fp8_products
     cfg.formats = list(q.allowed_formats)
     cfg.group_size = int(q.group_size)
     profile = get_profile(spec.hardware.target)

@@ -17,11 +17,6 @@ matmuls stay accurate, and the work per format is one GEMM:
 
 Fused modules are concatenated along the output dimension, so "the dot product
 runs over all the group's outputs" falls out of one GEMM with K = Σ out_features.
-
-Optionally (``fp8=True``, fisher only) the G @ ΔW products run on FP8 tensor cores:
-G per token and ΔWᵀ per input column in e4m3 with float32 scales (``torch._scaled_mm``).
-That is ~1.8x the bf16 GEMM rate on Hopper and adds a few percent of zero-mean noise
-to each token's g·ΔY, which the sum over hundreds of thousands of tokens averages out.
 Sums are taken in float32 per micro-batch and accumulated in float64 on the
 device; nothing is copied to the host until the end.
 """
@@ -35,7 +30,7 @@ import torch
 from torch import nn
 
 from samp_core.formats import Format
-from samp_jobs.fakequant import FP8_MAX, FormatQuantizer
+from samp_jobs.fakequant import FormatQuantizer
 
 Tensor = torch.Tensor
 ActQuant = Callable[[Tensor], Tensor]
@@ -54,40 +49,6 @@ def _cat_cols(ts: list[Tensor]) -> Tensor:
     return ts[0] if len(ts) == 1 else torch.cat(ts, dim=-1)
 
 
-def fp8_rows(t: Tensor) -> tuple[Tensor, Tensor]:
-    """Row-wise e4m3: codes and float32 scales [rows, 1] with codes * scale ≈ t."""
-    tf = t.float()
-    scale = tf.abs().amax(dim=-1, keepdim=True).clamp(min=1e-30) / FP8_MAX
-    # row-major whatever t's strides were: cuBLASLt takes only row-major A, column-major B
-    codes = (tf / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).contiguous()
-    return codes, scale
-
-
-def fp8_shapes_ok(*dims: int) -> bool:
-    """torch._scaled_mm wants every matrix dimension a multiple of 16."""
-    return all(d % 16 == 0 for d in dims)
-
-
-@dataclass
-class Fp8Delta:
-    """ΔWᵀ as the right operand of ``torch._scaled_mm``: codes [in, out] row-major,
-    so ``codes.t()`` is the column-major [out, in] the kernel wants; one scale per column."""
-
-    codes: Tensor
-    scale: Tensor  # [1, in]
-
-    @classmethod
-    def of(cls, dw: Tensor) -> Fp8Delta:
-        codes, scale = fp8_rows(dw.t())
-        return cls(codes, scale.t().contiguous())
-
-    def left_mul(self, g8: Tensor, g_scale: Tensor, dtype: torch.dtype) -> Tensor:
-        """G @ ΔW for G given as row-wise e4m3 codes and scales."""
-        return torch._scaled_mm(
-            g8, self.codes.t(), scale_a=g_scale, scale_b=self.scale, out_dtype=dtype
-        )
-
-
 @dataclass
 class GroupCandidates:
     """One group's concatenated weight and, per candidate format, ΔW and the input quantizer."""
@@ -96,33 +57,18 @@ class GroupCandidates:
     weight: Tensor  # [Σ out, in]
     deltas: dict[Format, Tensor]  # ΔW per format, [Σ out, in], in the weight's dtype
     act: dict[Format, ActQuant | None]
-    fp8: dict[Format, Fp8Delta] = field(default_factory=dict)  # replaces deltas in fisher
 
     @classmethod
     def build(
-        cls,
-        name: str,
-        modules: list[nn.Linear],
-        quant: dict[Format, FormatQuantizer],
-        *,
-        fp8: bool = False,
+        cls, name: str, modules: list[nn.Linear], quant: dict[Format, FormatQuantizer]
     ) -> GroupCandidates:
         w = _cat_rows([m.weight.detach() for m in modules])
-        use_fp8 = fp8 and fp8_shapes_ok(*w.shape)
-        deltas: dict[Format, Tensor] = {}
-        fp8_deltas: dict[Format, Fp8Delta] = {}
+        deltas = {}
         for f, q in quant.items():
             # fake-quant each module on its own (per-row scales do not care, but keep it exact)
             wq = _cat_rows([q.weight(m.weight.detach()) for m in modules])
-            dw = (wq.to(_acc(w)) - w.to(_acc(w))).to(w.dtype)
-            if use_fp8:
-                fp8_deltas[f] = Fp8Delta.of(dw)
-            else:
-                deltas[f] = dw
-        return cls(name, w, deltas, {f: q.activation for f, q in quant.items()}, fp8_deltas)
-
-    def formats(self) -> list[Format]:
-        return [*self.deltas, *self.fp8]
+            deltas[f] = (wq.to(_acc(w)) - w.to(_acc(w))).to(w.dtype)
+        return cls(name, w, deltas, {f: q.activation for f, q in quant.items()})
 
 
 @dataclass
@@ -147,8 +93,6 @@ def activation_sums(c: GroupCandidates, x: Tensor) -> dict[Format, Tensor]:
     """Σ over tokens of ‖ΔY‖² for every candidate, on one micro-batch of inputs x [..., in]."""
     qin = QuantizedInputs(x)
     shared: dict[ActQuant, Tensor] = {}  # E·Wᵀ per activation quantizer
-    if c.fp8:
-        raise ValueError(f"{c.name}: FP8 deltas are for fisher scoring; build without fp8")
     out: dict[Format, Tensor] = {}
     for f, dw in c.deltas.items():
         act = c.act[f]
@@ -176,10 +120,8 @@ def fisher_sums(
     qin = QuantizedInputs(xf)
     out: dict[Format, Tensor] = {}
     acc = _acc(xf)
-    g8 = fp8_rows(g) if c.fp8 else None  # quantized once, shared by every format
-    for f in c.formats():
-        # [tokens, in]: gᵀΔW per token
-        gdw = c.fp8[f].left_mul(*g8, dtype=xf.dtype) if g8 is not None else g @ c.deltas[f]
+    for f, dw in c.deltas.items():
+        gdw = g @ dw  # [tokens, in]: gᵀΔW per token
         act = c.act[f]
         if act is None:
             s = torch.sum(gdw * xf, dim=-1, dtype=acc)

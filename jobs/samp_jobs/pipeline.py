@@ -77,7 +77,6 @@ class JobConfig:
     profile: str = "sm90"
     group_size: int = 128
     micro_batch: int = 4
-    fp8_fisher: bool = False  # fisher's ΔY products on FP8 tensor cores (sm89+)
     max_tokens: int = 262_144
     budget: Budget | None = None
     overrides: list[tuple[str, Format]] = field(default_factory=list)
@@ -231,7 +230,6 @@ def run_sensitivity(cfg: JobConfig) -> SensitivityResult:
         profile=profile.name,
         group_size=cfg.group_size,
         micro_batch=cfg.micro_batch,
-        fp8_fisher=cfg.fp8_fisher,
         device=dev,
         quant_dtype=qdtype,
         progress=cfg.progress,
@@ -255,8 +253,6 @@ def run_sensitivity(cfg: JobConfig) -> SensitivityResult:
             profile=opts.profile,
             group_size=cfg.group_size,
             max_tokens=cfg.max_tokens,
-            # only when on, so hashes of ordinary bf16 runs stay what they were
-            **({"fp8_fisher": True} if opts.fp8_fisher else {}),
         ),
     )
     cfg.persist()

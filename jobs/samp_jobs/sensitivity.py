@@ -81,9 +81,6 @@ class ScoringOptions:
     max_micro_batches_per_chunk: int | None = None  # cap tokens per pass (None: memory decides)
     resident_weights: bool | None = None  # force weights resident / streamed (None: auto)
     head_slice_bytes: int = GIB  # float32 logits per lm_head slice (vocab × tokens × 4 B)
-    # Fisher's G @ ΔW products on FP8 tensor cores (samp_jobs.deltas): faster on sm89+,
-    # a few percent of per-token noise that the token sum averages out.
-    fp8_fisher: bool = False
 
 
 @dataclass
@@ -199,10 +196,6 @@ class SequentialScorer:
         self.num_tokens = int(input_ids.numel())
         self.store = torch.device("cpu")  # where boundary states live; set by use_plan
         self.placer = WeightPlacer(self.dev, pin=False)
-        self.fp8 = opts.fp8_fisher
-        if self.fp8 and self.dev.type == "cuda" and torch.cuda.get_device_capability() < (8, 9):
-            log("sensitivity.fp8_unavailable", device=torch.cuda.get_device_name(), using="bf16")
-            self.fp8 = False
 
     # ------------------------------------------------------------ placement
     def placement_inputs(self, keep_boundaries: bool) -> dict[str, Any]:
@@ -265,16 +258,13 @@ class SequentialScorer:
     def _linears(self, g: LayerGroup) -> list[nn.Linear]:
         return [self.modules[n] for n in g.modules]
 
-    def _candidates(
-        self, groups: list[LayerGroup], *, fp8: bool = False
-    ) -> list[tuple[LayerGroup, GroupCandidates]]:
+    def _candidates(self, groups: list[LayerGroup]) -> list[tuple[LayerGroup, GroupCandidates]]:
         """ΔW of every candidate format for these groups, built once per layer visit."""
         out = []
         for g in groups:
             if self.cands[g.name]:
                 quant = {f: self.quant[f] for f in self.cands[g.name]}
-                c = GroupCandidates.build(g.name, self._linears(g), quant, fp8=fp8)
-                out.append((g, c))
+                out.append((g, GroupCandidates.build(g.name, self._linears(g), quant)))
         return out
 
     def _progress(self, it: Any, desc: str) -> Any:
@@ -363,7 +353,7 @@ class SequentialScorer:
             layer = self.parts.layers[idx]
             groups = self.by_layer.get(idx, [])
             with self.placer.hold(layer):
-                cands = self._candidates(groups, fp8=self.fp8)
+                cands = self._candidates(groups)
                 new_grads = []
                 for h_stored, g_out in zip(boundaries[idx], grads, strict=True):
                     h = h_stored.to(self.dev, non_blocking=True).detach().requires_grad_(True)
@@ -390,7 +380,7 @@ class SequentialScorer:
         grads: list[Tensor] = []
         with self.placer.hold(parts.norm, parts.head):
             groups = self._head_groups()
-            cands = self._candidates(groups, fp8=self.fp8)
+            cands = self._candidates(groups)
             for h_stored, ids in zip(final, batches, strict=True):
                 flat = h_stored.reshape(-1, h_stored.shape[-1])
                 # next-token targets; the last position of each row has none

@@ -189,16 +189,6 @@ class Budget(ApiModel):
 class SensitivitySpec(ApiModel):
     """How each layer group's sensitivity to each format is measured."""
 
-    rules = (
-        Rule(
-            cel="!(has(self.fp8Products) && self.fp8Products) || self.method == 'fisher'",
-            message="sensitivity.fp8Products speeds up fisher scoring only; "
-            "set method: fisher or drop fp8Products",
-            holds=lambda s: not s.fp8_products or s.method is SensitivityMethod.FISHER,
-            field_path=".fp8Products",
-        ),
-    )
-
     method: SensitivityMethod = Field(
         default=SensitivityMethod.FISHER,
         description="fisher: gradient-weighted output error (one forward+backward); "
@@ -210,12 +200,6 @@ class SensitivitySpec(ApiModel):
         ge=1024,
         le=16_777_216,
         description="Calibration tokens used for scoring.",
-    )
-    fp8_products: bool = Field(
-        default=False,
-        description="Compute fisher's gradient x weight-error products on FP8 tensor cores "
-        "(H100/H200/L40S and newer): faster scoring with a few percent of per-token noise "
-        "that the sum over tokens averages out. Ignored on GPUs without FP8.",
     )
 
 

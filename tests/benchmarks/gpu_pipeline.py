@@ -25,7 +25,6 @@ Usage (GPU machine, repository root):
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import json
 import random
@@ -376,10 +375,8 @@ def run_stages(
     cal = run_calibrate(cfg)
     st["calibrate"] = {"seconds": round(time.time() - t, 2), "tokens": cal.num_tokens}
     save()
-    fisher_runs: dict[str, tuple[Any, dict[str, str]]] = {}  # label -> (scores, plan)
-    for m in methods:  # "fisher-fp8" = fisher with FP8 ΔY products
-        cfg.method = SensitivityMethod(m.removesuffix("-fp8"))
-        cfg.fp8_fisher = m.endswith("-fp8")
+    for m in methods:
+        cfg.method = SensitivityMethod(m)
         peak_reset()
         t = time.time()
         doc = run_sensitivity(cfg)
@@ -392,27 +389,8 @@ def run_stages(
             "peak_gpu_bytes": peak(),
             "load_seconds": round(wall - doc.wall_seconds, 2),
         }
-        if cfg.method is SensitivityMethod.FISHER:
-            try:
-                pl = run_plan(cfg)
-                fisher_runs[m] = (doc.scores, {a.group: a.format.value for a in pl.assignments})
-            except ValueError:
-                pass
         save()
         print(m, st[f"sensitivity_{m}"], flush=True)
-    if {"fisher", "fisher-fp8"} <= set(fisher_runs):
-        from samp_jobs.sensitivity import spearman
-
-        (a, pa), (b, pb) = fisher_runs["fisher"], fisher_runs["fisher-fp8"]
-        keys = [(g, f) for g in a for f in a[g]]
-        st["fisher_fp8_vs_bf16"] = {
-            "spearman": spearman([a[g][f] for g, f in keys], [b[g][f] for g, f in keys]),
-            "max_relative_difference": max(abs(b[g][f] / a[g][f] - 1) for g, f in keys),
-            "plan_same_assignments": sum(pa[k] == pb[k] for k in pa),
-            "plan_groups": len(pa),
-        }
-        save()
-        print("fisher fp8 vs bf16", st["fisher_fp8_vs_bf16"], flush=True)
     t = time.time()
     try:
         p = run_plan(cfg)
@@ -478,21 +456,16 @@ def llama70b_slice(n_layers: int, rows: int, tmp: Path) -> dict[str, Any]:
         resident_weights=False,
         max_micro_batches_per_chunk=full_plan.micro_batches_per_chunk,
     )
-    variants = {
-        "fisher": (SensitivityMethod.FISHER, opts),
-        "fisher-fp8": (SensitivityMethod.FISHER, dataclasses.replace(opts, fp8_fisher=True)),
-        "activation": (SensitivityMethod.ACTIVATION, opts),
-    }
-    for label, (method, o) in variants.items():
+    for method in (SensitivityMethod.FISHER, SensitivityMethod.ACTIVATION):
         peak_reset()
-        run = score(parts, groups, ids, o, [method])
-        r[label] = {
+        run = score(parts, groups, ids, opts, [method])
+        r[method.value] = {
             "seconds": round(run.wall_seconds, 2),
             "tokens": run.num_tokens,
             "peak_gpu_bytes": peak(),
             "memory_plan": vars(run.memory) if run.memory else None,
         }
-        print("70b", n_layers, label, r[label], flush=True)
+        print("70b", n_layers, method.value, r[method.value], flush=True)
     r["floors"] = floors(m, ids.numel())
     del model, parts
     shutil.rmtree(m, ignore_errors=True)
@@ -582,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows-profile", type=int, default=32)
     ap.add_argument("--parts", default="tiny,kernels,placement,8b,70b")
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--methods8b", default="activation,fisher-fp8,fisher")
+    ap.add_argument("--methods8b", default="activation,fisher")
     ap.add_argument("--tmp", type=Path, default=Path("/tmp/samp-gpu"))
     args = ap.parse_args(argv)
     parts = set(args.parts.split(","))

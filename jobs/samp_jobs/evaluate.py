@@ -8,6 +8,11 @@ user would load it with transformers (compressed-tensors decompresses weights
 and still quantizes activations dynamically; bitsandbytes runs its NF4 kernels),
 so the figures describe the artifact, not our fake-quant.
 
+Both models are needed at once. On GPUs they are spread with accelerate's
+device map over every visible GPU (each model gets under half of what is free),
+spilling to host memory only if they do not fit: a 70B base plus its quantized
+copy is ~280 GB in 16-bit, more than one GPU but fine for the 4-8 a job asks for.
+
 Definitions: an *answer flip* is a task prompt whose correctness differs
 between base and quantized (either direction); JSON validity counts answers
 that parse as JSON, over prompts of kind ``json``.
@@ -106,6 +111,21 @@ class TokenStats:
     tokens: int = 0
 
 
+def input_device(model: nn.Module) -> torch.device:
+    """Where a (possibly dispatched over several devices) model wants its input ids."""
+    emb: Any = model
+    return torch.device(emb.get_input_embeddings().weight.device)
+
+
+def gpu_memory_map(share: float, host_bytes: int) -> dict[int | str, int]:
+    """accelerate ``max_memory``: ``share`` of what is free now on each GPU, plus host RAM."""
+    budget: dict[int | str, int] = {
+        i: int(torch.cuda.mem_get_info(i)[0] * share) for i in range(torch.cuda.device_count())
+    }
+    budget["cpu"] = host_bytes
+    return budget
+
+
 @torch.no_grad()
 def compare_texts(
     base: nn.Module,
@@ -114,18 +134,20 @@ def compare_texts(
     texts: list[str],
     *,
     max_len: int,
-    device: torch.device,
     progress: bool = True,
 ) -> TokenStats:
     """Teacher-forced comparison of next-token distributions on held-out texts."""
     st = TokenStats()
+    db, dq = input_device(base), input_device(quant)
     for text in tqdm(texts, desc="eval texts", disable=not progress, leave=False):
-        ids = torch.tensor([encode(tokenizer, text)[:max_len]], device=device)
+        ids = torch.tensor([encode(tokenizer, text)[:max_len]])
         if ids.shape[1] < 2:
             continue
-        lb = torch.log_softmax(base(input_ids=ids).logits[0, :-1].float(), -1)
-        lq = torch.log_softmax(quant(input_ids=ids).logits[0, :-1].float(), -1)
-        tgt = ids[0, 1:]
+        # compared on the base model's output device (the two may sit on different GPUs)
+        out_b = base(input_ids=ids.to(db)).logits[0, :-1].float()
+        out_q = quant(input_ids=ids.to(dq)).logits[0, :-1].float().to(out_b.device)
+        lb, lq = torch.log_softmax(out_b, -1), torch.log_softmax(out_q, -1)
+        tgt = ids[0, 1:].to(out_b.device)
         st.nll_base -= float(lb.gather(-1, tgt[:, None]).sum())
         st.nll_quant -= float(lq.gather(-1, tgt[:, None]).sum())
         st.kl += float((lb.exp() * (lb - lq)).sum())
@@ -135,10 +157,8 @@ def compare_texts(
 
 
 @torch.no_grad()
-def greedy(
-    model: nn.Module, tokenizer: Any, prompt: str, max_new: int, device: torch.device
-) -> str:
-    ids = torch.tensor([encode(tokenizer, prompt)], device=device)
+def greedy(model: nn.Module, tokenizer: Any, prompt: str, max_new: int) -> str:
+    ids = torch.tensor([encode(tokenizer, prompt)], device=input_device(model))
     hf: Any = model  # transformers generation API
     out = hf.generate(
         input_ids=ids,
@@ -152,12 +172,16 @@ def greedy(
 
 
 def load_quantized(
-    path: Path, trust_remote_code: bool = False, dtype: torch.dtype | None = None
+    path: Path,
+    trust_remote_code: bool = False,
+    dtype: torch.dtype | None = None,
+    max_memory: dict[int | str, int] | None = None,
 ) -> nn.Module:
     """Load the exported artifact with transformers (compressed-tensors or bitsandbytes).
 
     ``dtype`` (e.g. float32 on the CPU) applies to compressed-tensors checkpoints,
     which decompress into it; bitsandbytes models keep their own compute dtype.
+    ``max_memory`` spreads the model over GPUs (see ``gpu_memory_map``).
     """
     from transformers import AutoModelForCausalLM
 
@@ -168,6 +192,8 @@ def load_quantized(
     kwargs: dict[str, Any] = {"dtype": dtype or "auto", "trust_remote_code": trust_remote_code}
     if qmethod == "bitsandbytes":
         kwargs["dtype"] = torch.bfloat16
+    if max_memory is not None:
+        kwargs.update(device_map="auto", max_memory=max_memory)
     model: nn.Module = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     model.train(False)
     return model
@@ -182,10 +208,9 @@ def evaluate(
     tasks: list[TaskItem],
     max_len: int = 512,
     max_new_tokens: int = 32,
-    device: torch.device | None = None,
     progress: bool = True,
 ) -> EvaluationResult:
-    dev = device or torch.device("cpu")
+    """Compare the two models; each takes its inputs where its embeddings live."""
     if not texts and not tasks:
         raise EvalDataError("nothing to evaluate: no held-out prompts and no eval set")
     st = compare_texts(
@@ -194,7 +219,6 @@ def evaluate(
         tokenizer,
         texts + [t.prompt for t in tasks],
         max_len=max_len,
-        device=dev,
         progress=progress,
     )
     if st.tokens == 0:
@@ -203,8 +227,8 @@ def evaluate(
     flips = 0
     n_json = sum(1 for t in tasks if t.kind == "json")
     for t in tqdm(tasks, desc="eval tasks", disable=not progress, leave=False):
-        ab = greedy(base, tokenizer, t.prompt, max_new_tokens, dev)
-        aq = greedy(quant, tokenizer, t.prompt, max_new_tokens, dev)
+        ab = greedy(base, tokenizer, t.prompt, max_new_tokens)
+        aq = greedy(quant, tokenizer, t.prompt, max_new_tokens)
         cb, cq = is_correct(ab, t), is_correct(aq, t)
         em_b += cb
         em_q += cq

@@ -404,15 +404,47 @@ def run_export(cfg: JobConfig) -> ExportResult:
 # ------------------------------------------------------------------- evaluate
 
 
+def _load_pair_on_gpus(cfg: JobConfig) -> tuple[Any, Any, Any]:
+    """Base and quantized model spread over the visible GPUs, each within half of them."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from samp_jobs.evaluate import gpu_memory_map, load_quantized
+    from samp_jobs.placement import host_available_bytes
+
+    _require_model(cfg)
+    host = int(host_available_bytes() * 0.4)
+    base = AutoModelForCausalLM.from_pretrained(
+        cfg.model,
+        dtype="auto" if cfg.dtype == "auto" else DTYPES[cfg.dtype],
+        trust_remote_code=cfg.trust_remote_code,
+        device_map="auto",
+        max_memory=gpu_memory_map(0.45, host),
+    )
+    base.train(False)
+    # what is left after the base is loaded, minus headroom for activations
+    quant = load_quantized(
+        cfg.artifact_dir, cfg.trust_remote_code, max_memory=gpu_memory_map(0.8, host)
+    )
+    tok = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    log(
+        "evaluate.placement",
+        base=sorted({str(p.device) for p in base.parameters()}),
+        quant=sorted({str(p.device) for p in quant.parameters()}),
+    )
+    return base, tok, quant
+
+
 def run_evaluate(cfg: JobConfig) -> EvaluationResult:
     from samp_jobs.evaluate import evaluate, load_quantized, read_eval_set
 
     seed_everything(cfg.seed)
-    base, tok = _load(cfg)
     dev = cfg.torch_device()
-    # CPU bf16 matmuls are slow; fp32 holds bf16 weights exactly.
-    fp32 = torch.float32 if dev.type == "cpu" else None
-    quant = load_quantized(cfg.artifact_dir, cfg.trust_remote_code, fp32)
+    if dev.type == "cpu":
+        base, tok = _load(cfg)
+        base.float()  # CPU bf16 matmuls are slow; fp32 holds bf16 weights exactly
+        quant = load_quantized(cfg.artifact_dir, cfg.trust_remote_code, torch.float32)
+    else:
+        base, tok, quant = _load_pair_on_gpus(cfg)
     texts = load_held_out(cfg.workdir)
     tasks: list[Any] = []
     eval_digest = ""
@@ -420,11 +452,6 @@ def run_evaluate(cfg: JobConfig) -> EvaluationResult:
         tasks, extra = read_eval_set(cfg.eval_set, tok)
         texts = texts + extra
         eval_digest = "sha256:" + hashlib.sha256(cfg.eval_set.read_bytes()).hexdigest()
-    if dev.type == "cpu":
-        base.float()
-    else:
-        base.to(dev)
-        quant.to(dev)
     result = evaluate(
         base,
         quant,
@@ -432,7 +459,6 @@ def run_evaluate(cfg: JobConfig) -> EvaluationResult:
         texts=texts,
         tasks=tasks,
         max_new_tokens=cfg.max_new_tokens,
-        device=dev,
         progress=cfg.progress,
     )
     export_hash = ""

@@ -1,0 +1,79 @@
+"""The evaluate stage takes each model's inputs where its embeddings live.
+
+On GPUs both models are spread with accelerate's device map (a 70B pair does not
+fit one GPU); the figures must not depend on where the layers landed. The CUDA
+test forces a split of the quantized model across the GPU and host memory and
+compares with the model whole on the GPU. On the CPU, the same code runs with
+everything in one place.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from test_export import recipe
+
+from samp_core.formats import Format
+from samp_jobs.evaluate import TaskItem, evaluate, input_device, load_quantized
+from samp_jobs.export import export
+from samp_jobs.modeling import load_model
+
+TEXTS = ["the quick brown fox jumps over the lazy dog " * 3, "import os\nimport sys\n" * 4]
+TASKS = [TaskItem(prompt="def add(a, b):", expected="return", kind="exact")]
+
+
+@pytest.fixture(scope="module")
+def artifact(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("eval") / "sm90"
+    export(tiny_llama, recipe(tiny_llama, "sm90", Format.INT4_W4A16, Format.FP8_W8A8), out)
+    return out
+
+
+def test_cpu_models_take_inputs_on_the_cpu(tiny_llama: Path, artifact: Path) -> None:
+    base, tok = load_model(tiny_llama)
+    base.float()
+    quant = load_quantized(artifact, dtype=torch.float32)
+    assert input_device(base).type == input_device(quant).type == "cpu"
+    res = evaluate(base, quant, tok, texts=TEXTS, tasks=TASKS, max_new_tokens=4, progress=False)
+    assert res.num_tokens > 0 and res.perplexity_quant > 0 and 0 <= res.top1_agreement <= 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_model_split_over_gpu_and_host_scores_like_a_whole_one(
+    tiny_llama: Path, artifact: Path
+) -> None:
+    base, tok = load_model(tiny_llama)
+    base.float().to("cuda")
+    whole = load_quantized(artifact, dtype=torch.float32, max_memory={0: 2**34, "cpu": 2**34})
+    split = load_quantized(artifact, dtype=torch.float32, max_memory={0: 2 * 2**20, "cpu": 2**34})
+    places = {p.device.type for p in split.parameters()}
+    assert places == {"cuda", "cpu"}, places  # the split really happened
+    a = evaluate(base, whole, tok, texts=TEXTS, tasks=TASKS, max_new_tokens=4, progress=False)
+    b = evaluate(base, split, tok, texts=TEXTS, tasks=TASKS, max_new_tokens=4, progress=False)
+    assert b.num_tokens == a.num_tokens
+    assert b.perplexity_quant == pytest.approx(a.perplexity_quant, rel=1e-4)
+    assert b.mean_kl == pytest.approx(a.mean_kl, rel=1e-3, abs=1e-7)
+    assert b.task_exact_match_quant == a.task_exact_match_quant
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_every_stage_on_the_gpu_places_both_models_there(
+    tiny_llama: Path, text_prompts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from samp_jobs.cli import main
+
+    work = tmp_path / "work"
+    rc = main(["quantize", "--workdir", str(work), "--model", str(tiny_llama),
+               "--prompts", str(text_prompts), "--max-seq-len", "64", "--profile", "sm90",
+               "--formats", "int4-w4a16,fp8-w8a8,bf16", "--group-size", "64",
+               "--fraction-of-16bit", "0.6", "--device", "cuda", "--no-progress"])  # fmt: skip
+    assert rc == 0
+    logs = [json.loads(x) for x in capsys.readouterr().err.splitlines() if x.startswith("{")]
+    placed = next(r for r in logs if r["event"] == "evaluate.placement")
+    assert placed["base"] == ["cuda:0"] and placed["quant"] == ["cuda:0"]
+    ev = json.loads((work / "evaluation.json").read_text())
+    assert ev["numTokens"] > 0 and ev["top1Agreement"] > 0.5

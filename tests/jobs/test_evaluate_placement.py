@@ -52,10 +52,11 @@ def test_a_model_split_over_gpu_and_host_scores_like_a_whole_one(
     from accelerate import infer_auto_device_map
 
     size = sum(p.numel() * p.element_size() for p in whole.parameters())
+    keep = whole._no_split_modules  # as from_pretrained plans it
     budget = next(
         b
         for b in (int(size * f / 10) for f in range(3, 20))
-        if {0, "cpu"} <= set(infer_auto_device_map(whole, max_memory={0: b, "cpu": 2**34}).values())
+        if {0, "cpu"} <= set(infer_auto_device_map(whole, {0: b, "cpu": 2**34}, keep).values())
     )
     split = load_quantized(artifact, dtype=torch.float32, max_memory={0: budget, "cpu": 2**34})
     places = {p.device.type for p in split.parameters()}

@@ -113,8 +113,13 @@ class TokenStats:
 
 def input_device(model: nn.Module) -> torch.device:
     """Where a (possibly dispatched over several devices) model wants its input ids."""
-    emb: Any = model
-    return torch.device(emb.get_input_embeddings().weight.device)
+    hf: Any = model
+    emb = hf.get_input_embeddings()
+    dev = torch.device(emb.weight.device)
+    if dev.type == "meta":  # offloaded to host by accelerate: runs on its hook's device
+        hook = getattr(emb, "_hf_hook", None)
+        dev = torch.device(getattr(hook, "execution_device", None) or "cpu")
+    return dev
 
 
 def gpu_memory_map(share: float, host_bytes: int) -> dict[int | str, int]:

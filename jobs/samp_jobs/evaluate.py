@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from samp_core.results import EvaluationResult
 from samp_jobs.calibration import encode
+from samp_jobs.modeling import ModelLoadError
 
 
 class EvalDataError(ValueError):
@@ -122,13 +123,36 @@ def input_device(model: nn.Module) -> torch.device:
     return dev
 
 
-def gpu_memory_map(share: float, host_bytes: int) -> dict[int | str, int]:
-    """accelerate ``max_memory``: ``share`` of what is free now on each GPU, plus host RAM."""
+def gpu_memory_map(share: float, host_bytes: int | None = None) -> dict[int | str, int]:
+    """accelerate ``max_memory``: ``share`` of what is free now on each GPU (+ host RAM)."""
     budget: dict[int | str, int] = {
         i: int(torch.cuda.mem_get_info(i)[0] * share) for i in range(torch.cuda.device_count())
     }
-    budget["cpu"] = host_bytes
+    if host_bytes is not None:
+        budget["cpu"] = host_bytes
     return budget
+
+
+def quantized_gpu_budget(
+    free: dict[int | str, int], dense_bytes: int, stored_bytes: int
+) -> dict[int | str, int]:
+    """Per-GPU ``max_memory`` for the compressed-tensors model, GPUs only.
+
+    accelerate places the model as stored (int4/fp8, ~1/3 of 16-bit) but it
+    decompresses to 16-bit in place on first use, and it cannot decompress layers
+    offloaded to host memory. So each GPU gets its free memory scaled by
+    stored/dense, and the whole must fit the GPUs or the job stops here, saying so.
+    """
+    gpus = {k: v for k, v in free.items() if k != "cpu"}
+    room = sum(gpus.values())
+    if dense_bytes > room:
+        raise ModelLoadError(
+            f"evaluation keeps the quantized model on GPUs, where it decompresses to "
+            f"{dense_bytes / 2**30:.1f} GiB, but only {room / 2**30:.1f} GiB are free on "
+            f"{len(gpus)} GPU(s) next to the base model; raise spec.hardware.gpusPerJob"
+        )
+    scale = min(1.0, stored_bytes / max(dense_bytes, 1))
+    return {k: int(v * scale) for k, v in gpus.items()}
 
 
 @torch.no_grad()

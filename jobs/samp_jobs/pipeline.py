@@ -408,23 +408,24 @@ def _load_pair_on_gpus(cfg: JobConfig) -> tuple[Any, Any, Any]:
     """Base and quantized model spread over the visible GPUs, each within half of them."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from samp_jobs.evaluate import gpu_memory_map, load_quantized
+    from samp_jobs.evaluate import gpu_memory_map, load_quantized, quantized_gpu_budget
     from samp_jobs.placement import host_available_bytes
 
     _require_model(cfg)
-    host = int(host_available_bytes() * 0.4)
+    # the base may spill to host memory (accelerate streams it in); the quantized model
+    # may not (see quantized_gpu_budget)
     base = AutoModelForCausalLM.from_pretrained(
         cfg.model,
         dtype="auto" if cfg.dtype == "auto" else DTYPES[cfg.dtype],
         trust_remote_code=cfg.trust_remote_code,
         device_map="auto",
-        max_memory=gpu_memory_map(0.45, host),
+        max_memory=gpu_memory_map(0.45, int(host_available_bytes() * 0.4)),
     )
     base.train(False)
-    # what is left after the base is loaded, minus headroom for activations
-    quant = load_quantized(
-        cfg.artifact_dir, cfg.trust_remote_code, max_memory=gpu_memory_map(0.8, host)
-    )
+    dense = sum(p.numel() * p.element_size() for p in base.parameters())
+    stored = sum(f.stat().st_size for f in cfg.artifact_dir.glob("*.safetensors"))
+    budget = quantized_gpu_budget(gpu_memory_map(0.8), dense, stored)
+    quant = load_quantized(cfg.artifact_dir, cfg.trust_remote_code, max_memory=budget)
     tok = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
     log(
         "evaluate.placement",

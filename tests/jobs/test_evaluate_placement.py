@@ -2,8 +2,10 @@
 
 On GPUs both models are spread with accelerate's device map (a 70B pair does not
 fit one GPU); the figures must not depend on where the layers landed. The CUDA
-test forces a split of the quantized model across the GPU and host memory and
-compares with the model whole on the GPU. On the CPU, the same code runs with
+test forces a split of the base model across the GPU and host memory and
+compares with the model whole on the GPU (compressed-tensors cannot decompress
+host-offloaded layers, so the quantized model stays on GPUs, and a budget that
+cannot hold it is refused up front). On the CPU, the same code runs with
 everything in one place.
 """
 
@@ -16,9 +18,15 @@ import torch
 from test_export import recipe
 
 from samp_core.formats import Format
-from samp_jobs.evaluate import TaskItem, evaluate, input_device, load_quantized
+from samp_jobs.evaluate import (
+    TaskItem,
+    evaluate,
+    input_device,
+    load_quantized,
+    quantized_gpu_budget,
+)
 from samp_jobs.export import export
-from samp_jobs.modeling import load_model
+from samp_jobs.modeling import ModelLoadError, load_model
 
 TEXTS = ["the quick brown fox jumps over the lazy dog " * 3, "import os\nimport sys\n" * 4]
 TASKS = [TaskItem(prompt="def add(a, b):", expected="return", kind="exact")]
@@ -40,17 +48,28 @@ def test_cpu_models_take_inputs_on_the_cpu(tiny_llama: Path, artifact: Path) -> 
     assert res.num_tokens > 0 and res.perplexity_quant > 0 and 0 <= res.top1_agreement <= 1
 
 
+def test_quantized_budget_scales_to_the_stored_size_and_refuses_what_cannot_fit() -> None:
+    gib = 2**30
+    free: dict[int | str, int] = {0: 60 * gib, 1: 60 * gib, "cpu": 500 * gib}
+    b = quantized_gpu_budget(free, dense_bytes=100 * gib, stored_bytes=35 * gib)
+    assert b == {0: 21 * gib, 1: 21 * gib}  # no host spill; 35 % of each GPU's room
+    with pytest.raises(ModelLoadError, match=r"raise spec\.hardware\.gpusPerJob"):
+        quantized_gpu_budget(free, dense_bytes=141 * gib, stored_bytes=45 * gib)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_a_model_split_over_gpu_and_host_scores_like_a_whole_one(
+def test_a_base_model_split_over_gpu_and_host_scores_like_a_whole_one(
     tiny_llama: Path, artifact: Path
 ) -> None:
-    base, tok = load_model(tiny_llama)
-    base.float().to("cuda")
-    whole = load_quantized(artifact, dtype=torch.float32, max_memory={0: 2**34, "cpu": 2**34})
+    """A 70B base spills to host memory when the GPUs are full; that must not change a figure."""
+    from accelerate import infer_auto_device_map
+    from transformers import AutoModelForCausalLM
+
+    whole, tok = load_model(tiny_llama)
+    whole.float().to("cuda")
+    quant = load_quantized(artifact, dtype=torch.float32, max_memory={0: 2**34})
     # a GPU budget that holds part of the model, found with accelerate's own planner
     # (it also reserves room for the largest layer, so a plain fraction can miss)
-    from accelerate import infer_auto_device_map
-
     size = sum(p.numel() * p.element_size() for p in whole.parameters())
     keep = whole._no_split_modules  # as from_pretrained plans it
     budget = next(
@@ -58,16 +77,18 @@ def test_a_model_split_over_gpu_and_host_scores_like_a_whole_one(
         for b in (int(size * f / 10) for f in range(3, 20))
         if {0, "cpu"} <= set(infer_auto_device_map(whole, {0: b, "cpu": 2**34}, keep).values())
     )
-    split = load_quantized(artifact, dtype=torch.float32, max_memory={0: budget, "cpu": 2**34})
+    split = AutoModelForCausalLM.from_pretrained(
+        tiny_llama, dtype=torch.float32, device_map="auto", max_memory={0: budget, "cpu": 2**34}
+    )
     # host-offloaded weights show as "meta": accelerate brings them in layer by layer
     places = {p.device.type for p in split.parameters()}
     assert places == {"cuda", "meta"}, places  # the split really happened
-    a = evaluate(base, whole, tok, texts=TEXTS, tasks=TASKS, max_new_tokens=4, progress=False)
-    b = evaluate(base, split, tok, texts=TEXTS, tasks=TASKS, max_new_tokens=4, progress=False)
+    a = evaluate(whole, quant, tok, texts=TEXTS, tasks=TASKS, max_new_tokens=4, progress=False)
+    b = evaluate(split, quant, tok, texts=TEXTS, tasks=TASKS, max_new_tokens=4, progress=False)
     assert b.num_tokens == a.num_tokens
-    assert b.perplexity_quant == pytest.approx(a.perplexity_quant, rel=1e-4)
+    assert b.perplexity_base == pytest.approx(a.perplexity_base, rel=1e-4)
     assert b.mean_kl == pytest.approx(a.mean_kl, rel=1e-3, abs=1e-7)
-    assert b.task_exact_match_quant == a.task_exact_match_quant
+    assert b.task_exact_match_base == a.task_exact_match_base
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

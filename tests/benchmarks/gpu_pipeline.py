@@ -352,18 +352,12 @@ def run_stages(
     res: dict[str, Any],
     save: Callable[[], None],
 ) -> None:
-    from samp_jobs.pipeline import JobConfig, run_calibrate, run_export, run_plan, run_sensitivity
+    from samp_jobs.pipeline import run_calibrate, run_export, run_plan, run_sensitivity
 
-    prompts = prompts_file(work.parent / f"{work.name}-prompts.jsonl")
-    cfg = JobConfig(
-        workdir=work,
-        model=str(model),
-        device=DEV,
-        progress=False,
-        calibration=CalibrationOptions(
-            source=str(prompts), samples=100_000, max_sequence_length=SEQ, held_out_fraction=0.01
-        ),
-        max_tokens=rows * SEQ,
+    cfg = job_config(
+        work,
+        model,
+        rows,
         micro_batch=4,
         formats=[Format.INT4_W4A16, Format.FP8_W8A8, Format.INT8_W8A8, Format.BF16],
         budget=Budget(fraction_of_16bit=0.35),
@@ -527,12 +521,12 @@ def profile_fisher(tmp: Path, rows: int, n_layers: int = 4) -> dict[str, Any]:
     }
 
 
-def calibration_ids(work: Path, model: Path, rows: int) -> torch.Tensor:
-    from samp_jobs.calibration import load_calibration_tokens
-    from samp_jobs.pipeline import JobConfig, run_calibrate
+def job_config(work: Path, model: Path, rows: int, **extra: Any) -> Any:
+    """The stages' JobConfig over `rows` x 2048 tokens of the random-word prompts."""
+    from samp_jobs.pipeline import JobConfig
 
     prompts = prompts_file(work.parent / f"{work.name}-prompts.jsonl")
-    cfg = JobConfig(
+    return JobConfig(
         workdir=work,
         model=str(model),
         device=DEV,
@@ -541,8 +535,15 @@ def calibration_ids(work: Path, model: Path, rows: int) -> torch.Tensor:
             source=str(prompts), samples=100_000, max_sequence_length=SEQ, held_out_fraction=0.01
         ),
         max_tokens=rows * SEQ,
+        **extra,
     )
-    run_calibrate(cfg)
+
+
+def calibration_ids(work: Path, model: Path, rows: int) -> torch.Tensor:
+    from samp_jobs.calibration import load_calibration_tokens
+    from samp_jobs.pipeline import run_calibrate
+
+    run_calibrate(job_config(work, model, rows))
     return load_calibration_tokens(work)[:rows]
 
 

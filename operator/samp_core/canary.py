@@ -290,6 +290,7 @@ def _with_history(
                 inputs_hash=status.inputs_hash or "",
                 started_at=rfc3339(now),
                 plan=status.plan,
+                artifact_uri=status.artifact_uri or "",
                 accuracy=status.accuracy,
             )
         )
@@ -307,6 +308,8 @@ def _with_history(
         update["plan"] = status.plan
     if a.accuracy is None and status.accuracy is not None:
         update["accuracy"] = status.accuracy
+    if not a.artifact_uri and status.artifact_uri:  # a re-plan's entry opens before its export
+        update["artifact_uri"] = status.artifact_uri
     history[idx] = a.model_copy(update=update)
     return history[-MAX_HISTORY:]
 

@@ -212,6 +212,9 @@ class Attempt(ApiModel):
     outcome: str = Field(default="Running", max_length=64, description="How it ended.")
     reason: str = Field(default="", max_length=1024, description="Why it ended so.")
     plan: PlanSummary | None = Field(default=None, description="Its plan.")
+    artifact_uri: str = Field(
+        default="", max_length=1024, description="The checkpoint this attempt canaried."
+    )
     accuracy: AccuracySummary | None = Field(default=None, description="Its accuracy.")
     gates: list[GateResult] = Field(
         default_factory=list, max_length=MAX_GATE_RESULTS, description="Its last gate figures."

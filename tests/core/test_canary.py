@@ -358,6 +358,11 @@ def test_failed_gate_starts_replan_until_attempts_run_out() -> None:
     assert not any(isinstance(a, cn.StartReplan) for a in sim2.actions)
     assert "no re-plan left" in sim2.status.message
     assert [a.outcome for a in sim2.status.history] == ["RolledBack", "RolledBack"]
+    # each attempt names the checkpoint it canaried, so SREs can find either one
+    assert [a.artifact_uri for a in sim2.status.history] == [
+        "pvc://models/tiny/attempt-1",
+        "pvc://models/tiny/attempt-2",
+    ]
 
 
 def test_terminal_phases_are_left_alone() -> None:

@@ -350,7 +350,9 @@ def test_quiet_gc_holds_the_collector_and_gives_back_what_it_froze():
         with other.held(freeze=True):
             pass
         other.thaw()
-        assert gc.get_freeze_count() == frozen
+        # it neither froze nor thawed; a few of the frozen objects may have died meanwhile
+        assert not other.froze
+        assert 0.99 * frozen <= gc.get_freeze_count() <= frozen
     finally:
         gc.unfreeze()
     gc.disable()  # a collector that was off stays off

@@ -318,7 +318,9 @@ def test_exported_files_hashes_in_parallel_and_lists_in_path_order(
 
     monkeypatch.setattr(export_module, "sha256_file", hashing)
     files = exported_files(tmp_path, workers=2)
-    assert started[0] == "z.safetensors"  # largest first
+    # largest first: the two files in flight together are the two biggest (which of the two
+    # threads records its start first is up to the scheduler)
+    assert set(started[:2]) == {"z.safetensors", "m.bin"}
     assert [f.path for f in files] == sorted(sizes)
     for f in files:
         raw = (tmp_path / f.path).read_bytes()

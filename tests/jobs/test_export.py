@@ -243,7 +243,8 @@ def test_export_reports_phase_timings(
     assert all(v >= 0 for v in phases.values())
     # The phases cover the export: what is left is bookkeeping between them.
     assert sum(phases.values()) <= res.wall_seconds + 1e-3
-    assert res.wall_seconds - sum(phases.values()) < 0.05 + 0.05 * res.wall_seconds
+    # (generous: a full garbage collection between two phases on a loaded CI box takes 0.1 s)
+    assert res.wall_seconds - sum(phases.values()) < 0.2 + 0.1 * res.wall_seconds
     assert res.device == "cpu"
 
     events = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line[:1] == "{"]

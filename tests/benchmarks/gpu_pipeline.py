@@ -412,6 +412,22 @@ def run_stages(
             "phase_seconds": ex.phase_seconds,
         }
         save()
+        from samp_jobs.pipeline import run_evaluate
+
+        peak_reset()
+        t = time.time()
+        try:  # base + quantized model on the GPU(s), held-out prompts (random weights!)
+            ev = run_evaluate(cfg)
+            st["evaluate"] = {
+                "seconds": round(time.time() - t, 2),
+                "peak_gpu_bytes": peak(),
+                "prompts": ev.num_prompts,
+                "tokens": ev.num_tokens,
+                "top1_agreement": ev.top1_agreement,
+            }
+        except Exception as e:
+            st["evaluate"] = {"error": f"{type(e).__name__}: {e}"[:500]}
+        save()
 
 
 def llama70b_slice(n_layers: int, rows: int, tmp: Path) -> dict[str, Any]:

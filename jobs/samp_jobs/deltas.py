@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 from torch import nn
@@ -54,21 +55,28 @@ class GroupCandidates:
     """One group's concatenated weight and, per candidate format, ΔW and the input quantizer."""
 
     name: str
-    weight: Tensor  # [Σ out, in]
+    modules: list[nn.Linear]
     deltas: dict[Format, Tensor]  # ΔW per format, [Σ out, in], in the weight's dtype
     act: dict[Format, ActQuant | None]
+
+    @cached_property
+    def weight(self) -> Tensor:
+        """W of the fused group, [Σ out, in]; only the activation estimator needs the copy."""
+        return _cat_rows([m.weight.detach() for m in self.modules])
 
     @classmethod
     def build(
         cls, name: str, modules: list[nn.Linear], quant: dict[Format, FormatQuantizer]
     ) -> GroupCandidates:
-        w = _cat_rows([m.weight.detach() for m in modules])
         deltas = {}
         for f, q in quant.items():
             # fake-quant each module on its own (per-row scales do not care, but keep it exact)
-            wq = _cat_rows([q.weight(m.weight.detach()) for m in modules])
-            deltas[f] = (wq.to(_acc(w)) - w.to(_acc(w))).to(w.dtype)
-        return cls(name, w, deltas, {f: q.activation for f, q in quant.items()})
+            dws = []
+            for m in modules:
+                w = m.weight.detach()
+                dws.append((q.weight(w).to(_acc(w)) - w.to(_acc(w))).to(w.dtype))
+            deltas[f] = _cat_rows(dws)
+        return cls(name, modules, deltas, {f: q.activation for f, q in quant.items()})
 
 
 @dataclass

@@ -51,6 +51,7 @@ BF16_FLOPS = 781e12
 HBM_BPS = 4.2e12
 SEQ = 2048
 DEV = "cuda"  # --device cpu only for a smoke test of the script itself
+FORMATS = [Format.INT4_W4A16, Format.FP8_W8A8, Format.INT8_W8A8, Format.BF16]  # sm90 candidates
 
 
 def dump(path: Path, res: dict[str, Any]) -> None:
@@ -92,7 +93,7 @@ def tiny_check(tmp: Path) -> dict[str, Any]:
         tok,
     )
     ids = cal.input_ids[:8, :256].contiguous()
-    fmts = [Format.INT4_W4A16, Format.FP8_W8A8, Format.INT8_W8A8, Format.BF16]
+    fmts = FORMATS
     plans = {}
     for dev_name in ("cpu", DEV):
         model, _ = load_model(TINY)
@@ -237,7 +238,7 @@ def placement_check() -> dict[str, Any]:
     dev = torch.device(DEV)
     groups = discover_groups(parts, dev)
     ids = torch.randint(3, 2000, (8, 256), generator=torch.Generator().manual_seed(0))
-    fmts = [Format.INT4_W4A16, Format.FP8_W8A8, Format.INT8_W8A8, Format.BF16]
+    fmts = FORMATS
     methods = [SensitivityMethod.FISHER, SensitivityMethod.ACTIVATION]
     runs = {}
     for name, extra in {
@@ -359,7 +360,7 @@ def run_stages(
         model,
         rows,
         micro_batch=4,
-        formats=[Format.INT4_W4A16, Format.FP8_W8A8, Format.INT8_W8A8, Format.BF16],
+        formats=FORMATS,
         budget=Budget(fraction_of_16bit=0.35),
         profile="sm90",
     )
@@ -434,7 +435,6 @@ def llama70b_slice(n_layers: int, rows: int, tmp: Path) -> dict[str, Any]:
     """Score a few 70B-shaped decoder layers exactly as a full 80-layer 70B run would place
     them: weights streamed per layer from pinned host memory, tokens chunked to fit the
     boundary states of all 81 boundaries on the GPU."""
-    from samp_jobs.modeling import decoder_parts, discover_groups, load_model
     from samp_jobs.placement import plan_memory
     from samp_jobs.sensitivity import ScoringOptions, SequentialScorer, score
 
@@ -442,11 +442,8 @@ def llama70b_slice(n_layers: int, rows: int, tmp: Path) -> dict[str, Any]:
     m = random_llama(tmp / f"l70-{n_layers}", hidden=8192, inter=28672, layers=n_layers, heads=64)
     r: dict[str, Any] = {"build_seconds": round(time.time() - t, 1), "params": params_of(m)}
     ids = calibration_ids(tmp / f"w70-{n_layers}", m, rows)
-    model, _ = load_model(m)
-    parts = decoder_parts(model)
-    dev = torch.device(DEV)
-    groups = discover_groups(parts, dev)
-    fmts = [Format.INT4_W4A16, Format.FP8_W8A8, Format.INT8_W8A8, Format.BF16]
+    parts, groups, dev = scoring_setup(m)
+    fmts = FORMATS
     base = ScoringOptions(formats=fmts, device=dev, progress=False)
     inputs = SequentialScorer(parts, groups, ids, base).placement_inputs(True)
     p = params_of(m)
@@ -477,7 +474,7 @@ def llama70b_slice(n_layers: int, rows: int, tmp: Path) -> dict[str, Any]:
         }
         print("70b", n_layers, method.value, r[method.value], flush=True)
     r["floors"] = floors(m, ids.numel())
-    del model, parts
+    del parts, groups
     shutil.rmtree(m, ignore_errors=True)
     return r
 
@@ -487,17 +484,12 @@ def profile_fisher(tmp: Path, rows: int, n_layers: int = 4) -> dict[str, Any]:
     kernel time summed by kind (GEMM, attention, elementwise/reduction, copies)."""
     from torch.profiler import ProfilerActivity, profile
 
-    from samp_jobs.modeling import decoder_parts, discover_groups, load_model
     from samp_jobs.sensitivity import ScoringOptions, score
 
     m = random_llama(tmp / "prof8", hidden=4096, inter=14336, layers=n_layers, heads=32)
     ids = calibration_ids(tmp / "wprof", m, rows)
-    model, _ = load_model(m)
-    parts = decoder_parts(model)
-    dev = torch.device(DEV)
-    groups = discover_groups(parts, dev)
-    fmts = [Format.INT4_W4A16, Format.FP8_W8A8, Format.INT8_W8A8, Format.BF16]
-    opts = ScoringOptions(formats=fmts, device=dev, progress=False)
+    parts, groups, dev = scoring_setup(m)
+    opts = ScoringOptions(formats=FORMATS, device=dev, progress=False)
     score(parts, groups, ids[:4], opts, [SensitivityMethod.FISHER])  # warm-up
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEV == "cuda" else [])
     t = time.time()
@@ -553,6 +545,16 @@ def job_config(work: Path, model: Path, rows: int, **extra: Any) -> Any:
         max_tokens=rows * SEQ,
         **extra,
     )
+
+
+def scoring_setup(model_dir: Path) -> tuple[Any, Any, torch.device]:
+    """(decoder parts, layer groups, device) of a model loaded the way the jobs load it."""
+    from samp_jobs.modeling import decoder_parts, discover_groups, load_model
+
+    model, _ = load_model(model_dir)
+    parts = decoder_parts(model)
+    dev = torch.device(DEV)
+    return parts, discover_groups(parts, dev), dev
 
 
 def calibration_ids(work: Path, model: Path, rows: int) -> torch.Tensor:

@@ -55,6 +55,24 @@ def recipe(model_dir: Path, profile: str, mlp: Format, attn: Format) -> PlanResu
     )
 
 
+def nf4_mlp_plan(model_dir: Path) -> PlanResult:
+    """bitsandbytes NF4 for the MLPs, attention 16-bit (sm80, the bnb export family)."""
+    model, _ = load_model(model_dir)
+    groups = discover_groups(decoder_parts(model))
+    return plan(
+        PlanRequest(
+            groups=groups,
+            scores={g.name: {Format.NF4: 1.0} for g in groups},
+            profile=get_profile("sm80"),
+            budget=Budget(fraction_of_16bit=1.0),
+            allowed_formats=[Format.NF4, Format.BF16],
+            overrides=[(r"\.mlp\.", Format.NF4), (r"\.self_attn\.", Format.BF16)],
+            allow_non_native=True,
+            export_format=ExportFormat.BITSANDBYTES_NF4,
+        )
+    )
+
+
 def qconfig(out: Path) -> dict:  # type: ignore[type-arg]
     return json.loads((out / "config.json").read_text())["quantization_config"]
 
@@ -136,21 +154,7 @@ def test_nvfp4_uses_its_own_compressor(tiny_llama: Path, tmp_path: Path):
 
 
 def test_bitsandbytes_nf4_mlp_only(tiny_llama: Path, tmp_path: Path):
-    model, _ = load_model(tiny_llama)
-    groups = discover_groups(decoder_parts(model))
-    scores = {g.name: {Format.NF4: 1.0} for g in groups}
-    p = plan(
-        PlanRequest(
-            groups=groups,
-            scores=scores,
-            profile=get_profile("sm80"),
-            budget=Budget(fraction_of_16bit=1.0),
-            allowed_formats=[Format.NF4, Format.BF16],
-            overrides=[(r"\.mlp\.", Format.NF4), (r"\.self_attn\.", Format.BF16)],
-            allow_non_native=True,
-            export_format=ExportFormat.BITSANDBYTES_NF4,
-        )
-    )
+    p = nf4_mlp_plan(tiny_llama)
     assert bnb_skip_modules(p) == ["q_proj", "k_proj", "v_proj", "o_proj", "lm_head"]
     res = export(tiny_llama, p, tmp_path / "nf4")
     cfg = json.loads((tmp_path / "nf4" / "config.json").read_text())["quantization_config"]
@@ -267,20 +271,7 @@ def test_export_reports_phase_timings(
 
 
 def test_bitsandbytes_export_reports_phase_timings(tiny_llama: Path, tmp_path: Path):
-    model, _ = load_model(tiny_llama)
-    groups = discover_groups(decoder_parts(model))
-    p = plan(
-        PlanRequest(
-            groups=groups,
-            scores={g.name: {Format.NF4: 1.0} for g in groups},
-            profile=get_profile("sm80"),
-            budget=Budget(fraction_of_16bit=1.0),
-            allowed_formats=[Format.NF4, Format.BF16],
-            overrides=[(r"\.mlp\.", Format.NF4), (r"\.self_attn\.", Format.BF16)],
-            allow_non_native=True,
-            export_format=ExportFormat.BITSANDBYTES_NF4,
-        )
-    )
+    p = nf4_mlp_plan(tiny_llama)
     res = export(tiny_llama, p, tmp_path / "nf4")
     assert res.phase_seconds is not None and res.wall_seconds is not None
     assert list(res.phase_seconds) == ["import", "load", "save", "hash"]

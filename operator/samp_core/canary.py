@@ -183,6 +183,9 @@ class EnsureCanary:
     served_model_name: str
     artifact_uri: str | None
     attempt: int
+    # Names clients already send (the public and the stable's served name): the canary
+    # answers them too, or a client of the shared Service/route gets 404 from it.
+    aliases: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -742,11 +745,21 @@ def _fmt(x: float | None) -> str:
     return f"{x:.4g}"
 
 
+def client_model_names(spec: QuantizedModelSpec, name: str) -> tuple[str, ...]:
+    """Model names clients of the shared Service or route send (public, then stable's)."""
+    names = [served_model_name(spec, name)]
+    stable = stable_model_name(spec, name)
+    if stable is not None and stable not in names:
+        names.append(stable)
+    return tuple(names)
+
+
 def _ensure(spec: QuantizedModelSpec, status: QuantizedModelStatus, name: str) -> EnsureCanary:
     return EnsureCanary(
         served_model_name=canary_model_name(spec, name),
         artifact_uri=status.artifact_uri,
         attempt=status.attempt,
+        aliases=client_model_names(spec, name),
     )
 
 

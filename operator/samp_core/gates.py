@@ -86,7 +86,7 @@ class SideFigures:
     """What one side (canary or stable) did during the window. None = no data."""
 
     requests: float | None = None  # requests finished in the window (every finished_reason)
-    errors: float | None = None  # of which failed: engine abort/error + HTTP 5xx
+    errors: float | None = None  # of which failed: engine abort/error + HTTP 4xx/5xx
     p99_seconds: float | None = None  # P99 end-to-end latency
     ttft_p99_seconds: float | None = None  # P99 time to first token
 

@@ -173,6 +173,7 @@ def step(engine: Any, body: dict[str, Any], decision: Decision) -> Decision:
                 spec,
                 action.artifact_uri or spec.artifacts.uri,
                 served_model_name=action.served_model_name,
+                aliases=action.aliases,
                 export_format=spec.quantization.export_format,
                 attempt=action.attempt,
                 replicas=1,

@@ -5,10 +5,11 @@ over the analysis window ``W`` ending at the request's ``end``:
 
 * requests: ``sum(increase(vllm:request_success_total{model_name="N"}[W]))`` — every
   request the engine finished, whatever its ``finished_reason`` (stop, length,
-  abort, error, repetition), plus HTTP 5xx answers that never reached the engine;
-* errors: engine requests finished as ``abort`` or ``error`` plus HTTP 5xx from
-  ``http_requests_total{status=~"5.."}`` (vLLM's instrumentator groups codes as
-  ``5xx``, which the regex also matches);
+  abort, error, repetition), plus HTTP 4xx and 5xx answers that never reached the engine;
+* errors: engine requests finished as ``abort`` or ``error`` plus HTTP 4xx and 5xx from
+  ``http_requests_total{status=~"[45].."}`` (vLLM's instrumentator groups codes as
+  ``4xx``/``5xx``, which the regex also matches). A 4xx is an error too: a canary that
+  answers the clients' model name with 404 is broken for them, whoever is to blame;
 * P99 latency: ``histogram_quantile(0.99, sum by (le) (rate(
   vllm:e2e_request_latency_seconds_bucket{model_name="N"}[W])))``; TTFT the same over
   ``vllm:time_to_first_token_seconds_bucket`` when a TTFT gate is set;
@@ -80,7 +81,7 @@ class PrometheusProvider:
     """Runs the gate queries against one Prometheus.
 
     ``http_label``: the target label that tells canary and stable apart on
-    ``http_requests_total`` (None: ignore HTTP 5xx). ``extra_selector``: label
+    ``http_requests_total`` (None: ignore HTTP 4xx/5xx). ``extra_selector``: label
     matchers added to every selector, e.g. ``namespace="prod"``.
     """
 
@@ -113,7 +114,7 @@ class PrometheusProvider:
     def _http_sel(self, model: str) -> str | None:
         if self.http_label is None:
             return None
-        parts = [f"{self.http_label}={_quote(model)}", 'status=~"5.."']
+        parts = [f"{self.http_label}={_quote(model)}", 'status=~"[45].."']
         if self.extra_selector:
             parts.append(self.extra_selector)
         return "{" + ",".join(parts) + "}"
@@ -121,7 +122,7 @@ class PrometheusProvider:
     def side_queries(self, model: str, window: str, ttft: bool) -> dict[str, str]:
         """PromQL per figure for one served model name."""
         http = self._http_sel(model)
-        http5xx = f"sum(increase({HTTP}{http}[{window}]))" if http else None
+        http5xx = f"sum(increase({HTTP}{http}[{window}]))" if http else None  # 4xx and 5xx
         engine = f"sum(increase({SUCCESS}{self._sel(model)}[{window}]))"
         failed = self._sel(model, finished_reason='~"abort|error"')
         engine_err = f"sum(increase({SUCCESS}{failed}[{window}]))"

@@ -1,7 +1,10 @@
 """Manifests of the canary vLLM Deployment and Service, and the stable patch on promotion.
 
-The canary serves the attempt's artifact under ``--served-model-name <name>-canary``,
-so vLLM's ``model_name`` label separates its series from the stable's. Pods carry the
+The canary serves the attempt's artifact under ``--served-model-name <name>-canary
+<public name>...``: vLLM labels its metrics with the first name, so ``model_name``
+separates canary series from the stable's, and it also answers the names clients of the
+shared Service or HTTPRoute send (with only ``<name>-canary`` every such request got
+404 "model does not exist" from the canary's share of the traffic). Pods carry the
 ``prometheus.io/scrape|port|path`` annotations and the label ``samp.dev/served-model``
 (relabel it to ``served_model`` so the HTTP layer's ``http_requests_total`` is
 separable too, see samp_operator.prometheus); readiness and liveness probe
@@ -82,6 +85,7 @@ def canary_manifests(
     artifact_uri: str,
     *,
     served_model_name: str,
+    aliases: tuple[str, ...] = (),
     export_format: ExportFormat | None = ExportFormat.COMPRESSED_TENSORS,
     attempt: int = 1,
     replicas: int = 1,
@@ -112,6 +116,7 @@ def canary_manifests(
         model,
         "--served-model-name",
         served_model_name,
+        *[a for a in dict.fromkeys(aliases) if a != served_model_name],
         "--host",
         "0.0.0.0",
         "--port",
@@ -184,6 +189,17 @@ def canary_manifests(
     return deployment, service
 
 
+def _with_served_names(args: list[str], names: list[str]) -> list[str]:
+    """``args`` with the values of ``--served-model-name`` (it takes several) replaced."""
+    if "--served-model-name" not in args:
+        return args
+    start = args.index("--served-model-name") + 1
+    end = start
+    while end < len(args) and not args[end].startswith("--"):
+        end += 1
+    return [*args[:start], *names, *args[end:]]
+
+
 def promoted_stable_patch(
     stable_deployment: dict[str, Any], canary_deployment: dict[str, Any], stable_served_name: str
 ) -> dict[str, Any]:
@@ -197,9 +213,7 @@ def promoted_stable_patch(
     c_container = c_tmpl["containers"][0]
     s_containers = list(stable_deployment["spec"]["template"]["spec"]["containers"])
     idx = next((i for i, c in enumerate(s_containers) if c.get("name") == "vllm"), 0)
-    args = list(c_container["args"])
-    if "--served-model-name" in args:
-        args[args.index("--served-model-name") + 1] = stable_served_name
+    args = _with_served_names(list(c_container["args"]), [stable_served_name])
     merged = {
         **s_containers[idx],
         **{k: v for k, v in c_container.items() if k not in ("name", "resources")},

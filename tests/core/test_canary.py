@@ -89,7 +89,9 @@ class Sim:
     def start(self) -> None:
         d = self.tick(0, ready=False)
         assert d.actions == (
-            cn.EnsureCanary("tiny-llama-canary", "pvc://models/tiny/attempt-1", 1),
+            cn.EnsureCanary(
+                "tiny-llama-canary", "pvc://models/tiny/attempt-1", 1, aliases=("tiny-llama",)
+            ),
         )
         assert self.status.phase is Phase.CANARY
         d = self.tick(5, ready=False)  # pods not ready: no traffic yet

@@ -123,10 +123,32 @@ def test_canary_manifests() -> None:
     assert "runai_streamer" in s3["spec"]["template"]["spec"]["containers"][0]["args"]
 
 
+def test_canary_answers_the_names_clients_send() -> None:
+    """A client of the shared Service sends the public name; the canary must answer it."""
+    qm = tiny()
+    dep, _ = canary_manifests(
+        qm.name,
+        "default",
+        qm.spec,
+        "pvc://models/x",
+        served_model_name="tiny-llama-canary",
+        aliases=("tiny-llama", "tiny-llama-canary", "tiny-llama"),
+    )
+    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    start = args.index("--served-model-name") + 1
+    # first name = vLLM's model_name label (canary series stay separable), then the aliases once
+    assert args[start : start + 3] == ["tiny-llama-canary", "tiny-llama", "--host"]
+
+
 def test_promoted_stable_patch_keeps_the_stable_name() -> None:
     qm = tiny()
     dep, _ = canary_manifests(
-        qm.name, "default", qm.spec, "pvc://models/x", served_model_name="tiny-llama-canary"
+        qm.name,
+        "default",
+        qm.spec,
+        "pvc://models/x",
+        served_model_name="tiny-llama-canary",
+        aliases=("tiny-llama",),
     )
     stable = {
         "spec": {
@@ -144,7 +166,8 @@ def test_promoted_stable_patch_keeps_the_stable_name() -> None:
     containers = patch["spec"]["template"]["spec"]["containers"]
     assert containers[0] == {"name": "sidecar", "image": "envoy"}
     args = containers[1]["args"]
-    assert args[args.index("--served-model-name") + 1] == "tiny-llama"
+    start = args.index("--served-model-name") + 1
+    assert args[start : start + 2] == ["tiny-llama", "--host"]  # every canary name replaced
     assert args[args.index("--model") + 1] == "/artifacts/x"
 
 
@@ -213,7 +236,7 @@ def test_promql_text() -> None:
         '{model_name="tiny-llama-canary"}[30s])))'
     )
     assert 'finished_reason=~"abort|error"' in q["errors"]
-    assert 'http_requests_total{served_model="tiny-llama-canary",status=~"5.."}' in q["errors"]
+    assert 'http_requests_total{served_model="tiny-llama-canary",status=~"[45].."}' in q["errors"]
     assert "vllm:time_to_first_token_seconds_bucket" in q["ttftP99"]
     assert prom.prom_duration(9.2) == "10s"
     no_http = prom.PrometheusProvider("http://127.0.0.1:1", http_label=None)

@@ -3,6 +3,8 @@
 #               canary with vLLM, step traffic, read Prometheus, promote or roll back
 #   make quantize  only the SAMP pipeline (calibrate..evaluate) on the tiny example
 #   make test   lint + type + layer checks, then the whole test suite
+#   make e2e    the whole product on a real single-node cluster built here (root): kubelet,
+#               containerd, the operator's chart and images, apply examples/tiny-cpu.yaml
 #   make lint   ruff, mypy (strict on the core), import-linter contracts
 #   make crds   regenerate crds/ from the typed models
 
@@ -17,7 +19,7 @@ STAMP := $(VENV)/.installed
 DEMO_OUT ?= out/demo
 QUANTIZE_OUT ?= out/quantize
 
-.PHONY: install demo quantize test lint crds clean
+.PHONY: install demo quantize test lint crds clean e2e images
 
 install: $(STAMP)
 
@@ -56,11 +58,20 @@ lint: install
 	$(BIN)/samp crds --check --out charts/samp-operator/crds
 
 test: lint
-	@# Build (or find cached) the real control plane before collection: some tests are
-	@# parametrized from what the built Helm renders. SAMP_SKIP_CLUSTER_TESTS=1 skips it.
+	@bash .ci/system-packages
+	@# Build (or find cached) the real control plane, node and images before collection: some
+	@# tests are parametrized from what the built Helm renders. SAMP_SKIP_CLUSTER_TESTS=1 skips it.
 	@if [ -z "$$SAMP_SKIP_CLUSTER_TESTS" ]; then bash tests/cluster/build.sh; fi
-	@command -v prometheus >/dev/null || bash .ci/system-packages
+	@if [ -z "$$SAMP_SKIP_CLUSTER_TESTS$$SAMP_SKIP_E2E" ]; then bash tests/e2e/images.sh; fi
 	$(BIN)/python -m pytest tests
+
+images: install
+	@bash .ci/system-packages
+	bash tests/cluster/build.sh
+	bash tests/e2e/images.sh
+
+e2e: images
+	$(BIN)/python tests/e2e/e2e.py --manifest examples/tiny-cpu.yaml
 
 crds: install
 	$(BIN)/samp crds --out crds

@@ -338,8 +338,20 @@ class ControlPlane:
             cp.stop()
     """
 
-    def __init__(self, workdir: Path | str, binaries: Path | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path | str,
+        binaries: Path | None = None,
+        *,
+        bind_address: str = "127.0.0.1",
+        fake_nodes: bool = True,
+    ) -> None:
+        """``bind_address``: where kube-apiserver listens and what it advertises (the
+        real node of tests/e2e passes its bridge address so pods reach it through the
+        ``kubernetes`` Service). ``fake_nodes``: start KWOK with its GPU and CPU nodes."""
         self.workdir = Path(workdir)
+        self.bind_address = bind_address
+        self.fake_nodes = fake_nodes
         self.bin = Path(binaries) if binaries else bin_dir()
         self.versions = read_versions()
         self.components: list[Component] = []
@@ -437,7 +449,8 @@ class ControlPlane:
     def start(self, timeout: float = 120) -> ControlPlane:
         t_start = time.monotonic()
         for name in BINARIES:
-            self.binary(name)
+            if name != "kwok" or self.fake_nodes:
+                self.binary(name)
         self.workdir.mkdir(parents=True, exist_ok=True)
         logs = self.workdir / "logs"
         self._make_pki()
@@ -472,6 +485,7 @@ class ControlPlane:
             "/CN=kube-apiserver",
             server_sans=[
                 "IP:127.0.0.1",
+                *([f"IP:{self.bind_address}"] if self.bind_address != "127.0.0.1" else []),
                 "IP:10.0.0.1",
                 "DNS:localhost",
                 "DNS:kubernetes",
@@ -519,7 +533,7 @@ class ControlPlane:
 
     def _start_apiserver(self, logs: Path, timeout: float) -> None:
         port = free_port()
-        self.server = f"https://127.0.0.1:{port}"
+        self.server = f"https://{self.bind_address}:{port}"
         d = self.certs.dir
         # Audit only the operator identity's requests (metadata level): tests read which
         # API calls the operator really makes (tests/shipping/test_chart_rbac_cluster.py).
@@ -537,11 +551,18 @@ class ControlPlane:
                 "--etcd-servers",
                 self.etcd_url,
                 "--bind-address",
-                "127.0.0.1",
+                self.bind_address,
                 "--advertise-address",
-                "127.0.0.1",
+                self.bind_address,
                 "--secure-port",
                 str(port),
+                # logs/exec/port-forward to a real kubelet: present the admin certificate
+                "--kubelet-client-certificate",
+                str(d / "admin.crt"),
+                "--kubelet-client-key",
+                str(d / "admin.key"),
+                "--kubelet-preferred-address-types",
+                "InternalIP",
                 "--tls-cert-file",
                 str(d / "apiserver.crt"),
                 "--tls-private-key-file",
@@ -668,9 +689,10 @@ class ControlPlane:
             logs / "kwok.log",
             health_url=f"http://127.0.0.1:{kwok_port}/healthz",
         )
-        for comp in (kcm, sched, kwok):
+        comps = (kcm, sched, kwok) if self.fake_nodes else (kcm, sched)
+        for comp in comps:
             self._spawn(comp)
-        for comp in (kcm, sched, kwok):
+        for comp in comps:
             self._wait_healthy(comp, timeout)
 
     def _bootstrap(self, timeout: float) -> None:
@@ -678,6 +700,12 @@ class ControlPlane:
 
         t0 = time.monotonic()
         core = client.CoreV1Api(self.api_client)
+        if self.fake_nodes:
+            self._add_fake_nodes(timeout)
+        self._make_operator_identity(core, timeout)
+        self.timings["bootstrap"] = time.monotonic() - t0
+
+    def _add_fake_nodes(self, timeout: float) -> None:
         self.add_node(
             GPU_NODE,
             gpus=8,
@@ -693,6 +721,9 @@ class ControlPlane:
         self.add_node(CPU_NODE, labels={"samp.dev/test-node": "cpu"}, wait=False)
         for n in (GPU_NODE, CPU_NODE):
             self.wait_node_ready(n, timeout)
+
+    def _make_operator_identity(self, core: Any, timeout: float) -> None:
+        from kubernetes import client
 
         # The operator identity: a real ServiceAccount whose token the operator
         # kubeconfig carries, so RBAC decides exactly as it would in-cluster.
@@ -721,7 +752,6 @@ class ControlPlane:
         )
         self.set_operator_rules([])  # no permissions until a test grants them
         self.wait_default_service_account("default", timeout)
-        self.timings["bootstrap"] = time.monotonic() - t0
 
     def stop(self, grace: float = 10) -> dict[str, int | None]:
         """Terminate every component (reverse start order), kill after `grace` seconds.

@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import socket
 import sys
 import time
 from collections.abc import Sequence
 
 import kopf
+from kopf._core.engines.peering import Identity  # kopf exports the type only here
 
 from samp_operator import settings as settings_module
 from samp_operator.engine import Engine, load_canary_hook
@@ -29,6 +32,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     settings_module.add_arguments(parser)
     return parser
+
+
+def peering_identity() -> Identity:
+    """This process's name among Kopf peers: the pod name (hostname), pid and start time.
+
+    Kopf's default asks ``getpass.getuser()``, which raises for a uid without a passwd
+    entry: the chart runs the operator as 65532, which no slim Python image lists, so the
+    pod crash-looped on its first real node (found by tests/e2e).
+    """
+    return Identity(f"{socket.gethostname()}/{os.getpid()}/{int(time.time())}")
 
 
 async def _operator(engine: Engine, metrics: Metrics) -> None:
@@ -58,6 +71,7 @@ async def _operator(engine: Engine, metrics: Metrics) -> None:
             clusterwide=s.clusterwide,
             namespaces=list(s.namespaces),
             ready_flag=ready,
+            identity=peering_identity(),
         )
     finally:
         ready_task.cancel()

@@ -7,6 +7,9 @@
 #                          (the real node of tests/e2e; the control plane's stamps stay put)
 #   coredns             <- github.com/coredns/coredns, go/coredns/main.go with only the
 #                          plugins cluster DNS needs (kubernetes, cache, health, ready, ...)
+#   prometheus          <- github.com/prometheus/prometheus/cmd/prometheus with only the
+#                          kubernetes service discovery (build tags remove_all_sd,
+#                          enable_kubernetes_sd); Debian's 2.42 has no kubernetes_sd_configs
 #   etcd                <- go.etcd.io/etcd/server/v3 (etcdmain.Main, like etcd's own main.go)
 #   kwok                <- sigs.k8s.io/kwok/cmd/kwok
 #   helm                <- helm.sh/helm/v3/cmd/helm
@@ -182,6 +185,10 @@ ensure_modules() {
   if [[ $force == 1 ]] || ! mod_current coredns "github.com/coredns/coredns $COREDNS_VERSION"; then
     step "go.mod: coredns $COREDNS_VERSION" gen_coredns_mod
   fi
+  if [[ $force == 1 ]] || ! mod_current prometheus "github.com/prometheus/prometheus $PROMETHEUS_VERSION"; then
+    step "go.mod: prometheus $PROMETHEUS_VERSION" gen_simple_mod prometheus \
+      github.com/prometheus/prometheus "$PROMETHEUS_VERSION" github.com/prometheus/prometheus/cmd/prometheus
+  fi
   if [[ $force == 1 ]] || ! mod_current etcd "go.etcd.io/etcd/server/v3 $ETCD_VERSION"; then
     step "go.mod: etcd $ETCD_VERSION" gen_etcd_mod
   fi
@@ -195,20 +202,20 @@ ensure_modules() {
 
 # --- binaries --------------------------------------------------------------
 
-stamp_of() { # stamp_of <name> <moddir> <version> <ldflags>
-  echo "$1 $3 $GOVERSION go.sum:$(sha256sum "$GOMODS/$2/go.sum" | cut -c1-16) ldflags:$(echo "$4" | sha256sum | cut -c1-16)"
+stamp_of() { # stamp_of <name> <moddir> <version> <ldflags> [tags]
+  echo "$1 $3 $GOVERSION go.sum:$(sha256sum "$GOMODS/$2/go.sum" | cut -c1-16) ldflags:$(echo "$4" | sha256sum | cut -c1-16)${5:+ tags:$5}"
 }
 
-is_current() { # is_current <name> <moddir> <version> <ldflags>
+is_current() { # is_current <name> <moddir> <version> <ldflags> [tags]
   [[ -x "$BIN_DIR/$1" && -f "$BIN_DIR/.$1.stamp" ]] && [[ "$(cat "$BIN_DIR/.$1.stamp")" == "$(stamp_of "$@")" ]]
 }
 
-go_build() { # go_build <name> <moddir> <version> <package> <ldflags>
-  local name=$1 moddir=$2 version=$3 pkg=$4 ldflags=$5
+go_build() { # go_build <name> <moddir> <version> <package> <ldflags> [tags]
+  local name=$1 moddir=$2 version=$3 pkg=$4 ldflags=$5 tags=${6:-}
   local tmp="$BIN_DIR/.$name.tmp.$$"
-  (cd "$GOMODS/$moddir" && "$GO" build -o "$tmp" -ldflags "-s -w $ldflags" "$pkg")
+  (cd "$GOMODS/$moddir" && "$GO" build -o "$tmp" ${tags:+-tags "$tags"} -ldflags "-s -w $ldflags" "$pkg")
   mv -f "$tmp" "$BIN_DIR/$name"
-  stamp_of "$name" "$moddir" "$version" "$ldflags" > "$BIN_DIR/.$name.stamp"
+  stamp_of "$name" "$moddir" "$version" "$ldflags" "$tags" > "$BIN_DIR/.$name.stamp"
   # shellcheck disable=SC2086
   { "$BIN_DIR/$name" ${VERSION_ARGS[$name]} 2>&1 || true; } | head -n 3 | sed "s/^/    $name: /" || true
 }
@@ -216,7 +223,7 @@ go_build() { # go_build <name> <moddir> <version> <package> <ldflags>
 declare -A VERSION_ARGS=(
   [etcd]=--version [kube-apiserver]=--version [kube-controller-manager]=--version
   [kube-scheduler]=--version [kubectl]="version --client" [kwok]=--version [helm]=version
-  [kubelet]=--version [kube-proxy]=--version [coredns]=-version
+  [kubelet]=--version [kube-proxy]=--version [coredns]=-version [prometheus]=--version
 )
 
 k8s_ldflags() {
@@ -249,6 +256,7 @@ make_plan() {
     "kubelet|node|$K8S_VERSION|k8s.io/kubernetes/cmd/kubelet|$K8S_LD"
     "kube-proxy|node|$K8S_VERSION|k8s.io/kubernetes/cmd/kube-proxy|$K8S_LD"
     "coredns|coredns|$COREDNS_VERSION|samp.dev/tests/cluster/coredns|-X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION"
+    "prometheus|prometheus|$PROMETHEUS_VERSION|github.com/prometheus/prometheus/cmd/prometheus|-X github.com/prometheus/common/version.Version=$PROMETHEUS_VERSION|remove_all_sd,enable_kubernetes_sd"
     "kwok|kwok|$KWOK_VERSION|sigs.k8s.io/kwok/cmd/kwok|-X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION"
     "helm|helm|$HELM_VERSION|helm.sh/helm/v3/cmd/helm|-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
   )
@@ -257,14 +265,14 @@ make_plan() {
 build_all() {
   mkdir -p "$BIN_DIR"
   make_plan
-  local entry name moddir version pkg ld built=0
+  local entry name moddir version pkg ld tags built=0
   for entry in "${PLAN[@]}"; do
-    IFS='|' read -r name moddir version pkg ld <<<"$entry"
-    if is_current "$name" "$moddir" "$version" "$ld"; then
+    IFS='|' read -r name moddir version pkg ld tags <<<"$entry"
+    if is_current "$name" "$moddir" "$version" "$ld" "$tags"; then
       log "up to date: $name $version"
       continue
     fi
-    step "go build $name $version" go_build "$name" "$moddir" "$version" "$pkg" "$ld"
+    step "go build $name $version" go_build "$name" "$moddir" "$version" "$pkg" "$ld" "$tags"
     built=$((built + 1))
   done
   log "binaries in $BIN_DIR ($built built)"
@@ -307,10 +315,10 @@ copy_all_crds() {
 
 check_all() {
   make_plan
-  local entry name moddir version pkg ld
+  local entry name moddir version pkg ld tags
   for entry in "${PLAN[@]}"; do
-    IFS='|' read -r name moddir version pkg ld <<<"$entry"
-    is_current "$name" "$moddir" "$version" "$ld" || { echo "not built or stale: $name"; return 1; }
+    IFS='|' read -r name moddir version pkg ld tags <<<"$entry"
+    is_current "$name" "$moddir" "$version" "$ld" "$tags" || { echo "not built or stale: $name"; return 1; }
   done
   for entry in "${CRD_SOURCES[@]}"; do
     IFS='|' read -r name pkg version ld <<<"$entry"

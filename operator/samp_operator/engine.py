@@ -16,23 +16,21 @@ asks for one (``loop.call_later``, never a sleep). Errors back off exponentially
 resource (2 s doubling to 5 min) and are counted. A resource nothing happens to costs no
 API request at all (tests/benchmarks/operator_results.md).
 
-Rollout seam: when the quantization stages are all done (``decision.quantized``), the
-decision goes through ``canary_hook(engine, body, decision) -> Decision`` if a module
-``samp_operator.canary_hook`` with a ``step`` function exists (the [rollout] issue
-provides it: it runs ``samp_core.canary.decide`` with its own observations and merges
-its status, actions and requeue into the decision). Without it the resource rests at
-Evaluated.
+Canary: when the quantization stages are all done (``decision.quantized``), the decision
+goes through the canary stage main.py wired in (samp_operator.canary_kube.KubeCanary: the
+one canary driver with the Kubernetes serving, router and Prometheus provider), which
+merges the canary's status, Events and requeue into it. Without one (``--no-canary``)
+the resource rests at Evaluated.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
-import importlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -46,8 +44,9 @@ from samp_core.children import (
     cleanup_supported,
     selector,
 )
-from samp_core.reconcile import Decision, ObservedJob, reconcile
+from samp_core.reconcile import ObservedJob, reconcile
 from samp_core.validation import validate_manifest
+from samp_operator.canary_kube import KubeCanary
 from samp_operator.kube import ConflictError, Kube
 from samp_operator.metrics import Metrics
 from samp_operator.observe import job_record, observed_job
@@ -56,7 +55,6 @@ from samp_operator.settings import OperatorSettings
 log = logging.getLogger("samp.engine")
 
 Key = tuple[str, str]
-CanaryHook = Callable[["Engine", Mapping[str, Any], Decision], Decision]
 _AGAIN = -1.0  # reconcile again at once (status write conflicted)
 ERROR_BACKOFF_MIN = 2.0
 ERROR_BACKOFF_MAX = 300.0
@@ -82,22 +80,13 @@ def api_message(err: ApiException) -> str:
     return str(message)[:900] if message else brief(err)
 
 
-def load_canary_hook() -> CanaryHook | None:
-    try:
-        module = importlib.import_module("samp_operator.canary_hook")
-    except ImportError:
-        return None
-    hook = getattr(module, "step", None)
-    return hook if callable(hook) else None
-
-
 class Engine:
     def __init__(self, settings: OperatorSettings, kube: Kube, metrics: Metrics,
-                 canary_hook: CanaryHook | None = None) -> None:
+                 canary: KubeCanary | None = None) -> None:
         self.settings = settings
         self.kube = kube
         self.metrics = metrics
-        self.canary_hook = canary_hook
+        self.canary = canary
         self.job_settings = settings.job_settings()
         self.executor = ThreadPoolExecutor(max_workers=settings.workers,
                                            thread_name_prefix="samp-reconcile")
@@ -220,9 +209,9 @@ class Engine:
                   [(j.name, j.state, bool(j.result)) for j in jobs], cms)
         decision = reconcile(body, jobs, cms, datetime.now(UTC), self.job_settings)
         canary_error: Exception | None = None
-        if decision.quantized and self.canary_hook is not None:
+        if decision.quantized and self.canary is not None:
             try:
-                decision = self.canary_hook(self, body, decision)
+                decision = self.canary.step(body, decision)
             except Exception as err:  # the quantization status is still written
                 canary_error = err
         try:

@@ -11,14 +11,16 @@ as Argo Rollouts' traffic routers.
   total the canary gets ``max(1, round(N * w / 100))`` (all ``N`` at 100) and the stable
   the rest; the achievable weight is reported by ``verify`` (``N = 1`` can only do 0/50/100
   with one extra pod; the status shows the real ratio).
-* :class:`LocalWeights` — the same interface in one process: the load generator of the
-  local flow and the tests reads the weight from it, playing the part of the gateway.
+* :class:`NoRouter` — neither a route nor a stable target: the canary Service is the
+  only backend, so any weight holds.
+
+The local demo's in-process router (the load generator follows it) is
+samp_local.load.LocalWeights.
 """
 
 from __future__ import annotations
 
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 GATEWAY_GROUP = "gateway.networking.k8s.io"
@@ -37,25 +39,14 @@ class TrafficRouter(Protocol):
 
 
 @dataclass
-class LocalWeights:
-    """In-process router: the load generator asks it where each request goes."""
-
-    weight: int = 0
-    history: list[int] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+class NoRouter:
+    """No route and no stable: the canary Service is the only backend; any weight holds."""
 
     def set_weight(self, weight: int) -> None:
-        with self._lock:
-            self.weight = max(0, min(100, int(weight)))
-            self.history.append(self.weight)
+        return None
 
     def verify_weight(self, weight: int) -> bool:
-        with self._lock:
-            return self.weight == weight
-
-    def canary_share(self) -> float:
-        with self._lock:
-            return self.weight / 100.0
+        return True
 
 
 def route_with_weights(

@@ -13,12 +13,12 @@ from samp_core.api import parse
 from samp_core.canary import AnalysisRequest
 from samp_core.formats import ExportFormat
 from samp_core.spec import GatesSpec
+from samp_local.load import LocalWeights
+from samp_local.processes import free_port
 from samp_operator import prometheus as prom
-from samp_operator.local_flow import free_port
 from samp_operator.rollout_cli import annotation_patch, format_status
 from samp_operator.serving import canary_manifests, promoted_stable_patch
 from samp_operator.traffic import (
-    LocalWeights,
     effective_weight,
     replica_split,
     route_with_weights,

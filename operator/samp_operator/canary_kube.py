@@ -1,0 +1,229 @@
+"""The canary driver on Kubernetes: KubeServing, the router choice, and the engine's seam.
+
+samp_operator.engine calls :meth:`KubeCanary.step` after the quantization machine
+(samp_core.reconcile) when every stage is done (``decision.quantized``). It runs the one
+canary driver (samp_operator.canary_driver) with the Kubernetes implementations and
+merges status, Events and requeue into the engine's decision, so the reconcile still
+ends in the engine's one status write.
+
+* :class:`KubeServing` — readiness is the canary Deployment's ``status.readyReplicas``
+  ≥ replicas; EnsureCanary creates the canary Deployment and Service
+  (samp_operator.serving) owned by the QuantizedModel; PromoteStable (UpdateStable)
+  patches the stable Deployment, or creates ``<name>`` from the canary's template when
+  there is no stable; RemoveCanary deletes the canary's Deployment and Service.
+* :func:`router_for` — the HTTPRoute router, else the replica-ratio router when a stable
+  target exists, else :class:`~samp_operator.traffic.NoRouter` (the canary then is the
+  only backend).
+* the provider — PrometheusProvider on ``spec.gates.prometheusUrl``, else the operator's
+  ``--prometheus-url``; with neither, NoPrometheus (every analysis an Error).
+
+Idempotent: creating what exists and deleting what is gone are no-ops; a weight set
+before a status write that then conflicts is set again on the next reconcile.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import kubernetes
+
+from samp_core.api import API_VERSION, KIND
+from samp_core.canary import EnsureCanary, PromoteStable, stable_model_name
+from samp_core.reconcile import Decision
+from samp_core.spec import QuantizedModelSpec
+from samp_core.status import Phase
+from samp_operator.canary_driver import CanaryDriver, MeasurementProvider, NoPrometheus
+from samp_operator.prometheus import PrometheusProvider
+from samp_operator.serving import canary_manifests, canary_names, promoted_stable_patch
+from samp_operator.traffic import (
+    MERGE_PATCH,
+    HTTPRouteRouter,
+    NoRouter,
+    ReplicaRatioRouter,
+    TrafficRouter,
+)
+
+log = logging.getLogger("samp.canary")
+_ACTIVE = (Phase.EVALUATED, Phase.CANARY, Phase.PAUSED)
+
+__all__ = ["KubeCanary", "KubeServing", "router_for"]
+
+
+def _status_code(err: Exception) -> int | None:
+    return getattr(err, "status", None)
+
+
+def _tolerate(call: Any, code: int, *args: Any) -> None:
+    """``call(*args)``, where an API error with status ``code`` (409 exists, 404 gone) is
+    what we wanted anyway."""
+    try:
+        call(*args)
+    except Exception as err:
+        if _status_code(err) != code:
+            raise
+
+
+def router_for(
+    spec: QuantizedModelSpec, name: str, namespace: str, apps: Any, custom: Any
+) -> TrafficRouter:
+    dep, svc = canary_names(name)
+    route = spec.rollout.http_route
+    if route is not None:
+        return HTTPRouteRouter(
+            custom,
+            namespace,
+            route.name,
+            route.stable_backend,
+            route.canary_backend or svc,
+            port=spec.serving.port,
+        )
+    if spec.serving.stable is not None:
+        return ReplicaRatioRouter(
+            apps, namespace, spec.serving.stable.deployment, dep, spec.serving.replicas
+        )
+    return NoRouter()
+
+
+@dataclass
+class KubeServing:
+    """The canary Deployment and Service of one QuantizedModel (and its stable)."""
+
+    apps: Any  # kubernetes.client.AppsV1Api
+    core: Any  # kubernetes.client.CoreV1Api
+    spec: QuantizedModelSpec
+    name: str
+    namespace: str
+    uid: str = ""
+
+    @property
+    def names(self) -> tuple[str, str]:
+        return canary_names(self.name)
+
+    def canary_ready(self) -> bool:
+        try:
+            dep = self.apps.read_namespaced_deployment_status(self.names[0], self.namespace)
+        except Exception as err:
+            if _status_code(err) == 404:
+                return False
+            raise
+        want = int(dep.spec.replicas or 0)
+        ready = int(getattr(dep.status, "ready_replicas", 0) or 0)
+        return want > 0 and ready >= want
+
+    def ensure_canary(self, action: EnsureCanary) -> None:
+        spec, ns = self.spec, self.namespace
+        extra = None
+        if spec.rollout.http_route is None and spec.serving.stable is not None:
+            svc = self.core.read_namespaced_service(spec.serving.stable.service, ns)
+            extra = dict(svc.spec.selector or {})
+        owner = {"apiVersion": API_VERSION, "kind": KIND, "name": self.name, "uid": self.uid}
+        deployment, service = canary_manifests(
+            self.name,
+            ns,
+            spec,
+            action.artifact_uri or spec.artifacts.uri,
+            served_model_name=action.served_model_name,
+            aliases=action.aliases,
+            export_format=spec.quantization.export_format,
+            attempt=action.attempt,
+            replicas=1,
+            extra_pod_labels=extra,
+            owner=owner,
+        )
+        _tolerate(self.apps.create_namespaced_deployment, 409, ns, deployment)
+        _tolerate(self.core.create_namespaced_service, 409, ns, service)
+
+    def remove_canary(self) -> None:
+        dep, svc = self.names
+        _tolerate(self.apps.delete_namespaced_deployment, 404, dep, self.namespace)
+        _tolerate(self.core.delete_namespaced_service, 404, svc, self.namespace)
+
+    def promote(self, action: PromoteStable) -> None:
+        if action.strategy != "UpdateStable":
+            return  # ShiftRoute: the route already sends everything to the canary
+        canary = self.apps.read_namespaced_deployment(self.names[0], self.namespace)
+        canary_doc = self.apps.api_client.sanitize_for_serialization(canary)
+        stable = self.spec.serving.stable
+        if stable is None:
+            _tolerate(self.apps.create_namespaced_deployment, 409, self.namespace,
+                      self._stable_from(canary_doc))
+            return
+        current = self.apps.read_namespaced_deployment(stable.deployment, self.namespace)
+        current_doc = self.apps.api_client.sanitize_for_serialization(current)
+        served = stable_model_name(self.spec, self.name) or self.name
+        patch = promoted_stable_patch(current_doc, canary_doc, served)
+        self.apps.patch_namespaced_deployment(
+            stable.deployment, self.namespace, patch, _content_type=MERGE_PATCH
+        )
+        log.info("%s/%s: stable Deployment %s now serves the artifact", self.namespace,
+                 self.name, stable.deployment)
+
+    def _stable_from(self, canary_doc: dict[str, Any]) -> dict[str, Any]:
+        """No stable yet: the canary's template becomes the stable ``<name>`` Deployment."""
+        template: dict[str, Any] = canary_doc["spec"]["template"]
+        template["metadata"]["labels"]["samp.dev/role"] = "stable"
+        return {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {
+                "name": self.name,
+                "namespace": self.namespace,
+                "labels": canary_doc["metadata"].get("labels", {}),
+            },
+            "spec": {
+                "replicas": self.spec.serving.replicas,
+                "selector": {
+                    "matchLabels": {"samp.dev/quantizedmodel": self.name,
+                                    "samp.dev/role": "stable"}
+                },
+                "template": template,
+            },
+        }
+
+
+class KubeCanary:
+    """The engine's canary stage: the one driver with the Kubernetes implementations."""
+
+    def __init__(self, api_client: Any, prometheus_url: str | None) -> None:
+        self.apps = kubernetes.client.AppsV1Api(api_client)
+        self.core = kubernetes.client.CoreV1Api(api_client)
+        self.custom = kubernetes.client.CustomObjectsApi(api_client)
+        self.prometheus_url = prometheus_url
+
+    def driver(self, spec: QuantizedModelSpec, meta: Mapping[str, Any]) -> CanaryDriver:
+        namespace, name = meta["namespace"], meta["name"]
+        serving = KubeServing(self.apps, self.core, spec, name, namespace, meta.get("uid", ""))
+        url = spec.gates.prometheus_url or self.prometheus_url
+        provider: MeasurementProvider = PrometheusProvider(url) if url else NoPrometheus()
+        return CanaryDriver(
+            serving, router_for(spec, name, namespace, self.apps, self.custom), provider
+        )
+
+    def step(self, body: Mapping[str, Any], decision: Decision) -> Decision:
+        """Run one canary turn on ``decision`` (the quantization machine's) and merge."""
+        resource = decision.resource
+        if resource is None or decision.status.phase not in _ACTIVE:
+            return decision
+        meta = body["metadata"]
+        turn = self.driver(resource.spec, meta).step(
+            resource.spec,
+            decision.status,
+            meta["name"],
+            meta.get("annotations") or {},
+            meta.get("generation"),
+            datetime.now(UTC),
+        )
+        d = turn.decision
+        decision.status = d.status
+        decision.events.extend(d.events)
+        if d.requeue_after is not None:
+            decision.requeue_after = (
+                d.requeue_after
+                if decision.requeue_after is None
+                else min(decision.requeue_after, d.requeue_after)
+            )
+        return decision

@@ -1,0 +1,303 @@
+"""The one canary driver (samp_operator.canary_driver) over fake serving, router and
+provider: what it observes, what it measures, which implementation each action reaches.
+Fast, pure: the fakes record calls; the real implementations are exercised by
+test_rollout_real.py (local processes) and test_rollout_cluster.py (Kubernetes)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from samp_core import canary as cn
+from samp_core import gates as g
+from samp_core.api import parse
+from samp_core.reconcile import Decision, Event
+from samp_core.spec import GatesSpec, QuantizedModelSpec
+from samp_core.status import AccuracySummary, Phase, QuantizedModelStatus
+from samp_operator.canary_driver import CanaryDriver, NoPrometheus
+from samp_operator.canary_kube import KubeCanary, KubeServing
+
+ROOT = Path(__file__).resolve().parents[2]
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+NAME = "tiny-llama"
+
+
+def make_spec(**rollout: Any) -> QuantizedModelSpec:
+    doc = yaml.safe_load((ROOT / "examples" / "tiny-cpu.yaml").read_text())
+    doc["spec"]["rollout"] = {
+        "steps": [{"weight": 25, "duration": "30s"}, {"weight": 100, "duration": "30s"}],
+        "analysisInterval": "10s",
+        "progressDeadline": "10m",
+        **rollout,
+    }
+    return parse(doc).spec
+
+
+def evaluated() -> QuantizedModelStatus:
+    return QuantizedModelStatus(
+        phase=Phase.EVALUATED,
+        accuracy=AccuracySummary(perplexity_base=10.0, perplexity_quantized=10.2, passed=True),
+        artifact_uri="pvc://models/tiny/attempt-1",
+    )
+
+
+@dataclass
+class FakeServing:
+    ready: bool = True
+    calls: list[Any] = field(default_factory=list)
+
+    def canary_ready(self) -> bool:
+        return self.ready
+
+    def ensure_canary(self, action: cn.EnsureCanary) -> None:
+        self.calls.append(action)
+
+    def promote(self, action: cn.PromoteStable) -> None:
+        self.calls.append(action)
+
+    def remove_canary(self) -> None:
+        self.calls.append("remove")
+
+
+@dataclass
+class FakeRouter:
+    weight: int = 0
+    takes: bool = True  # False: the weight never takes (a route that is not accepted)
+    sets: list[int] = field(default_factory=list)
+    verified: list[int] = field(default_factory=list)
+
+    def set_weight(self, weight: int) -> None:
+        self.sets.append(weight)
+        if self.takes:
+            self.weight = weight
+
+    def verify_weight(self, weight: int) -> bool:
+        self.verified.append(weight)
+        return self.weight == weight
+
+
+@dataclass
+class FakeProvider:
+    p99: float = 0.3
+    requests: list[cn.AnalysisRequest] = field(default_factory=list)
+
+    def measure(self, request: cn.AnalysisRequest, gates: GatesSpec) -> g.Measurement:
+        self.requests.append(request)
+        return g.Measurement(
+            window_seconds=request.window_seconds,
+            taken_at=request.end,
+            canary=g.SideFigures(requests=40, errors=0, p99_seconds=self.p99),
+            stable=g.SideFigures(requests=40, errors=0, p99_seconds=0.3),
+        )
+
+
+@dataclass
+class Run:
+    spec: QuantizedModelSpec
+    driver: CanaryDriver
+    status: QuantizedModelStatus = field(default_factory=evaluated)
+    now: datetime = T0
+    annotations: dict[str, str] = field(default_factory=dict)
+
+    def turn(self, seconds: float = 5, generation: int | None = 3) -> cn.CanaryDecision:
+        self.now += timedelta(seconds=seconds)
+        t = self.driver.step(self.spec, self.status, NAME, self.annotations, generation,
+                             self.now)
+        self.status = t.decision.status
+        return t.decision
+
+    def until_done(self, limit: int = 200) -> None:
+        for _ in range(limit):
+            self.turn()
+            if self.status.phase not in (Phase.CANARY, Phase.PAUSED, Phase.EVALUATED):
+                return
+        raise AssertionError(f"still {self.status.phase}")
+
+
+def fakes(**router: Any) -> tuple[FakeServing, FakeRouter, FakeProvider, CanaryDriver]:
+    s, r, p = FakeServing(), FakeRouter(**router), FakeProvider()
+    return s, r, p, CanaryDriver(s, r, p)
+
+
+def test_healthy_canary_reaches_each_implementation_in_order() -> None:
+    serving, router, provider, driver = fakes()
+    run = Run(make_spec(), driver)
+    run.until_done()
+    assert run.status.phase is Phase.PROMOTED
+    assert router.sets == [25, 100, 0]
+    ensure = serving.calls[0]
+    assert ensure == cn.EnsureCanary(
+        "tiny-llama-canary", "pvc://models/tiny/attempt-1", 1, aliases=("tiny-llama",)
+    )
+    assert serving.calls[1:] == [cn.PromoteStable("UpdateStable", run.status.artifact_uri),
+                                 "remove"]
+    # Every analysis window is one interval, names the canary and the stable series.
+    assert provider.requests
+    assert {(r.canary_model, r.stable_model, r.window_seconds) for r in provider.requests} == {
+        ("tiny-llama-canary", "tiny-llama", 10.0)
+    }
+    assert provider.requests[0].weight == 25
+    assert run.status.canary is not None
+    assert run.status.canary.analyses == len(provider.requests)
+
+
+def test_the_driver_adds_nothing_to_the_machine() -> None:
+    """Its decision is samp_core.canary.decide's over what it observed."""
+    _s, _r, provider, driver = fakes()
+    run = Run(make_spec(), driver)
+    for _ in range(8):
+        before, at = run.status, run.now + timedelta(seconds=5)
+        d = run.turn()
+        m = provider.requests and provider.requests[-1].end == at
+        expected = cn.decide(run.spec, before, cn.Observation(
+            name=NAME, annotations={}, canary_ready=True,
+            weight_verified=True if before.canary and before.canary.weight
+            and before.phase is Phase.CANARY else None,
+            measurement=provider.measure(provider.requests[-1], run.spec.gates) if m else None,
+            generation=3), at)
+        assert d == expected
+
+
+def test_weight_is_verified_only_while_traffic_moves_and_set_again_when_not_in_effect() -> None:
+    serving, router, _p, driver = fakes()
+    run = Run(make_spec(), driver)
+    serving.ready = False
+    run.turn(0)
+    run.turn()
+    assert router.verified == [] and router.sets == []  # weight 0: nothing to verify
+    serving.ready = True
+    run.turn()
+    assert router.sets == [25]
+    router.weight = 0  # someone reset the route
+    d = run.turn()
+    assert router.verified[-1] == 25
+    assert d.actions == (cn.SetWeight(25),) and router.sets == [25, 25]
+
+
+def test_annotations_and_generation_reach_the_machine() -> None:
+    _s, router, _p, driver = fakes()
+    run = Run(make_spec(), driver)
+    run.turn(0)
+    run.turn()
+    run.annotations[cn.ANNOTATION_ABORT] = "true"
+    run.turn(generation=7)
+    assert run.status.phase is Phase.ROLLED_BACK
+    rolled = next(c for c in run.status.conditions if c.type == "RolledBack")
+    assert rolled.reason == "Aborted" and rolled.observed_generation == 7
+    assert router.sets[-1] == 0
+
+
+def test_without_prometheus_every_analysis_is_an_error_and_never_promotes() -> None:
+    serving, router, _p, _d = fakes()
+    driver = CanaryDriver(serving, router, NoPrometheus())
+    run = Run(make_spec(consecutiveErrorLimit=2), driver)
+    run.until_done()
+    assert run.status.phase is Phase.ROLLED_BACK
+    assert next(c for c in run.status.conditions if c.type == "RolledBack").reason == (
+        "MeasurementErrorLimitExceeded"
+    )
+    assert "no Prometheus configured" in run.status.gates[0].message
+    assert not any(isinstance(c, cn.PromoteStable) for c in serving.calls)
+
+
+def test_replan_touches_only_traffic_and_the_canary() -> None:
+    serving, router, provider, driver = fakes()
+    provider.p99 = 0.9  # 3x the stable: the ratio gate fails
+    run = Run(make_spec(replan={"enabled": True, "maxAttempts": 2}), driver)
+    run.until_done()
+    assert run.status.phase is Phase.PLANNING and run.status.attempt == 2
+    assert router.sets == [25, 0] and serving.calls[-1] == "remove"
+
+
+# ------------------------------------------------- the Kubernetes implementations
+
+
+class ApiError(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+
+
+@dataclass
+class FakeApi:
+    """AppsV1Api and CoreV1Api in one: what exists, and every call made."""
+
+    exists: set[str] = field(default_factory=set)
+    calls: list[tuple[str, str]] = field(default_factory=list)
+
+    def create_namespaced_deployment(self, ns: str, body: dict[str, Any]) -> None:
+        self._create("Deployment", body["metadata"]["name"])
+
+    def create_namespaced_service(self, ns: str, body: dict[str, Any]) -> None:
+        self._create("Service", body["metadata"]["name"])
+
+    def _create(self, kind: str, name: str) -> None:
+        self.calls.append(("create", f"{kind}/{name}"))
+        if f"{kind}/{name}" in self.exists:
+            raise ApiError(409)
+        self.exists.add(f"{kind}/{name}")
+
+    def delete_namespaced_deployment(self, name: str, ns: str) -> None:
+        self._delete("Deployment", name)
+
+    def delete_namespaced_service(self, name: str, ns: str) -> None:
+        self._delete("Service", name)
+
+    def _delete(self, kind: str, name: str) -> None:
+        self.calls.append(("delete", f"{kind}/{name}"))
+        if f"{kind}/{name}" not in self.exists:
+            raise ApiError(404)
+        self.exists.discard(f"{kind}/{name}")
+
+    def read_namespaced_deployment_status(self, name: str, ns: str) -> Any:
+        if f"Deployment/{name}" not in self.exists:
+            raise ApiError(404)
+        raise ApiError(500)
+
+
+def test_kube_serving_is_idempotent() -> None:
+    api = FakeApi()
+    spec = make_spec(httpRoute={"name": "r", "stableBackend": "tiny-llama"})
+    serving = KubeServing(api, api, spec, NAME, "ml", "uid-1")
+    ensure = cn.EnsureCanary("tiny-llama-canary", "pvc://models/x", 1)
+    serving.ensure_canary(ensure)
+    serving.ensure_canary(ensure)  # exists: 409 is what we wanted
+    assert api.exists == {"Deployment/tiny-llama-canary", "Service/tiny-llama-canary"}
+    serving.remove_canary()
+    serving.remove_canary()  # gone: 404 is what we wanted
+    assert api.exists == set()
+    assert not serving.canary_ready()  # no Deployment: not ready
+    api.exists.add("Deployment/tiny-llama-canary")
+    try:
+        serving.canary_ready()
+    except ApiError as err:  # any other error is the reconcile's to back off on
+        assert err.status == 500
+    else:
+        raise AssertionError("a 500 must not read as not-ready")
+
+
+class FakeKubeCanary(KubeCanary):
+    def __init__(self, driver: CanaryDriver) -> None:
+        self._driver = driver
+
+    def driver(self, spec: QuantizedModelSpec, meta: Any) -> CanaryDriver:
+        return self._driver
+
+
+def test_kube_canary_merges_into_the_quantization_decision() -> None:
+    _s, _r, _p, driver = fakes()
+    spec_doc = yaml.safe_load((ROOT / "examples" / "tiny-cpu.yaml").read_text())
+    body = {**spec_doc, "metadata": {**spec_doc["metadata"], "generation": 2, "uid": "u"}}
+    resource = parse(body)
+    quantized = Decision(status=evaluated(), resource=resource, quantized=True,
+                         events=[Event("Normal", "Evaluated", "quantized")], requeue_after=60.0)
+    merged = FakeKubeCanary(driver).step(body, quantized)
+    assert merged.status.phase is Phase.CANARY
+    assert [e.reason for e in merged.events] == ["Evaluated", "CanaryStarted"]
+    assert merged.requeue_after == 5.0  # the sooner of the two
+    done = Decision(status=QuantizedModelStatus(phase=Phase.PROMOTED), resource=resource)
+    assert FakeKubeCanary(driver).step(body, done) is done

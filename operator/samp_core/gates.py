@@ -7,7 +7,7 @@ this module turns a measurement and the spec's gates into
 Error, with the measured value, the stable baseline and the threshold as text, so
 ``status.gates`` and the Events say exactly why.
 
-Rules (DESIGN.md, "gate semantics"):
+Rules (README, "How the gates work"):
 
 * An unreachable metrics backend is **Error** for every gate (``Measurement.error``);
   a single query that failed is Error for the gates that need it. Errors are

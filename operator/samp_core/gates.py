@@ -497,6 +497,11 @@ def evaluate_accuracy(gate: AccuracyGate, ev: EvaluationResult) -> AccuracyVerdi
     return evaluate_accuracy_summary(gate, summary, num_prompts=ev.num_prompts)
 
 
+def _impossible_perplexity(base: float | None, quant: float | None) -> bool:
+    """A perplexity that is there but not finite and positive."""
+    return any(x is not None and not (math.isfinite(x) and x > 0) for x in (base, quant))
+
+
 def evaluate_accuracy_summary(
     gate: AccuracyGate, summary: AccuracySummary, *, num_prompts: int | None = None
 ) -> AccuracyVerdict:
@@ -520,18 +525,32 @@ def evaluate_accuracy_summary(
         )
     base, quant = summary.perplexity_base, summary.perplexity_quantized
     increase = summary.perplexity_increase_percent
-    if _finite(base) and _finite(quant) and (base or 0.0) > 0:
-        assert base is not None and quant is not None
-        increase = 100.0 * (quant / base - 1.0)
-    out.append(
-        _ceiling(
-            f"{p}perplexityIncreasePercent",
-            increase,
-            gate.max_perplexity_increase_percent,
-            "%",
-            f"perplexity {_num(base)} -> {_num(quant)}, increase",
+    if _impossible_perplexity(base, quant):
+        # A perplexity is finite and positive; anything else is a broken evaluation, and
+        # any increase computed from it (inf base, 0 or negative quantized: "-100%") is not
+        # a figure. Error: it never passes.
+        increase = None
+        out.append(
+            _result(
+                f"{p}perplexityIncreasePercent",
+                Verdict.ERROR,
+                threshold=f"<= {_num(gate.max_perplexity_increase_percent)}%",
+                message=f"impossible perplexity figures (base {_num(base)}, quantized "
+                f"{_num(quant)}): a perplexity is finite and positive; the evaluation is broken",
+            )
         )
-    )
+    else:
+        if base is not None and quant is not None:
+            increase = 100.0 * (quant / base - 1.0)
+        out.append(
+            _ceiling(
+                f"{p}perplexityIncreasePercent",
+                increase,
+                gate.max_perplexity_increase_percent,
+                "%",
+                f"perplexity {_num(base)} -> {_num(quant)}, increase",
+            )
+        )
     if gate.max_mean_kl is not None:
         out.append(_ceiling(f"{p}meanKL", summary.mean_kl, gate.max_mean_kl, "", "mean KL (nats)"))
 

@@ -245,3 +245,31 @@ def test_accuracy_over_status_summary() -> None:
     assert not v.passed
     assert v.summary.perplexity_increase_percent == pytest.approx(10.0)
     assert g.evaluate_accuracy_summary(AccuracyGate(), AccuracySummary()).passed is False
+
+
+@pytest.mark.parametrize(
+    ("base", "quant", "stored"),
+    [
+        (10.0, -5.0, -150.0),  # what the operator computes from a broken summary
+        (10.0, 0.0, -100.0),
+        (math.inf, 10.0, -100.0),
+        (10.0, math.nan, None),
+        (-3.0, 10.0, None),
+    ],
+)
+def test_impossible_perplexity_is_error_never_a_pass(
+    base: float, quant: float, stored: float | None
+) -> None:
+    summary = AccuracySummary(
+        perplexity_base=base, perplexity_quantized=quant, perplexity_increase_percent=stored
+    )
+    v = g.evaluate_accuracy_summary(AccuracyGate(), summary)
+    assert v.verdict is g.Verdict.ERROR and not v.passed
+    assert v.summary.passed is False and v.summary.perplexity_increase_percent is None
+    row = v.results[0]
+    assert row.verdict == "Error" and "impossible perplexity" in row.message
+
+
+def test_infinite_base_perplexity_from_the_evaluation_is_error() -> None:
+    v = g.evaluate_accuracy(AccuracyGate(), ev(perplexity_base=math.inf))
+    assert v.verdict is g.Verdict.ERROR and not v.passed

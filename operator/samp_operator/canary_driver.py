@@ -24,6 +24,7 @@ Job the quantization machine creates (samp_core.replan).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -45,6 +46,8 @@ from samp_core.gates import Measurement
 from samp_core.spec import GatesSpec, QuantizedModelSpec
 from samp_core.status import Phase, QuantizedModelStatus
 from samp_operator.traffic import TrafficRouter
+
+log = logging.getLogger("samp.canary")
 
 __all__ = [
     "CanaryDriver",
@@ -123,7 +126,7 @@ class CanaryDriver:
             else None
         )
         request = analysis_due(spec, status, name, now)
-        measurement = self.provider.measure(request, spec.gates) if request else None
+        measurement = self._measure(request, spec.gates) if request else None
         observation = Observation(
             name=name,
             annotations=dict(annotations),
@@ -133,6 +136,21 @@ class CanaryDriver:
             generation=generation,
         )
         return Turn(decide(spec, status, observation, now), request, measurement)
+
+    def _measure(self, request: AnalysisRequest, gates: GatesSpec) -> Measurement:
+        """The provider's measurement; a provider that raises is an Error analysis, which
+        the consecutive-error limit counts, never an exception that stops the turn (and
+        with it every limit and the progress deadline)."""
+        try:
+            return self.provider.measure(request, gates)
+        except Exception as err:
+            log.warning("measurement for %s failed: %s", request.canary_model, err,
+                        exc_info=True)
+            return Measurement(
+                window_seconds=request.window_seconds,
+                taken_at=request.end,
+                error=f"the measurement failed: {type(err).__name__}: {err}"[:300],
+            )
 
     def apply(self, decision: CanaryDecision) -> None:
         """The decision's actions, in order. Each is idempotent against the world."""

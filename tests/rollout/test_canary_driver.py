@@ -301,3 +301,20 @@ def test_kube_canary_merges_into_the_quantization_decision() -> None:
     assert merged.requeue_after == 5.0  # the sooner of the two
     done = Decision(status=QuantizedModelStatus(phase=Phase.PROMOTED), resource=resource)
     assert FakeKubeCanary(driver).step(body, done) is done
+
+
+class RaisingProvider:
+    def measure(self, request: cn.AnalysisRequest, gates: GatesSpec) -> g.Measurement:
+        raise KeyError("data")  # what a malformed answer did inside PrometheusProvider
+
+
+def test_a_provider_that_raises_is_an_error_the_limits_count() -> None:
+    """The turn goes on: the error is counted, and the consecutive-error limit rolls back."""
+    serving, router, _p, _d = fakes()
+    run = Run(make_spec(consecutiveErrorLimit=2), CanaryDriver(serving, router,
+                                                               RaisingProvider()))
+    run.until_done()
+    assert run.status.phase is Phase.ROLLED_BACK
+    rolled = next(c for c in run.status.conditions if c.type == "RolledBack")
+    assert rolled.reason == "MeasurementErrorLimitExceeded"
+    assert "KeyError" in rolled.message

@@ -253,7 +253,8 @@ def evaluate(
 
     Always reports ``requests`` (the traffic precondition) and ``errorRate``; then
     ``p99``/``p99RatioToStable``/``ttftP99``/``ttftP99RatioToStable`` where the
-    spec sets them (ratios only when ``has_stable``), then each custom query.
+    spec sets them (ratios only when ``has_stable``; without a stable and without
+    ``p99MaxSeconds`` a ``p99`` row that is always Inconclusive), then each custom query.
 
     ``stable_baseline``: the stable's figures from the last window in which it had
     at least ``minRequests`` requests. Ratio gates use it when the stable has too
@@ -391,6 +392,20 @@ def evaluate(
                     baseline=s_val if has_stable else None,
                 )
             )
+
+    if not has_stable and lat.p99_max_seconds is None:
+        # The ratio gates (p99MaxRatioToStable has a default) have nothing to compare with:
+        # without this row no latency gate would run and any P99 would promote.
+        out.append(
+            _result(
+                GATE_P99,
+                Verdict.INCONCLUSIVE,
+                threshold="spec.gates.latency.p99MaxSeconds",
+                message="no latency gate can be judged: without spec.serving.stable there is "
+                "no stable to compare with, and spec.gates.latency.p99MaxSeconds is not set "
+                "(never a pass; set an absolute ceiling)",
+            )
+        )
 
     for q in gates.custom_queries:
         name = f"{GATE_CUSTOM_PREFIX}{q.name}"

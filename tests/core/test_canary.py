@@ -367,3 +367,21 @@ def test_terminal_phases_are_left_alone() -> None:
     st = QuantizedModelStatus(phase=Phase.PROMOTED)
     d = cn.decide(make_spec(), st, cn.Observation(name=NAME), T0)
     assert d.status is st and d.actions == () and d.requeue_after is None
+
+
+def test_without_stable_a_slow_canary_never_promotes_on_ratio_defaults() -> None:
+    """Issue 15: no serving.stable, latency gates left at their default (a ratio): a 30 s
+    P99 canary used to promote, judged by the error rate alone."""
+    spec = make_spec(inconclusiveLimit=2)
+    spec = spec.model_copy(update={
+        "serving": spec.serving.model_copy(update={"stable": None}),
+        "gates": spec.gates.model_copy(update={"latency": spec.gates.latency.model_copy(
+            update={"p99_max_seconds": None, "p99_max_ratio_to_stable": 1.5})}),
+    })
+    sim = Sim(spec, evaluated())
+    sim.start()
+    sim.run(300, measure=lambda now: healthy(now, c_p99=30.0))
+    assert sim.status.phase is Phase.ROLLED_BACK
+    rb = cond(sim.status, "RolledBack")
+    assert rb.reason == "InconclusiveLimitExceeded" and "p99MaxSeconds" in rb.message
+    assert not any(isinstance(a, cn.PromoteStable) for a in sim.actions)

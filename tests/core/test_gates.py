@@ -273,3 +273,13 @@ def test_impossible_perplexity_is_error_never_a_pass(
 def test_infinite_base_perplexity_from_the_evaluation_is_error() -> None:
     v = g.evaluate_accuracy(AccuracyGate(), ev(perplexity_base=math.inf))
     assert v.verdict is g.Verdict.ERROR and not v.passed
+
+
+def test_without_stable_and_without_a_ceiling_latency_is_never_a_pass() -> None:
+    """The default ratio gate needs a stable; without one, a canary with a 30 s P99 must not
+    pass on the error rate alone."""
+    only_ratio = spec(latency=LatencyGate(p99_max_ratio_to_stable=1.1))
+    res = g.evaluate(only_ratio, m(c_p99=30.0), has_stable=False)
+    p99 = by_gate(res)["p99"]
+    assert p99.verdict == "Inconclusive" and "p99MaxSeconds" in p99.message  # type: ignore[attr-defined]
+    assert g.overall(res) is g.Verdict.INCONCLUSIVE

@@ -46,6 +46,9 @@ class ProcessServing:
     def canary_ready(self) -> bool:
         return self.ready()
 
+    def canary_exists(self) -> bool:
+        return self.ready()  # the demo's canary process is there while it answers
+
     def ensure_canary(self, action: EnsureCanary) -> None:
         self.on_ensure(action)
 

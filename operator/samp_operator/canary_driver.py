@@ -17,7 +17,9 @@ providers behind interfaces:
 One turn is :meth:`CanaryDriver.observe` (the router's read-back of the current weight,
 one measurement when an analysis is due, the canary's readiness, the annotations) and
 ``samp_core.canary.decide``, then :meth:`CanaryDriver.apply` runs the decision's actions
-in order. The caller writes the status and posts the Events. StartReplan needs nothing
+in order. The operator writes the status between the two (decide, write with the
+resourceVersion, only then act) and calls :meth:`CanaryDriver.settle` for a written
+status the machine no longer drives, so actions cut short are finished. StartReplan needs nothing
 here: the decision's status already opened the next attempt (phase Planning), whose plan
 Job the quantization machine creates (samp_core.replan).
 """
@@ -41,6 +43,7 @@ from samp_core.canary import (
     StartReplan,
     analysis_due,
     decide,
+    settle,
 )
 from samp_core.gates import Measurement
 from samp_core.spec import GatesSpec, QuantizedModelSpec
@@ -64,6 +67,9 @@ class Serving(Protocol):
 
     def canary_ready(self) -> bool:
         """All the canary's replicas answer their readiness probe."""
+
+    def canary_exists(self) -> bool:
+        """The canary is there (ready or not): something a settled status may need gone."""
 
     def ensure_canary(self, action: EnsureCanary) -> None:
         """Create the canary serving ``action.artifact_uri`` (a no-op when it exists)."""
@@ -165,6 +171,20 @@ class CanaryDriver:
                 self.serving.remove_canary()
             elif isinstance(action, StartReplan):
                 pass  # the status already opened the next attempt
+
+    def settle(self, spec: QuantizedModelSpec, status: QuantizedModelStatus) -> None:
+        """Make serving and traffic match a written status the machine no longer drives
+        (samp_core.canary.settle), while a canary exists; a weight already in effect is
+        left alone. Idempotent: a promotion or rollback whose actions were cut short
+        (a failed API call, a restart between the status write and the actions) ends
+        here on the next reconcile."""
+        actions = settle(spec, status)
+        if not actions or not self.serving.canary_exists():
+            return
+        for action in actions:
+            if isinstance(action, SetWeight) and self.router.verify_weight(action.weight):
+                continue
+            self.apply(CanaryDecision(status=status, actions=(action,)))
 
     def step(  # noqa: PLR0917
         self,

@@ -1,10 +1,14 @@
 """The canary driver on Kubernetes: KubeServing, the router choice, and the engine's seam.
 
-samp_operator.engine calls :meth:`KubeCanary.step` after the quantization machine
-(samp_core.reconcile) when every stage is done (``decision.quantized``). It runs the one
-canary driver (samp_operator.canary_driver) with the Kubernetes implementations and
-merges status, Events and requeue into the engine's decision, so the reconcile still
-ends in the engine's one status write.
+samp_operator.engine calls :meth:`KubeCanary.decide` after the quantization machine
+(samp_core.reconcile). When every stage is done (``decision.quantized``) and the canary
+drives the phase, it observes and decides with the one canary driver
+(samp_operator.canary_driver) and merges status, Events and requeue into the engine's
+decision; the engine writes that status (with its resourceVersion) and only then applies
+the returned :class:`CanaryPlan`, so a decision whose write conflicted is never acted
+on. For a written status the machine no longer drives (Promoted, RolledBack, a
+re-plan's Planning) the plan settles it: the ending's actions again while a canary
+still exists, so actions cut short by an error or a restart are finished.
 
 * :class:`KubeServing` — readiness is the canary Deployment's ``status.readyReplicas``
   ≥ replicas; EnsureCanary creates the canary Deployment and Service
@@ -32,10 +36,16 @@ from typing import Any
 import kubernetes
 
 from samp_core.api import API_VERSION, KIND
-from samp_core.canary import EnsureCanary, PromoteStable, stable_model_name
+from samp_core.canary import (
+    CanaryDecision,
+    EnsureCanary,
+    PromoteStable,
+    settle,
+    stable_model_name,
+)
 from samp_core.reconcile import Decision
 from samp_core.spec import QuantizedModelSpec
-from samp_core.status import Phase
+from samp_core.status import Phase, QuantizedModelStatus
 from samp_operator.canary_driver import CanaryDriver, MeasurementProvider, NoPrometheus
 from samp_operator.prometheus import PrometheusProvider
 from samp_operator.serving import canary_manifests, canary_names, promoted_stable_patch
@@ -50,7 +60,7 @@ from samp_operator.traffic import (
 log = logging.getLogger("samp.canary")
 _ACTIVE = (Phase.EVALUATED, Phase.CANARY, Phase.PAUSED)
 
-__all__ = ["KubeCanary", "KubeServing", "router_for"]
+__all__ = ["CanaryPlan", "KubeCanary", "KubeServing", "router_for", "settled_marker"]
 
 
 def _status_code(err: Exception) -> int | None:
@@ -102,6 +112,15 @@ class KubeServing:
     @property
     def names(self) -> tuple[str, str]:
         return canary_names(self.name)
+
+    def canary_exists(self) -> bool:
+        try:
+            self.apps.read_namespaced_deployment_status(self.names[0], self.namespace)
+        except Exception as err:
+            if _status_code(err) == 404:
+                return False
+            raise
+        return True
 
     def canary_ready(self) -> bool:
         try:
@@ -185,10 +204,32 @@ class KubeServing:
         }
 
 
+def settled_marker(status: QuantizedModelStatus) -> tuple[str, int, int | None]:
+    """What a settled status is known by: its phase, attempt and generation."""
+    return (status.phase.value, status.attempt, status.observed_generation)
+
+
+@dataclass
+class CanaryPlan:
+    """What to do once the status is written: a turn's actions, or settling."""
+
+    driver: CanaryDriver
+    spec: QuantizedModelSpec
+    status: QuantizedModelStatus
+    decision: CanaryDecision | None = None  # None: settle ``status``
+
+    def apply(self) -> None:
+        if self.decision is not None:
+            self.driver.apply(self.decision)
+        else:
+            self.driver.settle(self.spec, self.status)
+
+
 class KubeCanary:
     """The engine's canary stage: the one driver with the Kubernetes implementations."""
 
-    def __init__(self, api_client: Any, prometheus_url: str | None) -> None:
+    def __init__(self, api_client: kubernetes.client.ApiClient | None,
+                 prometheus_url: str | None) -> None:
         self.apps = kubernetes.client.AppsV1Api(api_client)
         self.core = kubernetes.client.CoreV1Api(api_client)
         self.custom = kubernetes.client.CustomObjectsApi(api_client)
@@ -203,13 +244,23 @@ class KubeCanary:
             serving, router_for(spec, name, namespace, self.apps, self.custom), provider
         )
 
-    def step(self, body: Mapping[str, Any], decision: Decision) -> Decision:
-        """Run one canary turn on ``decision`` (the quantization machine's) and merge."""
+    def decide(
+        self, body: Mapping[str, Any], decision: Decision, *, settled: bool = False
+    ) -> tuple[Decision, CanaryPlan | None]:
+        """One canary turn on ``decision`` (the quantization machine's): its status, Events
+        and requeue merged in, and what to do *after* the status is written. ``settled``:
+        the engine already settled this status (no need to look at the canary again)."""
         resource = decision.resource
-        if resource is None or decision.status.phase not in _ACTIVE:
-            return decision
+        if resource is None:
+            return decision, None
         meta = body["metadata"]
-        turn = self.driver(resource.spec, meta).step(
+        if not (decision.quantized and decision.status.phase in _ACTIVE):
+            if settled or not settle(resource.spec, decision.status):
+                return decision, None
+            return decision, CanaryPlan(self.driver(resource.spec, meta), resource.spec,
+                                        decision.status)
+        driver = self.driver(resource.spec, meta)
+        turn = driver.observe(
             resource.spec,
             decision.status,
             meta["name"],
@@ -226,4 +277,4 @@ class KubeCanary:
                 if decision.requeue_after is None
                 else min(decision.requeue_after, d.requeue_after)
             )
-        return decision
+        return decision, CanaryPlan(driver, resource.spec, d.status, d)

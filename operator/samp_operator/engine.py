@@ -7,10 +7,11 @@ index snapshots and schedules.
 
 A reconcile is: take the QuantizedModel as last seen (the watch's body, or the body the
 API server returned for our last status write; a GET only when neither is known or after
-a conflict) → the core decides from it and the indexed Jobs/Pods/ConfigMaps → **one
-status write** (merge patch, only when something changed, with the body's resourceVersion
-as precondition: a decision made from a stale body fails with Conflict, nothing else is
-done, and the reconcile re-runs at once from a fresh GET) → create and delete children
+a conflict) → the core decides from it and the indexed Jobs/Pods/ConfigMaps, and the
+canary stage decides too → **one status write** (merge patch, only when something
+changed, with the body's resourceVersion as precondition: a decision made from a stale
+body fails with Conflict, nothing else is done, and the reconcile re-runs at once from a
+fresh GET) → the canary's actions (traffic, canary, stable) → create and delete children
 (idempotent) → post Events → update metrics → schedule the next look when the decision
 asks for one (``loop.call_later``, never a sleep). Errors back off exponentially per
 resource (2 s doubling to 5 min) and are counted. A resource nothing happens to costs no
@@ -46,7 +47,7 @@ from samp_core.children import (
 )
 from samp_core.reconcile import ObservedJob, reconcile
 from samp_core.validation import validate_manifest
-from samp_operator.canary_kube import KubeCanary
+from samp_operator.canary_kube import CanaryPlan, KubeCanary, settled_marker
 from samp_operator.kube import ConflictError, Kube
 from samp_operator.metrics import Metrics
 from samp_operator.observe import job_record, observed_job
@@ -97,6 +98,7 @@ class Engine:
         self._last: dict[Key, float] = {}
         self._backoff: dict[Key, float] = {}
         self._bodies: dict[Key, dict[str, Any]] = {}  # latest known QuantizedModel bodies
+        self._settled: dict[Key, tuple[str, int, int | None]] = {}  # canary acted on these
         self.loop: asyncio.AbstractEventLoop | None = None
 
     # --------------------------------------------------------------- event loop side
@@ -172,6 +174,7 @@ class Engine:
         self._last.pop(key, None)
         self._backoff.pop(key, None)
         self._bodies.pop(key, None)
+        self._settled.pop(key, None)
         self.metrics.set_phase(key, None)
         self.metrics.observe_rollout(key, None)
 
@@ -209,19 +212,29 @@ class Engine:
                   [(j.name, j.state, bool(j.result)) for j in jobs], cms)
         decision = reconcile(body, jobs, cms, datetime.now(UTC), self.job_settings)
         canary_error: Exception | None = None
-        if decision.quantized and self.canary is not None:
+        plan: CanaryPlan | None = None
+        if self.canary is not None:
             try:
-                decision = self.canary.step(body, decision)
+                decision, plan = self.canary.decide(
+                    body, decision,
+                    settled=self._settled.get(key) == settled_marker(decision.status))
             except Exception as err:  # the quantization status is still written
                 canary_error = err
         try:
             written = self.kube.write_status(body, decision.status.to_wire())
-        except ConflictError:
+        except ConflictError:  # decided from a stale body: nothing is done
             self.metrics.reconciles.labels("conflict").inc()
             self._bodies.pop(key, None)  # decide again from a fresh GET
             return _AGAIN
         if written is not None:
             self._bodies[key] = written
+        if plan is not None:  # the status is written: now act on it
+            try:
+                plan.apply()
+                self._settled[key] = settled_marker(decision.status)
+            except Exception as err:  # settled on the next reconcile
+                self._settled.pop(key, None)
+                canary_error = err
         for obj in decision.create:
             try:
                 created = self.kube.create(obj)

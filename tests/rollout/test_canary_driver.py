@@ -48,19 +48,29 @@ def evaluated() -> QuantizedModelStatus:
 @dataclass
 class FakeServing:
     ready: bool = True
+    exists: bool = True
     calls: list[Any] = field(default_factory=list)
+    fail_promote: int = 0  # the next n promotions raise (an API error)
 
     def canary_ready(self) -> bool:
         return self.ready
 
+    def canary_exists(self) -> bool:
+        return self.exists
+
     def ensure_canary(self, action: cn.EnsureCanary) -> None:
         self.calls.append(action)
+        self.exists = True
 
     def promote(self, action: cn.PromoteStable) -> None:
+        if self.fail_promote:
+            self.fail_promote -= 1
+            raise ApiError(500)
         self.calls.append(action)
 
     def remove_canary(self) -> None:
         self.calls.append("remove")
+        self.exists = False
 
 
 @dataclass
@@ -295,12 +305,14 @@ def test_kube_canary_merges_into_the_quantization_decision() -> None:
     resource = parse(body)
     quantized = Decision(status=evaluated(), resource=resource, quantized=True,
                          events=[Event("Normal", "Evaluated", "quantized")], requeue_after=60.0)
-    merged = FakeKubeCanary(driver).step(body, quantized)
+    merged, plan = FakeKubeCanary(driver).decide(body, quantized)
     assert merged.status.phase is Phase.CANARY
     assert [e.reason for e in merged.events] == ["Evaluated", "CanaryStarted"]
     assert merged.requeue_after == 5.0  # the sooner of the two
-    done = Decision(status=QuantizedModelStatus(phase=Phase.PROMOTED), resource=resource)
-    assert FakeKubeCanary(driver).step(body, done) is done
+    assert plan is not None and plan.decision is not None
+    assert [type(a) for a in plan.decision.actions] == [cn.EnsureCanary]
+    done = Decision(status=QuantizedModelStatus(phase=Phase.FAILED), resource=resource)
+    assert FakeKubeCanary(driver).decide(body, done) == (done, None)
 
 
 class RaisingProvider:
@@ -318,3 +330,113 @@ def test_a_provider_that_raises_is_an_error_the_limits_count() -> None:
     rolled = next(c for c in run.status.conditions if c.type == "RolledBack")
     assert rolled.reason == "MeasurementErrorLimitExceeded"
     assert "KeyError" in rolled.message
+
+
+# ------------------------------------------- decide, write the status, then act
+
+
+class FakeKube:
+    """The engine's Kube: status writes with a resourceVersion precondition."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.body = body
+        self.conflict = False
+        self.events: list[str] = []
+
+    def write_status(self, body: Any, status: Any) -> dict[str, Any]:
+        from samp_operator.kube import ConflictError
+
+        if self.conflict:
+            raise ConflictError("the object has been modified")
+        rv = int(self.body["metadata"]["resourceVersion"]) + 1
+        self.body = {**self.body, "status": status,
+                     "metadata": {**self.body["metadata"], "resourceVersion": str(rv)}}
+        return self.body
+
+    def create(self, obj: Any) -> bool:
+        return True
+
+    def delete(self, kind: str, namespace: str, name: str) -> bool:
+        return True
+
+    def post_event(self, body: Any, type_: str, reason: str, message: str) -> None:
+        self.events.append(reason)
+
+
+def _engine(monkeypatch: Any, status: QuantizedModelStatus,
+            annotations: dict[str, str]) -> tuple[Any, FakeKube, FakeServing, FakeRouter]:
+    from samp_core.reconcile import parse_status
+    from samp_operator import engine as engine_module
+    from samp_operator.metrics import Metrics
+    from samp_operator.settings import OperatorSettings
+
+    doc = yaml.safe_load((ROOT / "examples" / "tiny-cpu.yaml").read_text())
+    doc["metadata"].update(generation=1, uid="u", resourceVersion="1",
+                           annotations=annotations)
+    body = {**doc, "status": status.to_wire()}
+
+    def quantization_machine(body: Any, *args: Any) -> Decision:  # every stage done
+        st = parse_status(body.get("status"))
+        return Decision(status=st, resource=parse(body), quantized=st.phase in (
+            Phase.EVALUATED, Phase.CANARY, Phase.PAUSED, Phase.PROMOTED, Phase.ROLLED_BACK))
+
+    monkeypatch.setattr(engine_module, "reconcile", quantization_machine)
+    serving, router, _p, driver = fakes(weight=25)
+    kube = FakeKube(body)
+    engine = engine_module.Engine(OperatorSettings(metrics_port=0), kube,  # type: ignore[arg-type]
+                                  Metrics(), canary=FakeKubeCanary(driver))
+    engine.remember(body)
+    return engine, kube, serving, router
+
+
+def _running(weight: int = 25) -> QuantizedModelStatus:
+    from samp_core.status import CanaryStatus
+
+    start = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return evaluated().model_copy(update={
+        "phase": Phase.CANARY,
+        "canary": CanaryStatus(step=0, weight=weight, started_at=start, step_started_at=start),
+    })
+
+
+def test_a_decision_whose_status_write_conflicts_is_never_acted_on(monkeypatch: Any) -> None:
+    """Issue 15: abort/promote acted before the status write was checked; a conflicting
+    write (a stale body) must leave traffic, canary and stable untouched."""
+    engine, kube, serving, router = _engine(monkeypatch, _running(),
+                                            {cn.ANNOTATION_PROMOTE: "true"})
+    kube.conflict = True
+    assert engine.reconcile_once(("default", "tiny-llama"), [], []) == -1.0  # again, fresh
+    assert serving.calls == [] and router.sets == []
+    kube.conflict = False
+    engine.remember(kube.body)
+    engine.reconcile_once(("default", "tiny-llama"), [], [])
+    assert kube.body["status"]["phase"] == "Promoted"
+    assert serving.calls[0] == cn.PromoteStable("UpdateStable", "pvc://models/tiny/attempt-1")
+    assert serving.calls[-1] == "remove" and router.sets == [0]
+
+
+def test_actions_cut_short_after_the_write_are_finished_from_the_written_status(
+    monkeypatch: Any,
+) -> None:
+    """The status says Promoted but the stable patch failed: the next reconcile settles
+    the written status (promote, weight 0, canary gone) instead of leaving it half done."""
+    engine, kube, serving, router = _engine(monkeypatch, _running(),
+                                            {cn.ANNOTATION_PROMOTE: "true"})
+    serving.fail_promote = 1
+    key = ("default", "tiny-llama")
+    assert engine.reconcile_once(key, [], []) is not None  # the error backs off
+    assert kube.body["status"]["phase"] == "Promoted" and serving.calls == []
+    engine.remember(kube.body)
+    engine.reconcile_once(key, [], [])
+    assert serving.calls == [cn.PromoteStable("UpdateStable", "pvc://models/tiny/attempt-1"),
+                             "remove"]
+    assert router.weight == 0 and not serving.exists
+    engine.reconcile_once(key, [], [])  # settled: nothing more, not even a look
+    assert serving.calls[-1] == "remove" and len(serving.calls) == 2
+
+
+def test_a_rolled_back_status_is_settled_once_after_a_restart(monkeypatch: Any) -> None:
+    rolled = _running().model_copy(update={"phase": Phase.ROLLED_BACK})
+    engine, _kube, serving, router = _engine(monkeypatch, rolled, {})
+    engine.reconcile_once(("default", "tiny-llama"), [], [])
+    assert router.sets == [0] and serving.calls == ["remove"]

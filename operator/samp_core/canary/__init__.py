@@ -19,12 +19,14 @@ Where each part lives, as Argo Rollouts splits its canary and its analysis:
 * ``analysis`` — when an analysis is due; judge, count and ``assess`` against the limits;
 * ``start`` — phase Evaluated: the accuracy gate, then the canary starts;
 * ``machine`` — ``decide``: requests, pause/resume, deadline, steps (a small function each);
-* ``endings`` — promotion; rollback and the re-plan it may open.
+* ``endings`` — promotion; rollback and the re-plan it may open; ``settle``: the actions
+  that make the world match a written status the machine no longer drives.
 
 ``status.history`` is written by samp_core.history, the re-plan math is samp_core.replan.
 """
 
 from samp_core.canary.analysis import analysis_due
+from samp_core.canary.endings import settle
 from samp_core.canary.machine import decide
 from samp_core.canary.model import (
     ANNOTATION_ABORT,
@@ -71,5 +73,6 @@ __all__ = [
     "decide",
     "replan_ceiling",
     "served_model_name",
+    "settle",
     "stable_model_name",
 ]

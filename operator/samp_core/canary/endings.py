@@ -29,6 +29,7 @@ from samp_core.canary.model import (
     canary_of,
 )
 from samp_core.events import Event
+from samp_core.spec import QuantizedModelSpec
 from samp_core.status import (
     MAX_GATE_RESULTS,
     ConditionType,
@@ -37,7 +38,32 @@ from samp_core.status import (
     QuantizedModelStatus,
 )
 
-__all__ = ["promote", "rollback"]
+__all__ = ["promote", "rollback", "settle"]
+
+
+def _promotion_actions(strategy: str, artifact_uri: str | None) -> tuple[Action, ...]:
+    if strategy == "UpdateStable":
+        return (PromoteStable("UpdateStable", artifact_uri), SetWeight(0), RemoveCanary())
+    return (SetWeight(100), PromoteStable("ShiftRoute", artifact_uri))
+
+
+def settle(spec: QuantizedModelSpec, status: QuantizedModelStatus) -> tuple[Action, ...]:
+    """What serving and traffic must look like for a status the canary no longer drives.
+
+    The operator writes a decision's status first and acts after; when acting fails (or
+    the operator stops in between) the written status is the truth, and these actions,
+    applied while a canary still exists, make the world match it: a promotion's actions
+    for Promoted; weight 0 and no canary for RolledBack and for a re-plan's Planning.
+    Empty for phases the machine drives, and for any other phase (a canary that is the
+    promoted serving target must not be touched there)."""
+    if status.phase is Phase.PROMOTED:
+        return _promotion_actions(spec.rollout.promotion_strategy, status.artifact_uri)
+    replanning = status.phase is Phase.PLANNING and any(
+        a.attempt == status.attempt - 1 and a.outcome == "RolledBack" for a in status.history
+    )
+    if status.phase is Phase.ROLLED_BACK or replanning:
+        return (SetWeight(0), RemoveCanary())
+    return ()
 
 
 def promote(
@@ -49,14 +75,9 @@ def promote(
 ) -> CanaryDecision:
     """Promoted: the artifact becomes the stable serving target."""
     strategy = t.spec.rollout.promotion_strategy
-    actions: tuple[Action, ...]
-    c = canary_of(status)
-    if strategy == "UpdateStable":
-        actions = (PromoteStable("UpdateStable", status.artifact_uri), SetWeight(0), RemoveCanary())
-        c = c.model_copy(update={"weight": 0, "paused_at": None})
-    else:
-        actions = (SetWeight(100), PromoteStable("ShiftRoute", status.artifact_uri))
-        c = c.model_copy(update={"weight": 100, "paused_at": None})
+    actions = _promotion_actions(strategy, status.artifact_uri)
+    weight = 0 if strategy == "UpdateStable" else 100
+    c = canary_of(status).model_copy(update={"weight": weight, "paused_at": None})
     msg = f"promoted ({strategy}): {message}"[:4096]
     conds = t.condition(status.conditions, ConditionType.PROMOTED, "True", reason, msg)
     conds = t.condition(conds, ConditionType.CANARY_PROGRESSING, "False", "Promoted", msg)

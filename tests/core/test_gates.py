@@ -11,6 +11,7 @@ from samp_core import gates as g
 from samp_core.results import EvaluationResult
 from samp_core.spec import AccuracyGate, CustomQuery, GatesSpec, LatencyGate
 from samp_core.status import AccuracySummary
+from samp_core.verdicts import result
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -135,7 +136,7 @@ def test_one_failed_query_is_error_for_its_gates_only() -> None:
 
 def test_failed_beats_error_beats_inconclusive() -> None:
     def r(v: str) -> object:
-        return g._result("x", g.Verdict(v))
+        return result("x", g.Verdict(v))
 
     assert g.overall([r("Successful"), r("Inconclusive"), r("Error")]) is g.Verdict.ERROR
     assert g.overall([r("Error"), r("Failed")]) is g.Verdict.FAILED

@@ -12,9 +12,11 @@ still exists, so actions cut short by an error or a restart are finished.
 
 * :class:`KubeServing` — readiness is the canary Deployment's ``status.readyReplicas``
   ≥ replicas; EnsureCanary creates the canary Deployment and Service
-  (samp_operator.serving) owned by the QuantizedModel; PromoteStable (UpdateStable)
-  patches the stable Deployment, or creates ``<name>`` from the canary's template when
-  there is no stable; RemoveCanary deletes the canary's Deployment and Service.
+  (samp_operator.serving) owned by the QuantizedModel, and replaces a canary Deployment
+  that exists with another pod template (annotation ``samp.dev/template-digest``);
+  PromoteStable (UpdateStable) patches the stable Deployment, or creates ``<name>`` from
+  the canary's template when there is no stable; RemoveCanary deletes the canary's
+  Deployment and Service.
 * :func:`router_for` — the HTTPRoute router, else the replica-ratio router when a stable
   target exists, else :class:`~samp_operator.traffic.NoRouter` (the canary then is the
   only backend).
@@ -27,6 +29,8 @@ before a status write that then conflicts is set again on the next reconcile.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -61,6 +65,15 @@ log = logging.getLogger("samp.canary")
 _ACTIVE = (Phase.EVALUATED, Phase.CANARY, Phase.PAUSED)
 
 __all__ = ["CanaryPlan", "KubeCanary", "KubeServing", "router_for", "settled_marker"]
+
+
+TEMPLATE_DIGEST = "samp.dev/template-digest"
+
+
+def template_digest(deployment: Mapping[str, Any]) -> str:
+    """What the canary Deployment serves, as a short digest of its pod template."""
+    text = json.dumps(deployment["spec"]["template"], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _status_code(err: Exception) -> int | None:
@@ -153,8 +166,27 @@ class KubeServing:
             extra_pod_labels=extra,
             owner=owner,
         )
-        _tolerate(self.apps.create_namespaced_deployment, 409, ns, deployment)
+        digest = template_digest(deployment)
+        deployment["metadata"]["annotations"] = {TEMPLATE_DIGEST: digest}
+        try:
+            self.apps.create_namespaced_deployment(ns, deployment)
+        except Exception as err:
+            if _status_code(err) != 409:
+                raise
+            self._replace_if_other(deployment, digest)
         _tolerate(self.core.create_namespaced_service, 409, ns, service)
+
+    def _replace_if_other(self, deployment: dict[str, Any], digest: str) -> None:
+        """A canary Deployment exists: keep it when it serves this template, else replace
+        it (an earlier generation's or attempt's canary is never adopted)."""
+        name = deployment["metadata"]["name"]
+        current = self.apps.read_namespaced_deployment(name, self.namespace)
+        if (current.metadata.annotations or {}).get(TEMPLATE_DIGEST) == digest:
+            return
+        log.info("%s/%s: canary Deployment %s serves another template; replacing it",
+                 self.namespace, self.name, name)
+        deployment["metadata"]["resourceVersion"] = current.metadata.resource_version
+        self.apps.replace_namespaced_deployment(name, self.namespace, deployment)
 
     def remove_canary(self) -> None:
         dep, svc = self.names

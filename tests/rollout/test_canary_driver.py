@@ -238,9 +238,11 @@ class FakeApi:
 
     exists: set[str] = field(default_factory=set)
     calls: list[tuple[str, str]] = field(default_factory=list)
+    annotations: dict[str, dict[str, str] | None] = field(default_factory=dict)
 
     def create_namespaced_deployment(self, ns: str, body: dict[str, Any]) -> None:
         self._create("Deployment", body["metadata"]["name"])
+        self.annotations[body["metadata"]["name"]] = body["metadata"].get("annotations")
 
     def create_namespaced_service(self, ns: str, body: dict[str, Any]) -> None:
         self._create("Service", body["metadata"]["name"])
@@ -263,6 +265,17 @@ class FakeApi:
             raise ApiError(404)
         self.exists.discard(f"{kind}/{name}")
 
+    def read_namespaced_deployment(self, name: str, ns: str) -> Any:
+        from types import SimpleNamespace
+
+        self.calls.append(("read", f"Deployment/{name}"))
+        meta = SimpleNamespace(annotations=self.annotations.get(name), resource_version="7")
+        return SimpleNamespace(metadata=meta)
+
+    def replace_namespaced_deployment(self, name: str, ns: str, body: dict[str, Any]) -> None:
+        self.calls.append(("replace", f"Deployment/{name}"))
+        self.annotations[name] = body["metadata"]["annotations"]
+
     def read_namespaced_deployment_status(self, name: str, ns: str) -> Any:
         if f"Deployment/{name}" not in self.exists:
             raise ApiError(404)
@@ -275,8 +288,9 @@ def test_kube_serving_is_idempotent() -> None:
     serving = KubeServing(api, api, spec, NAME, "ml", "uid-1")
     ensure = cn.EnsureCanary("tiny-llama-canary", "pvc://models/x", 1)
     serving.ensure_canary(ensure)
-    serving.ensure_canary(ensure)  # exists: 409 is what we wanted
+    serving.ensure_canary(ensure)  # exists, serving this template: kept
     assert api.exists == {"Deployment/tiny-llama-canary", "Service/tiny-llama-canary"}
+    assert ("replace", "Deployment/tiny-llama-canary") not in api.calls
     serving.remove_canary()
     serving.remove_canary()  # gone: 404 is what we wanted
     assert api.exists == set()
@@ -311,8 +325,10 @@ def test_kube_canary_merges_into_the_quantization_decision() -> None:
     assert merged.requeue_after == 5.0  # the sooner of the two
     assert plan is not None and plan.decision is not None
     assert [type(a) for a in plan.decision.actions] == [cn.EnsureCanary]
-    done = Decision(status=QuantizedModelStatus(phase=Phase.FAILED), resource=resource)
-    assert FakeKubeCanary(driver).decide(body, done) == (done, None)
+    failed = Decision(status=QuantizedModelStatus(phase=Phase.FAILED), resource=resource)
+    merged, plan = FakeKubeCanary(driver).decide(body, failed)
+    assert merged is failed and plan is not None and plan.decision is None  # settle it
+    assert FakeKubeCanary(driver).decide(body, failed, settled=True) == (failed, None)
 
 
 class RaisingProvider:
@@ -438,5 +454,29 @@ def test_actions_cut_short_after_the_write_are_finished_from_the_written_status(
 def test_a_rolled_back_status_is_settled_once_after_a_restart(monkeypatch: Any) -> None:
     rolled = _running().model_copy(update={"phase": Phase.ROLLED_BACK})
     engine, _kube, serving, router = _engine(monkeypatch, rolled, {})
+    engine.reconcile_once(("default", "tiny-llama"), [], [])
+    assert router.sets == [0] and serving.calls == ["remove"]
+
+
+def test_an_earlier_canary_is_replaced_never_adopted() -> None:
+    """Issue 15: after a spec edit the next attempt hit 409 and adopted the old canary
+    Deployment, which then was promoted with the old artifact."""
+    api = FakeApi()
+    spec = make_spec(httpRoute={"name": "r", "stableBackend": "tiny-llama"})
+    serving = KubeServing(api, api, spec, NAME, "ml", "uid-1")
+    serving.ensure_canary(cn.EnsureCanary("tiny-llama-canary", "pvc://models/g1", 1))
+    serving.ensure_canary(cn.EnsureCanary("tiny-llama-canary", "pvc://models/g2", 1))
+    assert ("replace", "Deployment/tiny-llama-canary") in api.calls
+    api.calls.clear()
+    serving.ensure_canary(cn.EnsureCanary("tiny-llama-canary", "pvc://models/g2", 1))
+    assert ("replace", "Deployment/tiny-llama-canary") not in api.calls
+
+
+def test_a_spec_change_under_a_running_canary_takes_its_traffic_away(monkeypatch: Any) -> None:
+    """Issue 15: stages re-running for a new generation left the old canary with its
+    traffic, unanalysed; now the weight goes to 0 and the canary is removed, so the next
+    attempt starts afresh."""
+    rerun = _running().model_copy(update={"phase": Phase.CALIBRATING})
+    engine, _kube, serving, router = _engine(monkeypatch, rerun, {})
     engine.reconcile_once(("default", "tiny-llama"), [], [])
     assert router.sets == [0] and serving.calls == ["remove"]

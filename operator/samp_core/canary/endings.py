@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from samp_core import history
 from samp_core.canary.model import (
+    ACTIVE_PHASES,
     REPLANNABLE,
     Action,
     CanaryDecision,
@@ -53,17 +54,18 @@ def settle(spec: QuantizedModelSpec, status: QuantizedModelStatus) -> tuple[Acti
     The operator writes a decision's status first and acts after; when acting fails (or
     the operator stops in between) the written status is the truth, and these actions,
     applied while a canary still exists, make the world match it: a promotion's actions
-    for Promoted; weight 0 and no canary for RolledBack and for a re-plan's Planning.
-    Empty for phases the machine drives, and for any other phase (a canary that is the
-    promoted serving target must not be touched there)."""
+    for Promoted; otherwise weight 0 and no canary — after a rollback, during a re-plan,
+    and when a spec change re-runs the stages under a running canary (its traffic is no
+    longer analysed, and the next attempt must start a fresh canary, not adopt it).
+    Empty for the phases the machine drives, and once the current attempt was promoted
+    (a ShiftRoute canary is then the serving target)."""
+    if status.phase in ACTIVE_PHASES:
+        return ()
     if status.phase is Phase.PROMOTED:
         return _promotion_actions(spec.rollout.promotion_strategy, status.artifact_uri)
-    replanning = status.phase is Phase.PLANNING and any(
-        a.attempt == status.attempt - 1 and a.outcome == "RolledBack" for a in status.history
-    )
-    if status.phase is Phase.ROLLED_BACK or replanning:
-        return (SetWeight(0), RemoveCanary())
-    return ()
+    if any(a.attempt == status.attempt and a.outcome == "Promoted" for a in status.history):
+        return ()
+    return (SetWeight(0), RemoveCanary())
 
 
 def promote(

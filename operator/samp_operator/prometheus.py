@@ -82,8 +82,13 @@ def p99_query(bucket: str, selector: str, window: str) -> str:
     return f"histogram_quantile(0.99, sum by (le) (rate({bucket}{selector}[{window}])))"
 
 
+def _escape(value: str) -> str:
+    """A value as the inside of a PromQL double-quoted string: it cannot end the string."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 def _quote(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f'"{_escape(value)}"'
 
 
 @dataclass
@@ -235,8 +240,10 @@ class PrometheusProvider:
             ]
         for cq in gates.custom_queries:
             text = (
-                cq.query.replace("$canary", request.canary_model)
-                .replace("$stable", request.stable_model or "")
+                # Inside the user's quotes (model_name="$canary"): escaped, so a served
+                # name from the spec cannot close the matcher and widen the query.
+                cq.query.replace("$canary", _escape(request.canary_model))
+                .replace("$stable", _escape(request.stable_model or ""))
                 .replace("$window", window)
             )
             plan.append((f"query:{cq.name}", text))

@@ -350,3 +350,17 @@ def test_each_analysis_has_a_total_deadline() -> None:
         took = time.monotonic() - t0
     assert took < 4, f"the analysis took {took:.1f} s past its 2 s deadline"
     assert m.error is not None and "deadline" in m.error
+
+
+def test_spec_values_cannot_close_a_label_matcher() -> None:
+    """Issue 15: a served model name from the spec entered custom PromQL raw, so a quote in
+    it closed the user's matcher and widened the query to other series."""
+    gates = GatesSpec.model_validate(
+        {"customQueries": [{"name": "kv", "query": 'max(kv{model_name="$canary"})', "max": 1}]}
+    )
+    evil = 'x"} or vector(0) or kv{model_name="y'
+    p = prom.PrometheusProvider(f"http://127.0.0.1:{free_port()}", timeout_seconds=1)
+    p.measure(AnalysisRequest(evil, evil, 30, datetime.now(UTC), 0, 10), gates)
+    queries = dict(p.queries)
+    assert queries["query:kv"] == 'max(kv{model_name="x\\"} or vector(0) or kv{model_name=\\"y"})'
+    assert all('model_name="x\\"}' in q for k, q in queries.items() if k.startswith("canary."))

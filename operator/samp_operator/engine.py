@@ -45,7 +45,7 @@ from samp_core.children import (
     cleanup_supported,
     selector,
 )
-from samp_core.reconcile import ObservedJob, reconcile
+from samp_core.reconcile import Decision, ObservedJob, reconcile
 from samp_core.validation import validate_manifest
 from samp_operator.canary_kube import CanaryPlan, KubeCanary, settled_marker
 from samp_operator.kube import ConflictError, Kube
@@ -235,6 +235,24 @@ class Engine:
             except Exception as err:  # settled on the next reconcile
                 self._settled.pop(key, None)
                 canary_error = err
+        self._children(body, decision)
+        for event in decision.events:
+            self.post_event(body, event.type, event.reason, event.message)
+        for stage, seconds in decision.stage_durations:
+            self.metrics.stage_duration.labels(stage).observe(seconds)
+        for stage, reason in decision.job_failures:
+            self.metrics.job_failures.labels(stage, reason).inc()
+        self.metrics.set_phase(key, decision.status.phase.value)
+        self.metrics.observe_rollout(key, decision.status)
+        if canary_error is not None:
+            raise canary_error
+        self.metrics.reconciles.labels("ok").inc()
+        self._backoff.pop(key, None)
+        return decision.requeue_after
+
+    def _children(self, body: Mapping[str, Any], decision: Decision) -> None:
+        """Create and delete the stage Jobs and ConfigMaps the decision names (idempotent)."""
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         for obj in decision.create:
             try:
                 created = self.kube.create(obj)
@@ -250,19 +268,6 @@ class Engine:
         for ref in decision.delete:
             if self.kube.delete(ref.kind, namespace, ref.name):
                 log.info("%s/%s: deleted %s %s", namespace, name, ref.kind, ref.name)
-        for event in decision.events:
-            self.post_event(body, event.type, event.reason, event.message)
-        for stage, seconds in decision.stage_durations:
-            self.metrics.stage_duration.labels(stage).observe(seconds)
-        for stage, reason in decision.job_failures:
-            self.metrics.job_failures.labels(stage, reason).inc()
-        self.metrics.set_phase(key, decision.status.phase.value)
-        self.metrics.observe_rollout(key, decision.status)
-        if canary_error is not None:
-            raise canary_error
-        self.metrics.reconciles.labels("ok").inc()
-        self._backoff.pop(key, None)
-        return decision.requeue_after
 
     def post_event(self, body: Mapping[str, Any], type_: str, reason: str,
                    message: str) -> None:

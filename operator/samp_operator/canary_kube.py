@@ -185,8 +185,15 @@ class KubeServing:
             return
         log.info("%s/%s: canary Deployment %s serves another template; replacing it",
                  self.namespace, self.name, name)
-        deployment["metadata"]["resourceVersion"] = current.metadata.resource_version
-        self.apps.replace_namespaced_deployment(name, self.namespace, deployment)
+        # A merge patch (the chart grants patch, not update): lists such as the
+        # containers are replaced whole; the resourceVersion makes it fail on a race.
+        patch = {
+            "metadata": {"annotations": deployment["metadata"]["annotations"],
+                         "resourceVersion": current.metadata.resource_version},
+            "spec": {"template": deployment["spec"]["template"]},
+        }
+        self.apps.patch_namespaced_deployment(name, self.namespace, patch,
+                                              _content_type=MERGE_PATCH)
 
     def remove_canary(self) -> None:
         dep, svc = self.names

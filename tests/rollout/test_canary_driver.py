@@ -272,8 +272,10 @@ class FakeApi:
         meta = SimpleNamespace(annotations=self.annotations.get(name), resource_version="7")
         return SimpleNamespace(metadata=meta)
 
-    def replace_namespaced_deployment(self, name: str, ns: str, body: dict[str, Any]) -> None:
+    def patch_namespaced_deployment(self, name: str, ns: str, body: dict[str, Any],
+                                    **kw: Any) -> None:
         self.calls.append(("replace", f"Deployment/{name}"))
+        assert body["metadata"]["resourceVersion"] == "7" and "template" in body["spec"]
         self.annotations[name] = body["metadata"]["annotations"]
 
     def read_namespaced_deployment_status(self, name: str, ns: str) -> Any:

@@ -40,6 +40,9 @@ class LocalWeights:
         with self._lock:
             return self.weight == weight
 
+    def stable_serving(self) -> bool:
+        return True  # the stable process is never stopped
+
     def canary_share(self) -> float:
         with self._lock:
             return self.weight / 100.0

@@ -158,8 +158,11 @@ class CanaryDriver:
                 error=f"the measurement failed: {type(err).__name__}: {err}"[:300],
             )
 
-    def apply(self, decision: CanaryDecision) -> None:
-        """The decision's actions, in order. Each is idempotent against the world."""
+    def apply(self, decision: CanaryDecision) -> bool:
+        """The decision's actions, in order. Each is idempotent against the world.
+
+        False when the canary had to stay: it is removed only once the stable serves the
+        traffic on its own again; the caller comes back and settles the written status."""
         for action in decision.actions:
             if isinstance(action, SetWeight):
                 self.router.set_weight(action.weight)
@@ -168,23 +171,28 @@ class CanaryDriver:
             elif isinstance(action, PromoteStable):
                 self.serving.promote(action)
             elif isinstance(action, RemoveCanary):
+                if not self.router.stable_serving():
+                    return False
                 self.serving.remove_canary()
             elif isinstance(action, StartReplan):
                 pass  # the status already opened the next attempt
+        return True
 
-    def settle(self, spec: QuantizedModelSpec, status: QuantizedModelStatus) -> None:
+    def settle(self, spec: QuantizedModelSpec, status: QuantizedModelStatus) -> bool:
         """Make serving and traffic match a written status the machine no longer drives
         (samp_core.canary.settle), while a canary exists; a weight already in effect is
         left alone. Idempotent: a promotion or rollback whose actions were cut short
         (a failed API call, a restart between the status write and the actions) ends
-        here on the next reconcile."""
+        here on the next reconcile. False while the canary has to stay (see :meth:`apply`)."""
         actions = settle(spec, status)
         if not actions or not self.serving.canary_exists():
-            return
+            return True
         for action in actions:
             if isinstance(action, SetWeight) and self.router.verify_weight(action.weight):
                 continue
-            self.apply(CanaryDecision(status=status, actions=(action,)))
+            if not self.apply(CanaryDecision(status=status, actions=(action,))):
+                return False
+        return True
 
     def step(  # noqa: PLR0917
         self,

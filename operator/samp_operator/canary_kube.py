@@ -257,11 +257,11 @@ class CanaryPlan:
     status: QuantizedModelStatus
     decision: CanaryDecision | None = None  # None: settle ``status``
 
-    def apply(self) -> None:
+    def apply(self) -> bool:
+        """False while the canary has to stay (the stable is not serving again yet)."""
         if self.decision is not None:
-            self.driver.apply(self.decision)
-        else:
-            self.driver.settle(self.spec, self.status)
+            return self.driver.apply(self.decision)
+        return self.driver.settle(self.spec, self.status)
 
 
 class KubeCanary:

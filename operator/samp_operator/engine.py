@@ -62,6 +62,7 @@ ERROR_BACKOFF_MAX = 300.0
 CLEANUP_POLL_SECONDS = 3.0
 INDEXES = ("samp_jobs", "samp_pods", "samp_configmaps")  # Kopf index ids (handlers.py)
 FINALIZER_RETRY_SECONDS = 10.0
+SETTLE_POLL_SECONDS = 5.0  # while a canary waits for the stable to serve again
 
 
 def brief(err: Exception) -> str:
@@ -230,8 +231,12 @@ class Engine:
             self._bodies[key] = written
         if plan is not None:  # the status is written: now act on it
             try:
-                plan.apply()
-                self._settled[key] = settled_marker(decision.status)
+                if plan.apply():
+                    self._settled[key] = settled_marker(decision.status)
+                else:  # the canary stays until the stable serves again: look again soon
+                    self._settled.pop(key, None)
+                    decision.requeue_after = min(decision.requeue_after or SETTLE_POLL_SECONDS,
+                                                 SETTLE_POLL_SECONDS)
             except Exception as err:  # settled on the next reconcile
                 self._settled.pop(key, None)
                 canary_error = err

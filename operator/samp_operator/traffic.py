@@ -9,8 +9,9 @@ as Argo Rollouts' traffic routers.
 * :class:`ReplicaRatioRouter` — no route: canary pods carry the stable Service's
   selector labels, so traffic follows the ratio of ready pods. With ``N`` replicas in
   total the canary gets ``max(1, round(N * w / 100))`` (all ``N`` at 100) and the stable
-  the rest; the achievable weight is reported by ``verify`` (``N = 1`` can only do 0/50/100
-  with one extra pod; the status shows the real ratio).
+  the rest, make before break (a side shrinks only once the other is ready); the
+  achievable weight is reported by ``verify`` (``N = 1`` can only do 0/50/100 with one
+  extra pod; the status shows the real ratio).
 * :class:`NoRouter` — neither a route nor a stable target: the canary Service is the
   only backend, so any weight holds.
 
@@ -37,6 +38,9 @@ class TrafficRouter(Protocol):
     def verify_weight(self, weight: int) -> bool:
         """True when ``weight`` (as closely as the router can) is in effect now."""
 
+    def stable_serving(self) -> bool:
+        """The stable serves the traffic on its own, so the canary may go."""
+
 
 @dataclass
 class NoRouter:
@@ -46,6 +50,9 @@ class NoRouter:
         return None
 
     def verify_weight(self, weight: int) -> bool:
+        return True
+
+    def stable_serving(self) -> bool:
         return True
 
 
@@ -140,6 +147,9 @@ class HTTPRouteRouter:
                     return False
         return True
 
+    def stable_serving(self) -> bool:
+        return True  # the stable's pods are never scaled here
+
 
 def replica_split(total: int, weight: int) -> tuple[int, int]:
     """(canary, stable) replicas for ``weight``% of ``total`` pods behind one Service."""
@@ -167,11 +177,24 @@ class ReplicaRatioRouter:
     total_replicas: int
 
     def set_weight(self, weight: int) -> None:
+        """Scale toward ``weight``, make before break: a side that gains replicas is scaled
+        up at once; a side that loses replicas only once the other side has all its
+        target replicas ready, so the pods serving the traffic never drop below what
+        their replacement already serves (at 0% the stable comes back before the canary
+        goes). ``verify_weight`` stays False until both sides are there, and the canary
+        machine sets the weight again until it holds."""
         canary, stable = replica_split(self.total_replicas, weight)
-        for name, replicas in ((self.canary_deployment, canary), (self.stable_deployment, stable)):
-            self.apps.patch_namespaced_deployment_scale(
-                name, self.namespace, {"spec": {"replicas": replicas}}, _content_type=MERGE_PATCH
-            )
+        ready_c = self.ready(self.canary_deployment)
+        ready_s = self.ready(self.stable_deployment)
+        for name, target, have, other_ready in (
+            (self.canary_deployment, canary, ready_c, ready_s >= stable),
+            (self.stable_deployment, stable, ready_s, ready_c >= canary),
+        ):
+            if target >= have or other_ready:
+                self.apps.patch_namespaced_deployment_scale(
+                    name, self.namespace, {"spec": {"replicas": target}},
+                    _content_type=MERGE_PATCH,
+                )
 
     def ready(self, name: str) -> int:
         dep = self.apps.read_namespaced_deployment_status(name, self.namespace)
@@ -183,3 +206,6 @@ class ReplicaRatioRouter:
             self.ready(self.canary_deployment) == canary
             and self.ready(self.stable_deployment) == stable
         )
+
+    def stable_serving(self) -> bool:
+        return self.ready(self.stable_deployment) >= self.total_replicas

@@ -89,6 +89,9 @@ class FakeRouter:
         self.verified.append(weight)
         return self.weight == weight
 
+    def stable_serving(self) -> bool:
+        return self.weight == 0
+
 
 @dataclass
 class FakeProvider:
@@ -482,3 +485,72 @@ def test_a_spec_change_under_a_running_canary_takes_its_traffic_away(monkeypatch
     engine, _kube, serving, router = _engine(monkeypatch, rerun, {})
     engine.reconcile_once(("default", "tiny-llama"), [], [])
     assert router.sets == [0] and serving.calls == ["remove"]
+
+
+# --------------------------------------------- replica ratio: make before break
+
+
+@dataclass
+class FakeScaleApi:
+    """Deployments' scale and readiness: pods become ready only on ``tick``."""
+
+    replicas: dict[str, int]
+    ready: dict[str, int] = field(default_factory=dict)
+    patches: list[tuple[str, int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.ready = self.ready or dict(self.replicas)
+
+    def patch_namespaced_deployment_scale(self, name: str, ns: str, body: Any, **kw: Any) -> None:
+        self.replicas[name] = body["spec"]["replicas"]
+        self.patches.append((name, body["spec"]["replicas"]))
+        # Scaling down takes pods out of the Service at once; new pods need a tick.
+        self.ready[name] = min(self.ready[name], self.replicas[name])
+
+    def read_namespaced_deployment_status(self, name: str, ns: str) -> Any:
+        from types import SimpleNamespace
+
+        return SimpleNamespace(status=SimpleNamespace(ready_replicas=self.ready[name]))
+
+    def tick(self) -> None:
+        self.ready = dict(self.replicas)
+
+    @property
+    def serving(self) -> int:
+        return sum(self.ready.values())
+
+
+def test_replica_ratio_never_leaves_nothing_serving() -> None:
+    """Issue 15: at the 100% step the stable is at 0; rollback scaled the canary to 0 and
+    removed it in the same pass while the stable started from 0 — nothing served."""
+    from samp_operator.traffic import ReplicaRatioRouter
+
+    api = FakeScaleApi({"c": 2, "s": 0})  # the 100% step: only the canary serves
+    router = ReplicaRatioRouter(api, "ml", "s", "c", 2)
+    serving = FakeServing()
+    driver = CanaryDriver(serving, router, FakeProvider())
+    rollback = cn.CanaryDecision(status=_running(100), actions=(cn.SetWeight(0),
+                                                                cn.RemoveCanary()))
+    assert driver.apply(rollback) is False  # the stable is not serving yet: the canary stays
+    assert api.replicas == {"c": 2, "s": 2} and "remove" not in serving.calls
+    assert api.serving == 2
+    spec = make_spec()
+    rolled = _running(100).model_copy(update={"phase": Phase.ROLLED_BACK})
+    for _ in range(4):
+        api.tick()
+        assert api.serving >= 2
+        if driver.settle(spec, rolled):
+            break
+        assert api.serving >= 2
+    assert api.replicas == {"c": 0, "s": 2} and serving.calls == ["remove"]
+
+
+def test_a_canary_waiting_for_the_stable_brings_the_engine_back_soon(monkeypatch: Any) -> None:
+    rolled = _running().model_copy(update={"phase": Phase.ROLLED_BACK})
+    engine, _kube, serving, router = _engine(monkeypatch, rolled, {})
+    router.takes = False  # weight 0 does not hold yet
+    assert engine.reconcile_once(("default", "tiny-llama"), [], []) == 5.0
+    assert serving.calls == []
+    router.takes = True
+    engine.reconcile_once(("default", "tiny-llama"), [], [])
+    assert serving.calls == ["remove"]

@@ -44,6 +44,8 @@ from samp_core.canary import (
     CanaryDecision,
     EnsureCanary,
     PromoteStable,
+    RemoveCanary,
+    SetWeight,
     settle,
     stable_model_name,
 )
@@ -282,6 +284,17 @@ class KubeCanary:
         return CanaryDriver(
             serving, router_for(spec, name, namespace, self.apps, self.custom), provider
         )
+
+    def release(self, spec: QuantizedModelSpec, meta: Mapping[str, Any]) -> bool:
+        """Before deletion: traffic back to the stable, then the canary removed; False
+        while the canary has to stay (the stable does not serve on its own yet)."""
+        driver = self.driver(spec, meta)
+        if not driver.serving.canary_exists():
+            return True
+        actions: tuple[SetWeight | RemoveCanary, ...] = (RemoveCanary(),)
+        if not driver.router.verify_weight(0):
+            actions = (SetWeight(0), *actions)
+        return driver.apply(CanaryDecision(status=QuantizedModelStatus(), actions=actions))
 
     def decide(
         self, body: Mapping[str, Any], decision: Decision, *, settled: bool = False

@@ -286,7 +286,9 @@ class Engine:
     def finalize(self, body: Mapping[str, Any], elapsed: float, first_attempt: bool) -> None:
         """Clean up before the finalizer goes; raises kopf.TemporaryError to come back.
 
-        Deletes the stage Jobs and ConfigMaps, then, when spec.artifacts.cleanupOnDelete,
+        First the canary's traffic goes back to the stable and the canary is removed once
+        the stable serves on its own (replica-ratio mode scales the stable up first).
+        Then it deletes the stage Jobs and ConfigMaps and, when spec.artifacts.cleanupOnDelete,
         runs the artifact cleanup Job and waits for it. After
         ``finalizer_timeout_seconds`` it stops waiting: a Warning Event says what may be
         left, and the finalizer is released (never blocks deletion forever).
@@ -297,6 +299,12 @@ class Engine:
         manifest = {k: body.get(k) for k in ("apiVersion", "kind", "metadata", "spec")}
         resource, _problems = validate_manifest(manifest)
         try:
+            if self.canary is not None and resource is not None and not give_up \
+                    and not self.canary.release(resource.spec, meta):
+                # The canary goes with the QuantizedModel (owner references): first the
+                # stable serves the traffic on its own again.
+                raise kopf.TemporaryError("waiting for the stable to serve again before the "
+                                          "canary goes", delay=CLEANUP_POLL_SECONDS)
             for job in self.kube.list_names("Job", namespace, selector(name)):
                 if job != cleanup_job_name(name):
                     self.kube.delete("Job", namespace, job)

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from samp_core import canary as cn
@@ -554,3 +555,21 @@ def test_a_canary_waiting_for_the_stable_brings_the_engine_back_soon(monkeypatch
     router.takes = True
     engine.reconcile_once(("default", "tiny-llama"), [], [])
     assert serving.calls == ["remove"]
+
+
+def test_deletion_gives_the_traffic_back_to_the_stable_before_the_canary_goes(
+    monkeypatch: Any,
+) -> None:
+    """Issue 15: deleting the resource at 100% left nothing serving: the canary went with
+    the QuantizedModel while the stable stayed at 0. The finalizer now waits."""
+    import kopf
+
+    engine, kube, serving, router = _engine(monkeypatch, _running(100), {})
+    kube.list_names = lambda *a: []  # type: ignore[attr-defined]
+    router.weight, router.takes = 100, False  # the stable is not back yet
+    with pytest.raises(kopf.TemporaryError, match="stable"):
+        engine.finalize(kube.body, elapsed=1.0, first_attempt=True)
+    assert "remove" not in serving.calls and router.sets == [0]
+    router.takes = True
+    engine.finalize(kube.body, elapsed=6.0, first_attempt=False)
+    assert router.weight == 0 and serving.calls == ["remove"]

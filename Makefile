@@ -37,7 +37,7 @@ demo: install
 	@command -v prometheus >/dev/null || bash .ci/system-packages
 	$(BIN)/samp validate examples/tiny-cpu.yaml
 	@# Exit 3 means the canary was rolled back by its gates: a real outcome, printed above.
-	$(BIN)/python -m samp_operator.local_flow --manifest examples/tiny-cpu.yaml \
+	$(BIN)/python -m samp_local.demo --manifest examples/tiny-cpu.yaml \
 	    --model examples/tiny/model --out $(DEMO_OUT); rc=$$?; \
 	    if [ $$rc -eq 3 ]; then echo "demo finished: the canary was rolled back (see above)"; \
 	    elif [ $$rc -ne 0 ]; then exit $$rc; fi
@@ -52,7 +52,7 @@ quantize: install
 lint: install
 	$(BIN)/ruff check operator jobs tests
 	$(BIN)/mypy operator/samp_core
-	$(BIN)/mypy operator/samp_operator jobs/samp_jobs
+	$(BIN)/mypy operator/samp_operator operator/samp_local jobs/samp_jobs
 	$(BIN)/lint-imports
 	$(BIN)/samp crds --check --out crds
 	$(BIN)/samp crds --check --out charts/samp-operator/crds

@@ -311,7 +311,7 @@ def stage_plan(
 
     ``attempt`` > 1 is recorded for the plan stage, whose command
     (:func:`stage_command`) then derives the conservative re-plan
-    (samp_core.canary.conservative_plan) from the previous attempt's plan.
+    (samp_core.replan.conservative_plan) from the previous attempt's plan.
     """
     return {
         "attempt": attempt,
@@ -345,7 +345,7 @@ def stage_command(
 
     The plan stage keeps a copy of its plan (:func:`plan_copy_path`). In a re-plan
     attempt n > 1 it gets ``--attempt n`` and the previous attempt's copy as
-    ``--previous-plan``: the job applies samp_core.canary.conservative_plan to it. When
+    ``--previous-plan``: the job applies samp_core.replan.conservative_plan to it. When
     that copy is missing (object-store work directories, or a spec change made during
     a re-plan, so attempt n-1 never ran under this spec) the job rebuilds the chain
     from attempt 1 deterministically.

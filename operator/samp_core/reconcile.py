@@ -31,13 +31,13 @@ Every other Job or ConfigMap of the QuantizedModel (another hash: an obsolete sp
 deleted. A spec change mid-stage therefore deletes the obsolete running Job and restarts
 from the first stage whose inputs changed.
 
-Rollout seam (the [rollout] issue): once every stage is done the decision has
-``quantized=True`` and phase Evaluated with condition Evaluated=True. The handler then
-passes the decision to ``samp_core.canary.decide`` when that module exists (see
-samp_operator.handlers.canary_hook), which may replace the phase, conditions and children
-with the canary's. While the canary owns the phase (CanaryProgressing, Paused, Promoted,
-RolledBack) this machine leaves phase, Ready and the canary conditions untouched unless a
-spec change makes a stage rerun.
+Hand-over to the canary: once every stage is done the decision has ``quantized=True``
+and phase Evaluated with condition Evaluated=True. The engine (samp_operator.engine) then
+runs the canary driver (samp_operator.canary_driver → ``samp_core.canary.decide``), whose
+decision may replace the phase, conditions and Events with the canary's. While the canary
+owns the phase (CanaryProgressing, Paused, Promoted, RolledBack) this machine leaves
+phase, Ready and the canary conditions untouched unless a spec change makes a stage
+rerun. ``status.history`` is written through samp_core.history by both machines.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from samp_core import history
 from samp_core.api import QuantizedModel
 from samp_core.children import (
     STAGE_PHASE,
@@ -62,6 +63,7 @@ from samp_core.children import (
     stage_output_uri,
 )
 from samp_core.conditions import rfc3339, with_condition
+from samp_core.events import Event
 from samp_core.results import Stage
 from samp_core.status import (
     AccuracySummary,
@@ -119,13 +121,6 @@ class ObservedJob:
 
 
 @dataclass(frozen=True)
-class Event:
-    type: Literal["Normal", "Warning"]
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True)
 class ChildRef:
     kind: Literal["Job", "ConfigMap"]
     name: str
@@ -142,8 +137,6 @@ class Decision:
     stage_durations: list[tuple[str, float]] = field(default_factory=list)
     job_failures: list[tuple[str, str]] = field(default_factory=list)  # (stage, reason)
     resource: QuantizedModel | None = None  # the parsed object, None when the spec is invalid
-
-
 
 
 def _clip(text: str, limit: int = MESSAGE_MAX) -> str:
@@ -165,16 +158,16 @@ def parse_status(raw: Any) -> QuantizedModelStatus:
             return QuantizedModelStatus()
 
 
-def set_condition(  # noqa: PLR0917 (mirrors the Condition fields)
+def _put_condition(  # noqa: PLR0917 (mirrors samp_core.conditions.with_condition)
     conditions: list[Condition],
     ctype: str,
     status: Literal["True", "False", "Unknown"],
     reason: str,
     message: str,
-    generation: int,
     now: datetime,
+    generation: int,
 ) -> None:
-    """In-place form of samp_core.conditions.with_condition, for the status being built."""
+    """In place, for the status being built: with_condition with the message clipped."""
     conditions[:] = with_condition(conditions, ctype, status, reason, _clip(message), now,
                                    generation)
 
@@ -299,8 +292,8 @@ def _invalid(  # noqa: PLR0917
     status.phase = Phase.FAILED
     status.observed_generation = generation
     status.message = _clip(f"invalid spec: {message}", 4000)
-    set_condition(status.conditions, ConditionType.READY, "False", "InvalidSpec", message,
-                  generation, now)
+    _put_condition(status.conditions, ConditionType.READY, "False", "InvalidSpec", message,
+                  now, generation)
     decision = Decision(status=status)
     if not (prior and prior.reason == "InvalidSpec" and prior.observed_generation == generation
             and prior.message == _clip(message)):
@@ -482,27 +475,9 @@ def reconcile(
         decision.delete.append(ChildRef("ConfigMap", name))
 
     _conditions(status, old, decision, resource, active, failed, suspended, now)
-    _note_attempt(status, failed, now)
+    failure = _clip(f"{failed[0].value} failed: {failed[2]}", 1024) if failed else None
+    history.note_stages(status, failure, now)
     return decision
-
-
-def _note_attempt(
-    status: QuantizedModelStatus, failed: tuple[Stage, str, str] | None, now: datetime
-) -> None:
-    """Keep the current attempt's history entry (opened by the canary's re-plan) honest:
-    its inputs hash is this attempt's, and a stage that fails ends it."""
-    for i, entry in enumerate(status.history):
-        if entry.attempt != status.attempt:
-            continue
-        update: dict[str, Any] = {}
-        if not entry.inputs_hash and status.inputs_hash:
-            update["inputs_hash"] = status.inputs_hash
-        mine = (update.get("inputs_hash") or entry.inputs_hash) == status.inputs_hash
-        if failed is not None and mine and entry.outcome == "Running":
-            update.update(outcome="Failed", finished_at=rfc3339(now),
-                          reason=_clip(f"{failed[0].value} failed: {failed[2]}", 1024))
-        if update:
-            status.history[i] = entry.model_copy(update=update)
 
 
 def _apply_result(
@@ -547,15 +522,15 @@ def _conditions(  # noqa: PLR0917
     def stage_condition(ctype: ConditionType, stages: Sequence[Stage], true_reason: str,
                         true_message: str) -> None:
         if all(s.value in done for s in stages):
-            set_condition(conds, ctype, "True", true_reason, true_message, gen, now)
+            _put_condition(conds, ctype, "True", true_reason, true_message, now, gen)
         elif failed is not None and failed[0] in stages:
-            set_condition(conds, ctype, "False", failed[1], failed[2], gen, now)
+            _put_condition(conds, ctype, "False", failed[1], failed[2], now, gen)
         elif active is not None and active in stages:
-            set_condition(conds, ctype, "Unknown", "InProgress",
-                          f"{active.value} is running", gen, now)
+            _put_condition(conds, ctype, "Unknown", "InProgress",
+                          f"{active.value} is running", now, gen)
         else:
-            set_condition(conds, ctype, "Unknown", "Pending", "waiting for earlier stages",
-                          gen, now)
+            _put_condition(conds, ctype, "Unknown", "Pending", "waiting for earlier stages",
+                          now, gen)
 
     stage_condition(ConditionType.CALIBRATED, (Stage.CALIBRATE,), "Calibrated",
                     next((r.message for r in status.stages if r.stage == "calibrate"), ""))
@@ -570,20 +545,19 @@ def _conditions(  # noqa: PLR0917
     if failed is not None:
         status.phase = Phase.FAILED
         status.message = f"{failed[0].value} failed: {failed[2]}"
-        set_condition(conds, ConditionType.READY, "False", failed[1], status.message, gen, now)
+        _put_condition(conds, ConditionType.READY, "False", failed[1], status.message, now, gen)
     elif suspended and not all_done:
         status.phase = Phase.SUSPENDED
         status.message = "suspended (spec.suspend): no new Jobs are created"
-        set_condition(conds, ConditionType.READY, "False", "Suspended", status.message, gen,
-                      now)
+        _put_condition(conds, ConditionType.READY, "False", "Suspended", status.message, now, gen)
         if old.phase != Phase.SUSPENDED:
             decision.events.append(Event("Normal", "Suspended", status.message))
     elif active is not None:
         status.phase = STAGE_PHASE[active]
         status.message = f"{active.value}: " + next(
             (r.message for r in status.stages if r.stage == active.value), "")
-        set_condition(conds, ConditionType.READY, "False", status.phase.value,
-                      f"{active.value} stage in progress", gen, now)
+        _put_condition(conds, ConditionType.READY, "False", status.phase.value,
+                      f"{active.value} stage in progress", now, gen)
     elif canary_owns:
         pass  # the canary machine owns phase and Ready from here
     else:
@@ -593,7 +567,7 @@ def _conditions(  # noqa: PLR0917
                     if acc and acc.perplexity_increase_percent is not None else "evaluated")
         status.message = f"quantized and evaluated: {acc_text}; checkpoint at " \
                          f"{status.artifact_uri}"
-        set_condition(conds, ConditionType.READY, "True", "Evaluated", status.message, gen, now)
+        _put_condition(conds, ConditionType.READY, "True", "Evaluated", status.message, now, gen)
         if old.phase != Phase.EVALUATED or old.observed_generation != gen:
             decision.events.append(Event("Normal", "Evaluated", _clip(status.message)))
     if canary_owns:

@@ -5,7 +5,9 @@ A `Rule` holds a CEL expression, the message users see, and a Python predicate
 that means the same thing. The CRD generator emits the CEL as
 ``x-kubernetes-validations``; the model validator runs the predicate, so
 ``samp validate`` and the API server reject the same manifests with the same
-words. tests/core/test_rules.py checks the two agree on every example.
+words. tests/core/test_api.py checks the CRD carries every rule's CEL, and
+tests/cluster/test_cluster_crd.py that the API server rejects each invalid example
+manifest (tests/manifests/invalid) with the expected words.
 """
 
 from __future__ import annotations

@@ -7,32 +7,31 @@ index snapshots and schedules.
 
 A reconcile is: take the QuantizedModel as last seen (the watch's body, or the body the
 API server returned for our last status write; a GET only when neither is known or after
-a conflict) → the core decides from it and the indexed Jobs/Pods/ConfigMaps → **one
-status write** (merge patch, only when something changed, with the body's resourceVersion
-as precondition: a decision made from a stale body fails with Conflict, nothing else is
-done, and the reconcile re-runs at once from a fresh GET) → create and delete children
+a conflict) → the core decides from it and the indexed Jobs/Pods/ConfigMaps, and the
+canary stage decides too → **one status write** (merge patch, only when something
+changed, with the body's resourceVersion as precondition: a decision made from a stale
+body fails with Conflict, nothing else is done, and the reconcile re-runs at once from a
+fresh GET) → the canary's actions (traffic, canary, stable) → create and delete children
 (idempotent) → post Events → update metrics → schedule the next look when the decision
 asks for one (``loop.call_later``, never a sleep). Errors back off exponentially per
 resource (2 s doubling to 5 min) and are counted. A resource nothing happens to costs no
 API request at all (tests/benchmarks/operator_results.md).
 
-Rollout seam: when the quantization stages are all done (``decision.quantized``), the
-decision goes through ``canary_hook(engine, body, decision) -> Decision`` if a module
-``samp_operator.canary_hook`` with a ``step`` function exists (the [rollout] issue
-provides it: it runs ``samp_core.canary.decide`` with its own observations and merges
-its status, actions and requeue into the decision). Without it the resource rests at
-Evaluated.
+Canary: when the quantization stages are all done (``decision.quantized``), the decision
+goes through the canary stage main.py wired in (samp_operator.canary_kube.KubeCanary: the
+one canary driver with the Kubernetes serving, router and Prometheus provider), which
+merges the canary's status, Events and requeue into it. Without one (``--no-canary``)
+the resource rests at Evaluated.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
-import importlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -48,6 +47,7 @@ from samp_core.children import (
 )
 from samp_core.reconcile import Decision, ObservedJob, reconcile
 from samp_core.validation import validate_manifest
+from samp_operator.canary_kube import CanaryPlan, KubeCanary, settled_marker
 from samp_operator.kube import ConflictError, Kube
 from samp_operator.metrics import Metrics
 from samp_operator.observe import job_record, observed_job
@@ -56,13 +56,13 @@ from samp_operator.settings import OperatorSettings
 log = logging.getLogger("samp.engine")
 
 Key = tuple[str, str]
-CanaryHook = Callable[["Engine", Mapping[str, Any], Decision], Decision]
 _AGAIN = -1.0  # reconcile again at once (status write conflicted)
 ERROR_BACKOFF_MIN = 2.0
 ERROR_BACKOFF_MAX = 300.0
 CLEANUP_POLL_SECONDS = 3.0
 INDEXES = ("samp_jobs", "samp_pods", "samp_configmaps")  # Kopf index ids (handlers.py)
 FINALIZER_RETRY_SECONDS = 10.0
+SETTLE_POLL_SECONDS = 5.0  # while a canary waits for the stable to serve again
 
 
 def brief(err: Exception) -> str:
@@ -82,22 +82,13 @@ def api_message(err: ApiException) -> str:
     return str(message)[:900] if message else brief(err)
 
 
-def load_canary_hook() -> CanaryHook | None:
-    try:
-        module = importlib.import_module("samp_operator.canary_hook")
-    except ImportError:
-        return None
-    hook = getattr(module, "step", None)
-    return hook if callable(hook) else None
-
-
 class Engine:
     def __init__(self, settings: OperatorSettings, kube: Kube, metrics: Metrics,
-                 canary_hook: CanaryHook | None = None) -> None:
+                 canary: KubeCanary | None = None) -> None:
         self.settings = settings
         self.kube = kube
         self.metrics = metrics
-        self.canary_hook = canary_hook
+        self.canary = canary
         self.job_settings = settings.job_settings()
         self.executor = ThreadPoolExecutor(max_workers=settings.workers,
                                            thread_name_prefix="samp-reconcile")
@@ -108,6 +99,7 @@ class Engine:
         self._last: dict[Key, float] = {}
         self._backoff: dict[Key, float] = {}
         self._bodies: dict[Key, dict[str, Any]] = {}  # latest known QuantizedModel bodies
+        self._settled: dict[Key, tuple[str, int, int | None]] = {}  # canary acted on these
         self.loop: asyncio.AbstractEventLoop | None = None
 
     # --------------------------------------------------------------- event loop side
@@ -183,6 +175,7 @@ class Engine:
         self._last.pop(key, None)
         self._backoff.pop(key, None)
         self._bodies.pop(key, None)
+        self._settled.pop(key, None)
         self.metrics.set_phase(key, None)
         self.metrics.observe_rollout(key, None)
 
@@ -220,19 +213,51 @@ class Engine:
                   [(j.name, j.state, bool(j.result)) for j in jobs], cms)
         decision = reconcile(body, jobs, cms, datetime.now(UTC), self.job_settings)
         canary_error: Exception | None = None
-        if decision.quantized and self.canary_hook is not None:
+        plan: CanaryPlan | None = None
+        if self.canary is not None:
             try:
-                decision = self.canary_hook(self, body, decision)
+                decision, plan = self.canary.decide(
+                    body, decision,
+                    settled=self._settled.get(key) == settled_marker(decision.status))
             except Exception as err:  # the quantization status is still written
                 canary_error = err
         try:
             written = self.kube.write_status(body, decision.status.to_wire())
-        except ConflictError:
+        except ConflictError:  # decided from a stale body: nothing is done
             self.metrics.reconciles.labels("conflict").inc()
             self._bodies.pop(key, None)  # decide again from a fresh GET
             return _AGAIN
         if written is not None:
             self._bodies[key] = written
+        if plan is not None:  # the status is written: now act on it
+            try:
+                if plan.apply():
+                    self._settled[key] = settled_marker(decision.status)
+                else:  # the canary stays until the stable serves again: look again soon
+                    self._settled.pop(key, None)
+                    decision.requeue_after = min(decision.requeue_after or SETTLE_POLL_SECONDS,
+                                                 SETTLE_POLL_SECONDS)
+            except Exception as err:  # settled on the next reconcile
+                self._settled.pop(key, None)
+                canary_error = err
+        self._children(body, decision)
+        for event in decision.events:
+            self.post_event(body, event.type, event.reason, event.message)
+        for stage, seconds in decision.stage_durations:
+            self.metrics.stage_duration.labels(stage).observe(seconds)
+        for stage, reason in decision.job_failures:
+            self.metrics.job_failures.labels(stage, reason).inc()
+        self.metrics.set_phase(key, decision.status.phase.value)
+        self.metrics.observe_rollout(key, decision.status)
+        if canary_error is not None:
+            raise canary_error
+        self.metrics.reconciles.labels("ok").inc()
+        self._backoff.pop(key, None)
+        return decision.requeue_after
+
+    def _children(self, body: Mapping[str, Any], decision: Decision) -> None:
+        """Create and delete the stage Jobs and ConfigMaps the decision names (idempotent)."""
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         for obj in decision.create:
             try:
                 created = self.kube.create(obj)
@@ -248,19 +273,6 @@ class Engine:
         for ref in decision.delete:
             if self.kube.delete(ref.kind, namespace, ref.name):
                 log.info("%s/%s: deleted %s %s", namespace, name, ref.kind, ref.name)
-        for event in decision.events:
-            self.post_event(body, event.type, event.reason, event.message)
-        for stage, seconds in decision.stage_durations:
-            self.metrics.stage_duration.labels(stage).observe(seconds)
-        for stage, reason in decision.job_failures:
-            self.metrics.job_failures.labels(stage, reason).inc()
-        self.metrics.set_phase(key, decision.status.phase.value)
-        self.metrics.observe_rollout(key, decision.status)
-        if canary_error is not None:
-            raise canary_error
-        self.metrics.reconciles.labels("ok").inc()
-        self._backoff.pop(key, None)
-        return decision.requeue_after
 
     def post_event(self, body: Mapping[str, Any], type_: str, reason: str,
                    message: str) -> None:
@@ -274,7 +286,9 @@ class Engine:
     def finalize(self, body: Mapping[str, Any], elapsed: float, first_attempt: bool) -> None:
         """Clean up before the finalizer goes; raises kopf.TemporaryError to come back.
 
-        Deletes the stage Jobs and ConfigMaps, then, when spec.artifacts.cleanupOnDelete,
+        First the canary's traffic goes back to the stable and the canary is removed once
+        the stable serves on its own (replica-ratio mode scales the stable up first).
+        Then it deletes the stage Jobs and ConfigMaps and, when spec.artifacts.cleanupOnDelete,
         runs the artifact cleanup Job and waits for it. After
         ``finalizer_timeout_seconds`` it stops waiting: a Warning Event says what may be
         left, and the finalizer is released (never blocks deletion forever).
@@ -285,6 +299,12 @@ class Engine:
         manifest = {k: body.get(k) for k in ("apiVersion", "kind", "metadata", "spec")}
         resource, _problems = validate_manifest(manifest)
         try:
+            if self.canary is not None and resource is not None and not give_up \
+                    and not self.canary.release(resource.spec, meta):
+                # The canary goes with the QuantizedModel (owner references): first the
+                # stable serves the traffic on its own again.
+                raise kopf.TemporaryError("waiting for the stable to serve again before the "
+                                          "canary goes", delay=CLEANUP_POLL_SECONDS)
             for job in self.kube.list_names("Job", namespace, selector(name)):
                 if job != cleanup_job_name(name):
                     self.kube.delete("Job", namespace, job)

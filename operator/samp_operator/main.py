@@ -15,7 +15,8 @@ import kopf
 from kopf._core.engines.peering import Identity  # kopf exports the type only here
 
 from samp_operator import settings as settings_module
-from samp_operator.engine import Engine, load_canary_hook
+from samp_operator.canary_kube import KubeCanary
+from samp_operator.engine import Engine
 from samp_operator.handlers import register
 from samp_operator.kube import Kube
 from samp_operator.metrics import Metrics
@@ -99,8 +100,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     metrics = Metrics()
     if settings.metrics_port:
         metrics.serve(settings.metrics_address, settings.metrics_port)
-    hook = load_canary_hook() if settings.canary else None
-    engine = Engine(settings, Kube(), metrics, canary_hook=hook)
+    kube = Kube()
+    # The canary: the one driver (samp_operator.canary_driver) with the Kubernetes
+    # serving and routers and the Prometheus provider.
+    canary = KubeCanary(kube.client, settings.prometheus_url) if settings.canary else None
+    engine = Engine(settings, kube, metrics, canary=canary)
     try:
         asyncio.run(_operator(engine, metrics))
     except KeyboardInterrupt:

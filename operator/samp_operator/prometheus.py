@@ -25,24 +25,33 @@ canary pod template carries ``samp.dev/served-model``, which a
 static config sets it directly). Without such a label set ``http_label=None`` and
 only the engine's counters count.
 
-Unreachable Prometheus (connection refused, timeout, HTTP error on the first query)
-gives ``Measurement.error``; a failing single query gives ``query_errors[key]``;
-an empty answer gives None (the evaluator makes both Inconclusive/Error, never a
-pass). NaN is passed through as NaN.
+Unreachable Prometheus (connection refused, timeout, HTTP 5xx, an answer that is not
+JSON or not shaped as Prometheus's query API) gives ``Measurement.error``; a failing
+single query (HTTP 4xx such as bad_data, more than one series, a result that is not a
+number: a string, a range vector) gives ``query_errors[key]``; an empty answer gives
+None (the evaluator makes these Error or Inconclusive, never a pass). NaN is passed
+through as NaN.
+
+Each analysis has a total deadline (``analysis_timeout_seconds``, every query
+together): the answer is read as it arrives, so an endpoint that trickles bytes
+cannot hold a reconcile worker past it (a per-read timeout alone would not stop it).
+That is why the HTTP GET is made here with requests rather than through
+prometheus-api-client's ``custom_query``, which reads the whole body at once.
 """
 
 from __future__ import annotations
 
+import json
 import math
-import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import requests
-from prometheus_api_client import PrometheusConnect
-from prometheus_api_client.exceptions import PrometheusApiClientException
+import urllib3
+from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from samp_core.canary import AnalysisRequest
@@ -53,6 +62,7 @@ E2E = "vllm:e2e_request_latency_seconds_bucket"
 TTFT = "vllm:time_to_first_token_seconds_bucket"
 SUCCESS = "vllm:request_success_total"
 HTTP = "http_requests_total"
+MAX_ANSWER_BYTES = 4 << 20  # an instant query answering one number is a few hundred bytes
 
 
 class QueryError(Exception):
@@ -72,8 +82,13 @@ def p99_query(bucket: str, selector: str, window: str) -> str:
     return f"histogram_quantile(0.99, sum by (le) (rate({bucket}{selector}[{window}])))"
 
 
+def _escape(value: str) -> str:
+    """A value as the inside of a PromQL double-quoted string: it cannot end the string."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 def _quote(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f'"{_escape(value)}"'
 
 
 @dataclass
@@ -86,20 +101,20 @@ class PrometheusProvider:
     """
 
     url: str
-    timeout_seconds: float = 5.0
+    timeout_seconds: float = 5.0  # connect, and each read
     http_label: str | None = "served_model"
     extra_selector: str = ""
     headers: Mapping[str, str] = field(default_factory=dict)
     queries: list[tuple[str, str]] = field(default_factory=list)  # (key, promql) of last measure
+    analysis_timeout_seconds: float = 15.0  # one whole measure(), every query together
 
     def __post_init__(self) -> None:
         # No retries: an unreachable Prometheus must surface as an Error now, not after backoff.
-        self._prom = PrometheusConnect(
-            url=self.url.rstrip("/"),
-            headers=dict(self.headers) or None,
-            disable_ssl=True,
-            retry=Retry(total=0, connect=0, read=0, status=0),
-            timeout=int(max(1, math.ceil(self.timeout_seconds))),
+        self._base = self.url.rstrip("/")
+        self._session = requests.Session()
+        self._session.verify = False
+        self._session.mount(
+            self._base, HTTPAdapter(max_retries=Retry(total=0, connect=0, read=0, status=0))
         )
 
     # ---------------------------------------------------------------- queries
@@ -135,24 +150,75 @@ class PrometheusProvider:
             q["ttftP99"] = p99_query(TTFT, self._sel(model), window)
         return q
 
-    def query(self, promql: str, at: datetime | None = None) -> float | None:
-        """One instant query → a number, None when empty; QueryError when it failed."""
-        params: dict[str, Any] = {}
+    def query(
+        self, promql: str, at: datetime | None = None, deadline: float | None = None
+    ) -> float | None:
+        """One instant query → a number, None when empty; QueryError when it failed.
+
+        ``deadline`` (``time.monotonic()``) bounds the whole query, reading included;
+        by default ``analysis_timeout_seconds`` from now."""
+        params: dict[str, Any] = {"query": promql}
         if at is not None:
             params["time"] = f"{at.timestamp():.3f}"
+        if deadline is None:
+            deadline = time.monotonic() + self.analysis_timeout_seconds
+        doc = self._get_json(params, deadline)
         try:
-            data = self._prom.custom_query(promql, params=params)
-        except requests.exceptions.RequestException as err:
+            result = doc["data"]["result"]
+        except (KeyError, TypeError, IndexError) as err:
+            raise QueryError(
+                f"malformed answer (no data.result): {str(doc)[:100]}", unreachable=True
+            ) from err
+        try:
+            return _number(result)
+        except (KeyError, TypeError, IndexError, ValueError) as err:
+            raise QueryError(
+                f"malformed answer (not one number): {str(result)[:100]}", unreachable=False
+            ) from err
+
+    def _get_json(self, params: Mapping[str, Any], deadline: float) -> Any:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise QueryError(self._late(), unreachable=True)
+        try:
+            with self._session.get(
+                f"{self._base}/api/v1/query",
+                params=dict(params),
+                headers=dict(self.headers) or None,
+                timeout=max(0.1, min(self.timeout_seconds, left)),
+                stream=True,
+            ) as resp:
+                body = self._read(resp, deadline)
+                status = resp.status_code
+        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as err:
             raise QueryError(f"{type(err).__name__}: {err}"[:300], unreachable=True) from err
-        except PrometheusApiClientException as err:
-            text = str(err)
-            unreachable = bool(re.search(r"HTTP Status Code 5\d\d", text)) and (
-                "bad_data" not in text
+        if status != 200:
+            raise QueryError(
+                f"HTTP Status Code {status} ({body!r})"[:300],
+                unreachable=status >= 500 and b"bad_data" not in body,
             )
-            raise QueryError(text[:300], unreachable=unreachable) from err
+        try:
+            return json.loads(body)
         except ValueError as err:  # not JSON: a proxy page, not Prometheus
             raise QueryError(f"invalid answer: {err}"[:300], unreachable=True) from err
-        return _number(data)
+
+    def _read(self, resp: requests.Response, deadline: float) -> bytes:
+        """The body as it arrives, until the deadline."""
+        body = bytearray()
+        while True:
+            if time.monotonic() > deadline:
+                raise QueryError(self._late(), unreachable=True)
+            chunk = resp.raw.read1(65536, decode_content=True)
+            if not chunk:
+                return bytes(body)
+            body += chunk
+            if len(body) > MAX_ANSWER_BYTES:
+                raise QueryError(f"answer larger than {MAX_ANSWER_BYTES} bytes",
+                                 unreachable=True)
+
+    def _late(self) -> str:
+        return (f"no complete answer within the analysis deadline "
+                f"({self.analysis_timeout_seconds:g} s)")
 
     # --------------------------------------------------------------- measure
 
@@ -174,8 +240,10 @@ class PrometheusProvider:
             ]
         for cq in gates.custom_queries:
             text = (
-                cq.query.replace("$canary", request.canary_model)
-                .replace("$stable", request.stable_model or "")
+                # Inside the user's quotes (model_name="$canary"): escaped, so a served
+                # name from the spec cannot close the matcher and widen the query.
+                cq.query.replace("$canary", _escape(request.canary_model))
+                .replace("$stable", _escape(request.stable_model or ""))
                 .replace("$window", window)
             )
             plan.append((f"query:{cq.name}", text))
@@ -183,9 +251,10 @@ class PrometheusProvider:
 
         values: dict[str, float | None] = {}
         errors: dict[str, str] = {}
+        deadline = time.monotonic() + self.analysis_timeout_seconds
         for key, promql in plan:
             try:
-                values[key] = self.query(promql, at=request.end)
+                values[key] = self.query(promql, at=request.end, deadline=deadline)
             except QueryError as err:
                 if err.unreachable:
                     return Measurement(

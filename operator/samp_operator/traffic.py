@@ -9,16 +9,19 @@ as Argo Rollouts' traffic routers.
 * :class:`ReplicaRatioRouter` — no route: canary pods carry the stable Service's
   selector labels, so traffic follows the ratio of ready pods. With ``N`` replicas in
   total the canary gets ``max(1, round(N * w / 100))`` (all ``N`` at 100) and the stable
-  the rest; the achievable weight is reported by ``verify`` (``N = 1`` can only do 0/50/100
-  with one extra pod; the status shows the real ratio).
-* :class:`LocalWeights` — the same interface in one process: the load generator of the
-  local flow and the tests reads the weight from it, playing the part of the gateway.
+  the rest, make before break (a side shrinks only once the other is ready); the
+  achievable weight is reported by ``verify`` (``N = 1`` can only do 0/50/100 with one
+  extra pod; the status shows the real ratio).
+* :class:`NoRouter` — neither a route nor a stable target: the canary Service is the
+  only backend, so any weight holds.
+
+The local demo's in-process router (the load generator follows it) is
+samp_local.load.LocalWeights.
 """
 
 from __future__ import annotations
 
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 GATEWAY_GROUP = "gateway.networking.k8s.io"
@@ -35,27 +38,22 @@ class TrafficRouter(Protocol):
     def verify_weight(self, weight: int) -> bool:
         """True when ``weight`` (as closely as the router can) is in effect now."""
 
+    def stable_serving(self) -> bool:
+        """The stable serves the traffic on its own, so the canary may go."""
+
 
 @dataclass
-class LocalWeights:
-    """In-process router: the load generator asks it where each request goes."""
-
-    weight: int = 0
-    history: list[int] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+class NoRouter:
+    """No route and no stable: the canary Service is the only backend; any weight holds."""
 
     def set_weight(self, weight: int) -> None:
-        with self._lock:
-            self.weight = max(0, min(100, int(weight)))
-            self.history.append(self.weight)
+        return None
 
     def verify_weight(self, weight: int) -> bool:
-        with self._lock:
-            return self.weight == weight
+        return True
 
-    def canary_share(self) -> float:
-        with self._lock:
-            return self.weight / 100.0
+    def stable_serving(self) -> bool:
+        return True
 
 
 def route_with_weights(
@@ -149,6 +147,9 @@ class HTTPRouteRouter:
                     return False
         return True
 
+    def stable_serving(self) -> bool:
+        return True  # the stable's pods are never scaled here
+
 
 def replica_split(total: int, weight: int) -> tuple[int, int]:
     """(canary, stable) replicas for ``weight``% of ``total`` pods behind one Service."""
@@ -176,11 +177,24 @@ class ReplicaRatioRouter:
     total_replicas: int
 
     def set_weight(self, weight: int) -> None:
+        """Scale toward ``weight``, make before break: a side that gains replicas is scaled
+        up at once; a side that loses replicas only once the other side has all its
+        target replicas ready, so the pods serving the traffic never drop below what
+        their replacement already serves (at 0% the stable comes back before the canary
+        goes). ``verify_weight`` stays False until both sides are there, and the canary
+        machine sets the weight again until it holds."""
         canary, stable = replica_split(self.total_replicas, weight)
-        for name, replicas in ((self.canary_deployment, canary), (self.stable_deployment, stable)):
-            self.apps.patch_namespaced_deployment_scale(
-                name, self.namespace, {"spec": {"replicas": replicas}}, _content_type=MERGE_PATCH
-            )
+        ready_c = self.ready(self.canary_deployment)
+        ready_s = self.ready(self.stable_deployment)
+        for name, target, have, other_ready in (
+            (self.canary_deployment, canary, ready_c, ready_s >= stable),
+            (self.stable_deployment, stable, ready_s, ready_c >= canary),
+        ):
+            if target >= have or other_ready:
+                self.apps.patch_namespaced_deployment_scale(
+                    name, self.namespace, {"spec": {"replicas": target}},
+                    _content_type=MERGE_PATCH,
+                )
 
     def ready(self, name: str) -> int:
         dep = self.apps.read_namespaced_deployment_status(name, self.namespace)
@@ -192,3 +206,6 @@ class ReplicaRatioRouter:
             self.ready(self.canary_deployment) == canary
             and self.ready(self.stable_deployment) == stable
         )
+
+    def stable_serving(self) -> bool:
+        return self.ready(self.stable_deployment) >= self.total_replicas

@@ -11,11 +11,7 @@ import yaml
 from samp_core import canary as cn
 from samp_core import gates as g
 from samp_core.api import parse
-from samp_core.formats import Format
-from samp_core.groups import build_groups
-from samp_core.hardware import get_profile
-from samp_core.planner import Budget, PlanRequest, plan
-from samp_core.results import SensitivityResult
+from samp_core.conditions import rfc3339
 from samp_core.spec import QuantizedModelSpec
 from samp_core.status import AccuracySummary, Phase, QuantizedModelStatus
 
@@ -60,7 +56,7 @@ class Sim:
     def __init__(self, spec: QuantizedModelSpec, status: QuantizedModelStatus) -> None:
         self.spec, self.status, self.now = spec, status, T0
         self.actions: list[object] = []
-        self.events: list[cn.CanaryEvent] = []
+        self.events: list[cn.Event] = []
         self.annotations: dict[str, str] = {}
         self.measured = 0
 
@@ -250,7 +246,7 @@ def test_abort_annotation_and_stale_requests() -> None:
     sim.annotations[cn.ANNOTATION_ABORT] = "2025-01-01T00:00:00Z"  # before this canary
     sim.run(10)
     assert sim.status.phase is Phase.CANARY
-    sim.annotations[cn.ANNOTATION_ABORT] = cn.rfc3339(sim.now)
+    sim.annotations[cn.ANNOTATION_ABORT] = rfc3339(sim.now)
     sim.tick(1)
     assert sim.status.phase is Phase.ROLLED_BACK
     assert cond(sim.status, "RolledBack").reason == "Aborted"
@@ -262,7 +258,7 @@ def test_manual_promotion_waits_for_annotation() -> None:
     sim.run(300)
     assert sim.status.phase is Phase.CANARY
     assert cond(sim.status, "Promoted").reason == "AwaitingPromotion"
-    sim.annotations[cn.ANNOTATION_PROMOTE] = cn.rfc3339(sim.now)
+    sim.annotations[cn.ANNOTATION_PROMOTE] = rfc3339(sim.now)
     sim.tick(1)
     assert sim.status.phase is Phase.PROMOTED
     assert cond(sim.status, "Promoted").reason == "ManualPromotion"
@@ -373,86 +369,19 @@ def test_terminal_phases_are_left_alone() -> None:
     assert d.status is st and d.actions == () and d.requeue_after is None
 
 
-# ----------------------------------------------------------------- re-plan
-
-
-def _tiny_plan() -> tuple[object, SensitivityResult]:
-    shapes: dict[str, tuple[int, int]] = {}
-    for i in range(4):
-        p = f"model.layers.{i}"
-        for n in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            shapes[f"{p}.self_attn.{n}"] = (256, 256)
-        shapes[f"{p}.mlp.gate_proj"] = (256, 512)
-        shapes[f"{p}.mlp.up_proj"] = (256, 512)
-        shapes[f"{p}.mlp.down_proj"] = (512, 256)
-    shapes["lm_head"] = (256, 1024)
-    groups = build_groups(shapes)
-    scores = {
-        grp.name: {
-            Format.INT4_W4A8: 1.0 + 3.0 * (grp.name.endswith("down_proj")) + 0.1 * i,
-            Format.INT8_W8A8: 0.1 + 0.01 * i,
-        }
-        for i, grp in enumerate(groups)
-        if grp.name != "lm_head"
-    }
-    sens = SensitivityResult(
-        method="fisher",
-        num_tokens=8192,
-        groups=groups,
-        scores=scores,
-        wall_seconds=1.0,
-        group_size=32,
-    )
-    p = plan(
-        PlanRequest(
-            groups=groups,
-            scores=scores,
-            profile=get_profile("cpu"),
-            budget=Budget(fraction_of_16bit=0.45),
-            allowed_formats=[Format.INT4_W4A8, Format.INT8_W8A8, Format.BF16],
-            group_size=32,
-        )
-    )
-    return p, sens
-
-
-def test_conservative_plan_raises_most_sensitive_groups_within_headroom() -> None:
-    prev, sens = _tiny_plan()
-    spec = make_spec(replan={"enabled": True, "maxAttempts": 3, "maxBudgetIncreaseFraction": 0.2})
-    base, ceiling2 = cn.replan_ceiling(prev, spec.quantization, spec.rollout.replan, 2)
-    _, ceiling3 = cn.replan_ceiling(prev, spec.quantization, spec.rollout.replan, 3)
-    assert ceiling2 == int(base * 1.1) and ceiling3 == int(base * 1.2)
-    new = cn.conservative_plan(
-        prev, sens, get_profile("cpu"), spec.quantization, spec.rollout.replan, 2
-    )
-    assert new is not None
-    assert new.total_bytes <= ceiling2 and new.total_bytes > prev.total_bytes
-    before, after = prev.format_of(), new.format_of()
-    changed = [k for k in before if before[k] != after[k]]
-    assert changed
-    # only raises, never lowers; the most sensitive (down_proj, highest score first)
-    order = {Format.INT4_W4A8: 0, Format.INT8_W8A8: 1, Format.BF16: 2}
-    assert all(order[after[k]] > order[before[k]] for k in changed)
-    top = max(
-        (a for a in prev.assignments if a.pinned_by is None and not a.format.is_unquantized),
-        key=lambda a: a.score,
-    )
-    assert top.group in changed
-    assert new.predicted_loss < prev.predicted_loss
-    assert any("attempt 2" in w for w in new.warnings)
-    # attempt 3 starts from attempt 2 and opens more headroom
-    newer = cn.conservative_plan(
-        new, sens, get_profile("cpu"), spec.quantization, spec.rollout.replan, 3
-    )
-    assert newer is not None and newer.total_bytes > new.total_bytes
-
-
-def test_conservative_plan_without_headroom_is_none() -> None:
-    prev, sens = _tiny_plan()
-    spec = make_spec(replan={"enabled": True, "maxBudgetIncreaseFraction": 0.0})
-    assert (
-        cn.conservative_plan(
-            prev, sens, get_profile("cpu"), spec.quantization, spec.rollout.replan, 2
-        )
-        is None
-    )
+def test_without_stable_a_slow_canary_never_promotes_on_ratio_defaults() -> None:
+    """Issue 15: no serving.stable, latency gates left at their default (a ratio): a 30 s
+    P99 canary used to promote, judged by the error rate alone."""
+    spec = make_spec(inconclusiveLimit=2)
+    spec = spec.model_copy(update={
+        "serving": spec.serving.model_copy(update={"stable": None}),
+        "gates": spec.gates.model_copy(update={"latency": spec.gates.latency.model_copy(
+            update={"p99_max_seconds": None, "p99_max_ratio_to_stable": 1.5})}),
+    })
+    sim = Sim(spec, evaluated())
+    sim.start()
+    sim.run(300, measure=lambda now: healthy(now, c_p99=30.0))
+    assert sim.status.phase is Phase.ROLLED_BACK
+    rb = cond(sim.status, "RolledBack")
+    assert rb.reason == "InconclusiveLimitExceeded" and "p99MaxSeconds" in rb.message
+    assert not any(isinstance(a, cn.PromoteStable) for a in sim.actions)

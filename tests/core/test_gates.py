@@ -11,6 +11,7 @@ from samp_core import gates as g
 from samp_core.results import EvaluationResult
 from samp_core.spec import AccuracyGate, CustomQuery, GatesSpec, LatencyGate
 from samp_core.status import AccuracySummary
+from samp_core.verdicts import result
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -135,7 +136,7 @@ def test_one_failed_query_is_error_for_its_gates_only() -> None:
 
 def test_failed_beats_error_beats_inconclusive() -> None:
     def r(v: str) -> object:
-        return g._result("x", g.Verdict(v))
+        return result("x", g.Verdict(v))
 
     assert g.overall([r("Successful"), r("Inconclusive"), r("Error")]) is g.Verdict.ERROR
     assert g.overall([r("Error"), r("Failed")]) is g.Verdict.FAILED
@@ -245,3 +246,41 @@ def test_accuracy_over_status_summary() -> None:
     assert not v.passed
     assert v.summary.perplexity_increase_percent == pytest.approx(10.0)
     assert g.evaluate_accuracy_summary(AccuracyGate(), AccuracySummary()).passed is False
+
+
+@pytest.mark.parametrize(
+    ("base", "quant", "stored"),
+    [
+        (10.0, -5.0, -150.0),  # what the operator computes from a broken summary
+        (10.0, 0.0, -100.0),
+        (math.inf, 10.0, -100.0),
+        (10.0, math.nan, None),
+        (-3.0, 10.0, None),
+    ],
+)
+def test_impossible_perplexity_is_error_never_a_pass(
+    base: float, quant: float, stored: float | None
+) -> None:
+    summary = AccuracySummary(
+        perplexity_base=base, perplexity_quantized=quant, perplexity_increase_percent=stored
+    )
+    v = g.evaluate_accuracy_summary(AccuracyGate(), summary)
+    assert v.verdict is g.Verdict.ERROR and not v.passed
+    assert v.summary.passed is False and v.summary.perplexity_increase_percent is None
+    row = v.results[0]
+    assert row.verdict == "Error" and "impossible perplexity" in row.message
+
+
+def test_infinite_base_perplexity_from_the_evaluation_is_error() -> None:
+    v = g.evaluate_accuracy(AccuracyGate(), ev(perplexity_base=math.inf))
+    assert v.verdict is g.Verdict.ERROR and not v.passed
+
+
+def test_without_stable_and_without_a_ceiling_latency_is_never_a_pass() -> None:
+    """The default ratio gate needs a stable; without one, a canary with a 30 s P99 must not
+    pass on the error rate alone."""
+    only_ratio = spec(latency=LatencyGate(p99_max_ratio_to_stable=1.1))
+    res = g.evaluate(only_ratio, m(c_p99=30.0), has_stable=False)
+    p99 = by_gate(res)["p99"]
+    assert p99.verdict == "Inconclusive" and "p99MaxSeconds" in p99.message  # type: ignore[attr-defined]
+    assert g.overall(res) is g.Verdict.INCONCLUSIVE

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from samp_operator.local_flow import (
+from samp_local.processes import (
     PrometheusProcess,
     ScrapeTarget,
     VllmProcess,

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.prometheus
 STARTER = """
 import sys, tempfile, time
 from pathlib import Path
-from samp_operator.local_flow import PrometheusProcess
+from samp_local.processes import PrometheusProcess
 p = PrometheusProcess(Path(tempfile.mkdtemp()), [])
 p.start()
 print(p.proc.pid, flush=True)

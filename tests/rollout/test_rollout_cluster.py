@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from samp_operator.local_flow import Backend, LoadGenerator
+from samp_local.load import Backend, LoadGenerator
 from samp_operator.traffic import weights_of
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))

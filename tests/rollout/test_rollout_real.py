@@ -1,9 +1,10 @@
 """Canary rollouts against real vLLM CPU servers and a real Prometheus.
 
-Every decision goes through the pure ``samp_core.canary.decide`` with figures the real
-``PrometheusProvider`` read from the real Prometheus scraping the real vLLM /metrics;
-the router is the in-process ``LocalWeights`` that the bounded load generator follows
-(it plays the gateway). What is injected, and how (see README.md):
+Every decision goes through the operator's canary driver (samp_operator.canary_driver) and
+the pure ``samp_core.canary.decide``, with figures the real ``PrometheusProvider`` read
+from the real Prometheus scraping the real vLLM /metrics; the router is the in-process
+``LocalWeights`` that the bounded load generator follows (it plays the gateway). What is
+injected, and how (see README.md):
 
 * latency regression — the load generator asks the canary for 256-token generations
   (``ignore_eos``) and the stable for 16, the way a badly quantized model that no
@@ -24,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
-from samp_core import canary as cn
+from samp_core import replan as rp
 from samp_core.api import parse
 from samp_core.formats import Format
 from samp_core.groups import build_groups
@@ -33,9 +34,10 @@ from samp_core.planner import Budget, PlanRequest, plan
 from samp_core.results import SensitivityResult
 from samp_core.spec import QuantizedModelSpec
 from samp_core.status import AccuracySummary, Phase, QuantizedModelStatus
-from samp_operator.local_flow import Backend, CanaryLoop, LoadGenerator, http_ok
+from samp_local.canary_loop import CanaryLoop
+from samp_local.load import Backend, LoadGenerator, LocalWeights
+from samp_local.processes import http_ok
 from samp_operator.prometheus import PrometheusProvider
-from samp_operator.traffic import LocalWeights
 
 pytestmark = [pytest.mark.vllm, pytest.mark.prometheus, pytest.mark.slow]
 
@@ -305,7 +307,7 @@ def test_failing_canary_replans_then_promotes(servers: Any, model_dirs: Any) -> 
     assert replans
     # The operator's re-plan: the real planner with the raise of the most sensitive groups.
     first, sens = _plan_and_sensitivity(model_dirs[1])
-    second = cn.conservative_plan(
+    second = rp.conservative_plan(
         first, sens, get_profile("cpu"), spec.quantization, spec.rollout.replan, 2
     )
     assert second is not None and second.total_bytes > first.total_bytes

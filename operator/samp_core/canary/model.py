@@ -1,0 +1,225 @@
+"""What goes into and comes out of the canary machine: names, observation, request, actions.
+
+The operator (or the local demo) reads the world into an :class:`Observation`, measures
+what an :class:`AnalysisRequest` asks for, and applies the :class:`CanaryDecision`'s
+actions in order. Nothing here decides anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+from samp_core import gates as g
+from samp_core.conditions import with_condition
+from samp_core.events import Event
+from samp_core.spec import QuantizedModelSpec
+from samp_core.status import CanaryStatus, Condition, GateResult, Phase, QuantizedModelStatus
+
+ANNOTATION_PAUSE = "samp.dev/pause"
+ANNOTATION_PROMOTE = "samp.dev/promote"
+ANNOTATION_ABORT = "samp.dev/abort"
+
+# How soon to look again while waiting on something the operator does (pods, weights).
+POLL_SECONDS = 5.0
+PAUSED_POLL_SECONDS = 30.0
+ACTIVE_PHASES = (Phase.EVALUATED, Phase.CANARY, Phase.PAUSED)
+
+# Rollback reasons; the first two are gates that measured and failed, which a more
+# conservative plan can fix (the others cannot: no traffic, no answer, deadline, abort).
+REASON_GATE_FAILED = "GateFailed"
+REASON_ACCURACY = "AccuracyGateFailed"
+REASON_ACCURACY_UNMEASURED = "AccuracyNotMeasured"
+REASON_INCONCLUSIVE = "InconclusiveLimitExceeded"
+REASON_ERRORS = "MeasurementErrorLimitExceeded"
+REASON_DEADLINE = "ProgressDeadlineExceeded"
+REASON_ABORTED = "Aborted"
+REPLANNABLE = (REASON_GATE_FAILED, REASON_ACCURACY)
+
+
+# ------------------------------------------------------------------ names
+
+
+def served_model_name(spec: QuantizedModelSpec, name: str) -> str:
+    """The name clients use for the quantized model (spec.serving.servedModelName or name)."""
+    return spec.serving.served_model_name or name
+
+
+def canary_model_name(spec: QuantizedModelSpec, name: str) -> str:
+    """``--served-model-name`` of the canary: its ``model_name`` label in Prometheus."""
+    return f"{served_model_name(spec, name)}-canary"
+
+
+def stable_model_name(spec: QuantizedModelSpec, name: str) -> str | None:
+    """``model_name`` label of the stable series, or None without a stable target."""
+    stable = spec.serving.stable
+    if stable is None:
+        return None
+    return stable.served_model_name or served_model_name(spec, name)
+
+
+def client_model_names(spec: QuantizedModelSpec, name: str) -> tuple[str, ...]:
+    """Model names clients of the shared Service or route send (public, then stable's)."""
+    names = [served_model_name(spec, name)]
+    stable = stable_model_name(spec, name)
+    if stable is not None and stable not in names:
+        names.append(stable)
+    return tuple(names)
+
+
+# ------------------------------------------------------------- data in/out
+
+
+@dataclass(frozen=True)
+class AnalysisRequest:
+    """What to measure now: the last ``window_seconds`` ending at ``end``."""
+
+    canary_model: str
+    stable_model: str | None
+    window_seconds: float
+    end: datetime
+    step: int
+    weight: int
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the operator saw of the world this time round.
+
+    ``canary_ready``: the canary Deployment has all its replicas ready (readiness
+    probe on /health). ``weight_verified``: the traffic router read back the weight
+    in ``status.canary.weight`` (None: not checked this time). ``measurement``: the
+    analysis for :func:`~samp_core.canary.analysis.analysis_due`'s request, when one
+    was due.
+    """
+
+    name: str
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    canary_ready: bool = False
+    weight_verified: bool | None = None
+    measurement: g.Measurement | None = None
+    generation: int | None = None
+
+
+@dataclass(frozen=True)
+class EnsureCanary:
+    """Create or keep the canary Deployment and Service (samp_operator.serving)."""
+
+    served_model_name: str
+    artifact_uri: str | None
+    attempt: int
+    # Names clients already send (the public and the stable's served name): the canary
+    # answers them too, or a client of the shared Service/route gets 404 from it.
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SetWeight:
+    """Send ``weight`` percent of traffic to the canary, then verify it (samp_operator.traffic)."""
+
+    weight: int
+
+
+@dataclass(frozen=True)
+class PromoteStable:
+    """Make the artifact the stable serving target, per spec.rollout.promotionStrategy."""
+
+    strategy: Literal["UpdateStable", "ShiftRoute"]
+    artifact_uri: str | None
+
+
+@dataclass(frozen=True)
+class RemoveCanary:
+    """Delete the canary Deployment and Service (after the weight is back to 0)."""
+
+
+@dataclass(frozen=True)
+class StartReplan:
+    """Start attempt ``attempt`` from a more conservative plan (samp_core.replan)."""
+
+    attempt: int
+    reason: str
+    failed_gates: tuple[GateResult, ...]
+
+
+Action = EnsureCanary | SetWeight | PromoteStable | RemoveCanary | StartReplan
+
+
+@dataclass(frozen=True)
+class CanaryDecision:
+    """The new status, the actions to apply in order, the Events, when to look again."""
+
+    status: QuantizedModelStatus
+    actions: tuple[Action, ...] = ()
+    events: tuple[Event, ...] = ()
+    requeue_after: float | None = None
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One call of the machine: the spec, what was observed, and the time."""
+
+    spec: QuantizedModelSpec
+    observation: Observation
+    now: datetime
+
+    @property
+    def generation(self) -> int | None:
+        return self.observation.generation
+
+    def condition(
+        self,
+        conditions: Sequence[Condition],
+        type_: str,
+        status: Literal["True", "False", "Unknown"],
+        reason: str,
+        message: str,
+    ) -> list[Condition]:
+        """``conditions`` with ``type_`` set, stamped with this turn's time and generation."""
+        return with_condition(conditions, type_, status, reason, message, self.now,
+                              self.generation)
+
+
+# ------------------------------------------------------------ small readers
+
+
+def parse_time(text: str | None) -> datetime | None:
+    """An RFC 3339 time from status or an annotation (naive means UTC); None if unreadable."""
+    if not text:
+        return None
+    try:
+        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("true", "yes", "1")
+
+
+def request_active(value: str | None, since: datetime | None) -> bool:
+    """An edge annotation (promote/abort) counts if "true" or a time not before ``since``."""
+    if value is None:
+        return False
+    if _truthy(value):
+        return True
+    t = parse_time(value.strip())
+    if t is None:
+        return False
+    return since is None or t >= since - timedelta(seconds=1)
+
+
+def paused(annotations: Mapping[str, str]) -> bool:
+    return _truthy(annotations.get(ANNOTATION_PAUSE, ""))
+
+
+def abort_before_start(annotations: Mapping[str, str]) -> bool:
+    """Before the canary starts only a literal "true" aborts (a time has nothing to follow)."""
+    return _truthy(annotations.get(ANNOTATION_ABORT))
+
+
+def canary_of(status: QuantizedModelStatus) -> CanaryStatus:
+    return status.canary or CanaryStatus(step=0, weight=0)

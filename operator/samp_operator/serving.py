@@ -34,6 +34,7 @@ OWNER_LABEL = "samp.dev/quantizedmodel"
 SERVED_LABEL = "samp.dev/served-model"
 ATTEMPT_LABEL = "samp.dev/attempt"
 MOUNT = "/artifacts"
+SHM = "1Gi"  # memory-backed /dev/shm of each vLLM pod; counts against its memory limit
 
 
 def label_value(text: str) -> str:
@@ -101,6 +102,10 @@ def canary_manifests(
     dep_name, svc_name = canary_names(name)
     serving = spec.serving
     model, volumes, mounts, load_args = model_location(artifact_uri)
+    # vLLM's engine and workers talk over /dev/shm (160 MiB for even a tiny model);
+    # a container's default is 64 MiB, so without this the pod crash-loops (tests/e2e).
+    volumes = [*volumes, {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM}}]
+    mounts = [*mounts, {"name": "dshm", "mountPath": "/dev/shm"}]
     selector = {OWNER_LABEL: name, ROLE_LABEL: "canary"}
     pod_labels = {
         **(extra_pod_labels or {}),

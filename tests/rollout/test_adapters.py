@@ -122,6 +122,11 @@ def test_canary_manifests() -> None:
     assert tmpl["metadata"]["labels"]["samp.dev/served-model"] == "tiny-llama-canary"
     assert tmpl["metadata"]["labels"]["app"] == "tiny-llama"  # shares the stable Service
     assert tmpl["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == "models"
+    # vLLM needs more /dev/shm than a container's 64 MiB default (crash-looped on a real node)
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}} in tmpl["spec"][
+        "volumes"
+    ]
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in c["volumeMounts"]
     assert dep["metadata"]["ownerReferences"][0]["controller"] is True
     assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
     s3, _ = canary_manifests("m", "ns", qm.spec, "s3://bucket/m", served_model_name="m-canary")

@@ -16,7 +16,13 @@ from pydantic import Field, field_validator
 
 from samp_core.formats import ExportFormat, Format, HardwareTarget, SensitivityMethod
 from samp_core.schema_base import ApiModel, Rule
-from samp_core.units import DURATION_PATTERN, QUANTITY_PATTERN, parse_duration, parse_quantity
+from samp_core.units import (
+    DURATION_PATTERN,
+    QUANTITY_PATTERN,
+    RESOURCE_QUANTITY_PATTERN,
+    parse_duration,
+    parse_quantity,
+)
 
 # URI forms. The model may come from a hub, an object store or a PVC; calibration prompts
 # additionally from a ConfigMap; "synthetic://" names generated data and is refused unless
@@ -47,6 +53,7 @@ PROMETHEUS_URL_PATTERN = r"^https?://[^\s/]+(/[^\s]*)?$"
 MAX_WEIGHT_BYTES = 64 * 2**40
 
 Quantity = Annotated[str, Field(pattern=QUANTITY_PATTERN, max_length=32)]
+ResourceQuantity = Annotated[str, Field(pattern=RESOURCE_QUANTITY_PATTERN, max_length=32)]
 Duration = Annotated[str, Field(pattern=DURATION_PATTERN, max_length=32)]
 
 
@@ -334,10 +341,10 @@ class Toleration(ApiModel):
 class Resources(ApiModel):
     """Compute resources, as in a container's resources."""
 
-    requests: dict[str, Quantity] = Field(
+    requests: dict[str, ResourceQuantity] = Field(
         default_factory=dict, description="Requested resources, e.g. {cpu: '8', memory: 64Gi}."
     )
-    limits: dict[str, Quantity] = Field(
+    limits: dict[str, ResourceQuantity] = Field(
         default_factory=dict, description="Resource limits, e.g. {memory: 96Gi}."
     )
 

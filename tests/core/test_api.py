@@ -194,3 +194,21 @@ def test_parse_duration(text: str, seconds: float) -> None:
 def test_bad_durations_are_refused(bad: str) -> None:
     with pytest.raises(ValueError, match="not a duration"):
         parse_duration(bad)
+
+
+@pytest.mark.parametrize("value", ["250m", "1", "1.5", "2Gi", "512Mi", "1e3", "100k", ".5"])
+def test_container_resources_take_kubernetes_quantities(value: str) -> None:
+    """CPU in millicores ("250m") is how every CPU request is written; it was refused."""
+    from samp_core.spec import Resources
+
+    assert Resources.model_validate({"requests": {"cpu": value}}).requests["cpu"] == value
+
+
+@pytest.mark.parametrize("value", ["-1", "abc", "1 Gi", "2gb", ""])
+def test_container_resources_refuse_what_kubernetes_refuses(value: str) -> None:
+    from pydantic import ValidationError
+
+    from samp_core.spec import Resources
+
+    with pytest.raises(ValidationError):
+        Resources.model_validate({"limits": {"memory": value}})

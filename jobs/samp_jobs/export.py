@@ -648,7 +648,10 @@ def _export_compressed_tensors(
                 "GPTQ rounding needs the calibration tokens (run calibrate first), or plan "
                 "with spec.quantization.rounding.method: rtn"
             )
-        with clock.phase("gptq"):
+        from samp_jobs.gptq import single_thread_on_cpu
+
+        width = int(parts.head.weight.shape[1])
+        with clock.phase("gptq"), single_thread_on_cpu(dev, width):
             codes = gptq_pass(parts, plan, qcfg, input_ids, dev)
     log(
         "export.start",

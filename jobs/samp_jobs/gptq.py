@@ -83,16 +83,20 @@ class HessianAccumulator:
         self.n = total
 
 
-@contextmanager
-def _column_threads(device: torch.device) -> Iterator[None]:
-    """One intra-op thread for the column loop on the CPU.
+SMALL_CPU_WIDTH = 1024  # below this hidden size the CPU GPTQ pass runs on one thread
 
-    Each column is a handful of operations on one [rows] vector and a [rows, ≤128] block;
-    with several threads, waking them costs more than the work (measured on a 2-core
-    machine: 4 ms vs 0.3 ms per 64-row column under load). Blocks between them keep
-    every thread.
+
+@contextmanager
+def single_thread_on_cpu(device: torch.device, width: int = 0) -> Iterator[None]:
+    """One intra-op thread on the CPU for work made of small operations.
+
+    GPTQ's column loop is a handful of operations on one [rows] vector and a [rows, ≤128]
+    block per column; with several threads, waking them costs more than the work. The
+    same holds for a whole export pass of a small model (``width`` < SMALL_CPU_WIDTH):
+    measured on our shared 2-core machine under load, the tiny example's GPTQ pass takes
+    2.4 s on one thread and 13.9 s on two.
     """
-    if device.type != "cpu":
+    if device.type != "cpu" or width >= SMALL_CPU_WIDTH:
         yield
         return
     before = torch.get_num_threads()
@@ -192,7 +196,7 @@ def gptq_codes(
         gidx = col_group[i1:i2]
         S1 = s_all[:, gidx]
         Z1 = z_all[:, gidx]
-        with _column_threads(dev):
+        with single_thread_on_cpu(dev):
             for i in range(i2 - i1):
                 wcol = W1[:, i]
                 q = _quantize_column(wcol, S1[:, i], Z1[:, i], grid)

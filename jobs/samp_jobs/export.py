@@ -286,6 +286,7 @@ def quantize_and_compress_per_module(
     amax: dict[str, float],
     device: torch.device,
     clock: PhaseClock,
+    *,
     codes: dict[str, torch.Tensor] | None = None,
 ) -> int:
     """Qparams and compression one Linear at a time on ``device``; returns modules done.
@@ -381,6 +382,7 @@ def gptq_pass(
     qcfg: Any,
     input_ids: torch.Tensor,
     device: torch.device,
+    *,
     micro_batch: int = 4,
 ) -> dict[str, torch.Tensor]:
     """GPTQ codes for every module the plan rounds with GPTQ, layer by layer.
@@ -402,7 +404,9 @@ def gptq_pass(
     if r is None or not targets:
         return {}
     args_of = _weight_args(qcfg)
-    fmt_of = {m: a.format for a in plan.assignments for m in a.modules if not a.format.is_unquantized}
+    fmt_of = {
+        m: a.format for a in plan.assignments for m in a.modules if not a.format.is_unquantized
+    }
     mods = dict(parts.model.named_modules())
     seq = input_ids.shape[1]
     rows = max(1, min(len(input_ids), r.max_tokens // max(1, seq)))
@@ -410,23 +414,28 @@ def gptq_pass(
     codes: dict[str, torch.Tensor] = {}
     totals = {"gptq": 0.0, "rtn": 0.0}
 
-    def round_modules(names: list[str], hess: dict[str, HessianAccumulator]) -> None:
-        for n in names:
-            w = mods[n].weight.data
-            scale, zp, _ = weight_qparams(w, args_of[n])
-            q, st = gptq_codes(
-                w.to(device),
-                hess[n].h,
-                scale.to(device),
-                zp.to(device),
-                _grid(args_of[n]),
-                dampening_fraction=r.dampening_fraction,
-                act_order=r.act_order,
-            )
-            codes[n] = q.to(torch.int8).cpu()
-            totals["gptq"] += st.loss
-            totals["rtn"] += st.rtn_loss
-            del hess[n]
+    # Modules of one plan group read the same input (q/k/v, gate/up), so they share one
+    # Hessian, and since GPTQ treats rows independently given H, their stacked rows go
+    # through one GPTQ call: one Hessian and one column loop per group, not per module.
+    group_of = {m: tuple(a.modules) for a in plan.assignments for m in a.modules}
+
+    def round_group(names: tuple[str, ...], hess: HessianAccumulator) -> None:
+        ws = [mods[n].weight.data for n in names]
+        qp = [weight_qparams(w, args_of[n]) for w, n in zip(ws, names, strict=True)]
+        q, st = gptq_codes(
+            torch.cat([w.to(device) for w in ws]),
+            hess.h,
+            torch.cat([p[0] for p in qp]).to(device),
+            torch.cat([p[1] for p in qp]).to(device),
+            _grid(args_of[names[0]]),
+            dampening_fraction=r.dampening_fraction,
+            act_order=r.act_order,
+        )
+        parts_of = torch.split(q.to(torch.int8).cpu(), [w.shape[0] for w in ws])
+        for n, c in zip(names, parts_of, strict=True):
+            codes[n] = c.contiguous()
+        totals["gptq"] += st.loss
+        totals["rtn"] += st.rtn_loss
 
     def fake_quantized(names: list[str]) -> dict[str, torch.Tensor]:
         """name -> weight as it will be served; originals returned for restoring."""
@@ -448,16 +457,31 @@ def gptq_pass(
             m.weight.data = wq.to(m.weight.dtype)
         return saved
 
-    def hooks_for(names: list[str], hess: dict[str, HessianAccumulator]) -> list[Any]:
-        def make(n: str) -> Any:
+    def hooks_for(
+        groups: list[tuple[str, ...]], hess: dict[tuple[str, ...], HessianAccumulator]
+    ) -> list[Any]:
+        """One input hook per group, on its first module."""
+
+        def make(g: tuple[str, ...]) -> Any:
             def hook(_m: nn.Module, a: tuple[torch.Tensor, ...]) -> None:
-                hess[n].add(a[0])
+                hess[g].add(a[0])
 
             return hook
 
-        for n in names:
-            hess[n] = HessianAccumulator(mods[n].weight.shape[1], device)
-        return [mods[n].register_forward_pre_hook(make(n)) for n in names]
+        for g in groups:
+            hess[g] = HessianAccumulator(mods[g[0]].weight.shape[1], device)
+        return [mods[g[0]].register_forward_pre_hook(make(g)) for g in groups]
+
+    def run_groups(groups: list[tuple[str, ...]], forward: Any) -> None:
+        hess: dict[tuple[str, ...], HessianAccumulator] = {}
+        handles = hooks_for(groups, hess)
+        try:
+            forward()
+        finally:
+            for hd in handles:
+                hd.remove()
+        for g in groups:
+            round_group(g, hess.pop(g))
 
     batches = [ids[i : i + micro_batch] for i in range(0, len(ids), micro_batch)]
     ins = [capture_layer0_inputs(parts, b, device) for b in batches]
@@ -468,18 +492,15 @@ def gptq_pass(
         for idx, layer in enumerate(parts.layers):
             prefix = f"{parts.layers_path}.{idx}."
             in_layer = [n for n in fmt_of if n.startswith(prefix)]
-            mine = [n for n in in_layer if n in targets]
+            mine = list(dict.fromkeys(group_of[n] for n in in_layer if n in targets))
             with on_device(layer, device):
                 if mine:
-                    hess: dict[str, HessianAccumulator] = {}
-                    handles = hooks_for(mine, hess)
-                    try:
+
+                    def forward(layer: nn.Module = layer, hidden: list[Any] = hidden) -> None:
                         for h in hidden:
                             run_layer(layer, h.to(device), kwargs)
-                    finally:
-                        for hd in handles:
-                            hd.remove()
-                    round_modules(mine, hess)
+
+                    run_groups(mine, forward)
                 saved = fake_quantized(in_layer)
                 try:
                     hidden = [run_layer(layer, h.to(device), kwargs).cpu() for h in hidden]
@@ -488,16 +509,13 @@ def gptq_pass(
                         mods[n].weight.data = w
         head = parts.head_name
         if head in targets:
-            hess = {}
             with on_device(parts.norm, device), on_device(parts.head, device):
-                handles = hooks_for([head], hess)
-                try:
+
+                def head_forward() -> None:
                     for h in hidden:
                         parts.head(parts.norm(h.to(device)))
-                finally:
-                    for hd in handles:
-                        hd.remove()
-                round_modules([head], hess)
+
+                run_groups([group_of[head]], head_forward)
     log(
         "export.gptq",
         modules=len(codes),
@@ -670,7 +688,7 @@ def _export_compressed_tensors(
         compressor = ModelCompressor.from_pretrained_model(model)
         clock.add("quantize", clock.lap() - t)
         with torch.no_grad():
-            quantize_and_compress_per_module(model, compressor, amax, dev, clock, codes)
+            quantize_and_compress_per_module(model, compressor, amax, dev, clock, codes=codes)
         for name in ("transfer", "quantize", "compress"):
             log(
                 "export.phase",

@@ -31,11 +31,11 @@ from samp_core.formats import ExportFormat, Format, RoundingMethod, SensitivityM
 from samp_core.groups import LayerGroup
 from samp_core.planner import Budget, PlanError, PlanRequest, plan
 from samp_core.results import (
-    Rounding,
     CalibrationResult,
     EvaluationResult,
     ExportResult,
     PlanResult,
+    Rounding,
     SensitivityResult,
     inputs_hash,
 )

@@ -223,10 +223,13 @@ class RoundingSpec(ApiModel):
 
     rules = (
         Rule(
-            cel="self.gptqFormats.all(f, f in [%s])"
-            % ", ".join(f"'{f.value}'" for f in GPTQ_FORMATS),
-            message="gptqFormats may list only %s (GPTQ rounds integer grids; fp8, nvfp4 and "
-            "16-bit groups are rounded to nearest)" % ", ".join(f.value for f in GPTQ_FORMATS),
+            cel="self.gptqFormats.all(f, f in [{}])".format(
+                ", ".join(f"'{f.value}'" for f in GPTQ_FORMATS)
+            ),
+            message="gptqFormats may list only {} (GPTQ rounds integer grids; fp8, nvfp4 and "
+            "16-bit groups are rounded to nearest)".format(
+                ", ".join(f.value for f in GPTQ_FORMATS)
+            ),
             holds=lambda r: all(f in GPTQ_FORMATS for f in r.gptq_formats),
             field_path=".gptqFormats",
         ),

@@ -43,7 +43,6 @@ from rounding_eval import base_logprobs, compare  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 from samp_core.formats import Format, RoundingMethod, SensitivityMethod  # noqa: E402
-from samp_core.groups import GroupKind  # noqa: E402
 from samp_core.hardware import get_profile  # noqa: E402
 from samp_core.planner import Budget, PlanRequest, plan  # noqa: E402
 from samp_core.results import PlanResult, Rounding  # noqa: E402
@@ -170,7 +169,10 @@ def main(argv: list[str] | None = None) -> int:
             "fraction_of_16bit": 1.0,
             "effective_bits": 16.0,
             "seconds": 0.0,
-            **{k: round(v, 6) for k, v in compare(load_model(args.model)[0].float(), held, base).items()},
+            **{
+                k: round(v, 6)
+                for k, v in compare(load_model(args.model)[0].float(), held, base).items()
+            },
         }
     )
     for rname, rnd in (("RTN", RTN), ("GPTQ", GPTQ4)):
@@ -231,7 +233,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no peers environment at {args.peers_python}: run `make peers`", file=sys.stderr)
 
     result = {
-        "command": " ".join(["python", "tests/benchmarks/bench_rounding.py", *(argv or sys.argv[1:])]),
+        "command": " ".join(
+            ["python", "tests/benchmarks/bench_rounding.py", *(argv or sys.argv[1:])]
+        ),
         "model": str(args.model),
         "profile": args.profile,
         "group_size": args.group_size,
@@ -323,11 +327,11 @@ def svg(rows: list[dict[str, Any]], w: int = 640, h: int = 420) -> str:
         out.append(f'<text x="{L - 5}" y="{py(yv) + 4:.1f}" text-anchor="end">{yv:.2f}</text>')
     for k, (name, s) in enumerate(sorted(series.items())):
         c = colors[k % len(colors)]
-        s = sorted(s)
-        if len(s) > 1:
-            path = " ".join(f"{px(a):.1f},{py(b):.1f}" for a, b in s)
+        ordered = sorted(s)
+        if len(ordered) > 1:
+            path = " ".join(f"{px(a):.1f},{py(b):.1f}" for a, b in ordered)
             out.append(f'<polyline points="{path}" fill="none" stroke="{c}"/>')
-        for a, b in s:
+        for a, b in ordered:
             out.append(f'<circle cx="{px(a):.1f}" cy="{py(b):.1f}" r="3" fill="{c}"/>')
         ly = T + 14 * k + 10
         out.append(f'<circle cx="{w - R + 12}" cy="{ly - 4}" r="4" fill="{c}"/>')

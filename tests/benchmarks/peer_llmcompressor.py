@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rounding_eval import base_logprobs, compare  # noqa: E402
+from rounding_eval import base_logprobs, compare
 
 
 def config_groups(scheme: str, group_size: int) -> dict[str, object]:

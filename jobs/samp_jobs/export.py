@@ -376,6 +376,20 @@ def _grid(args: Any) -> Any:
     return IntGrid(bits=int(args.num_bits), symmetric=bool(args.symmetric))
 
 
+def _hidden_store(sample: torch.Tensor, rows: int, device: torch.device) -> torch.device:
+    """Where the GPTQ pass keeps hidden states between layers: on the GPU when all of them
+    (twice, old and new layer) fit in a quarter of its free memory, else on the host.
+
+    Measured on an H200: moving an 8B's hidden states (64 × 2048 tokens, 1 GB) costs
+    0.12 s up and 0.68 s down per layer from pageable host memory, ~30 s for 32 layers.
+    """
+    if device.type != "cuda":
+        return torch.device("cpu")
+    per_row = sample[0].numel() * sample.element_size()
+    free, _total = torch.cuda.mem_get_info(device)
+    return device if 2 * per_row * rows < free // 4 else torch.device("cpu")
+
+
 def gptq_pass(
     parts: DecoderParts,
     plan: PlanResult,
@@ -486,8 +500,10 @@ def gptq_pass(
     batches = [ids[i : i + micro_batch] for i in range(0, len(ids), micro_batch)]
     ins = [capture_layer0_inputs(parts, b, device) for b in batches]
     kwargs = _to(ins[0].kwargs, device)
-    hidden = [i.hidden.cpu() for i in ins]
+    store = _hidden_store(ins[0].hidden, len(ids), device)
+    hidden = [i.hidden.to(store) for i in ins]
     del ins
+    log("export.gptq.start", groups=len({group_of[n] for n in targets}), hiddenOn=str(store))
     with torch.no_grad():
         for idx, layer in enumerate(parts.layers):
             prefix = f"{parts.layers_path}.{idx}."
@@ -503,7 +519,7 @@ def gptq_pass(
                     run_groups(mine, forward)
                 saved = fake_quantized(in_layer)
                 try:
-                    hidden = [run_layer(layer, h.to(device), kwargs).cpu() for h in hidden]
+                    hidden = [run_layer(layer, h.to(device), kwargs).to(store) for h in hidden]
                 finally:
                     for n, w in saved.items():
                         mods[n].weight.data = w

@@ -402,9 +402,9 @@ def gptq_pass(
     """GPTQ codes for every module the plan rounds with GPTQ, layer by layer.
 
     Calibration sequences run through the model one decoder layer at a time (the layer
-    on ``device``, hidden states on the host between layers, as the sensitivity scorer
-    streams). For each layer: one forward accumulates the input Hessian of each GPTQ
-    module, GPTQ rounds them, then the layer runs again with *every* quantized module of
+    on ``device``; hidden states between layers on the GPU when they fit, else on the
+    host: ``_hidden_store``). For each layer: one forward accumulates the input Hessian of each GPTQ
+    group, GPTQ rounds it, then the layer runs again with *every* quantized module of
     it fake-quantized (GPTQ codes, or round-to-nearest for the others) so the next layer
     sees the inputs it will see when served, as llm-compressor's sequential pipeline does.
     Returns int8 codes on the CPU; scales are recomputed from the unchanged weights by

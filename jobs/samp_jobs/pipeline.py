@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from samp_core.formats import ExportFormat, Format, SensitivityMethod
+from samp_core.formats import ExportFormat, Format, RoundingMethod, SensitivityMethod
 from samp_core.groups import LayerGroup
 from samp_core.planner import Budget, PlanError, PlanRequest, plan
 from samp_core.results import (
@@ -35,6 +35,7 @@ from samp_core.results import (
     EvaluationResult,
     ExportResult,
     PlanResult,
+    Rounding,
     SensitivityResult,
     inputs_hash,
 )
@@ -94,6 +95,7 @@ class JobConfig:
     plan_copy: Path | None = None  # where to keep a copy of this attempt's plan
     plan_path: Path | None = None  # the plan export reads (default workdir/plan.json)
     quantization: Any = None  # samp_core.spec.QuantizationSpec from a manifest
+    rounding: RoundingMethod = RoundingMethod.GPTQ  # --rounding (a manifest's spec wins)
     replan: Any = None  # samp_core.spec.ReplanSpec (manifest or --replan-* flags)
 
     @property
@@ -284,6 +286,7 @@ def plan_request(cfg: JobConfig, groups: list[LayerGroup], scores: Any) -> PlanR
         allow_non_native=cfg.allow_non_native,
         export_format=cfg.export_format,
         group_size=cfg.group_size,
+        rounding=Rounding(method=cfg.rounding),
     )
 
 
@@ -368,7 +371,8 @@ def _replan(
         )
     for note in new.warnings:
         log("plan.replan.raise", attempt=attempt, note=note)
-    return new
+    # A re-plan changes formats, never how they are rounded.
+    return new.model_copy(update={"rounding": previous.rounding})
 
 
 # --------------------------------------------------------------------- export
@@ -387,7 +391,7 @@ def run_export(cfg: JobConfig) -> ExportResult:
     p = PlanResult.model_validate(read_json(plan_path, "plan result"))
     ids = None
     if (cfg.workdir / "calibration_tokens.pt").is_file():
-        ids = load_calibration_tokens(cfg.workdir)[:64]
+        ids = load_calibration_tokens(cfg.workdir)  # GPTQ takes rounding.maxTokens of them
     result = export(
         Path(cfg.model),
         p,

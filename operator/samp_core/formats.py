@@ -71,6 +71,19 @@ class SensitivityMethod(StrEnum):
     KL = "kl"  # exact next-token KL with only that group quantized (slow reference)
 
 
+class RoundingMethod(StrEnum):
+    """How weights are rounded onto a format's grid once the plan has chosen the format."""
+
+    GPTQ = "gptq"  # Hessian-aware: rounding error compensated on calibration inputs
+    RTN = "rtn"  # round to nearest with min-max scales
+
+
+# Formats GPTQ rounds in this release: integer grids with static min-max scales.
+GPTQ_FORMATS: tuple[Format, ...] = (Format.INT4_W4A16, Format.INT4_W4A8, Format.INT8_W8A8)
+# GPTQ's default scope: the 4-bit integer formats, where it halves the loss of RTN.
+GPTQ_DEFAULT_FORMATS: tuple[Format, ...] = (Format.INT4_W4A16, Format.INT4_W4A8)
+
+
 class ExportFormat(StrEnum):
     COMPRESSED_TENSORS = "compressed-tensors"
     BITSANDBYTES_NF4 = "bitsandbytes-nf4"

@@ -42,7 +42,7 @@ from pydantic.alias_generators import to_camel
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import csr_array
 
-from samp_core.formats import ExportFormat, Format
+from samp_core.formats import ExportFormat, Format, RoundingMethod
 from samp_core.groups import GroupKind, LayerGroup
 from samp_core.hardware import (
     HardwareProfile,
@@ -52,7 +52,7 @@ from samp_core.hardware import (
     requires_group_divisibility,
     weight_bytes,
 )
-from samp_core.results import CurvePoint, ExcludedFormat, GroupAssignment, PlanResult
+from samp_core.results import CurvePoint, ExcludedFormat, GroupAssignment, PlanResult, Rounding
 from samp_core.spec import QuantizationSpec
 
 __all__ = [
@@ -166,6 +166,10 @@ class PlanRequest(BaseModel):
     max_relative_latency: float | None = Field(default=None, gt=0)
     curve_points: int = Field(default=12, ge=0, le=64)
     time_limit_s: float = Field(default=60.0, gt=0)
+    # Carried into the plan for the exporter. Round-to-nearest unless asked: GPTQ needs
+    # calibration tokens at export; the API (request_from_spec) and `samp plan` default
+    # to GPTQ for the 4-bit groups.
+    rounding: Rounding = Field(default_factory=lambda: Rounding(method=RoundingMethod.RTN))
 
     @field_validator("overrides")
     @classmethod
@@ -226,6 +230,13 @@ def request_from_spec(
         export_format=quantization.export_format,
         group_size=quantization.group_size,
         max_relative_latency=max_relative_latency,
+        rounding=Rounding(
+            method=quantization.rounding.method,
+            formats=list(quantization.rounding.gptq_formats),
+            dampening_fraction=quantization.rounding.dampening_fraction,
+            act_order=quantization.rounding.act_order,
+            max_tokens=quantization.rounding.max_tokens,
+        ),
     )
 
 
@@ -686,6 +697,7 @@ def plan(request: PlanRequest) -> PlanResult:
         curve=curve,
         solver_status=sol.status,
         warnings=warnings,
+        rounding=req.rounding,
     )
 
 

@@ -22,7 +22,13 @@ from typing import Annotated, Any, ClassVar, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 from pydantic.alias_generators import to_camel
 
-from samp_core.formats import ExportFormat, Format, SensitivityMethod
+from samp_core.formats import (
+    GPTQ_DEFAULT_FORMATS,
+    ExportFormat,
+    Format,
+    RoundingMethod,
+    SensitivityMethod,
+)
 from samp_core.groups import GroupKind, LayerGroup
 
 __all__ = [
@@ -41,6 +47,7 @@ __all__ = [
     "LengthStats",
     "PlanResult",
     "ResultBase",
+    "Rounding",
     "SensitivityResult",
     "Stage",
     "canonical_json",
@@ -286,6 +293,25 @@ class CurvePoint(_Model):
     predicted_loss: float
 
 
+class Rounding(_Model):
+    """How the exporter rounds each planned format (part of the plan, so part of its hash).
+
+    ``method: gptq`` rounds the groups whose format is in ``formats`` with GPTQ (Hessian
+    from the calibration inputs, act-order, damping, the exporter's static group-wise
+    scales); every other quantized group is rounded to nearest. ``rtn`` rounds all to
+    nearest.
+    """
+
+    method: RoundingMethod = RoundingMethod.GPTQ
+    formats: list[Format] = Field(default_factory=lambda: list(GPTQ_DEFAULT_FORMATS))
+    dampening_fraction: float = Field(default=0.01, gt=0.0, le=1.0)
+    act_order: bool = True
+    max_tokens: int = Field(default=131_072, ge=1)  # calibration tokens for the Hessians
+
+    def uses_gptq(self, fmt: Format) -> bool:
+        return self.method is RoundingMethod.GPTQ and fmt in self.formats
+
+
 class PlanResult(ResultBase):
     """The SAMP plan: one format per group, and why."""
 
@@ -310,6 +336,8 @@ class PlanResult(ResultBase):
     curve: list[CurvePoint] = Field(default_factory=list)
     solver: str = "scipy.optimize.milp/HiGHS"
     solver_status: str = ""
+    # How the exporter rounds; None in plans written before rounding was planned: RTN.
+    rounding: Rounding | None = None
     warnings: list[str] = Field(default_factory=list)
 
     @property
@@ -323,6 +351,22 @@ class PlanResult(ResultBase):
     @property
     def budget_used(self) -> float:
         return self.total_bytes / self.budget_bytes if self.budget_bytes else 0.0
+
+    def rounding_of(self, fmt: Format) -> RoundingMethod:
+        """The rounding the exporter applies to groups of format ``fmt``."""
+        if fmt.is_unquantized or fmt is Format.NF4:
+            return RoundingMethod.RTN
+        r = self.rounding
+        return RoundingMethod.GPTQ if r is not None and r.uses_gptq(fmt) else RoundingMethod.RTN
+
+    def gptq_modules(self) -> list[str]:
+        """Full names of the modules the exporter rounds with GPTQ."""
+        return [
+            m
+            for a in self.assignments
+            if self.rounding_of(a.format) is RoundingMethod.GPTQ
+            for m in a.modules
+        ]
 
     def format_of(self) -> dict[str, Format]:
         """group name -> format."""
@@ -365,6 +409,7 @@ class PlanResult(ResultBase):
             "groupExclusions": sum(len(e.groups) for e in self.excluded),
             "pins": len(self.pins_applied),
             "solverStatus": self.solver_status,
+            "rounding": self.rounding.method.value if self.rounding is not None else "rtn",
         }
 
 

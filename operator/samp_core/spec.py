@@ -14,7 +14,15 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from samp_core.formats import ExportFormat, Format, HardwareTarget, SensitivityMethod
+from samp_core.formats import (
+    GPTQ_DEFAULT_FORMATS,
+    GPTQ_FORMATS,
+    ExportFormat,
+    Format,
+    HardwareTarget,
+    RoundingMethod,
+    SensitivityMethod,
+)
 from samp_core.schema_base import ApiModel, Rule
 from samp_core.units import (
     DURATION_PATTERN,
@@ -210,6 +218,57 @@ class SensitivitySpec(ApiModel):
     )
 
 
+class RoundingSpec(ApiModel):
+    """How weights are rounded onto the planned formats' grids at export."""
+
+    rules = (
+        Rule(
+            cel="self.gptqFormats.all(f, f in [{}])".format(
+                ", ".join(f"'{f.value}'" for f in GPTQ_FORMATS)
+            ),
+            message="gptqFormats may list only {} (GPTQ rounds integer grids; fp8, nvfp4 and "
+            "16-bit groups are rounded to nearest)".format(
+                ", ".join(f.value for f in GPTQ_FORMATS)
+            ),
+            holds=lambda r: all(f in GPTQ_FORMATS for f in r.gptq_formats),
+            field_path=".gptqFormats",
+        ),
+    )
+
+    method: RoundingMethod = Field(
+        default=RoundingMethod.GPTQ,
+        description="gptq: groups in gptqFormats are rounded with GPTQ (Hessian from the "
+        "calibration prompts, act-order, damping, the same group-wise scales and checkpoint "
+        "layout as round-to-nearest), the rest to nearest; rtn: round everything to nearest "
+        "(fastest export).",
+    )
+    gptq_formats: list[Format] = Field(
+        default_factory=lambda: list(GPTQ_DEFAULT_FORMATS),
+        min_length=1,
+        max_length=3,
+        description="Formats GPTQ rounds when method is gptq (int4-w4a16, int4-w4a8, "
+        "int8-w8a8); default the 4-bit ones.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    dampening_fraction: float = Field(
+        default=0.01,
+        gt=0.0,
+        le=1.0,
+        description="GPTQ damping: this fraction of the mean Hessian diagonal is added to it.",
+    )
+    act_order: bool = Field(
+        default=True,
+        description="GPTQ rounds columns in order of decreasing activation energy (scales "
+        "stay static, so the checkpoint needs no g_idx).",
+    )
+    max_tokens: int = Field(
+        default=131_072,
+        ge=1024,
+        le=16_777_216,
+        description="Calibration tokens GPTQ's Hessians are accumulated from.",
+    )
+
+
 class Override(ApiModel):
     """Pin a format for the modules matching a regex, or keep them unquantized."""
 
@@ -286,6 +345,10 @@ class QuantizationSpec(ApiModel):
     )
     sensitivity: SensitivitySpec = Field(
         default_factory=SensitivitySpec, description="Sensitivity scoring."
+    )
+    rounding: RoundingSpec = Field(
+        default_factory=RoundingSpec,
+        description="Weight rounding at export: GPTQ for the 4-bit groups by default.",
     )
     overrides: list[Override] = Field(
         default_factory=list,

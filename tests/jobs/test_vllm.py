@@ -3,7 +3,9 @@
 The mixed checkpoint (W4A8 MLP, INT8 W8A8 attention, 16-bit lm_head) is the
 recipe this machine's vLLM can serve; the test proves the config groups, the
 ignore list and the fused q/k/v and gate/up shards are what vLLM accepts, and
-that it answers a completion. Slow (~60 s): starts a server.
+that it answers a completion. Both int4 and int8 groups are GPTQ-rounded (the
+default rounding path, on calibration tokens from the example's prompts), so it
+also proves vLLM serves what the GPTQ path writes. Slow (~60 s): starts a server.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from pathlib import Path
 
 import pytest
 from test_export import recipe
+from test_gptq import _tokens
 
 from samp_core.formats import Format
+from samp_core.results import Rounding
 from samp_jobs.export import export
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -42,8 +46,10 @@ def _get(url: str) -> bytes:
 def test_vllm_cpu_serves_the_mixed_cpu_checkpoint(tiny_llama: Path, tmp_path: Path):
     base = EXAMPLE if (EXAMPLE / "config.json").is_file() else tiny_llama
     p = recipe(base, "cpu", Format.INT4_W4A8, Format.INT8_W8A8)
+    p = p.model_copy(update={"rounding": Rounding(formats=[Format.INT4_W4A8, Format.INT8_W8A8])})
     out = tmp_path / "cpu-artifact"
-    export(base, p, out)
+    res = export(base, p, out, input_ids=_tokens(base, 16, 64, seed=0))
+    assert "gptq" in (res.phase_seconds or {})
     port = _free_port()
     log = (tmp_path / "vllm.log").open("w")
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}

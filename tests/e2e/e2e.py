@@ -43,6 +43,18 @@ VLLM_PUBLIC_TAG = "localhost/samp/vllm-cpu:0.32.0"  # what examples/tiny-cpu.yam
 TERMINAL = {"Promoted", "RolledBack", "Failed"}
 
 
+def ensure_images() -> None:
+    """Build the e2e images unless every one is current (tests/e2e/images.sh, cached)."""
+    script = HERE / "images.sh"
+    check = subprocess.run(["bash", str(script), "--check"], check=False, capture_output=True)
+    if check.returncode == 0:
+        return
+    log("building the e2e images (tests/e2e/images.sh; cached by content hash) ...")
+    p = subprocess.run(["bash", str(script)], check=False, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"tests/e2e/images.sh failed:\n{(p.stdout + p.stderr)[-3000:]}")
+
+
 def log(msg: str) -> None:
     print(f"[e2e {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -351,14 +363,26 @@ class E2ECluster:
                 p.wait(10)
 
 
-def example(name: str | None = None, **gates: Any) -> dict[str, Any]:
-    """examples/tiny-cpu.yaml as a dict, optionally renamed and with gate overrides."""
+def example(
+    name: str | None = None,
+    *,
+    interval: str | None = None,
+    step_seconds: int | None = None,
+    **latency: Any,
+) -> dict[str, Any]:
+    """examples/tiny-cpu.yaml as a dict, optionally renamed, with a longer analysis window
+    and steps (``interval``, ``step_seconds``) and latency-gate overrides."""
     doc = yaml.safe_load((ROOT / "examples" / "tiny-cpu.yaml").read_text())
+    spec = doc["spec"]
     if name:
         doc["metadata"]["name"] = name
-        doc["spec"]["artifacts"]["uri"] = f"pvc://examples/tiny/out-{name}"
-    for k, v in gates.items():
-        doc["spec"]["gates"].setdefault("latency", {})[k] = v
+        spec["artifacts"]["uri"] = f"pvc://examples/tiny/out-{name}"
+    if interval:
+        spec["rollout"]["analysisInterval"] = interval
+    if step_seconds:
+        for step in spec["rollout"]["steps"]:
+            step["duration"] = f"{step_seconds}s"
+    spec["gates"].setdefault("latency", {}).update(latency)
     return doc
 
 
@@ -367,11 +391,12 @@ def main() -> int:
     ap.add_argument("--manifest", default=str(ROOT / "examples" / "tiny-cpu.yaml"))
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--keep", action="store_true", help="leave the cluster running (Ctrl-C stops)")
-    ap.add_argument("--rate", type=float, default=6.0, help="client requests per second")
+    ap.add_argument("--rate", type=float, default=4.0, help="client requests per second")
     args = ap.parse_args()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="samp-e2e-"))
     manifest = yaml.safe_load(Path(args.manifest).read_text())
     name = manifest["metadata"]["name"]
+    ensure_images()
     cl = E2ECluster(workdir)
     figures: dict[str, Any] = {}
     with MemorySampler() as mem:

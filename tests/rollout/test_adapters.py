@@ -127,6 +127,8 @@ def test_canary_manifests() -> None:
         "volumes"
     ]
     assert {"name": "dshm", "mountPath": "/dev/shm"} in c["volumeMounts"]
+    # drained before SIGTERM: a scale-down cut in-flight requests on the real node
+    assert c["lifecycle"]["preStop"]["sleep"]["seconds"] >= 5
     assert dep["metadata"]["ownerReferences"][0]["controller"] is True
     assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
     s3, _ = canary_manifests("m", "ns", qm.spec, "s3://bucket/m", served_model_name="m-canary")

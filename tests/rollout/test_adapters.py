@@ -180,6 +180,7 @@ def test_promoted_stable_patch_keeps_the_stable_name() -> None:
     args = containers[1]["args"]
     start = args.index("--served-model-name") + 1
     assert args[start : start + 2] == ["tiny-llama", "--host"]  # every canary name replaced
+    assert patch["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 30
     assert args[args.index("--model") + 1] == "/artifacts/x"
 
 

@@ -142,4 +142,18 @@ for n in "${WANT[@]}"; do
   esac
 done
 write_tags
+prune() { # archives and podman tags of earlier inputs: each source change leaves ~0.4-1 GB
+  local n keep f t
+  for n in "${ALL[@]}"; do
+    keep=$(archive "$n")
+    for f in "$CACHE/$n"-*.oci.tar; do
+      [[ -e "$f" && "$f" != "$keep" ]] && rm -f "$f"
+    done
+    for t in $(podman images --format '{{.Repository}}:{{.Tag}}' "${TAG[$n]%:*}" 2>/dev/null); do
+      [[ "$t" != "${TAG[$n]}" ]] && podman rmi -f "$t" >/dev/null 2>&1
+    done
+  done
+  podman image prune -f >/dev/null 2>&1 || true
+}
+prune
 log "total $((SECONDS - T0))s; tags in $CACHE/tags.env"

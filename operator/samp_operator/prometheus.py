@@ -34,8 +34,9 @@ through as NaN.
 
 Each analysis has a total deadline (``analysis_timeout_seconds``, every query
 together): the answer is read as it arrives, so an endpoint that trickles bytes
-cannot hold a reconcile worker past it (a per-read timeout alone would not stop it:
-measured, one query held 16 s against a 5 s read timeout through prometheus-api-client).
+cannot hold a reconcile worker past it (a per-read timeout alone does not stop it: the
+fault runs of issue 15 saw one query held 16 s against prometheus-api-client's 5 s read
+timeout).
 That is why the HTTP GET is made here with requests rather than through
 prometheus-api-client's ``custom_query``, which reads the whole body at once.
 """

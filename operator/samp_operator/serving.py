@@ -238,22 +238,17 @@ def promoted_stable_patch(
         "args": args,
     }
     s_containers[idx] = merged
+    pod: dict[str, Any] = {"containers": s_containers, "volumes": c_tmpl.get("volumes", [])}
+    if c_tmpl.get("terminationGracePeriodSeconds") is not None:
+        # the canary's preStop drain needs its grace period on the stable too
+        pod["terminationGracePeriodSeconds"] = c_tmpl["terminationGracePeriodSeconds"]
     return {
         "spec": {
             "template": {
                 "metadata": {
                     "annotations": {"samp.dev/promoted-from": canary_deployment["metadata"]["name"]}
                 },
-                "spec": {
-                    "containers": s_containers,
-                    "volumes": c_tmpl.get("volumes", []),
-                    # the drain of the canary's preStop needs its grace period on the stable too
-                    **{
-                        k: c_tmpl[k]
-                        for k in ("terminationGracePeriodSeconds",)
-                        if c_tmpl.get(k) is not None
-                    },
-                },
+                "spec": pod,
             }
         }
     }

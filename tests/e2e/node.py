@@ -50,6 +50,9 @@ CACHE = Path(os.environ.get("SAMP_E2E_CACHE", Path.home() / ".cache" / "samp-ope
 CONTAINERD_ROOT = CACHE / "containerd"
 IMAGE_CACHE = Path(os.environ.get("SAMP_IMAGE_CACHE", CACHE / "images"))
 GUARD_COMMENT = "samp-e2e: pods never leave the bridge"
+# FORWARD rule: drop what the pod network would send out of any interface but the bridge
+GUARD_RULE = ("FORWARD", "-s", POD_CIDR, "!", "-o", BRIDGE, "-j", "DROP",
+              "-m", "comment", "--comment", GUARD_COMMENT)  # fmt: skip
 
 
 class NodeError(RuntimeError):
@@ -173,22 +176,7 @@ class RealNode:
             ("net/bridge/bridge-nf-call-iptables", "1"),
         ):
             Path("/proc/sys", key).write_text(value)
-        run(
-            "iptables",
-            "-I",
-            "FORWARD",
-            "-s",
-            POD_CIDR,
-            "!",
-            "-o",
-            BRIDGE,
-            "-j",
-            "DROP",
-            "-m",
-            "comment",
-            "--comment",
-            GUARD_COMMENT,
-        )
+        run("iptables", "-I", *GUARD_RULE)
         cni = self.workdir / "cni"
         cni.mkdir(parents=True, exist_ok=True)
         (cni / "10-samp.conflist").write_text(
@@ -227,27 +215,7 @@ class RealNode:
 
     def _cleanup_network(self) -> None:
         run("ip", "link", "del", BRIDGE, check=False, quiet=True)
-        while (
-            run(
-                "iptables",
-                "-D",
-                "FORWARD",
-                "-s",
-                POD_CIDR,
-                "!",
-                "-o",
-                BRIDGE,
-                "-j",
-                "DROP",
-                "-m",
-                "comment",
-                "--comment",
-                GUARD_COMMENT,
-                check=False,
-                quiet=True,
-            ).returncode
-            == 0
-        ):
+        while run("iptables", "-D", *GUARD_RULE, check=False, quiet=True).returncode == 0:
             pass
         shutil.rmtree(STATE / "ipam", ignore_errors=True)
 

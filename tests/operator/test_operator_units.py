@@ -112,3 +112,19 @@ def test_metrics_endpoint_health_and_phase_gauge() -> None:
         assert urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz").status == 200
     finally:
         server.shutdown()
+
+
+def test_peering_identity_needs_no_passwd_entry(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The chart runs the operator as uid 65532, which no slim image lists in /etc/passwd:
+    Kopf's default identity (getpass.getuser) raised there and the pod crash-looped."""
+    import getpass
+    import socket
+
+    from samp_operator.main import peering_identity
+
+    def no_user() -> str:
+        raise KeyError("getpwuid(): uid not found: 65532")
+
+    monkeypatch.setattr(getpass, "getuser", no_user)
+    first = peering_identity()
+    assert first.startswith(socket.gethostname() + "/")  # the pod name, as peers see it

@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "cluster"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # spec_fixtures
 
 from cluster_fixtures import (  # noqa: F401  (fixtures are registered by import)
     build_if_needed,

@@ -6,29 +6,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import yaml
 
 from samp_core import canary as cn
 from samp_core import gates as g
-from samp_core.api import parse
 from samp_core.conditions import rfc3339
 from samp_core.spec import QuantizedModelSpec
 from samp_core.status import AccuracySummary, Phase, QuantizedModelStatus
+from spec_fixtures import make_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 NAME = "tiny-llama"
 
-
-def make_spec(**rollout: object) -> QuantizedModelSpec:
-    doc = yaml.safe_load((ROOT / "examples" / "tiny-cpu.yaml").read_text())
-    doc["spec"]["rollout"] = {
-        "steps": [{"weight": 25, "duration": "30s"}, {"weight": 100, "duration": "30s"}],
-        "analysisInterval": "10s",
-        "progressDeadline": "10m",
-        **rollout,
-    }
-    return parse(doc).spec
 
 
 def evaluated(passed: bool | None = True) -> QuantizedModelStatus:

@@ -5,29 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
 from samp_core import replan as rp
-from samp_core.api import parse
 from samp_core.formats import Format
 from samp_core.groups import build_groups
 from samp_core.hardware import get_profile
 from samp_core.planner import Budget, PlanRequest, plan
 from samp_core.results import SensitivityResult
-from samp_core.spec import QuantizedModelSpec
+from spec_fixtures import make_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 
-
-def make_spec(**rollout: object) -> QuantizedModelSpec:
-    doc = yaml.safe_load((ROOT / "examples" / "tiny-cpu.yaml").read_text())
-    doc["spec"]["rollout"] = {
-        "steps": [{"weight": 25, "duration": "30s"}, {"weight": 100, "duration": "30s"}],
-        "analysisInterval": "10s",
-        "progressDeadline": "10m",
-        **rollout,
-    }
-    return parse(doc).spec
 
 
 def _tiny_plan() -> tuple[object, SensitivityResult]:

@@ -21,21 +21,12 @@ from samp_core.spec import GatesSpec, QuantizedModelSpec
 from samp_core.status import AccuracySummary, Phase, QuantizedModelStatus
 from samp_operator.canary_driver import CanaryDriver, NoPrometheus
 from samp_operator.canary_kube import KubeCanary, KubeServing
+from spec_fixtures import make_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 NAME = "tiny-llama"
 
-
-def make_spec(**rollout: Any) -> QuantizedModelSpec:
-    doc = yaml.safe_load((ROOT / "examples" / "tiny-cpu.yaml").read_text())
-    doc["spec"]["rollout"] = {
-        "steps": [{"weight": 25, "duration": "30s"}, {"weight": 100, "duration": "30s"}],
-        "analysisInterval": "10s",
-        "progressDeadline": "10m",
-        **rollout,
-    }
-    return parse(doc).spec
 
 
 def evaluated() -> QuantizedModelStatus:

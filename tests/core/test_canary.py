@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -14,7 +13,6 @@ from samp_core.spec import QuantizedModelSpec
 from samp_core.status import AccuracySummary, Phase, QuantizedModelStatus
 from spec_fixtures import make_spec
 
-ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 NAME = "tiny-llama"
 

@@ -3,8 +3,6 @@ sensitive groups of a failed plan toward 16-bit within the attempt's headroom.""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from samp_core import replan as rp
 from samp_core.formats import Format
 from samp_core.groups import build_groups
@@ -12,9 +10,6 @@ from samp_core.hardware import get_profile
 from samp_core.planner import Budget, PlanRequest, plan
 from samp_core.results import SensitivityResult
 from spec_fixtures import make_spec
-
-ROOT = Path(__file__).resolve().parents[2]
-
 
 
 def _tiny_plan() -> tuple[object, SensitivityResult]:

@@ -20,7 +20,21 @@ flag (variable) = default: meaning
 --job-pod-label K=V, repeatable (SAMP_JOB_POD_LABELS, k=v,k=v) = none:
     extra labels on Job pods.
 --prometheus-url URL (SAMP_PROMETHEUS_URL) = none:
-    default Prometheus of the canary gates; spec.gates.prometheusUrl wins.
+    default Prometheus of the canary gates; spec.gates.prometheusUrl wins. Credentials
+    never go in the URL (refused): they come from a Secret, as the variables below.
+--prometheus-ca-file PATH (SAMP_PROMETHEUS_CA_FILE) = the system CAs:
+    CA bundle that verifies the default Prometheus's TLS certificate.
+--prometheus-insecure-skip-verify (SAMP_PROMETHEUS_INSECURE_SKIP_VERIFY=true) = off:
+    do not verify its TLS certificate (opt-in, as Flagger's insecureSkipVerify).
+(no flag) (SAMP_PROMETHEUS_TOKEN, or SAMP_PROMETHEUS_USERNAME and
+    SAMP_PROMETHEUS_PASSWORD) = none: credentials of the default Prometheus (the chart
+    sets them from a Secret); never sent to a Prometheus a spec names.
+--prometheus-namespace-label NAME (SAMP_PROMETHEUS_NAMESPACE_LABEL) = namespace,
+--prometheus-pod-label NAME (SAMP_PROMETHEUS_POD_LABEL) = pod:
+    the series labels holding a pod's namespace and name (as Kubernetes service
+    discovery relabelling or a PodMonitor attaches them); every gate query matches the
+    resource's namespace and the side's pods by them, so tenants never read each
+    other's series. Empty: not matched (only where one tenant owns the Prometheus).
 --metrics-address ADDR (SAMP_METRICS_ADDRESS) = 0.0.0.0:
     bind address of /metrics, /healthz and /readyz.
 --metrics-port N (SAMP_METRICS_PORT) = 8080: their port; 0 turns the endpoint off.
@@ -45,6 +59,37 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from samp_core.children import JobSettings
+from samp_operator.prometheus import Credentials
+
+
+@dataclass(frozen=True)
+class PrometheusDefaults:
+    """The operator-wide Prometheus: its URL, trust, credentials and scoping labels."""
+
+    url: str | None = None
+    ca_file: str | None = None
+    insecure_skip_verify: bool = False
+    credentials: Credentials = field(default_factory=Credentials)
+    namespace_label: str | None = "namespace"
+    pod_label: str | None = "pod"
+
+    @property
+    def verify(self) -> bool | str:
+        if self.insecure_skip_verify:
+            return False
+        return self.ca_file or True
+
+
+def _no_userinfo(url: str | None, where: str) -> str | None:
+    """``url`` unless it carries credentials (they would land in logs and status)."""
+    if url and "@" in url.split("://", 1)[-1].split("/", 1)[0]:
+        raise ValueError(f"{where}: credentials in the URL are refused; put them in a Secret "
+                         "(SAMP_PROMETHEUS_TOKEN or SAMP_PROMETHEUS_USERNAME/PASSWORD)")
+    return url
+
+
+def _flag_on(value: object) -> bool:
+    return str(value).strip().lower() in ("true", "1", "yes", "on")
 
 
 def _pairs(text: str) -> dict[str, str]:
@@ -71,6 +116,11 @@ class OperatorSettings:
     job_pod_annotations: Mapping[str, str] = field(default_factory=dict)
     job_pod_labels: Mapping[str, str] = field(default_factory=dict)
     prometheus_url: str | None = None
+    prometheus_ca_file: str | None = None
+    prometheus_insecure_skip_verify: bool = False
+    prometheus_credentials: Credentials = field(default_factory=Credentials)
+    prometheus_namespace_label: str | None = "namespace"
+    prometheus_pod_label: str | None = "pod"
     metrics_address: str = "0.0.0.0"
     metrics_port: int = 8080
     resync_seconds: float = 300.0
@@ -83,6 +133,16 @@ class OperatorSettings:
     @property
     def clusterwide(self) -> bool:
         return not self.namespaces
+
+    def prometheus(self) -> PrometheusDefaults:
+        return PrometheusDefaults(
+            url=self.prometheus_url,
+            ca_file=self.prometheus_ca_file,
+            insecure_skip_verify=self.prometheus_insecure_skip_verify,
+            credentials=self.prometheus_credentials,
+            namespace_label=self.prometheus_namespace_label,
+            pod_label=self.prometheus_pod_label,
+        )
 
     def job_settings(self) -> JobSettings:
         return JobSettings(
@@ -110,6 +170,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--job-pod-label", action="append", metavar="K=V",
       help="extra Job pod label (repeatable) [SAMP_JOB_POD_LABELS]")
     a("--prometheus-url", help="default Prometheus for canary gates [SAMP_PROMETHEUS_URL]")
+    a("--prometheus-ca-file", help="CA bundle for its TLS [SAMP_PROMETHEUS_CA_FILE]")
+    a("--prometheus-insecure-skip-verify", action="store_const", const=True,
+      help="do not verify its TLS certificate [SAMP_PROMETHEUS_INSECURE_SKIP_VERIFY]")
+    a("--prometheus-namespace-label", metavar="NAME",
+      help="series label of the namespace; '' off [SAMP_PROMETHEUS_NAMESPACE_LABEL]")
+    a("--prometheus-pod-label", metavar="NAME",
+      help="series label of the pod name; '' off [SAMP_PROMETHEUS_POD_LABEL]")
     a("--metrics-address", help="bind address of /metrics and /healthz")
     a("--metrics-port", type=int, help="port of /metrics and /healthz; 0 disables")
     a("--resync-seconds", type=float, help="safety resync interval [SAMP_RESYNC_SECONDS]")
@@ -156,6 +223,12 @@ def from_env_and_args(
         except ValueError as err:
             raise ValueError(f"{var} / --{flag.replace('_', '-')}: {err}") from err
 
+    def label(flag: str, var: str, default: str) -> str | None:
+        value = args.get(flag)
+        if value is None:
+            value = env.get(var, default)
+        return str(value).strip() or None
+
     namespaces: Sequence[str] = args.get("namespaces") or [
         n.strip() for n in env.get("SAMP_NAMESPACES", "").split(",") if n.strip()]
     return OperatorSettings(
@@ -171,7 +244,21 @@ def from_env_and_args(
                                   d.job_scratch_size)),
         job_pod_annotations=pairs("job_pod_annotation", "SAMP_JOB_POD_ANNOTATIONS"),
         job_pod_labels=pairs("job_pod_label", "SAMP_JOB_POD_LABELS"),
-        prometheus_url=(str(pick("prometheus_url", "SAMP_PROMETHEUS_URL", "")) or None),
+        prometheus_url=_no_userinfo(
+            str(pick("prometheus_url", "SAMP_PROMETHEUS_URL", "")) or None,
+            "SAMP_PROMETHEUS_URL / --prometheus-url"),
+        prometheus_ca_file=(str(pick("prometheus_ca_file", "SAMP_PROMETHEUS_CA_FILE", ""))
+                            or None),
+        prometheus_insecure_skip_verify=_flag_on(pick(
+            "prometheus_insecure_skip_verify", "SAMP_PROMETHEUS_INSECURE_SKIP_VERIFY", "")),
+        prometheus_credentials=Credentials(
+            token=env.get("SAMP_PROMETHEUS_TOKEN") or None,
+            username=env.get("SAMP_PROMETHEUS_USERNAME") or None,
+            password=env.get("SAMP_PROMETHEUS_PASSWORD") or None,
+        ),
+        prometheus_namespace_label=label("prometheus_namespace_label",
+                                         "SAMP_PROMETHEUS_NAMESPACE_LABEL", "namespace"),
+        prometheus_pod_label=label("prometheus_pod_label", "SAMP_PROMETHEUS_POD_LABEL", "pod"),
         metrics_address=str(pick("metrics_address", "SAMP_METRICS_ADDRESS",
                                  d.metrics_address)),
         metrics_port=int(number("metrics_port", "SAMP_METRICS_PORT", d.metrics_port, int)),

@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 from samp_local.load import Backend, LoadGenerator
+from samp_local.processes import ScrapeTarget
 from samp_operator.traffic import weights_of
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
@@ -220,6 +221,14 @@ def test_operator_runs_the_canary_on_the_control_plane(  # noqa: PLR0917 (fixtur
             "prometheusUrl": servers.prometheus.url,
         },
     )
+    # The labels Kubernetes service discovery would attach to the two pods' series: the
+    # operator's queries match the resource's namespace and each side's pods.
+    servers.prometheus.retarget([
+        ScrapeTarget(servers.stable.port, "tiny-llama", "stable",
+                     labels={"namespace": ns, "pod": "tiny-llama-stable-5f6d7c-abcde"}),
+        ScrapeTarget(servers.canary.port, "tiny-llama-canary", "canary",
+                     labels={"namespace": ns, "pod": "tiny-llama-canary-6c7d8e-fghij"}),
+    ])
     op = CanaryOperator(cluster, [ns], tmp_path / "operator.log")
     runtime = JobRuntime(cluster, ns).start()
     share = RouteShare(cluster, ns, "tiny-llama", "tiny-llama", "tiny-llama-canary")

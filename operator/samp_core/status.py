@@ -154,17 +154,6 @@ class CanaryStatus(ApiModel):
         description="When the canary was paused (samp.dev/pause annotation); unset when running.",
         json_schema_extra={"format": "date-time"},
     )
-    stable_p99_seconds: float | None = Field(
-        default=None,
-        description="Stable P99 from the last window in which the stable had minRequests; "
-        "ratio gates fall back to it when the stable gets too little traffic (at weight 100).",
-    )
-    stable_ttft_p99_seconds: float | None = Field(
-        default=None, description="Stable TTFT P99 from that same window."
-    )
-    stable_requests: float | None = Field(
-        default=None, ge=0, description="Stable requests in that window."
-    )
 
 
 class StageStatus(ApiModel):

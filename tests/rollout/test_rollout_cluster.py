@@ -295,7 +295,9 @@ def test_operator_runs_the_canary_on_the_control_plane(  # noqa: PLR0917 (fixtur
         if healthy:
             assert st["phase"] == "Promoted", st.get("message")
             assert 50 in share.seen and 100 in share.seen  # the route really moved
-            assert gates["p99RatioToStable"]["verdict"] == "Successful"
+            # judged at 50% in the stable's own windows (status.canary.p99Ratio); at 100%
+            # the stable serves nothing, so the last analysis has no ratio row
+            assert st["canary"]["p99Ratio"] <= 3 and "p99RatioToStable" not in gates
             # UpdateStable: the stable Deployment now serves the artifact
             assert args[args.index("--model") + 1].startswith("/artifacts/")
             assert "Promoted" in reasons and "AnalysisSuccessful" in reasons

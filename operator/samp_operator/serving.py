@@ -15,6 +15,13 @@ separable too, see samp_operator.prometheus); readiness and liveness probe
 * ``s3://`` / ``gs://`` — vLLM streams it with ``--load-format runai_streamer``
   (object-store credentials from ``spec.artifacts.secretRef`` as environment).
 
+The pods pass Pod Security "restricted": the container runs as non-root, cannot
+escalate privileges, drops every capability and uses the runtime's default seccomp
+profile, and the pod mounts no service-account token (vLLM never calls the API). Each
+setting can be turned off on its own in the spec where an image needs it (the
+vllm/vllm-openai image runs as root: give it ``runAsUser``, or opt out of
+``runAsNonRoot``).
+
 Quantization arguments come from the plan's export format: compressed-tensors
 checkpoints are detected by vLLM from ``config.json`` and get
 ``--quantization compressed-tensors`` explicitly so a mismatch fails loudly;
@@ -75,6 +82,16 @@ def quantization_args(export_format: ExportFormat | None) -> list[str]:
     if export_format is ExportFormat.COMPRESSED_TENSORS:
         return ["--quantization", "compressed-tensors"]
     return []
+
+
+def restricted_security_context() -> dict[str, Any]:
+    """The container securityContext Pod Security "restricted" asks for."""
+    return {
+        "runAsNonRoot": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
 
 
 def _owner(owner: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -149,6 +166,7 @@ def canary_manifests(
         "startupProbe": {**probe, "periodSeconds": 10, "failureThreshold": 180},
         "livenessProbe": {**probe, "periodSeconds": 20, "failureThreshold": 3},
         "resources": serving.resources.to_wire(),
+        "securityContext": restricted_security_context(),
         "volumeMounts": mounts,
         # Keep serving while the endpoint removal reaches every kube-proxy and the queue
         # drains: without it, a scale-down (the stable at the 100% step, the canary after
@@ -186,6 +204,7 @@ def canary_manifests(
                     "containers": [container],
                     "volumes": volumes,
                     "terminationGracePeriodSeconds": GRACE_SECONDS,
+                    "automountServiceAccountToken": False,
                 },
             },
         },

@@ -156,6 +156,23 @@ class CanaryStatus(ApiModel):
     )
 
 
+class HandledRequests(ApiModel):
+    """The promote/abort annotation values already handled: each value acts at most once.
+
+    A value is recorded when it is acted on, or set aside (it predates the canary, or
+    arrived before the canary started: a promotion is asked of a running canary). The
+    same value never acts again, so a ``"true"`` left behind cannot promote the next
+    rollout; a new value (``samp rollout promote`` writes the time) acts once. Removing
+    the annotation clears its record."""
+
+    promote: str | None = Field(
+        default=None, max_length=256, description="samp.dev/promote value last handled."
+    )
+    abort: str | None = Field(
+        default=None, max_length=256, description="samp.dev/abort value last handled."
+    )
+
+
 class StageStatus(ApiModel):
     """One quantization stage (one Job) of the current generation."""
 
@@ -235,6 +252,11 @@ class QuantizedModelStatus(ApiModel):
         default_factory=list, max_length=MAX_GATE_RESULTS, description="Last gate figures."
     )
     canary: CanaryStatus | None = Field(default=None, description="Canary progress.")
+    handled_requests: HandledRequests | None = Field(
+        default=None,
+        description="Promote/abort annotation values already acted on or set aside; "
+        "each value acts at most once.",
+    )
     attempt: int = Field(default=1, ge=1, description="Current attempt number.")
     history: list[Attempt] = Field(
         default_factory=list,

@@ -291,6 +291,65 @@ def test_promote_annotation_skips_remaining_steps() -> None:
     assert "remaining steps and gates skipped" in sim.status.message
 
 
+def _next_rollout(sim: Sim) -> None:
+    """A new generation reached Evaluated again: the status carries over, as reconcile's."""
+    sim.status = sim.status.model_copy(update={
+        "phase": Phase.EVALUATED, "canary": None, "gates": [],
+        "artifact_uri": "pvc://models/tiny/attempt-1",
+        "accuracy": evaluated().accuracy,
+    })
+
+
+def test_promote_true_promotes_once_never_the_next_rollout() -> None:
+    """Issue 15: ``samp.dev/promote: "true"`` (the chart README's form) was never
+    consumed, so every later rollout was promoted at its first turn with 0 analyses."""
+    sim = Sim(make_spec(promotion="manual"), evaluated())
+    sim.start()
+    sim.run(300)
+    sim.annotations[cn.ANNOTATION_PROMOTE] = "true"
+    sim.tick(1)
+    assert sim.status.phase is Phase.PROMOTED
+    assert sim.status.handled_requests is not None
+    assert sim.status.handled_requests.promote == "true"  # recorded with the decision
+    _next_rollout(sim)  # the annotation stays (kubectl, or in Git)
+    sim.tick(1, ready=False)
+    sim.run(30)
+    st = sim.status
+    assert st.phase is Phase.CANARY, st.message  # analysed, not promoted
+    assert st.canary is not None and st.canary.analyses >= 1
+    sim.annotations[cn.ANNOTATION_PROMOTE] = rfc3339(sim.now)  # a new request acts once
+    sim.tick(1)
+    assert sim.status.phase is Phase.PROMOTED
+    assert cond(sim.status, "Promoted").reason == "ManualPromotion"
+
+
+def test_abort_true_aborts_once_and_withdrawing_rearms_it() -> None:
+    sim = Sim(make_spec(), evaluated())
+    sim.annotations[cn.ANNOTATION_ABORT] = "true"
+    sim.tick(1)
+    assert cond(sim.status, "RolledBack").reason == "Aborted"
+    _next_rollout(sim)
+    sim.start()  # the same "true" does not abort the next rollout
+    assert sim.status.phase is Phase.CANARY
+    del sim.annotations[cn.ANNOTATION_ABORT]
+    sim.tick(1)
+    assert sim.status.handled_requests is not None
+    assert sim.status.handled_requests.abort is None  # withdrawn: forgotten
+    sim.annotations[cn.ANNOTATION_ABORT] = "true"  # set again: acts again
+    sim.tick(1)
+    assert sim.status.phase is Phase.ROLLED_BACK
+
+
+def test_a_promote_set_before_the_canary_starts_is_set_aside() -> None:
+    sim = Sim(make_spec(), evaluated())
+    sim.annotations[cn.ANNOTATION_PROMOTE] = "true"
+    sim.start()
+    sim.tick(1)
+    assert sim.status.phase is Phase.CANARY
+    assert sim.status.handled_requests is not None
+    assert sim.status.handled_requests.promote == "true"
+
+
 def test_shift_route_promotion() -> None:
     sim = Sim(make_spec(promotionStrategy="ShiftRoute"), evaluated())
     sim.start()

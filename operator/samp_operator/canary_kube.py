@@ -20,10 +20,9 @@ still exists, so actions cut short by an error or a restart are finished.
 * :func:`router_for` — the HTTPRoute router, else the replica-ratio router when a stable
   target exists, else :class:`~samp_operator.traffic.NoRouter` (the canary then is the
   only backend).
-* the provider — PrometheusProvider on ``spec.gates.prometheusUrl``, else the operator's
-  ``--prometheus-url`` (with its CA bundle and credentials, which never go to a URL a
-  spec names); with neither, NoPrometheus (every analysis an Error). Every query is
-  scoped to the resource's namespace and each side's pods.
+* the provider — samp_operator.prometheus_access: the spec's Prometheus with its own
+  Secret and trust, else the operator's default; scoped to the resource's namespace
+  and each side's pods; with neither, NoPrometheus (every analysis an Error).
 
 Idempotent: creating what exists and deleting what is gone are no-ops; a weight set
 before a status write that then conflicts is set again on the next reconcile.
@@ -54,8 +53,8 @@ from samp_core.canary import (
 from samp_core.reconcile import Decision
 from samp_core.spec import QuantizedModelSpec
 from samp_core.status import Phase, QuantizedModelStatus
-from samp_operator.canary_driver import CanaryDriver, MeasurementProvider, NoPrometheus
-from samp_operator.prometheus import Credentials, PrometheusProvider, SeriesScope
+from samp_operator.canary_driver import CanaryDriver
+from samp_operator.prometheus_access import ProviderFactory
 from samp_operator.serving import canary_manifests, canary_names, promoted_stable_patch
 from samp_operator.settings import PrometheusDefaults
 from samp_operator.traffic import (
@@ -277,33 +276,10 @@ class KubeCanary:
         self.apps = kubernetes.client.AppsV1Api(api_client)
         self.core = kubernetes.client.CoreV1Api(api_client)
         self.custom = kubernetes.client.CustomObjectsApi(api_client)
-        self.prometheus = (
+        self.providers = ProviderFactory(
+            self.core,
             prometheus if isinstance(prometheus, PrometheusDefaults)
-            else PrometheusDefaults(url=prometheus)
-        )
-
-    def provider(
-        self, spec: QuantizedModelSpec, namespace: str, name: str
-    ) -> MeasurementProvider:
-        """The measurement provider of one resource, scoped to its own series."""
-        d = self.prometheus
-        scope = SeriesScope(
-            namespace=namespace,
-            canary_pods=canary_names(name)[0],
-            stable_pods=spec.serving.stable.deployment if spec.serving.stable else None,
-        )
-        verify: bool | str
-        if spec.gates.prometheus_url:
-            # A tenant's own Prometheus: verified against the system CAs, and never sent
-            # the operator's credentials.
-            url, verify, credentials = spec.gates.prometheus_url, True, Credentials()
-        elif d.url:
-            url, verify, credentials = d.url, d.verify, d.credentials
-        else:
-            return NoPrometheus()
-        return PrometheusProvider(
-            url, scope=scope, namespace_label=d.namespace_label, pod_label=d.pod_label,
-            verify=verify, credentials=credentials,
+            else PrometheusDefaults(url=prometheus),
         )
 
     def driver(self, spec: QuantizedModelSpec, meta: Mapping[str, Any]) -> CanaryDriver:
@@ -311,7 +287,7 @@ class KubeCanary:
         serving = KubeServing(self.apps, self.core, spec, name, namespace, meta.get("uid", ""))
         return CanaryDriver(
             serving, router_for(spec, name, namespace, self.apps, self.custom),
-            self.provider(spec, namespace, name),
+            self.providers.provider(spec, namespace, name),
         )
 
     def release(self, spec: QuantizedModelSpec, meta: Mapping[str, Any]) -> bool:

@@ -81,6 +81,7 @@ def test_defaults_fill_a_minimal_manifest() -> None:
             "quantization": {"budget": {"effectiveBits": 5}},
             "hardware": {"target": "h200"},
             "artifacts": {"uri": "s3://bucket/out"},
+            "gates": {"latency": {"p99MaxSeconds": 5}},
         },
     })
     spec = resource.spec

@@ -58,6 +58,7 @@ def manifest(name: str = "llama", generation: int = 1, **spec_changes: Any) -> d
         "quantization": {"budget": {"fractionOf16Bit": 0.4}},
         "hardware": {"target": "h100", "gpusPerJob": 2, "retries": 1},
         "artifacts": {"uri": "pvc://artifacts/samp"},
+        "gates": {"latency": {"p99MaxSeconds": 5}},  # no serving.stable: a ceiling is required
     }
     for path, value in spec_changes.items():
         node = spec

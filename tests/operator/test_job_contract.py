@@ -53,6 +53,7 @@ def _manifest() -> dict[str, Any]:
             },
             "hardware": {"target": "cpu", "gpusPerJob": 0},
             "artifacts": {"uri": "pvc://out/samp"},
+            "gates": {"latency": {"p99MaxSeconds": 5}},  # no serving.stable: a ceiling
             "rollout": {"replan": {"enabled": True, "maxAttempts": 2,
                                    "maxBudgetIncreaseFraction": 0.1}},
         },

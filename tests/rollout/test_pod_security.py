@@ -73,3 +73,21 @@ def test_without_the_security_context_the_pod_is_refused(
     message = body.get("message", "") if isinstance(body, dict) else str(body)
     for field in ("allowPrivilegeEscalation", "capabilities", "runAsNonRoot", "seccompProfile"):
         assert field in message, message
+
+
+def test_each_field_can_be_turned_off_in_the_spec() -> None:
+    """Where an image needs it: the opted-out field is relaxed, the others stay."""
+    spec = make_spec()
+    serving = spec.serving.model_copy(update={
+        "security_context": spec.serving.security_context.model_copy(
+            update={"run_as_non_root": False, "run_as_user": 0}),
+        "automount_service_account_token": True,
+    })
+    dep, _svc = canary_manifests("m", "ns", spec.model_copy(update={"serving": serving}),
+                                 "pvc://models/tiny/a1", served_model_name="m-canary")
+    pod = dep["spec"]["template"]["spec"]
+    sc = pod["containers"][0]["securityContext"]
+    assert sc["runAsNonRoot"] is False and sc["runAsUser"] == 0
+    assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is True

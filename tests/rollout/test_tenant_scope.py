@@ -11,8 +11,8 @@ service discovery relabelling attaches (static labels here):
 * in tenant-a, another Deployment ``chat-shadow`` that also serves ``chat-canary``:
   failing too.
 
-The operator's provider for tenant-a's resource (samp_operator.canary_kube
-``KubeCanary.provider``) must see only tenant-a's canary pod. Before the fix the
+The operator's provider for tenant-a's resource (samp_operator.prometheus_access, as
+``KubeCanary`` builds it) must see only tenant-a's canary pod. Before the fix the
 queries had no namespace or pod matcher and summed all three ``chat-canary`` sources,
 so tenant-b's failures rolled tenant-a back (or its healthy figures promoted b's).
 The exporters stand in for vLLM only as a source of series; the PromQL, the label
@@ -135,7 +135,7 @@ def test_the_operators_queries_read_only_the_tenants_own_pods(
     tenants: PrometheusProcess,
 ) -> None:
     spec = _spec()
-    provider = KubeCanary(None, PrometheusDefaults(url=tenants.url)).provider(
+    provider = KubeCanary(None, PrometheusDefaults(url=tenants.url)).providers.provider(
         spec, "tenant-a", "chat"
     )
     assert isinstance(provider, PrometheusProvider)
@@ -174,10 +174,10 @@ def test_custom_queries_get_the_namespace(tenants: PrometheusProcess) -> None:
     }]})
     spec = _spec().model_copy(update={"gates": gates})
     defaults = PrometheusDefaults(url=tenants.url)
-    own = KubeCanary(None, defaults).provider(spec, "tenant-b", "chat")
+    own = KubeCanary(None, defaults).providers.provider(spec, "tenant-b", "chat")
     assert isinstance(own, PrometheusProvider)
     failed = own.measure(_request(), gates).custom["fails"]
     assert failed is not None and failed > 0.5 * RATE * 10  # tenant-b's own failures
-    other = KubeCanary(None, defaults).provider(spec, "tenant-c", "chat")
+    other = KubeCanary(None, defaults).providers.provider(spec, "tenant-c", "chat")
     assert isinstance(other, PrometheusProvider)
     assert other.measure(_request(), gates).custom["fails"] is None  # nothing of b's

@@ -38,7 +38,7 @@ from samp_core.spec.quantization import (
 )
 from samp_core.spec.quantized_model import QuantizedModelSpec
 from samp_core.spec.rollout import CanaryStep, HTTPRouteRef, ReplanSpec, RolloutSpec
-from samp_core.spec.serving import ServingSpec, StableTarget
+from samp_core.spec.serving import ServingSpec, StableTarget, VllmSecurityContext
 
 __all__ = [
     "ARTIFACT_URI_PATTERN",
@@ -75,4 +75,5 @@ __all__ = [
     "ServingSpec",
     "StableTarget",
     "Toleration",
+    "VllmSecurityContext",
 ]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
-from samp_core.schema_base import ApiModel
+from samp_core.schema_base import ApiModel, Rule
 from samp_core.spec.common import DNS_LABEL_PATTERN
 from samp_core.spec.hardware import Resources
 
@@ -22,6 +24,39 @@ class StableTarget(ApiModel):
         default=None,
         max_length=253,
         description="model_name label of the stable vLLM series in Prometheus.",
+    )
+
+
+class VllmSecurityContext(ApiModel):
+    """The vLLM container's securityContext. The defaults pass Pod Security "restricted";
+    turn a field off only where the image needs it (the vllm/vllm-openai image runs as
+    root: give it a runAsUser, or set runAsNonRoot: false)."""
+
+    rules = (
+        Rule(
+            cel="!self.runAsNonRoot || !has(self.runAsUser) || self.runAsUser != 0",
+            message="serving.securityContext.runAsUser 0 is root, which runAsNonRoot "
+            "refuses; set runAsNonRoot: false to run as root",
+            holds=lambda c: not c.run_as_non_root or c.run_as_user != 0,
+            field_path=".runAsUser",
+        ),
+    )
+
+    run_as_non_root: bool = Field(default=True, description="The container may not run as root.")
+    run_as_user: int | None = Field(
+        default=None, ge=0, le=2_147_483_647, description="UID to run as; the image's when unset."
+    )
+    run_as_group: int | None = Field(
+        default=None, ge=0, le=2_147_483_647, description="GID to run as; the image's when unset."
+    )
+    allow_privilege_escalation: bool = Field(
+        default=False, description="Let a process gain more privileges than its parent."
+    )
+    drop_all_capabilities: bool = Field(
+        default=True, description="Drop every Linux capability (capabilities.drop: [ALL])."
+    )
+    seccomp_profile: Literal["RuntimeDefault", "Unconfined"] = Field(
+        default="RuntimeDefault", description="seccompProfile.type of the container."
     )
 
 
@@ -48,5 +83,16 @@ class ServingSpec(ApiModel):
     stable: StableTarget | None = Field(
         default=None,
         description="Existing stable serving target. Without it the canary is compared "
-        "against absolute ceilings only and promotion creates the stable Deployment.",
+        "against absolute ceilings only (gates.latency.p99MaxSeconds is then required) and "
+        "promotion creates the stable Deployment.",
+    )
+    security_context: VllmSecurityContext = Field(
+        default_factory=VllmSecurityContext,
+        description="securityContext of the vLLM container; Pod Security 'restricted' by "
+        "default.",
+    )
+    automount_service_account_token: bool = Field(
+        default=False,
+        description="Mount the service-account token into the vLLM pods (vLLM never "
+        "calls the Kubernetes API).",
     )

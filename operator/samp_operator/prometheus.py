@@ -261,6 +261,8 @@ class PrometheusProvider:
                 headers=dict(self.headers) or None,
                 timeout=max(0.1, min(self.timeout_seconds, left)),
                 stream=True,
+                # per request: a session's verify loses to REQUESTS_CA_BUNDLE
+                verify=self.verify,
             ) as resp:
                 body = self._read(resp, deadline)
                 status = resp.status_code

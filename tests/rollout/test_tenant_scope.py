@@ -22,11 +22,10 @@ matching and the answers are Prometheus's own.
 from __future__ import annotations
 
 import shutil
-import threading
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -40,53 +39,10 @@ from samp_operator.prometheus import PrometheusProvider
 from samp_operator.settings import PrometheusDefaults
 from spec_fixtures import make_spec
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from vllm_series import RATE, VllmSeries
+
 pytestmark = [pytest.mark.prometheus]
-
-RATE = 20.0  # requests per second each pod finishes
-
-
-class _Pod(ThreadingHTTPServer):
-    """/metrics of one vLLM pod: ``RATE`` requests/s of ``model``, failing or not."""
-
-    def __init__(self, model: str, *, failing: bool) -> None:
-        self.model, self.failing, self.t0 = model, failing, time.monotonic()
-        super().__init__(("127.0.0.1", 0), _Metrics)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-
-    def text(self) -> str:
-        n = int(RATE * (time.monotonic() - self.t0))
-        m = f'model_name="{self.model}"'
-        failed = n if self.failing else 0
-        fast = n - failed  # failing pods answer in 4 s, healthy ones in < 0.5 s
-        return "\n".join([
-            "# TYPE vllm:request_success_total counter",  # vLLM exports every reason
-            f'vllm:request_success_total{{{m},finished_reason="stop"}} {n - failed}',
-            f'vllm:request_success_total{{{m},finished_reason="error"}} {failed}',
-            f'vllm:request_success_total{{{m},finished_reason="abort"}} 0',
-            "# TYPE vllm:e2e_request_latency_seconds histogram",
-            f'vllm:e2e_request_latency_seconds_bucket{{{m},le="0.5"}} {fast}',
-            f'vllm:e2e_request_latency_seconds_bucket{{{m},le="5.0"}} {n}',
-            f'vllm:e2e_request_latency_seconds_bucket{{{m},le="+Inf"}} {n}',
-            f"vllm:e2e_request_latency_seconds_count{{{m}}} {n}",
-            f"vllm:e2e_request_latency_seconds_sum{{{m}}} {n * (4.0 if self.failing else 0.2)}",
-            "",
-        ])
-
-
-class _Metrics(BaseHTTPRequestHandler):
-    server: _Pod
-
-    def do_GET(self) -> None:
-        body = self.server.text().encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        return None
-
 
 def _spec() -> QuantizedModelSpec:
     """Resource ``chat``: served as ``chat``, its canary ``chat-canary``, stable ``chat``."""
@@ -105,10 +61,10 @@ def tenants(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusProc
     if shutil.which("prometheus") is None:
         pytest.fail("prometheus is not installed; run .ci/system-packages")
     pods = {
-        ("tenant-a", "chat-canary-5d8f9c-x7k2p"): _Pod("chat-canary", failing=False),
-        ("tenant-a", "chat-6b7c8d-q9w8e"): _Pod("chat", failing=False),
-        ("tenant-b", "chat-canary-77f6d5-h4j5k"): _Pod("chat-canary", failing=True),
-        ("tenant-a", "chat-shadow-5c4b3a-m2n3b"): _Pod("chat-canary", failing=True),
+        ("tenant-a", "chat-canary-5d8f9c-x7k2p"): VllmSeries("chat-canary", failing=False),
+        ("tenant-a", "chat-6b7c8d-q9w8e"): VllmSeries("chat", failing=False),
+        ("tenant-b", "chat-canary-77f6d5-h4j5k"): VllmSeries("chat-canary", failing=True),
+        ("tenant-a", "chat-shadow-5c4b3a-m2n3b"): VllmSeries("chat-canary", failing=True),
     }
     targets = [
         ScrapeTarget(pod.server_address[1], pod.model, f"{ns}-{name}",

@@ -57,6 +57,7 @@ import argparse
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from samp_core.children import JobSettings
 from samp_operator.prometheus import Credentials
@@ -75,9 +76,11 @@ class PrometheusDefaults:
 
     @property
     def verify(self) -> bool | str:
+        """The CA file when there is one (the chart mounts ``ca.crt`` of its Secret only
+        when the key exists), else the system CAs; False only on the explicit opt-out."""
         if self.insecure_skip_verify:
             return False
-        return self.ca_file or True
+        return self.ca_file if self.ca_file and Path(self.ca_file).is_file() else True
 
 
 def _no_userinfo(url: str | None, where: str) -> str | None:

@@ -15,10 +15,14 @@ def _settings(argv: list[str], env: dict[str, str]):  # type: ignore[no-untyped-
     return from_env_and_args(parser.parse_args(argv), env)
 
 
-def test_tls_is_verified_unless_opted_out() -> None:
+def test_tls_is_verified_unless_opted_out(tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert _settings([], {}).prometheus().verify is True
-    ca = _settings(["--prometheus-ca-file", "/etc/ca.pem"], {}).prometheus()
-    assert ca.verify == "/etc/ca.pem"
+    pem = tmp_path / "ca.crt"
+    pem.write_text("-----BEGIN CERTIFICATE-----\n")
+    ca = _settings(["--prometheus-ca-file", str(pem)], {}).prometheus()
+    assert ca.verify == str(pem)
+    # the chart's Secret without ca.crt: the system CAs, still verified
+    assert _settings(["--prometheus-ca-file", str(tmp_path / "no")], {}).prometheus().verify
     off = _settings([], {"SAMP_PROMETHEUS_INSECURE_SKIP_VERIFY": "true"}).prometheus()
     assert off.verify is False
 

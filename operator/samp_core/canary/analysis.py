@@ -88,13 +88,8 @@ def judge(
     return results, g.overall(results)
 
 
-def count(  # noqa: PLR0917
-    spec: QuantizedModelSpec,
-    c: CanaryStatus,
-    m: g.Measurement,
-    results: Sequence[GateResult],
-    verdict: g.Verdict,
-    now: datetime,
+def count(
+    c: CanaryStatus, results: Sequence[GateResult], verdict: g.Verdict, now: datetime
 ) -> CanaryStatus:
     """The canary status after this analysis: its time, verdict and counters."""
     upd: dict[str, object] = {

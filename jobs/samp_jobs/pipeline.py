@@ -336,14 +336,13 @@ def _replan(
     """Attempt ``attempt``'s plan: ``previous`` with its most sensitive groups raised toward
     16-bit within the spec's headroom (samp_core.canary.conservative_plan)."""
     from samp_core.canary import conservative_plan, replan_ceiling
-    from samp_core.spec import Budget as SpecBudget
-    from samp_core.spec import QuantizationSpec, ReplanSpec
+    from samp_core.spec import BudgetSpec, QuantizationSpec, ReplanSpec
 
     q = cfg.quantization
     if q is None:  # flags, not a manifest: the same policy as a spec would state it
         b = req.budget
         q = QuantizationSpec.model_construct(
-            budget=SpecBudget.model_construct(
+            budget=BudgetSpec.model_construct(
                 max_weight_bytes=None if b.max_weight_bytes is None else str(b.max_weight_bytes),
                 fraction_of_16bit=b.fraction_of_16bit,
                 effective_bits=b.effective_bits,

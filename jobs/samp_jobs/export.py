@@ -54,7 +54,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from samp_core.formats import ExportFormat, Format
+from samp_core.formats import ExportFormat, Format, format_spec
 from samp_core.results import ConfigGroupSummary, ExportedFile, ExportResult, PlanResult
 from samp_jobs.modeling import DecoderParts, _to, capture_layer0_inputs, on_device, run_layer
 from samp_jobs.runlog import log
@@ -151,17 +151,11 @@ class QuietGC:
 
 
 def preset_for(fmt: Format, profile: str) -> str:
-    """compressed-tensors preset scheme name for a format on a profile."""
-    presets = {
-        Format.INT4_W4A16: "W4A16",
-        Format.INT4_W4A8: "W4A8" if profile == "cpu" else "W4AFP8",
-        Format.FP8_W8A8: "FP8_DYNAMIC",
-        Format.INT8_W8A8: "W8A8",
-        Format.NVFP4: "NVFP4",
-    }
-    if fmt not in presets:
+    """compressed-tensors preset scheme name for a format on a profile (from the catalog)."""
+    preset = format_spec(fmt).scheme_for(profile).preset
+    if preset is None:
         raise ExportError(f"format {fmt} has no compressed-tensors scheme")
-    return presets[fmt]
+    return preset
 
 
 def build_quantization_config(plan: PlanResult, all_linears: list[str]) -> Any:
@@ -173,13 +167,14 @@ def build_quantization_config(plan: PlanResult, all_linears: list[str]) -> Any:
     for fmt, modules in sorted(plan.modules_by_format().items(), key=lambda kv: kv[0].value):
         if fmt.is_unquantized:
             continue
-        if fmt is Format.NF4:
+        if format_spec(fmt).family is not ExportFormat.COMPRESSED_TENSORS:
             raise ExportError(
                 "NF4 groups cannot go into a compressed-tensors checkpoint; "
                 "plan with exportFormat bitsandbytes-nf4"
             )
         scheme = preset_name_to_scheme(preset_for(fmt, plan.profile), sorted(modules))
-        if scheme.weights is not None and scheme.weights.group_size and fmt is not Format.NVFP4:
+        fixed = format_spec(fmt).fixed_group_size
+        if scheme.weights is not None and scheme.weights.group_size and fixed is None:
             scheme.weights.group_size = plan.group_size
         groups[f"samp_{fmt.value.replace('-', '_')}"] = scheme
         quantized.update(modules)

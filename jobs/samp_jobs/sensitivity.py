@@ -39,9 +39,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from samp_core.formats import Format, SensitivityMethod
+from samp_core.formats import Format, SensitivityMethod, format_spec
 from samp_core.groups import LayerGroup
-from samp_core.hardware import FIXED_GROUP_SIZE, requires_group_divisibility
 from samp_jobs.deltas import GroupCandidates, activation_sums, fisher_sums
 from samp_jobs.fakequant import FormatQuantizer, quantizer
 from samp_jobs.modeling import (
@@ -96,16 +95,11 @@ class ScoringRun:
 
 def candidate_formats(group: LayerGroup, formats: list[Format], group_size: int) -> list[Format]:
     """Quantized formats this group can take (group sizes must divide in_features)."""
-    out: list[Format] = []
-    for f in formats:
-        if f.is_unquantized:
-            continue
-        if requires_group_divisibility(f):
-            g = FIXED_GROUP_SIZE.get(f, group_size)
-            if group.in_features % g:
-                continue
-        out.append(f)
-    return out
+    return [
+        f
+        for f in formats
+        if not f.is_unquantized and format_spec(f).fits(group.in_features, group_size)
+    ]
 
 
 def make_quantizer(fmt: Format, opts: ScoringOptions) -> FormatQuantizer:

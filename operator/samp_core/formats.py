@@ -25,7 +25,7 @@ class Format(StrEnum):
 
     NF4 = "nf4"  # bitsandbytes NormalFloat4, weight-only (transformers / vLLM bnb loader)
     INT4_W4A16 = "int4-w4a16"  # int4 weights, 16-bit activations (Marlin / Machete)
-    INT4_W4A8 = "int4-w4a8"  # int4 weights, int8 (cpu) or fp8 (sm90) activations
+    INT4_W4A8 = "int4-w4a8"  # int4 weights, 8-bit activations (CATALOG says which, where)
     FP8_W8A8 = "fp8-w8a8"  # fp8 e4m3 weights, dynamic per-token fp8 activations
     INT8_W8A8 = "int8-w8a8"  # int8 weights, dynamic per-token int8 activations
     NVFP4 = "nvfp4"  # NVIDIA FP4 (W4A4), native on sm100 only

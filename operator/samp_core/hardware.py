@@ -212,7 +212,9 @@ _GPU_PROFILES: dict[str, tuple[str, dict[Format, FormatSupport]]] = {
                 0.7,
             ),
             Format.FP8_W8A8: _s(True, "CUTLASS FP8 W8A8 (sm100)", 0.55),
-            Format.INT4_W4A8: _s(False, "W4A8-FP8 CUTLASS kernel is sm90 only", 1.0, servable=False),
+            Format.INT4_W4A8: _s(
+                False, "W4A8-FP8 CUTLASS kernel is sm90 only", 1.0, servable=False
+            ),
             Format.NVFP4: _s(True, "CUTLASS NVFP4 W4A4 (sm100)", 0.3),
         },
     ),

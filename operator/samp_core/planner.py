@@ -32,6 +32,7 @@ from samp_core.groups import GroupKind
 from samp_core.mckp import Solution, solve
 from samp_core.plan_options import (
     GroupOptions,
+    Option,
     Options,
     build_options,
     decode_weight,
@@ -156,6 +157,19 @@ def _best_family(
     return best
 
 
+def _assignment(go: GroupOptions, o: Option) -> GroupAssignment:
+    return GroupAssignment(
+        group=go.group.name,
+        kind=go.group.kind,
+        format=o.fmt,
+        bytes=o.bytes,
+        score=o.loss,
+        num_params=go.group.num_params,
+        modules=list(go.group.modules),
+        pinned_by=go.pinned_by,
+    )
+
+
 def plan(request: PlanRequest) -> PlanResult:
     """Solve the SAMP multiple-choice knapsack exactly and return the plan with its curve."""
     req = request
@@ -179,19 +193,7 @@ def plan(request: PlanRequest) -> PlanResult:
         profile=req.profile.name,
         export_format=fam,
         group_size=req.group_size,
-        assignments=[
-            GroupAssignment(
-                group=go.group.name,
-                kind=go.group.kind,
-                format=o.fmt,
-                bytes=o.bytes,
-                score=o.loss,
-                num_params=go.group.num_params,
-                modules=list(go.group.modules),
-                pinned_by=go.pinned_by,
-            )
-            for go, o in chosen
-        ],
+        assignments=[_assignment(go, o) for go, o in chosen],
         total_bytes=sol.bytes,
         checkpoint_bytes=sum(
             checkpoint_bytes(

@@ -31,7 +31,7 @@ parallel).
 On an accelerator, quantize and compress run module by module: one Linear's
 parameters go to the device, its min/max reductions and compression run there, and the
 compressed tensors come back, so device memory holds one Linear at a time. The scale
-arithmetic stays on the CPU (see ``_fill_weight_qparams``) so that the checkpoint's
+arithmetic stays on the CPU (see ``export_schemes.weight_qparams``) so that the checkpoint's
 bytes do not depend on the device; ``test_cuda_export_is_byte_identical_to_cpu``
 checks that on a GPU.
 """

@@ -39,24 +39,24 @@ checks that on a GPU.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from samp_core.formats import ExportFormat, Format, format_spec
-from samp_core.results import ConfigGroupSummary, ExportedFile, ExportResult, PlanResult
+from samp_core.formats import ExportFormat, format_spec
+from samp_core.results import ConfigGroupSummary, ExportResult, PlanResult
 from samp_jobs.export_files import (
     PLAN_JSON,
     PLAN_TABLE,
-    copy_generation_config,
+    export_result,
     exported_files,
+    save_checkpoint,
     sha256_file,
-    write_plan_report,
 )
 from samp_jobs.export_gptq import gptq_pass
+from samp_jobs.export_nf4 import bnb_skip_modules, export_bitsandbytes_nf4
 from samp_jobs.export_schemes import (
     ExportError,
     build_quantization_config,
@@ -73,7 +73,8 @@ from samp_jobs.modeling import DecoderParts, decoder_parts
 from samp_jobs.runlog import log
 
 # The stage's public surface; the parts live in export_schemes (compressed-tensors config
-# and qparams), export_gptq (GPTQ codes), export_files (report, hashes), export_timing.
+# and qparams), export_gptq (GPTQ codes), export_nf4 (bitsandbytes), export_files (saving,
+# report, hashes, the result) and export_timing.
 __all__ = [
     "PLAN_JSON",
     "PLAN_TABLE",
@@ -91,11 +92,6 @@ __all__ = [
     "sha256_file",
     "weight_qparams",
 ]
-
-# Checkpoint shards of at most 2 GB (transformers 5 defaults to one 50 GB file): the
-# hash phase then runs one SHA-256 stream per shard in parallel, and pulls resume per shard.
-SHARD_SIZE = "2GB"
-
 
 def export_compressed_tensors(
     model_dir: Path,
@@ -165,11 +161,11 @@ def _export_compressed_tensors(
     )
     compressor = _quantize_and_compress(model, qcfg, amax, codes, clock, by_module=by_module)
     with clock.phase("save"):
-        _save(model, model_dir, plan, out, trust_remote_code, compressor=compressor)
+        save_checkpoint(model, model_dir, plan, out, trust_remote_code, compressor=compressor)
     cfg = json.loads((out / "config.json").read_text())["quantization_config"]
     with clock.phase("hash"):
         files = exported_files(out)
-    return _result(
+    return export_result(
         clock,
         artifact_uri=str(out),
         export_format=ExportFormat.COMPRESSED_TENSORS,
@@ -280,32 +276,6 @@ def _quantize_and_compress(
     return compressor
 
 
-def _save(
-    model: Any,
-    model_dir: Path,
-    plan: PlanResult,
-    out: Path,
-    trust_remote_code: bool,
-    *,
-    compressor: Any = None,
-) -> None:
-    """Weights (sharded; the compressor's quantization config added to config.json),
-    tokenizer, generation config and plan report into a fresh ``out``."""
-    from transformers import AutoTokenizer
-
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    model.save_pretrained(out, max_shard_size=SHARD_SIZE)
-    if compressor is not None:
-        compressor.update_config(str(out))
-    AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code).save_pretrained(
-        out
-    )
-    copy_generation_config(model_dir, out)
-    write_plan_report(plan, out)
-
-
 def _config_group_summaries(plan: PlanResult, cfg: dict[str, Any]) -> list[ConfigGroupSummary]:
     fmt_of = {m: a.format for a in plan.assignments for m in a.modules}
     return [
@@ -318,102 +288,6 @@ def _config_group_summaries(plan: PlanResult, cfg: dict[str, Any]) -> list[Confi
         )
         for name, g in cfg["config_groups"].items()
     ]
-
-
-def _result(clock: PhaseClock, **fields: Any) -> ExportResult:
-    """The ExportResult with its timings; logs ``export.timings`` (the phases' sum and wall)."""
-    files: list[ExportedFile] = fields["files"]
-    wall = clock.wall()
-    result = ExportResult(
-        **fields,
-        bytes_on_disk=sum(f.bytes for f in files),
-        wall_seconds=round(wall, 4),
-        phase_seconds=clock.rounded(),
-        device=str(clock.device),
-    )
-    log(
-        "export.timings",
-        device=str(clock.device),
-        wallSeconds=round(wall, 4),
-        phaseSeconds=clock.rounded(),
-        unaccountedSeconds=round(wall - sum(clock.seconds.values()), 4),
-        bytesOnDisk=result.bytes_on_disk,
-        files=len(files),
-    )
-    return result
-
-
-def bnb_skip_modules(plan: PlanResult) -> list[str]:
-    """16-bit Linears for llm_int8_skip_modules: leaf names where every layer agrees.
-
-    bitsandbytes matches names by suffix, so a leaf name (``q_proj``) skips that
-    projection in every layer; where layers disagree the full module name is used.
-    """
-    leaf_formats: dict[str, set[Format]] = {}
-    for a in plan.assignments:
-        for m in a.modules:
-            leaf_formats.setdefault(m.rsplit(".", 1)[-1], set()).add(a.format)
-    skip: list[str] = []
-    for a in plan.assignments:
-        if not a.format.is_unquantized:
-            continue
-        for m in a.modules:
-            leaf = m.rsplit(".", 1)[-1]
-            if all(f.is_unquantized for f in leaf_formats[leaf]):
-                if leaf not in skip:
-                    skip.append(leaf)
-            else:
-                skip.append(m)
-    return skip
-
-
-def export_bitsandbytes_nf4(
-    model_dir: Path, plan: PlanResult, out: Path, *, trust_remote_code: bool = False
-) -> ExportResult:
-    """NF4 for the planned groups through transformers' bitsandbytes quantizer.
-
-    Quantization happens inside ``from_pretrained``, so it is timed as ``load``.
-    """
-    others = {a.format for a in plan.assignments} - {Format.NF4, Format.BF16, Format.FP16}
-    if others:
-        raise ExportError(f"bitsandbytes export carries only NF4 and 16-bit, plan has {others}")
-    skip = bnb_skip_modules(plan)
-    clock = PhaseClock()
-    quiet = QuietGC()
-    with quiet.held(), clock.phase("import"):
-        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-    with quiet.held(), clock.phase("load"):
-        qc = BitsAndBytesConfig(  # type: ignore[no-untyped-call]
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_compute_dtype=torch.bfloat16,
-            llm_int8_skip_modules=skip,
-        )
-        model = AutoModelForCausalLM.from_pretrained(
-            model_dir,
-            quantization_config=qc,
-            dtype=torch.bfloat16,
-            trust_remote_code=trust_remote_code,
-        )
-    with clock.phase("save"):
-        _save(model, model_dir, plan, out, trust_remote_code)
-    with clock.phase("hash"):
-        files = exported_files(out)
-    return _result(
-        clock,
-        artifact_uri=str(out),
-        export_format=ExportFormat.BITSANDBYTES_NF4,
-        config_groups=[
-            ConfigGroupSummary(
-                name="nf4",
-                format=Format.NF4,
-                scheme="bnb-nf4",
-                num_targets=len(plan.modules_by_format().get(Format.NF4, [])),
-            )
-        ],
-        ignore=skip,
-        files=files,
-    )
 
 
 def export(

@@ -1,5 +1,6 @@
-"""What an export leaves beside the weights, and the inventory of what it wrote: the plan
-report, the base model's generation config, and every file's size and sha256."""
+"""Writing an export's directory and accounting for it: sharded weights, tokenizer, the base
+model's generation config, the plan report, every file's size and sha256, and the
+ExportResult with its phase timings."""
 
 from __future__ import annotations
 
@@ -8,17 +9,23 @@ import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
-from samp_core.results import ExportedFile, PlanResult
+from samp_core.results import ExportedFile, ExportResult, PlanResult
+from samp_jobs.export_timing import PhaseClock
+from samp_jobs.runlog import log
 
 __all__ = [
     "HASH_CHUNK_BYTES",
     "PLAN_JSON",
     "PLAN_TABLE",
+    "SHARD_SIZE",
     "copy_generation_config",
+    "export_result",
     "exported_files",
     "hash_workers",
     "plan_table",
+    "save_checkpoint",
     "sha256_file",
     "write_plan_report",
 ]
@@ -26,6 +33,10 @@ __all__ = [
 PLAN_JSON = "samp_plan.json"
 PLAN_TABLE = "samp_plan.md"
 HASH_CHUNK_BYTES = 16 << 20  # streamed, so memory stays bounded for multi-GB shards
+
+# Checkpoint shards of at most 2 GB (transformers 5 defaults to one 50 GB file): the
+# hash phase then runs one SHA-256 stream per shard in parallel, and pulls resume per shard.
+SHARD_SIZE = "2GB"
 
 
 def sha256_file(path: Path, chunk_bytes: int = HASH_CHUNK_BYTES) -> str:
@@ -88,3 +99,52 @@ def copy_generation_config(src: Path, out: Path) -> None:
     gen = src / "generation_config.json"
     if gen.is_file() and not (out / "generation_config.json").exists():
         shutil.copy(gen, out / "generation_config.json")
+
+
+def save_checkpoint(
+    model: Any,
+    model_dir: Path,
+    plan: PlanResult,
+    out: Path,
+    trust_remote_code: bool,
+    *,
+    compressor: Any = None,
+) -> None:
+    """Weights (sharded; the compressor's quantization config added to config.json),
+    tokenizer, generation config and plan report into a fresh ``out``."""
+    from transformers import AutoTokenizer
+
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    model.save_pretrained(out, max_shard_size=SHARD_SIZE)
+    if compressor is not None:
+        compressor.update_config(str(out))
+    AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code).save_pretrained(
+        out
+    )
+    copy_generation_config(model_dir, out)
+    write_plan_report(plan, out)
+
+
+def export_result(clock: PhaseClock, **fields: Any) -> ExportResult:
+    """The ExportResult with its timings; logs ``export.timings`` (the phases' sum and wall)."""
+    files: list[ExportedFile] = fields["files"]
+    wall = clock.wall()
+    result = ExportResult(
+        **fields,
+        bytes_on_disk=sum(f.bytes for f in files),
+        wall_seconds=round(wall, 4),
+        phase_seconds=clock.rounded(),
+        device=str(clock.device),
+    )
+    log(
+        "export.timings",
+        device=str(clock.device),
+        wallSeconds=round(wall, 4),
+        phaseSeconds=clock.rounded(),
+        unaccountedSeconds=round(wall - sum(clock.seconds.values()), 4),
+        bytesOnDisk=result.bytes_on_disk,
+        files=len(files),
+    )
+    return result

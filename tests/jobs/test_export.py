@@ -19,7 +19,6 @@ from samp_core.formats import ExportFormat, Format
 from samp_core.hardware import get_profile
 from samp_core.planner import Budget, PlanRequest, plan
 from samp_core.results import SUMMARY_MAX_BYTES, ExportResult, PlanResult
-from samp_jobs import export as export_module
 from samp_jobs import export_files
 from samp_jobs.evaluate import load_quantized
 from samp_jobs.export import (
@@ -365,7 +364,7 @@ def test_large_checkpoints_are_sharded_and_every_shard_is_hashed(
     """Shards (2 GB in production, shrunk here) reload as one model and all get a digest."""
     p = recipe(tiny_llama, "sm90", Format.INT4_W4A16, Format.FP8_W8A8)
     whole = export(tiny_llama, p, tmp_path / "whole")
-    monkeypatch.setattr(export_module, "SHARD_SIZE", "200KB")
+    monkeypatch.setattr(export_files, "SHARD_SIZE", "200KB")
     res = export(tiny_llama, p, tmp_path / "sharded")
     shards = [f for f in res.files if f.path.endswith(".safetensors")]
     assert len(shards) > 1 and any(f.path.endswith(".index.json") for f in res.files)

@@ -121,7 +121,7 @@ class ByteModel:
         """Groups are rounded up where in_features is not a multiple of ``group``; the planner
         excludes such shapes for GROUP formats anyway, so the ceiling only keeps this total."""
         n = in_features * out_features
-        values = math.ceil(n * self.value_bits / 8)
+        values = (n * self.value_bits + 7) // 8  # whole bytes, in exact integer arithmetic
         scales = {
             ScaleLayout.NONE: 0,
             ScaleLayout.CHANNEL: out_features,

@@ -46,7 +46,7 @@ from samp_jobs.calibration import (
     load_held_out,
     save_calibration,
 )
-from samp_jobs.measured import get_profile  # sm90 with the H200-measured kernel costs
+from samp_jobs.measured_costs import profile_with_measured_costs
 from samp_jobs.modeling import DTYPES
 from samp_jobs.runlog import log, read_json, write_result
 
@@ -221,7 +221,7 @@ def run_sensitivity(cfg: JobConfig) -> SensitivityResult:
     dev = cfg.torch_device()
     parts = decoder_parts(model)
     groups = discover_groups(parts, dev)
-    profile = get_profile(cfg.profile)
+    profile = profile_with_measured_costs(cfg.profile)
     # Score only what the target can serve: the planner would drop the rest anyway.
     formats = [f for f in cfg.formats if profile.is_servable(f)]
     dropped = sorted(f.value for f in set(cfg.formats) - set(formats))
@@ -277,7 +277,7 @@ def plan_request(cfg: JobConfig, groups: list[LayerGroup], scores: Any) -> PlanR
     return PlanRequest(
         groups=groups,
         scores=scores,
-        profile=get_profile(cfg.profile),
+        profile=profile_with_measured_costs(cfg.profile),
         budget=cfg.budget,
         allowed_formats=cfg.formats,
         overrides=cfg.overrides,

@@ -59,8 +59,10 @@ from samp_core.children import (
     child_name,
     config_map_manifest,
     job_manifest,
+    local_path,
     stage_hashes,
     stage_output_uri,
+    workdir_uri,
 )
 from samp_core.conditions import rfc3339, with_condition
 from samp_core.events import Event
@@ -74,6 +76,7 @@ from samp_core.status import (
     QuantizedModelStatus,
     StageStatus,
 )
+from samp_core.stored_result import is_reader, reader_job_manifest
 from samp_core.validation import Problem, validate_manifest
 
 # A Job that completed but whose pod's termination message is not visible yet (the pod
@@ -432,6 +435,17 @@ def reconcile(
                 decision.requeue_after = RESULT_RETRY_SECONDS
                 active = stage
                 break
+            reader = _stored_result_reader(resource, uid, stage, hashes, settings, attempt, job)
+            if reader is not None:  # the pod is gone: read the result the stage stored
+                decision.create.append(reader)
+                keep.add(reader["metadata"]["name"])
+                base.job = reader["metadata"]["name"]
+                base.message = (f"Job {job.name} completed but its pod is gone; reading its "
+                                "result from the artifact store")
+                new_records.append(base)
+                decision.events.append(Event("Normal", "ResultFromStore", base.message))
+                active = stage
+                break
             base.state = "Failed"
             base.finished_at = rfc3339(finished)
             base.message = (f"Job {job.name} completed without a result summary in its "
@@ -462,7 +476,7 @@ def reconcile(
         if not (rec and rec.job == job.name and rec.state == "Succeeded"):
             decision.events.append(Event("Normal", "StageSucceeded",
                                          f"{stage.value}: {base.message}"))
-            if job.started_at:
+            if job.started_at and not is_reader(job.name):
                 decision.stage_durations.append(
                     (stage.value, max(0.0, (finished - job.started_at).total_seconds())))
 
@@ -478,6 +492,21 @@ def reconcile(
     failure = _clip(f"{failed[0].value} failed: {failed[2]}", 1024) if failed else None
     history.note_stages(status, failure, now)
     return decision
+
+
+def _stored_result_reader(  # noqa: PLR0917
+    resource: QuantizedModel, uid: str, stage: Stage, hashes: Mapping[Stage, str],
+    settings: JobSettings, attempt: int, job: ObservedJob,
+) -> dict[str, Any] | None:
+    """The reader Job for a Succeeded stage Job without a result (samp_core.stored_result);
+    None where there is nothing to read from (the Job is a reader already, or the work
+    directory is not on a volume)."""
+    workdir = local_path(workdir_uri(resource, hashes))
+    if is_reader(job.name) or workdir is None:
+        return None
+    return reader_job_manifest(job_manifest(resource, uid, stage, hashes, settings, attempt),
+                               job.name, stage=stage, inputs_hash=hashes[stage],
+                               workdir=workdir, gpu_resource=settings.gpu_resource)
 
 
 def _apply_result(

@@ -100,12 +100,21 @@ class LeaderElector:
         self._seen: Sighting | None = None
         self._lease: Any = None
         self._renew_started: float | None = None
+        self._lost = False
         self.observed = asyncio.Event()  # the Lease was read at least once (readiness)
         self.gauge = Gauge("samp_leader", "1 while this replica holds the Lease",
                            registry=registry) if registry is not None else None
 
     def is_leader(self) -> bool:
-        return still_leader(self._renew_started, time.monotonic(), self.timing)
+        """Whether this replica may act now. Once false after leading, false for good
+        (as client-go's OnStoppedLeading): writes refused in between are not redone."""
+        if self._lost:
+            return False
+        if still_leader(self._renew_started, time.monotonic(), self.timing):
+            return True
+        if self._renew_started is not None:
+            self._lost = True
+        return False
 
     @property
     def holder(self) -> str | None:
@@ -133,8 +142,8 @@ class LeaderElector:
         self._seen = sight(self._seen, record, version, started)
         self._lease = lease
         verdict = decide(self._seen, s.identity, started)
-        if verdict == Verdict.WAIT:
-            return False
+        if verdict == Verdict.WAIT or self._lost:
+            return False  # a lost lease is never renewed: the others take it
         new = claimed(record, s.identity, datetime.now(UTC), self.timing)
         try:
             written = self._write(lease, new)
@@ -212,7 +221,7 @@ class LeaderElector:
             renewed = await self._attempt()
             holder = self.holder
             if not renewed and holder and holder != self.settings.identity:
-                self._renew_started = None  # someone else holds it: stop at once
+                self._lost = True  # someone else holds it: stop at once
                 return f"the lease is held by {holder}"
             if not self.is_leader():
                 return f"no renewal succeeded within {self.timing.renew_deadline:g} s"

@@ -3,14 +3,19 @@ runs on the real control plane in test_leader_cluster.py."""
 
 from __future__ import annotations
 
+import asyncio
+
 import kubernetes
 import pytest
 import urllib3
 
 from samp_core.lease import LeaseTiming
+from samp_operator.engine import Engine
+from samp_operator.kube import Kube
 from samp_operator.leader import NotLeaderError, fence
 from samp_operator.main import build_parser
-from samp_operator.settings import from_env_and_args
+from samp_operator.metrics import Metrics
+from samp_operator.settings import OperatorSettings, from_env_and_args
 
 
 def test_election_settings_from_flags_and_env() -> None:
@@ -50,3 +55,43 @@ def test_fence_refuses_writes_but_not_reads_once_leadership_is_gone() -> None:
         api.delete_namespaced_config_map("x", "default", _request_timeout=1)
     with pytest.raises(urllib3.exceptions.HTTPError):  # reads still go out
         api.read_namespaced_config_map("x", "default", _request_timeout=1)
+
+
+def _engine() -> Engine:
+    cfg = kubernetes.client.Configuration()
+    cfg.host = "http://127.0.0.1:9"  # a reconcile would fail here, and count an error
+    cfg.retries = False
+    return Engine(OperatorSettings(), Kube(kubernetes.client.ApiClient(cfg)), Metrics())
+
+
+def _reconciles(engine: Engine) -> float:
+    return sum(s.value for m in engine.metrics.reconciles.collect() for s in m.samples
+               if s.name.endswith("_total"))
+
+
+def test_a_follower_engine_neither_reconciles_nor_fires_its_timers() -> None:
+    engine = _engine()
+    leader = [False]
+    engine.may_act = lambda: leader[0]
+
+    async def scenario() -> None:
+        engine.loop = asyncio.get_running_loop()
+        await engine.trigger("ns", "m")  # not the leader: nothing runs
+        leader[0] = True
+        engine._schedule(("ns", "m"), 0.05)  # a retry the engine had scheduled as leader
+        leader[0] = False
+        engine.stand_down()
+        await asyncio.sleep(0.2)
+
+    asyncio.run(scenario())
+    assert _reconciles(engine) == 0
+    engine.may_act = lambda: True
+
+    async def as_leader() -> None:
+        engine.loop = asyncio.get_running_loop()
+        await engine.trigger("ns", "m")  # the leader's reconcile runs (and fails here)
+        engine.stand_down()  # and its error retry is cancelled again
+
+    asyncio.run(as_leader())
+    assert _reconciles(engine) == 1
+    engine.executor.shutdown(wait=False)

@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def peering_identity() -> Identity:
-    """This process's name among Kopf peers: the pod name (hostname), pid and start time.
+    """The identity Kopf asks for even standalone: the pod name (hostname), pid and start time.
 
     Kopf's default asks ``getpass.getuser()``, which raises for a uid without a passwd
     entry: the chart runs the operator as 65532, which no slim Python image lists, so the

@@ -82,6 +82,7 @@ def test_two_replicas_one_leader_and_failover_on_kill(
     served = first_job_after(api, "first", time.monotonic(), timeout=30)
     assert created_jobs(a) == 1 and created_jobs(b) == 0, (a.logs()[-2000:], b.logs()[-2000:])
     assert "Pausing" not in a.logs() + b.logs()
+    assert "samp_leader 1.0" in a.metrics() and "samp_leader 0.0" in b.metrics()
 
     a.kill()
     killed = time.monotonic()

@@ -59,10 +59,8 @@ from samp_core.children import (
     child_name,
     config_map_manifest,
     job_manifest,
-    local_path,
     stage_hashes,
     stage_output_uri,
-    workdir_uri,
 )
 from samp_core.conditions import rfc3339, with_condition
 from samp_core.events import Event
@@ -76,7 +74,7 @@ from samp_core.status import (
     QuantizedModelStatus,
     StageStatus,
 )
-from samp_core.stored_result import is_reader, reader_job_manifest
+from samp_core.stored_result import is_reader, reader_for
 from samp_core.validation import Problem, validate_manifest
 
 # A Job that completed but whose pod's termination message is not visible yet (the pod
@@ -435,7 +433,8 @@ def reconcile(
                 decision.requeue_after = RESULT_RETRY_SECONDS
                 active = stage
                 break
-            reader = _stored_result_reader(resource, uid, stage, hashes, settings, attempt, job)
+            reader = reader_for(resource, job.name, uid=uid, stage=stage, hashes=hashes,
+                                settings=settings, attempt=attempt)
             if reader is not None:  # the pod is gone: read the result the stage stored
                 decision.create.append(reader)
                 keep.add(reader["metadata"]["name"])
@@ -492,21 +491,6 @@ def reconcile(
     failure = _clip(f"{failed[0].value} failed: {failed[2]}", 1024) if failed else None
     history.note_stages(status, failure, now)
     return decision
-
-
-def _stored_result_reader(  # noqa: PLR0917
-    resource: QuantizedModel, uid: str, stage: Stage, hashes: Mapping[Stage, str],
-    settings: JobSettings, attempt: int, job: ObservedJob,
-) -> dict[str, Any] | None:
-    """The reader Job for a Succeeded stage Job without a result (samp_core.stored_result);
-    None where there is nothing to read from (the Job is a reader already, or the work
-    directory is not on a volume)."""
-    workdir = local_path(workdir_uri(resource, hashes))
-    if is_reader(job.name) or workdir is None:
-        return None
-    return reader_job_manifest(job_manifest(resource, uid, stage, hashes, settings, attempt),
-                               job.name, stage=stage, inputs_hash=hashes[stage],
-                               workdir=workdir, gpu_resource=settings.gpu_resource)
 
 
 def _apply_result(

@@ -22,7 +22,16 @@ import json
 from collections.abc import Mapping
 from typing import Any, Final
 
-from samp_core.children import CONFIG_MOUNT, TERMINATION_LOG, short_hash
+from samp_core.api import QuantizedModel
+from samp_core.children import (
+    CONFIG_MOUNT,
+    TERMINATION_LOG,
+    JobSettings,
+    job_manifest,
+    local_path,
+    short_hash,
+    workdir_uri,
+)
 from samp_core.results import Stage
 
 RESULTS_DIR: Final = "results"
@@ -93,3 +102,17 @@ def reader_job_manifest(stage_job_manifest: Mapping[str, Any], stage_job: str, *
                                  if m["name"] not in config]
     pod["volumes"] = [v for v in pod["volumes"] if v["name"] not in config]
     return job
+
+
+def reader_for(resource: QuantizedModel, stage_job: str, *, uid: str, stage: Stage,
+               hashes: Mapping[Stage, str], settings: JobSettings, attempt: int = 1
+               ) -> dict[str, Any] | None:
+    """The reader Job for ``stage_job``, a Succeeded stage Job without a result; None where
+    there is nothing to read from (it is a reader already, or the work directory is not on
+    a volume)."""
+    workdir = local_path(workdir_uri(resource, hashes))
+    if is_reader(stage_job) or workdir is None:
+        return None
+    return reader_job_manifest(job_manifest(resource, uid, stage, hashes, settings, attempt),
+                               stage_job, stage=stage, inputs_hash=hashes[stage],
+                               workdir=workdir, gpu_resource=settings.gpu_resource)

@@ -244,7 +244,7 @@ def apply_manifest(cfg: JobConfig, ns: argparse.Namespace) -> None:
 
     from samp_core.api import parse
     from samp_core.planner import request_from_spec
-    from samp_jobs.measured import get_profile  # measured kernel costs where shipped
+    from samp_jobs.measured_costs import profile_with_measured_costs
 
     qm = parse(yaml.safe_load(ns.manifest.read_text()))
     spec = qm.spec
@@ -270,7 +270,7 @@ def apply_manifest(cfg: JobConfig, ns: argparse.Namespace) -> None:
     cfg.max_tokens = q.sensitivity.max_tokens
     cfg.formats = list(q.allowed_formats)
     cfg.group_size = int(q.group_size)
-    profile = get_profile(spec.hardware.target)
+    profile = profile_with_measured_costs(spec.hardware.target)
     cfg.profile = profile.name
 
     def request(groups: Any, scores: Any) -> Any:

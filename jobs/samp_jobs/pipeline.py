@@ -46,7 +46,7 @@ from samp_jobs.calibration import (
     load_held_out,
     save_calibration,
 )
-from samp_jobs.measured import get_profile  # sm90 with the H200-measured kernel costs
+from samp_jobs.measured_costs import profile_with_measured_costs
 from samp_jobs.modeling import DTYPES
 from samp_jobs.runlog import log, read_json, write_result
 
@@ -221,7 +221,7 @@ def run_sensitivity(cfg: JobConfig) -> SensitivityResult:
     dev = cfg.torch_device()
     parts = decoder_parts(model)
     groups = discover_groups(parts, dev)
-    profile = get_profile(cfg.profile)
+    profile = profile_with_measured_costs(cfg.profile)
     # Score only what the target can serve: the planner would drop the rest anyway.
     formats = [f for f in cfg.formats if profile.is_servable(f)]
     dropped = sorted(f.value for f in set(cfg.formats) - set(formats))
@@ -277,7 +277,7 @@ def plan_request(cfg: JobConfig, groups: list[LayerGroup], scores: Any) -> PlanR
     return PlanRequest(
         groups=groups,
         scores=scores,
-        profile=get_profile(cfg.profile),
+        profile=profile_with_measured_costs(cfg.profile),
         budget=cfg.budget,
         allowed_formats=cfg.formats,
         overrides=cfg.overrides,
@@ -336,14 +336,13 @@ def _replan(
     """Attempt ``attempt``'s plan: ``previous`` with its most sensitive groups raised toward
     16-bit within the spec's headroom (samp_core.canary.conservative_plan)."""
     from samp_core.canary import conservative_plan, replan_ceiling
-    from samp_core.spec import Budget as SpecBudget
-    from samp_core.spec import QuantizationSpec, ReplanSpec
+    from samp_core.spec import BudgetSpec, QuantizationSpec, ReplanSpec
 
     q = cfg.quantization
     if q is None:  # flags, not a manifest: the same policy as a spec would state it
         b = req.budget
         q = QuantizationSpec.model_construct(
-            budget=SpecBudget.model_construct(
+            budget=BudgetSpec.model_construct(
                 max_weight_bytes=None if b.max_weight_bytes is None else str(b.max_weight_bytes),
                 fraction_of_16bit=b.fraction_of_16bit,
                 effective_bits=b.effective_bits,

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from samp_core.results import ResultBase
+from samp_core.results import ResultBase, Stage
+from samp_core.stored_result import stored_result_document, stored_result_path
 
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 RESULT_FILES: dict[str, str] = {
@@ -56,7 +57,20 @@ def write_result(doc: ResultBase, workdir: Path, termination_log: str | None = N
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(summary)
     log("result", stage=stage, path=str(path), summary=json.loads(summary))
+    store_for_operator(stage, workdir, summary)
     return path
+
+
+def store_for_operator(stage: str, workdir: Path, summary: str) -> None:
+    """In an operator's Job (SAMP_INPUTS_HASH set for this stage): the summary again, under
+    the operator's inputs hash, for when the pod and its message are gone
+    (samp_core.stored_result)."""
+    inputs = os.environ.get("SAMP_INPUTS_HASH", "")
+    if not inputs or os.environ.get("SAMP_STAGE") != stage:
+        return
+    path = Path(stored_result_path(str(workdir), Stage(stage), inputs))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(stored_result_document(Stage(stage), inputs, summary))
 
 
 def read_json(path: Path, what: str) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from samp_core.spec.hardware import HardwareSpec, Resources, Toleration
 from samp_core.spec.model import CalibrationSpec, ModelSpec
 from samp_core.spec.quantization import (
     DEFAULT_ALLOWED_FORMATS,
-    Budget,
+    BudgetSpec,
     Override,
     QuantizationSpec,
     RoundingSpec,
@@ -51,7 +51,7 @@ __all__ = [
     "PROMETHEUS_URL_PATTERN",
     "AccuracyGate",
     "ArtifactsSpec",
-    "Budget",
+    "BudgetSpec",
     "CalibrationSpec",
     "CanaryStep",
     "CustomQuery",

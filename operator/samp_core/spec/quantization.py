@@ -20,7 +20,7 @@ from samp_core.spec.common import MAX_WEIGHT_BYTES, Quantity
 from samp_core.units import parse_quantity
 
 
-class Budget(ApiModel):
+class BudgetSpec(ApiModel):
     """Memory budget of the quantized weights. Set exactly one form."""
 
     rules = (
@@ -203,7 +203,7 @@ class QuantizationSpec(ApiModel):
         ),
     )
 
-    budget: Budget = Field(description="Memory budget; exactly one form.")
+    budget: BudgetSpec = Field(description="Memory budget; exactly one form.")
     allowed_formats: list[Format] = Field(
         default=DEFAULT_ALLOWED_FORMATS,
         min_length=1,

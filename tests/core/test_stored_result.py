@@ -30,6 +30,7 @@ def resource() -> QuantizedModel:
                          "calibration": {"source": "pvc://prompts/prod.jsonl"},
                          "quantization": {"budget": {"fractionOf16Bit": 0.4}},
                          "hardware": {"target": "h100"},
+                         "gates": {"latency": {"p99MaxSeconds": 2.0}},
                          "artifacts": {"uri": "pvc://artifacts/samp"}}}
     res, problems = validate_manifest(manifest)
     assert res is not None, problems

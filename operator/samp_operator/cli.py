@@ -24,15 +24,16 @@ from pathlib import Path
 import yaml
 
 from samp_core.crd import CRD_FILE_NAME, render_yaml
+from samp_core.manifest_text import load_documents
 from samp_core.validation import Problem, validate_manifest
 
 JOB_STAGES = ("quantize", "calibrate", "sensitivity", "plan", "export", "evaluate")
 
 
 def _load_documents(path: Path) -> list[tuple[str, object]]:
-    """(label, document) pairs of a YAML file; a parse error is itself a problem."""
-    text = path.read_text(encoding="utf-8")
-    docs = [doc for doc in yaml.safe_load_all(text) if doc is not None]
+    """(label, document) pairs of a YAML file; a parse error (a duplicate key too) is itself
+    a problem."""
+    docs = load_documents(path.read_text(encoding="utf-8"))
     return [(f"{path}" + (f"[{i}]" if len(docs) > 1 else ""), doc) for i, doc in enumerate(docs)]
 
 
@@ -43,7 +44,7 @@ def validate(paths: Sequence[str]) -> int:
         path = Path(name)
         try:
             documents = _load_documents(path)
-        except (OSError, yaml.YAMLError) as err:
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
             print(f"{name}: cannot read: {err}", file=sys.stderr)
             failed = True
             continue

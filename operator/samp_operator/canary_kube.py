@@ -32,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -54,6 +54,7 @@ from samp_core.spec import QuantizedModelSpec
 from samp_core.status import Phase, QuantizedModelStatus
 from samp_operator.canary_driver import CanaryDriver, MeasurementProvider, NoPrometheus
 from samp_operator.prometheus import PrometheusProvider
+from samp_operator.prometheus_access import refusal
 from samp_operator.serving import canary_manifests, canary_names, promoted_stable_patch
 from samp_operator.traffic import (
     MERGE_PATCH,
@@ -270,17 +271,22 @@ class KubeCanary:
     """The engine's canary stage: the one driver with the Kubernetes implementations."""
 
     def __init__(self, api_client: kubernetes.client.ApiClient | None,
-                 prometheus_url: str | None) -> None:
+                 prometheus_url: str | None,
+                 prometheus_allowed_hosts: Sequence[str] = ()) -> None:
         self.apps = kubernetes.client.AppsV1Api(api_client)
         self.core = kubernetes.client.CoreV1Api(api_client)
         self.custom = kubernetes.client.CustomObjectsApi(api_client)
         self.prometheus_url = prometheus_url
+        self.prometheus_allowed_hosts = tuple(prometheus_allowed_hosts)
 
     def driver(self, spec: QuantizedModelSpec, meta: Mapping[str, Any]) -> CanaryDriver:
         namespace, name = meta["namespace"], meta["name"]
         serving = KubeServing(self.apps, self.core, spec, name, namespace, meta.get("uid", ""))
         url = spec.gates.prometheus_url or self.prometheus_url
         provider: MeasurementProvider = PrometheusProvider(url) if url else NoPrometheus()
+        refused = url and refusal(url, self.prometheus_allowed_hosts)
+        if refused:
+            provider = NoPrometheus(message=refused)
         return CanaryDriver(
             serving, router_for(spec, name, namespace, self.apps, self.custom), provider
         )

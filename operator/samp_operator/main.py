@@ -103,7 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     kube = Kube()
     # The canary: the one driver (samp_operator.canary_driver) with the Kubernetes
     # serving and routers and the Prometheus provider.
-    canary = KubeCanary(kube.client, settings.prometheus_url) if settings.canary else None
+    canary = (
+        KubeCanary(kube.client, settings.prometheus_url, settings.prometheus_allowed_hosts)
+        if settings.canary else None
+    )
     engine = Engine(settings, kube, metrics, canary=canary)
     try:
         asyncio.run(_operator(engine, metrics))

@@ -189,11 +189,18 @@ class PrometheusProvider:
                 headers=dict(self.headers) or None,
                 timeout=max(0.1, min(self.timeout_seconds, left)),
                 stream=True,
+                allow_redirects=False,  # a redirect could lead to a host not allowed
             ) as resp:
                 body = self._read(resp, deadline)
                 status = resp.status_code
         except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as err:
             raise QueryError(f"{type(err).__name__}: {err}"[:300], unreachable=True) from err
+        if 300 <= status < 400:
+            raise QueryError(
+                f"HTTP {status}: redirected to {resp.headers.get('Location')!r}, which is "
+                "not followed; set prometheusUrl to the final address"[:300],
+                unreachable=True,
+            )
         if status != 200:
             raise QueryError(
                 f"HTTP Status Code {status} ({body!r})"[:300],

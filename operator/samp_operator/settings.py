@@ -21,6 +21,8 @@ flag (variable) = default: meaning
     extra labels on Job pods.
 --prometheus-url URL (SAMP_PROMETHEUS_URL) = none:
     default Prometheus of the canary gates; spec.gates.prometheusUrl wins.
+--prometheus-allowed-host HOST, repeatable (SAMP_PROMETHEUS_ALLOWED_HOSTS, a,b) = any:
+    hosts (name, name:port, *.domain) the gates may query; others are an analysis Error.
 --metrics-address ADDR (SAMP_METRICS_ADDRESS) = 0.0.0.0:
     bind address of /metrics, /healthz and /readyz.
 --metrics-port N (SAMP_METRICS_PORT) = 8080: their port; 0 turns the endpoint off.
@@ -71,6 +73,7 @@ class OperatorSettings:
     job_pod_annotations: Mapping[str, str] = field(default_factory=dict)
     job_pod_labels: Mapping[str, str] = field(default_factory=dict)
     prometheus_url: str | None = None
+    prometheus_allowed_hosts: tuple[str, ...] = ()  # empty: the gates may query any host
     metrics_address: str = "0.0.0.0"
     metrics_port: int = 8080
     resync_seconds: float = 300.0
@@ -110,6 +113,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--job-pod-label", action="append", metavar="K=V",
       help="extra Job pod label (repeatable) [SAMP_JOB_POD_LABELS]")
     a("--prometheus-url", help="default Prometheus for canary gates [SAMP_PROMETHEUS_URL]")
+    a("--prometheus-allowed-host", action="append", dest="prometheus_allowed_hosts",
+      metavar="HOST", help="host (name, name:port or *.domain) the gates may query; "
+      "repeatable; none: any [SAMP_PROMETHEUS_ALLOWED_HOSTS]")
     a("--metrics-address", help="bind address of /metrics and /healthz")
     a("--metrics-port", type=int, help="port of /metrics and /healthz; 0 disables")
     a("--resync-seconds", type=float, help="safety resync interval [SAMP_RESYNC_SECONDS]")
@@ -172,6 +178,9 @@ def from_env_and_args(
         job_pod_annotations=pairs("job_pod_annotation", "SAMP_JOB_POD_ANNOTATIONS"),
         job_pod_labels=pairs("job_pod_label", "SAMP_JOB_POD_LABELS"),
         prometheus_url=(str(pick("prometheus_url", "SAMP_PROMETHEUS_URL", "")) or None),
+        prometheus_allowed_hosts=tuple(args.get("prometheus_allowed_hosts") or [
+            h.strip() for h in env.get("SAMP_PROMETHEUS_ALLOWED_HOSTS", "").split(",")
+            if h.strip()]),
         metrics_address=str(pick("metrics_address", "SAMP_METRICS_ADDRESS",
                                  d.metrics_address)),
         metrics_port=int(number("metrics_port", "SAMP_METRICS_PORT", d.metrics_port, int)),

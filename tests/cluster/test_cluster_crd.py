@@ -347,3 +347,4 @@ def test_kubectl_apply_like_a_user(
     assert r.returncode == 0, r.stderr
     got = json.loads(cluster.kubectl("get", "qm", "-n", cluster_namespace, "-o", "json").stdout)
     assert len(got["items"]) == 1
+

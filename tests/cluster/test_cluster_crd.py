@@ -178,7 +178,7 @@ def _samp_validate(tmp_path: Path, name: str, text: str) -> tuple[int, str]:
 @pytest.mark.parametrize(("name", "text"), BAD_INPUTS, ids=[n for n, _ in BAD_INPUTS])
 def test_bad_input_is_refused_by_api_server_and_samp_validate(
     cluster: ControlPlane, samp_crds: list[str], cluster_namespace: str, tmp_path: Path,
-    name: str, text: str,
+    *, name: str, text: str,
 ) -> None:
     """Every in-repo invalid manifest, through both the real API server (raw YAML, strict
     field validation, as kubectl and Argo CD send) and `samp validate`. `samp validate`

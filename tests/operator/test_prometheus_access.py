@@ -47,7 +47,7 @@ def test_setting_from_variable_and_flag() -> None:
 class _Redirect(BaseHTTPRequestHandler):
     target = ""
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:
         self.send_response(302)
         self.send_header("Location", self.target + self.path)
         self.end_headers()
@@ -59,7 +59,7 @@ class _Redirect(BaseHTTPRequestHandler):
 class _Answer(BaseHTTPRequestHandler):
     hits = 0
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         type(self).hits += 1
         body = b'{"status":"success","data":{"resultType":"vector","result":[]}}'
         self.send_response(200)

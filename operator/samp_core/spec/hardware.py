@@ -97,7 +97,8 @@ class HardwareSpec(ApiModel):
             field_path=".gpusPerJob",
         ),
         Rule(
-            cel=f"!has(self.nodeSelector) || self.nodeSelector.all(k, k.matches('{_cel(LABEL_KEY_PATTERN)}') && "
+            cel="!has(self.nodeSelector) || "
+            f"self.nodeSelector.all(k, k.matches('{_cel(LABEL_KEY_PATTERN)}') && "
             f"size(k) <= 316 && self.nodeSelector[k].matches('{_cel(LABEL_VALUE_PATTERN)}'))",
             message="hardware.nodeSelector needs label keys ([prefix/]name: letters, digits, "
             "- _ . and a name of at most 63 characters) and label values (at most 63 "

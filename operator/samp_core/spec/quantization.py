@@ -205,7 +205,8 @@ class QuantizationSpec(ApiModel):
             field_path=".allowedFormats",
         ),
         Rule(
-            cel="!has(self.overrides) || self.overrides.all(o, !has(o.format) || o.format in self.allowedFormats)",
+            cel="!has(self.overrides) || "
+            "self.overrides.all(o, !has(o.format) || o.format in self.allowedFormats)",
             message="an override pins a format that allowedFormats does not list, so the "
             "planner could never honour it; add that format to quantization.allowedFormats "
             "or pin one it lists (keepUnquantized: true keeps 16-bit)",

@@ -26,7 +26,7 @@ SHORT_FLAGS = {"-q": "--quantization"}
 
 def owned_flag(arg: str) -> str | None:
     """The operator-owned flag ``arg`` sets (exactly, abbreviated or with =value), if any."""
-    name = arg.split("=")[0]
+    name = arg.split("=", 1)[0]
     if name in SHORT_FLAGS:
         return SHORT_FLAGS[name]
     name = name.replace("_", "-")
@@ -39,7 +39,8 @@ def _owned_flag_rule(flag: str, field: str) -> Rule:
     short = [s for s, long in SHORT_FLAGS.items() if long == flag]
     cel_short = "".join(f" && a.split('=')[0] != '{s}'" for s in short)
     return Rule(
-        cel=f"!has(self.extraArgs) || self.extraArgs.all(a, (!a.startsWith('--') || size(a.split('=')[0]) < 3 || "
+        cel="!has(self.extraArgs) || self.extraArgs.all(a, (!a.startsWith('--') || "
+        "size(a.split('=')[0]) < 3 || "
         f"!'{flag}'.startsWith(a.split('=')[0].replace('_', '-'))){cel_short})",
         message=f"serving.extraArgs sets {flag}, which the operator sets from {field}; "
         "drop the flag (and set that field instead)",

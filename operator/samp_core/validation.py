@@ -110,8 +110,21 @@ def problems_of(error: ValidationError) -> list[Problem]:
             message = "unknown field"
         if item["type"] == "string_pattern_mismatch":
             message = f"{item['input']!r} is not in an accepted form"
+        if item["type"] == "value_error" and (broken := _broken_rules(loc, message)):
+            problems += broken
+            continue
         problems.append(Problem(path=_path(loc), message=message, fix=_fix_for(item)))
     return problems
+
+
+def _broken_rules(loc: tuple[int | str, ...], message: str) -> list[Problem]:
+    """A cross-field rule's error, one problem per broken rule, at the field it names."""
+    owner = _model_at(loc) if loc else QuantizedModel
+    rules = [r for r in getattr(owner, "rules", ()) if r.message in message]
+    return [
+        Problem(path=_path(loc) + (r.field_path or ""), message=r.message, fix="")
+        for r in rules
+    ]
 
 
 def validate_manifest(manifest: Any) -> tuple[QuantizedModel | None, list[Problem]]:

@@ -157,6 +157,41 @@ def _parser(stage: str) -> argparse.ArgumentParser:
     return p
 
 
+# Flags whose settings a manifest's spec supplies: with --manifest they would be ignored,
+# so giving one is refused (flag -> the spec field to edit instead).
+SPEC_FLAGS = {
+    "prompt_format": "calibration.format", "text_field": "calibration.textField",
+    "messages_field": "calibration.messagesField", "samples": "calibration.samples",
+    "max_seq_len": "calibration.maxSequenceLength",
+    "held_out_fraction": "calibration.heldOutFraction",
+    "allow_synthetic": "calibration.allowSynthetic", "seed": "calibration.seed",
+    "method": "quantization.sensitivity.method", "formats": "quantization.allowedFormats",
+    "group_size": "quantization.groupSize", "max_tokens": "quantization.sensitivity.maxTokens",
+    "max_weight_bytes": "quantization.budget", "fraction_of_16bit": "quantization.budget",
+    "effective_bits": "quantization.budget", "override": "quantization.overrides",
+    "quantize_lm_head": "quantization.keepLmHead16Bit",
+    "allow_non_native": "quantization.allowNonNativeFormats",
+    "export_format": "quantization.exportFormat", "rounding": "quantization.rounding.method",
+    "replan_headroom": "rollout.replan.maxBudgetIncreaseFraction",
+    "replan_max_attempts": "rollout.replan.maxAttempts",
+}
+
+
+def refuse_spec_flags(ns: argparse.Namespace, stage: str) -> None:
+    """With --manifest, a flag the spec supplies is an error, not silently ignored."""
+    parser = _parser(stage)
+    given = [
+        (dest, field) for dest, field in SPEC_FLAGS.items()
+        if dest in vars(ns) and getattr(ns, dest) != parser.get_default(dest)
+    ]
+    if given:
+        flags = ", ".join(f"--{d.replace('_', '-')} (spec.{f})" for d, f in given)
+        raise PlanError(
+            f"--manifest supplies these settings, so {flags} would be ignored; "
+            "edit the manifest's fields instead, or run without --manifest"
+        )
+
+
 def config_from(ns: argparse.Namespace, stage: str) -> JobConfig:
     cfg = JobConfig(
         workdir=ns.workdir,
@@ -169,6 +204,7 @@ def config_from(ns: argparse.Namespace, stage: str) -> JobConfig:
         seed=ns.seed,
     )
     if ns.manifest is not None:
+        refuse_spec_flags(ns, stage)
         apply_manifest(cfg, ns)
     cfg.fill_from_workdir()
     a: dict[str, Any] = vars(ns)

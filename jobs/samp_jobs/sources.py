@@ -31,9 +31,19 @@ def hub_cache_dir(workdir: Path) -> Path:
 
 
 def mounted_path(uri: str, env: str, default_root: str) -> str:
-    """Where the operator mounts a ``pvc://claim/path`` source (root from ``env``)."""
+    """Where the operator mounts a ``pvc://claim/path`` source (root from ``env``).
+
+    The spec refuses '..' segments; this checks again (lexically: links inside the volume
+    are the volume owner's business), so no '..' that reached the Job leaves its volume."""
     if uri.startswith("pvc://"):
-        return str(Path(os.environ.get(env, default_root)) / uri.removeprefix("pvc://"))
+        root = Path(os.path.normpath(os.environ.get(env, default_root)))
+        path = Path(os.path.normpath(root / uri.removeprefix("pvc://")))
+        if not path.is_relative_to(root):
+            raise ModelLoadError(
+                f"{uri!r} resolves to {path}, outside its volume {root}; "
+                "write a path inside the claim, without '..'"
+            )
+        return str(path)
     return uri
 
 

@@ -263,6 +263,7 @@ class PrometheusProvider:
                 stream=True,
                 # per request: a session's verify loses to REQUESTS_CA_BUNDLE
                 verify=self.verify,
+                allow_redirects=False,  # a redirect could lead to a host not allowed
             ) as resp:
                 body = self._read(resp, deadline)
                 status = resp.status_code
@@ -273,6 +274,13 @@ class PrometheusProvider:
                 reason += (" (TLS verification failed: give the CA bundle, or opt in to "
                            "insecureSkipVerify)")
             raise QueryError(reason, unreachable=True, detail=str(err)) from err
+        if 300 <= status < 400:
+            raise QueryError(
+                f"HTTP {status}: redirected, which is not followed; set the Prometheus URL "
+                "to the final address",
+                unreachable=True,
+                detail=f"Location: {resp.headers.get('Location')!r}",
+            )
         if status != 200:
             raise QueryError(
                 f"HTTP status {status}" + (" (bad_data: the query was refused)"

@@ -7,7 +7,8 @@
   credentials are never sent there.
 * else the operator's default (``--prometheus-url``, its CA file and credentials from
   its environment, see samp_operator.settings).
-* neither: NoPrometheus (every analysis an Error).
+* neither: NoPrometheus (every analysis an Error); likewise a spec URL whose host is not
+  in the operator's allow-list (samp_operator.prometheus_hosts).
 
 Every provider is scoped to the resource's namespace and each side's pods
 (samp_operator.prometheus.SeriesScope). A Secret that cannot be read makes every
@@ -28,6 +29,7 @@ import kubernetes
 from samp_core.spec import QuantizedModelSpec
 from samp_operator.canary_driver import MeasurementProvider, NoPrometheus
 from samp_operator.prometheus import Credentials, PrometheusProvider, SeriesScope
+from samp_operator.prometheus_hosts import refusal
 from samp_operator.serving import canary_names
 from samp_operator.settings import PrometheusDefaults
 
@@ -70,6 +72,9 @@ class ProviderFactory:
         verify: bool | str
         if spec.gates.prometheus_url:
             url = spec.gates.prometheus_url
+            refused = refusal(url, d.allowed_hosts)
+            if refused:
+                return NoPrometheus(refused)
             try:
                 verify, credentials = self._tenant_trust(spec, namespace)
             except SecretUnreadableError as err:

@@ -157,6 +157,7 @@ def canary_manifests(
         str(serving.port),
         *quantization_args(export_format),
         *load_args,
+        *(["--trust-remote-code"] if spec.model.trust_remote_code else []),
         *serving.extra_args,
     ]
     env: list[dict[str, Any]] = []

@@ -35,6 +35,9 @@ flag (variable) = default: meaning
     discovery relabelling or a PodMonitor attaches them); every gate query matches the
     resource's namespace and the side's pods by them, so tenants never read each
     other's series. Empty: not matched (only where one tenant owns the Prometheus).
+    default Prometheus of the canary gates; spec.gates.prometheusUrl wins.
+--prometheus-allowed-host HOST, repeatable (SAMP_PROMETHEUS_ALLOWED_HOSTS, a,b) = any:
+    hosts (name, name:port, *.domain) the gates may query; others are an analysis Error.
 --metrics-address ADDR (SAMP_METRICS_ADDRESS) = 0.0.0.0:
     bind address of /metrics, /healthz and /readyz.
 --metrics-port N (SAMP_METRICS_PORT) = 8080: their port; 0 turns the endpoint off.
@@ -85,6 +88,7 @@ class PrometheusDefaults:
     credentials: Credentials = field(default_factory=Credentials)
     namespace_label: str | None = "namespace"
     pod_label: str | None = "pod"
+    allowed_hosts: tuple[str, ...] = ()  # hosts a spec's prometheusUrl may name; empty: any
 
     @property
     def verify(self) -> bool | str:
@@ -136,6 +140,7 @@ class OperatorSettings:
     prometheus_credentials: Credentials = field(default_factory=Credentials)
     prometheus_namespace_label: str | None = "namespace"
     prometheus_pod_label: str | None = "pod"
+    prometheus_allowed_hosts: tuple[str, ...] = ()  # empty: the gates may query any host
     metrics_address: str = "0.0.0.0"
     metrics_port: int = 8080
     resync_seconds: float = 300.0
@@ -160,6 +165,7 @@ class OperatorSettings:
             credentials=self.prometheus_credentials,
             namespace_label=self.prometheus_namespace_label,
             pod_label=self.prometheus_pod_label,
+            allowed_hosts=self.prometheus_allowed_hosts,
         )
 
     def job_settings(self) -> JobSettings:
@@ -195,6 +201,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="series label of the namespace; '' off [SAMP_PROMETHEUS_NAMESPACE_LABEL]")
     a("--prometheus-pod-label", metavar="NAME",
       help="series label of the pod name; '' off [SAMP_PROMETHEUS_POD_LABEL]")
+    a("--prometheus-allowed-host", action="append", dest="prometheus_allowed_hosts",
+      metavar="HOST", help="host (name, name:port or *.domain) the gates may query; "
+      "repeatable; none: any [SAMP_PROMETHEUS_ALLOWED_HOSTS]")
     a("--metrics-address", help="bind address of /metrics and /healthz")
     a("--metrics-port", type=int, help="port of /metrics and /healthz; 0 disables")
     a("--resync-seconds", type=float, help="safety resync interval [SAMP_RESYNC_SECONDS]")
@@ -302,6 +311,9 @@ def from_env_and_args(
         prometheus_namespace_label=label("prometheus_namespace_label",
                                          "SAMP_PROMETHEUS_NAMESPACE_LABEL", "namespace"),
         prometheus_pod_label=label("prometheus_pod_label", "SAMP_PROMETHEUS_POD_LABEL", "pod"),
+        prometheus_allowed_hosts=tuple(args.get("prometheus_allowed_hosts") or [
+            h.strip() for h in env.get("SAMP_PROMETHEUS_ALLOWED_HOSTS", "").split(",")
+            if h.strip()]),
         metrics_address=str(pick("metrics_address", "SAMP_METRICS_ADDRESS",
                                  d.metrics_address)),
         metrics_port=int(number("metrics_port", "SAMP_METRICS_PORT", d.metrics_port, int)),

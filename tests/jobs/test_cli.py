@@ -239,3 +239,19 @@ def test_manifest_supplies_policy_and_target(
     layer0 = [a for a in plan["assignments"] if a["group"].startswith("model.layers.0.")]
     assert layer0 and all(a["format"] == "bf16" for a in layer0)
     assert {a["format"] for a in plan["assignments"]} - {"bf16"}  # something got quantized
+
+
+@pytest.mark.parametrize("flags", [
+    ["--effective-bits", "5"], ["--method", "kl"], ["--max-tokens", "2048"],
+])
+def test_manifest_refuses_flags_it_would_ignore(
+    tmp_path: Path, flags: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--manifest supplies the policy: a flag for the same setting is refused, naming the
+    spec field, before anything runs (exit 2, bad input)."""
+    example = Path(__file__).resolve().parents[2] / "examples" / "tiny-cpu.yaml"
+    rc = main(["plan", "--workdir", str(tmp_path / "w"), "--manifest", str(example), *flags])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert f"{flags[0]} (spec." in err and "would be ignored" in err
+    assert not (tmp_path / "w").exists()

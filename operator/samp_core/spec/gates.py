@@ -10,11 +10,14 @@ from samp_core.spec.common import (
     DNS_LABEL_PATTERN,
     PROMETHEUS_URL_PATTERN,
     SecretRef,
+    no_path_escape,
 )
 
 
 class AccuracyGate(ApiModel):
     """Offline accuracy of the quantized model against the unquantized one on held-out prompts."""
+
+    rules = (no_path_escape("evalSet", "eval_set", "spec.gates.accuracy.evalSet"),)
 
     eval_set: str | None = Field(
         default=None,

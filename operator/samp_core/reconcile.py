@@ -18,9 +18,10 @@ repeated after a conflict or a restart does not duplicate Jobs or Events.
 
 Per stage, in order:
 
-1. Its inputs hash (children.stage_hashes) chains the previous stage's hash with the spec
-   fields the stage reads. A ``status.stages`` record with the same hash that Succeeded
-   (in any generation) is reused: the stage is skipped ("Reused"), its artifact kept.
+1. Its inputs hash (samp_core.stage_contract.stage_hashes) chains the previous stage's
+   hash with the spec fields the stage reads. A ``status.stages`` record with the same
+   hash that Succeeded (in any generation) is reused: the stage is skipped ("Reused"),
+   its artifact kept.
 2. Otherwise a Job labelled with that stage and hash is adopted if it exists (also one
    created for an earlier generation, when only unrelated fields changed): Running waits
    for the next Job event; Succeeded reads the result summary the pod left in its
@@ -42,7 +43,6 @@ rerun. ``status.history`` is written through samp_core.history by both machines.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -52,25 +52,32 @@ from pydantic import ValidationError
 
 from samp_core import history
 from samp_core.api import QuantizedModel
-from samp_core.children import (
-    STAGE_PHASE,
-    STAGES,
-    JobSettings,
-    child_name,
-    config_map_manifest,
-    job_manifest,
-    stage_hashes,
-    stage_output_uri,
-)
 from samp_core.conditions import rfc3339, with_condition
 from samp_core.events import Event
-from samp_core.results import Stage
+from samp_core.results import (
+    EvaluationResultSummary,
+    ExportResultSummary,
+    PlanResultSummary,
+    Stage,
+    SummaryBase,
+)
+from samp_core.results.summaries import (
+    ResultError,
+    accuracy_figures,
+    parse_summary,
+    plan_figures,
+)
+from samp_core.stage_jobs import (
+    JobSettings,
+    config_map_manifest,
+    job_manifest,
+    stage_hashes_for,
+)
+from samp_core.stage_layout import STAGE_PHASE, STAGES, child_name, stage_output_uri
 from samp_core.status import (
-    AccuracySummary,
     Condition,
     ConditionType,
     Phase,
-    PlanSummary,
     QuantizedModelStatus,
     StageStatus,
 )
@@ -84,13 +91,6 @@ RESULT_GRACE_SECONDS = 60.0
 MESSAGE_MAX = 900
 
 CANARY_PHASES = frozenset({Phase.CANARY, Phase.PAUSED, Phase.PROMOTED, Phase.ROLLED_BACK})
-_RESULT_KIND = {
-    Stage.CALIBRATE: "CalibrationResult",
-    Stage.SENSITIVITY: "SensitivityResult",
-    Stage.PLAN: "PlanResult",
-    Stage.EXPORT: "ExportResult",
-    Stage.EVALUATE: "EvaluationResult",
-}
 _CONDITION_OF: dict[Stage, ConditionType] = {
     Stage.CALIBRATE: ConditionType.CALIBRATED,
     Stage.SENSITIVITY: ConditionType.QUANTIZED,
@@ -176,82 +176,6 @@ def condition(status: QuantizedModelStatus, ctype: str) -> Condition | None:
     return next((c for c in status.conditions if c.type == ctype), None)
 
 
-# ------------------------------------------------------------------ results into status
-
-
-class ResultError(ValueError):
-    """A termination message that is not the expected result summary."""
-
-
-def parse_summary(stage: Stage, message: str) -> dict[str, Any]:
-    """The result summary a stage's pod wrote (results.ResultBase.summary_json)."""
-    try:
-        data = json.loads(message)
-    except ValueError as err:
-        raise ResultError(f"termination message is not JSON: {_clip(message, 200)!r}") from err
-    if not isinstance(data, dict):
-        raise ResultError("termination message is not a JSON object")
-    kind = data.get("kind")
-    if kind != _RESULT_KIND[stage]:
-        raise ResultError(f"expected a {_RESULT_KIND[stage]} summary, got kind={kind!r}")
-    return data
-
-
-def _num(data: Mapping[str, Any], key: str) -> float | None:
-    value = data.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
-
-
-def plan_summary(data: Mapping[str, Any]) -> PlanSummary:
-    b16 = int(_num(data, "bytes16Bit") or 0)
-    total = int(_num(data, "totalBytes") or 0)
-    fraction = _num(data, "fractionOf16Bit")
-    if fraction is None:
-        fraction = total / b16 if b16 else 1.0
-    by_format = data.get("byFormat") or {}
-    return PlanSummary(
-        profile=str(data.get("profile", "")),
-        bytes16_bit=b16,
-        bytes_quantized=total,
-        effective_bits=round(_num(data, "effectiveBits") or 0.0, 3),
-        memory_saved_percent=round(100.0 * (1.0 - fraction), 2),
-        predicted_loss=_num(data, "predictedLoss") or 0.0,
-        groups_per_format={str(k): int(v) for k, v in by_format.items()
-                           if isinstance(v, int)},
-    )
-
-
-def accuracy_summary(data: Mapping[str, Any]) -> AccuracySummary:
-    base = _num(data, "perplexityBase")
-    quant = _num(data, "perplexityQuant")
-    increase = round(100.0 * (quant / base - 1.0), 4) if base and quant else None
-    return AccuracySummary(
-        perplexity_base=base,
-        perplexity_quantized=quant,
-        perplexity_increase_percent=increase,
-        mean_kl=_num(data, "meanKl") if "meanKl" in data else _num(data, "meanKL"),
-        top1_agreement=_num(data, "top1Agreement"),
-        exact_match_recovery_percent=_num(data, "taskRecoveryPct"),
-        json_validity_recovery_percent=_num(data, "jsonRecoveryPct"),
-    )
-
-
-def _describe(stage: Stage, data: Mapping[str, Any]) -> str:
-    if stage == Stage.CALIBRATE:
-        return f"{data.get('numSamples')} prompts, {data.get('numTokens')} tokens"
-    if stage == Stage.SENSITIVITY:
-        return f"{data.get('numGroups')} groups scored by {data.get('method')}"
-    if stage == Stage.PLAN:
-        return (f"{data.get('effectiveBits')} effective bits, "
-                f"{data.get('fractionOf16Bit')} of 16-bit, formats {data.get('byFormat')}")
-    if stage == Stage.EXPORT:
-        return f"checkpoint written ({data.get('bytesOnDisk')} bytes)"
-    ppl_b, ppl_q = _num(data, "perplexityBase"), _num(data, "perplexityQuant")
-    return f"perplexity {ppl_b} -> {ppl_q}, top-1 agreement {data.get('top1Agreement')}"
-
-
 # --------------------------------------------------------------------------- reconcile
 
 
@@ -325,7 +249,7 @@ def reconcile(
 
     gen = resource.generation
     attempt = old.attempt
-    hashes = stage_hashes(resource, attempt)
+    hashes = stage_hashes_for(resource, attempt)
     records = {r.stage: r for r in old.stages}
     status = old.model_copy(deep=True)
     status.observed_generation = gen
@@ -443,7 +367,7 @@ def reconcile(
             failed = (stage, "ResultMissing", base.message)
             break
         try:
-            data = parse_summary(stage, job.result)
+            summary = parse_summary(stage, job.result)
         except ResultError as err:
             base.state = "Failed"
             base.finished_at = rfc3339(finished)
@@ -456,9 +380,9 @@ def reconcile(
             break
         base.state = "Succeeded"
         base.finished_at = rfc3339(finished)
-        base.message = _clip(_describe(stage, data), 500)
+        base.message = _clip(summary.describe(), 500)
         new_records.append(base)
-        _apply_result(status, stage, data, out_uri)
+        _apply_result(status, summary, out_uri)
         if not (rec and rec.job == job.name and rec.state == "Succeeded"):
             decision.events.append(Event("Normal", "StageSucceeded",
                                          f"{stage.value}: {base.message}"))
@@ -480,18 +404,16 @@ def reconcile(
     return decision
 
 
-def _apply_result(
-    status: QuantizedModelStatus, stage: Stage, data: Mapping[str, Any], out_uri: str
-) -> None:
-    if stage == Stage.PLAN:
-        status.plan = plan_summary(data)
-    elif stage == Stage.EXPORT:
+def _apply_result(status: QuantizedModelStatus, summary: SummaryBase, out_uri: str) -> None:
+    if isinstance(summary, PlanResultSummary):
+        status.plan = plan_figures(summary)
+    elif isinstance(summary, ExportResultSummary):
         # The job reports where it wrote; a pod-local path (/mnt/pvc/...) means nothing
         # outside the pod, so status names the artifact by its URI (pvc://, s3://, gs://).
-        uri = data.get("artifactUri")
-        status.artifact_uri = uri if isinstance(uri, str) and "://" in uri else out_uri
-    elif stage == Stage.EVALUATE:
-        status.accuracy = accuracy_summary(data)
+        uri = summary.artifact_uri
+        status.artifact_uri = uri if "://" in uri else out_uri
+    elif isinstance(summary, EvaluationResultSummary):
+        status.accuracy = accuracy_figures(summary)
 
 
 def _clear_stale_outputs(status: QuantizedModelStatus, done: set[str]) -> None:

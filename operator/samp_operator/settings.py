@@ -44,7 +44,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from samp_core.children import JobSettings
+from samp_core.stage_jobs import JobSettings
 
 
 def _pairs(text: str) -> dict[str, str]:

@@ -158,7 +158,7 @@ def test_summaries_fit_a_termination_message(index: int) -> None:
 def test_summary_of_a_70b_sized_sensitivity_and_plan_stays_small() -> None:
     sens = _sensitivity(80)
     assert len(sens.summary_json()) < SUMMARY_MAX_BYTES
-    assert sens.summary()["numGroups"] == 320
+    assert sens.summary().num_groups == 320
     result = plan(
         PlanRequest(
             groups=sens.groups,

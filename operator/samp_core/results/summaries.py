@@ -8,6 +8,7 @@ the resource shows.
 
 from __future__ import annotations
 
+import json
 import math
 
 from pydantic import ValidationError
@@ -38,12 +39,16 @@ class ResultError(ValueError):
 def parse_summary(stage: Stage, message: str) -> SummaryBase:
     """The typed summary a stage's pod wrote (ResultBase.summary_json)."""
     kind = SUMMARY_OF[stage]
+    clipped = " ".join(message.split())[:200]
     try:
-        return kind.model_validate_json(message)
+        data = json.loads(message)
+    except ValueError as err:
+        raise ResultError(f"termination message is not JSON: {clipped!r}") from err
+    try:
+        return kind.model_validate(data)
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "the message"
-        clipped = " ".join(message.split())[:200]
         raise ResultError(
             f"termination message is not a {kind.model_fields['kind'].default} summary "
             f"({where}: {first['msg']}): {clipped!r}"

@@ -173,12 +173,12 @@ def _load_pair_on_gpus(inv: StageInvocation) -> tuple[Any, Any, Any]:
     from samp_jobs.evaluate import gpu_memory_map, load_quantized, quantized_gpu_budget
     from samp_jobs.placement import host_available_bytes
 
-    model, m = opt.model_dir(inv), inv.inputs.model
+    model_path, m = opt.model_dir(inv), inv.inputs.model
     artifact = opt.artifact_dir(inv)
     # the base may spill to host memory (accelerate streams it in); the quantized model
     # may not (see quantized_gpu_budget)
     base = AutoModelForCausalLM.from_pretrained(
-        model,
+        model_path,
         dtype="auto" if m.dtype == "auto" else DTYPES[m.dtype],
         trust_remote_code=m.trust_remote_code,
         device_map="auto",
@@ -189,7 +189,7 @@ def _load_pair_on_gpus(inv: StageInvocation) -> tuple[Any, Any, Any]:
     stored = sum(f.stat().st_size for f in artifact.glob("*.safetensors"))
     budget = quantized_gpu_budget(gpu_memory_map(0.8), dense, stored)
     quant = load_quantized(artifact, m.trust_remote_code, max_memory=budget)
-    tok = AutoTokenizer.from_pretrained(model, trust_remote_code=m.trust_remote_code)
+    tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=m.trust_remote_code)
     log(
         "evaluate.placement",
         base=sorted({str(p.device) for p in base.parameters()}),

@@ -5,10 +5,10 @@ Subcommands:
   samp crds [--check] [--out]  write (or check) the generated CRD YAML
   samp rollout status|promote|abort|pause|resume NAME [-n NS]
                                show or steer a canary (annotations; never writes spec)
-  samp operator run [...]      run the operator (needs the 'operator' extra)
   samp operator run [flags]    run the operator (samp_operator.main; needs the 'operator' extra)
   samp quantize|calibrate|sensitivity|plan|export|evaluate ...
-                               the SAMP job stages (samp_jobs.cli; needs the 'jobs' extra)
+                               the SAMP job stages (samp_jobs.cli; needs the 'jobs' extra):
+                               a stage Job runs `samp <stage> --invocation FILE`
 
 Each subcommand imports only what it needs, so `samp validate` works in the
 operator image without torch and the stages work in the jobs image without kopf.
@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from samp_core.crd import CRD_FILE_NAME, render_yaml
-from samp_core.validation import Problem, validate_manifest
+from samp_core.validation import validate_manifest
 
 JOB_STAGES = ("quantize", "calibrate", "sensitivity", "plan", "export", "evaluate")
 
@@ -59,14 +59,10 @@ def validate(paths: Sequence[str]) -> int:
                 failed = True
                 print(f"{label}: {len(problems)} problem(s)", file=sys.stderr)
                 for problem in problems:
-                    print(f"  - {_indent(problem)}", file=sys.stderr)
+                    print(f"  - {problem}", file=sys.stderr)
             else:
                 print(f"{label}: valid QuantizedModel {resource.namespace}/{resource.name}")
     return 1 if failed else 0
-
-
-def _indent(problem: Problem) -> str:
-    return str(problem)
 
 
 def crds(out_dir: str, check: bool) -> int:

@@ -56,7 +56,8 @@ def _load(inv: StageInvocation) -> tuple[Any, Any]:
 
 def _write(inv: StageInvocation, doc: ResultBase) -> None:
     doc.inputs_hash = inv.inputs_hash
-    write_result(doc, opt.workdir(inv), inv.runtime.termination_log)
+    write_result(doc, opt.workdir(inv), inv.runtime.termination_log,
+                 inv.paths.stored_result)
 
 
 # ------------------------------------------------------------------ calibrate

@@ -14,8 +14,7 @@ from pathlib import Path
 from samp_core.planner import PlanError, PlanRequest, plan
 from samp_core.replan import conservative_plan, replan_ceiling
 from samp_core.results import PlanResult, SensitivityResult
-from samp_core.spec import Budget as SpecBudget
-from samp_core.spec import QuantizationSpec
+from samp_core.spec import BudgetSpec, QuantizationSpec
 from samp_core.stage_contract import QuantizationInputs, StageInvocation
 from samp_jobs import stage_options as opt
 from samp_jobs.runlog import log, read_json, write_result
@@ -50,7 +49,7 @@ def run_plan(inv: StageInvocation) -> PlanResult:
         tmp = copy.with_name(copy.name + ".tmp")
         tmp.write_text(result.model_dump_json(by_alias=True, indent=2) + "\n")
         tmp.replace(copy)
-    write_result(result, work, inv.runtime.termination_log)
+    write_result(result, work, inv.runtime.termination_log, inv.paths.stored_result)
     return result
 
 
@@ -59,7 +58,7 @@ def _replan_policy(q: QuantizationInputs, req: PlanRequest) -> QuantizationSpec:
     byte budget below the CRD's 1Mi floor, which the re-plan arithmetic handles fine."""
     b = req.budget
     return QuantizationSpec.model_construct(
-        budget=SpecBudget.model_construct(
+        budget=BudgetSpec.model_construct(
             max_weight_bytes=None if b.max_weight_bytes is None else str(b.max_weight_bytes),
             fraction_of_16bit=b.fraction_of_16bit,
             effective_bits=b.effective_bits,

@@ -18,7 +18,7 @@ from samp_core.planner import PlanRequest
 from samp_core.stage_contract import StageInvocation, plan_request
 from samp_jobs.calibration import CalibrationOptions
 from samp_jobs.invocation import InvocationError
-from samp_jobs.measured import get_profile  # sm90 with the H200-measured kernel costs
+from samp_jobs.measured_costs import profile_with_measured_costs
 from samp_jobs.sources import resolve_model
 
 
@@ -78,7 +78,7 @@ def scoring_options(inv: StageInvocation, device: torch.device, quant_dtype: tor
     from samp_jobs.sensitivity import ScoringOptions
 
     q = inv.inputs.quantization
-    profile = get_profile(inv.inputs.profile)
+    profile = profile_with_measured_costs(inv.inputs.profile)
     formats = [f for f in q.formats if profile.is_servable(f)]
     dropped = sorted(f.value for f in set(q.formats) - set(formats))
     if dropped:
@@ -97,4 +97,4 @@ def scoring_options(inv: StageInvocation, device: torch.device, quant_dtype: tor
 def plan_request_for(inv: StageInvocation, groups: Any, scores: Any) -> PlanRequest:
     """The planner request, on the profile with measured kernel costs where shipped."""
     return plan_request(inv.inputs.quantization, groups=groups, scores=scores,
-                        profile=get_profile(inv.inputs.profile))
+                        profile=profile_with_measured_costs(inv.inputs.profile))

@@ -26,7 +26,7 @@ from pydantic.alias_generators import to_camel
 
 from samp_core.formats import ExportFormat, Format, SensitivityMethod
 from samp_core.hardware import HardwareProfile
-from samp_core.planner import Budget, PlanRequest, _sixteen_bit
+from samp_core.plan_request import Budget, PlanRequest, sixteen_bit_formats
 from samp_core.results import Rounding, Stage, inputs_hash
 from samp_core.spec import QuantizationSpec, QuantizedModelSpec, ReplanSpec
 
@@ -126,6 +126,9 @@ class StagePaths(_Contract):
     plan: str | None = None  # the plan export reads (default: <workdir>/plan.json)
     plan_copy: str | None = None  # where plan keeps a copy of its plan for re-plans
     previous_plan: str | None = None  # attempt n-1's plan copy (re-plan attempt n)
+    # In an operator's Job: where the stage also stores its summary under its inputs hash,
+    # for a reader Job when the pod is gone (samp_core.stored_result); None elsewhere.
+    stored_result: str | None = None
 
 
 class RuntimeOptions(_Contract):
@@ -267,7 +270,7 @@ def plan_request(
             "plan needs a budget: --max-weight-bytes, --fraction-of-16bit or "
             "--effective-bits (or spec.quantization.budget)"
         )
-    sixteen = _sixteen_bit(profile, q.formats)[0]
+    sixteen = sixteen_bit_formats(profile, q.formats)[0]
     return PlanRequest(
         groups=groups,
         scores=scores,

@@ -62,6 +62,7 @@ from samp_core.stage_layout import (
     plan_copy_path,
     short_hash,
     stage_output_uri,
+    stored_result_path,
     workdir_uri,
 )
 
@@ -187,7 +188,8 @@ def stage_invocation(
     rebuilds the chain from attempt 1 deterministically.
     """
     spec = resource.spec
-    workdir = local_path(workdir_uri(resource, hashes)) or f"{SCRATCH_MOUNT}/work"
+    on_volume = local_path(workdir_uri(resource, hashes))
+    workdir = on_volume or f"{SCRATCH_MOUNT}/work"
     plan_copy = plan_copy_path(workdir, hashes[Stage.PLAN])
     previous = None
     if stage == Stage.PLAN and attempt > 1:
@@ -201,6 +203,8 @@ def stage_invocation(
         plan=plan_copy if stage == Stage.EXPORT else None,
         plan_copy=plan_copy if stage == Stage.PLAN else None,
         previous_plan=previous,
+        stored_result=None if on_volume is None
+        else stored_result_path(on_volume, stage, hashes[stage]),
     )
     return StageInvocation(
         stage=stage, attempt=attempt, inputs=inputs_from_spec(spec), inputs_hash=hashes[stage],

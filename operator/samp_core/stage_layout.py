@@ -53,6 +53,7 @@ SCRATCH_MOUNT: Final = "/scratch"
 PVC_ROOT: Final = "/mnt/pvc"
 CONFIGMAP_ROOT: Final = "/mnt/configmap"
 TERMINATION_LOG: Final = "/dev/termination-log"
+RESULTS_DIR: Final = "results"  # stored summaries of the stages (samp_core.stored_result)
 
 
 def child_name(name: str, generation: int, stage: Stage | str, attempt: int = 1) -> str:
@@ -68,6 +69,11 @@ def cleanup_job_name(name: str) -> str:
 
 def short_hash(full: str) -> str:
     return full.removeprefix("sha256:")[:16]
+
+
+def stored_result_path(workdir: str, stage: Stage, inputs_hash: str) -> str:
+    """Where a stage also stores its summary for a reader Job (samp_core.stored_result)."""
+    return f"{workdir.rstrip('/')}/{RESULTS_DIR}/{stage.value}-{short_hash(inputs_hash)}.json"
 
 
 def artifact_prefix(resource: QuantizedModel) -> str:

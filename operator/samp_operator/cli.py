@@ -9,6 +9,7 @@ Subcommands:
   samp quantize|calibrate|sensitivity|plan|export|evaluate ...
                                the SAMP job stages (samp_jobs.cli; needs the 'jobs' extra):
                                a stage Job runs `samp <stage> --invocation FILE`
+  samp read-result ...         the reader Job of a stage whose pod is gone (samp_jobs.stored)
 
 Each subcommand imports only what it needs, so `samp validate` works in the
 operator image without torch and the stages work in the jobs image without kopf.
@@ -87,6 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from samp_operator.main import main as operator_main
 
         return operator_main(args[1:])
+    if args and args[0] == "read-result":  # the reader Job (samp_core.stored_result)
+        from samp_jobs.stored import main as read_result
+
+        return read_result(args[1:])
     if args and args[0] in JOB_STAGES:
         try:
             from samp_jobs.cli import main as jobs_main

@@ -30,7 +30,17 @@ flag (variable) = default: meaning
     after this long, deletion stops waiting on cleanup, posts a Warning Event, and
     releases the finalizer (owner references still garbage-collect the Jobs).
 --workers N (SAMP_WORKERS) = 8: threads running reconciles (API calls block).
---peering NAME (SAMP_PEERING) = none, standalone: Kopf peering for active/standby.
+--leader-election-namespace NS (SAMP_LEADER_ELECTION_NAMESPACE) = none: namespace of the
+    coordination.k8s.io Lease the replicas elect their leader with; only the holder
+    reconciles. None: no election, run exactly one replica. The chart sets its release
+    namespace.
+--leader-election-lease NAME (SAMP_LEADER_ELECTION_LEASE) = samp-operator: the Lease's name.
+--leader-election-identity ID (POD_NAME) = <hostname>-<pid>: this replica's holderIdentity.
+--leader-election-lease-duration-seconds N (SAMP_LEADER_ELECTION_LEASE_DURATION) = 15,
+--leader-election-renew-deadline-seconds N (SAMP_LEADER_ELECTION_RENEW_DEADLINE) = 10,
+--leader-election-retry-period-seconds N (SAMP_LEADER_ELECTION_RETRY_PERIOD) = 2:
+    a silent leader is replaced after the lease duration; a leader that cannot renew for
+    the renew deadline stops acting and exits (client-go's defaults and rules).
 --log-level LEVEL (SAMP_LOG_LEVEL) = INFO: DEBUG, INFO, WARNING or ERROR.
 --no-canary (SAMP_CANARY=false) = canary on: quantize and evaluate only; every resource
     rests at Evaluated (for clusters where another tool rolls models out).
@@ -41,9 +51,11 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping, Sequence
+import socket
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from samp_core.lease import LeaseTiming
 from samp_core.stage_jobs import JobSettings
 
 
@@ -76,7 +88,10 @@ class OperatorSettings:
     resync_seconds: float = 300.0
     finalizer_timeout_seconds: float = 300.0
     workers: int = 8
-    peering: str | None = None
+    leader_election_namespace: str | None = None
+    leader_election_lease: str = "samp-operator"
+    leader_election_identity: str = ""
+    lease_timing: LeaseTiming = field(default_factory=LeaseTiming)
     log_level: str = "INFO"
     canary: bool = True
 
@@ -116,10 +131,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--finalizer-timeout-seconds", type=float,
       help="give up waiting on cleanup after this [SAMP_FINALIZER_TIMEOUT_SECONDS]")
     a("--workers", type=int, help="reconcile threads [SAMP_WORKERS]")
-    a("--peering", help="Kopf peering name; unset: standalone [SAMP_PEERING]")
+    a("--leader-election-namespace", metavar="NS",
+      help="namespace of the leader-election Lease; unset: no election, one replica only "
+           "[SAMP_LEADER_ELECTION_NAMESPACE]")
+    a("--leader-election-lease", metavar="NAME",
+      help="name of the Lease [SAMP_LEADER_ELECTION_LEASE]")
+    a("--leader-election-identity", metavar="ID",
+      help="this replica's holderIdentity [POD_NAME]; default <hostname>-<pid>")
+    a("--leader-election-lease-duration-seconds", type=float,
+      help="replace a silent leader after this [SAMP_LEADER_ELECTION_LEASE_DURATION]")
+    a("--leader-election-renew-deadline-seconds", type=float,
+      help="stop leading when no renewal succeeded for this "
+           "[SAMP_LEADER_ELECTION_RENEW_DEADLINE]")
+    a("--leader-election-retry-period-seconds", type=float,
+      help="renew / try to acquire this often [SAMP_LEADER_ELECTION_RETRY_PERIOD]")
     a("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     a("--no-canary", dest="canary", action="store_const", const=False,
       help="stop at Evaluated; never start canaries [SAMP_CANARY=false]")
+
+
+def _lease_timing(number: Callable[[str, str, float, type], float]) -> LeaseTiming:
+    d = LeaseTiming()
+    return LeaseTiming(
+        lease_duration=number("leader_election_lease_duration_seconds",
+                              "SAMP_LEADER_ELECTION_LEASE_DURATION", d.lease_duration, float),
+        renew_deadline=number("leader_election_renew_deadline_seconds",
+                              "SAMP_LEADER_ELECTION_RENEW_DEADLINE", d.renew_deadline, float),
+        retry_period=number("leader_election_retry_period_seconds",
+                            "SAMP_LEADER_ELECTION_RETRY_PERIOD", d.retry_period, float),
+    )
 
 
 def from_env_and_args(
@@ -180,7 +220,13 @@ def from_env_and_args(
                                          "SAMP_FINALIZER_TIMEOUT_SECONDS",
                                          d.finalizer_timeout_seconds, float),
         workers=max(1, int(number("workers", "SAMP_WORKERS", d.workers, int))),
-        peering=(str(pick("peering", "SAMP_PEERING", "")) or None),
+        leader_election_namespace=(str(pick("leader_election_namespace",
+                                            "SAMP_LEADER_ELECTION_NAMESPACE", "")) or None),
+        leader_election_lease=str(pick("leader_election_lease", "SAMP_LEADER_ELECTION_LEASE",
+                                       d.leader_election_lease)),
+        leader_election_identity=str(pick("leader_election_identity", "POD_NAME", "")
+                                     or f"{socket.gethostname()}-{os.getpid()}"),
+        lease_timing=_lease_timing(number),
         log_level=str(pick("log_level", "SAMP_LOG_LEVEL", d.log_level)).upper(),
         canary=(args["canary"] if args.get("canary") is not None else
                 env.get("SAMP_CANARY", "true").strip().lower() not in ("false", "0", "no", "off")),

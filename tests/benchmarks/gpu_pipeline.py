@@ -53,7 +53,7 @@ from samp_core.stage_contract import (  # noqa: E402
     StageInvocation,
     StagePaths,
 )
-from samp_jobs.measured import get_profile  # noqa: E402
+from samp_jobs.measured_costs import profile_with_measured_costs  # noqa: E402
 
 TINY = ROOT / "examples/tiny/model"
 BF16_FLOPS = 781e12
@@ -117,7 +117,7 @@ def tiny_check(tmp: Path) -> dict[str, Any]:
             PlanRequest(
                 groups=groups,
                 scores=run.scores[SensitivityMethod.FISHER],
-                profile=get_profile("sm90"),
+                profile=profile_with_measured_costs("sm90"),
                 budget=Budget(fraction_of_16bit=0.5),
                 allowed_formats=fmts,
                 group_size=64,
@@ -396,7 +396,10 @@ def run_stages(
         st["plan"] = {"seconds": round(time.time() - t, 3), "error": str(e)[:300]}
         return
     res["cost_sources"] = sorted(
-        {get_profile("sm90").support(f).cost_source for f in (Format.BF16, Format.FP8_W8A8)}
+        {
+            profile_with_measured_costs("sm90").support(f).cost_source
+            for f in (Format.BF16, Format.FP8_W8A8)
+        }
     )
     if do_export:
         peak_reset()

@@ -380,7 +380,9 @@ def test_restart_adopts_existing_job_even_without_status() -> None:
     assert [e.reason for e in d.events] == ["StageAdopted"]
 
 
-def test_completed_job_without_result_waits_then_fails() -> None:
+def test_completed_job_without_result_waits_then_reads_the_stored_result() -> None:
+    """The pod (and its termination message) is gone: a reader Job brings the result the
+    stage stored in the artifact store (samp_core.stored_result)."""
     w = World(manifest())
     w.step()
     w.finish("calibrate", result="")
@@ -388,6 +390,40 @@ def test_completed_job_without_result_waits_then_fails() -> None:
     assert d.requeue_after is not None and w.status.phase == Phase.CALIBRATING
     w.now += timedelta(seconds=RESULT_GRACE_SECONDS + 1)
     d = w.step()
+    assert [o["metadata"]["name"] for o in d.create] == ["llama-g1-cal-read"]
+    assert w.status.phase == Phase.CALIBRATING and "ResultFromStore" in [e[1] for e in w.events]
+    d = w.step()  # the reader runs: adopted as the stage's Job, nothing new
+    assert d.create == [] and d.delete == [] and "StageAdopted" not in [e[1] for e in w.events]
+    w.finish("calibrate")  # the reader's pod leaves the stored summary
+    d = w.step()
+    assert w.status.stages[0].state == "Succeeded" and d.stage_durations == []
+    assert w.status.stages[0].job == "llama-g1-cal-read"
+    assert w.status.phase == Phase.SCORING
+
+
+def test_no_stored_result_fails_with_the_readers_reason() -> None:
+    w = World(manifest())
+    w.step()
+    w.finish("calibrate", result="")
+    w.now += timedelta(seconds=RESULT_GRACE_SECONDS + 1)
+    w.step()
+    w.fail("calibrate", reason="PodFailurePolicy",
+           message="llama-g1-cal completed, but its pod ... is gone: results/x.json does not exist")
+    w.step()
+    assert w.status.phase == Phase.FAILED and w.cond("Ready").reason == "JobFailed"
+    assert "does not exist" in w.cond("Ready").message
+
+
+def test_reader_without_result_fails_as_result_missing() -> None:
+    w = World(manifest())
+    w.step()
+    w.finish("calibrate", result="")
+    w.now += timedelta(seconds=RESULT_GRACE_SECONDS + 1)
+    w.step()
+    w.finish("calibrate", result="")  # the reader's pod is gone too: no reader of a reader
+    w.now += timedelta(seconds=RESULT_GRACE_SECONDS + 1)
+    d = w.step()
+    assert d.create == []
     assert w.status.phase == Phase.FAILED and w.cond("Ready").reason == "ResultMissing"
 
 

@@ -23,10 +23,11 @@ from typing import Any
 import pytest
 
 from samp_core.reconcile import ObservedJob, parse_status, reconcile
-from samp_core.results import parse_result
+from samp_core.results import Stage, parse_result
 from samp_core.stage_jobs import JobSettings
 from samp_core.stage_layout import CONFIG_MOUNT, PVC_ROOT, TERMINATION_LOG
 from samp_core.status import Phase
+from samp_core.stored_result import stored_result_path, summary_from_stored
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMP = str(Path(sys.executable).with_name("samp"))
@@ -137,6 +138,14 @@ def test_every_stage_job_runs_the_real_cli_and_its_summary_reaches_status(
     workdir = pvc / "out" / "samp" / "ml" / "tiny"
     assert any(workdir.glob("w-*/plan.json")), list(workdir.rglob("*"))[:20]
     assert any(workdir.glob("artifact-*/config.json")), list(workdir.rglob("*"))[:20]
+    # Every stage also stored its summary under the operator's inputs hash, which a reader
+    # Job returns when the pod is gone (samp_core.stored_result).
+    (wdir,) = workdir.glob("w-*")
+    for rec in st.stages:
+        stage = Stage(rec.stage)
+        stored = Path(stored_result_path(str(wdir), stage, rec.inputs_hash)).read_text()
+        assert json.loads(summary_from_stored(stage, rec.inputs_hash, stored)) == \
+            json.loads(jobs[rec.job or ""].result or "")
 
     # Attempt 2, as the canary opens it after a failed gate (phase Planning, attempt + 1):
     # the a2 plan Job derives a more conservative plan from attempt 1's kept copy, and

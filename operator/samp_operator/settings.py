@@ -73,8 +73,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from samp_core.children import JobSettings
 from samp_core.lease import LeaseTiming
+from samp_core.stage_jobs import JobSettings
 from samp_operator.prometheus import Credentials
 
 

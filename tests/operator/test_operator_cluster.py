@@ -276,17 +276,19 @@ def test_deletion_never_blocks_forever_when_the_api_refuses(
 
 def test_job_the_api_server_refuses_is_reported(operator_env: tuple[Operator, JobRuntime, Api]
                                                 ) -> None:
-    """A spec the CRD accepts but the Job API rejects (a node selector key that is not a
-    label key): a Warning Event quotes the API server, and the operator keeps running."""
+    """A spec the CRD accepts but the Job API rejects (a CPU request above its limit, which
+    only the pod template's validation checks): a Warning Event quotes the API server, and
+    the operator keeps running."""
     op, _runtime, api = operator_env
-    api.create_qm(qm_manifest("picky", api.ns, hardware__nodeSelector={"bad key!": "x"}))
+    api.create_qm(qm_manifest("picky", api.ns, hardware__resources={
+        "requests": {"cpu": "2"}, "limits": {"cpu": "1"}}))
 
     def refused() -> Any:
         return [e for e in api.events("picky") if e["reason"] == "CreateFailed"]
 
     events = wait_for(refused, 30, "a CreateFailed Event")
     assert events[0]["type"] == "Warning" and "picky-g1-cal" in events[0]["message"]
-    assert "nodeSelector" in events[0]["message"]
+    assert "must be less than or equal to cpu limit" in events[0]["message"]
     assert op.proc is not None and op.proc.poll() is None
-    api.patch_spec("picky", {"hardware": {"nodeSelector": {"bad key!": None, "pool": "gpu"}}})
+    api.patch_spec("picky", {"hardware": {"resources": {"limits": {"cpu": "2"}}}})
     wait_for(lambda: api.jobs("picky"), 30, "the Job once the spec is fixed")

@@ -34,6 +34,7 @@ from samp_jobs.evaluate import EvalDataError
 from samp_jobs.export import ExportError
 from samp_jobs.modeling import ModelLoadError
 from samp_jobs.pipeline import STAGES, JobConfig, run_all
+from samp_jobs.preflight import BadInputError, preflight
 from samp_jobs.runlog import log
 from samp_jobs.sources import resolve_model, resolve_prompts
 
@@ -330,12 +331,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         EvalDataError,
         ExportError,
         ModelLoadError,
+        BadInputError,
         PlanError,
         FileNotFoundError,
         ValidationError,
     )
     try:
         cfg = config_from(ns, stage)
+        preflight(cfg, stage)
         if stage == "quantize":
             run_all(cfg, evaluate=not ns.skip_evaluate)
             from samp_jobs.report import render

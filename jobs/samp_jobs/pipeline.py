@@ -44,6 +44,7 @@ from samp_jobs.calibration import (
     build_calibration,
     load_calibration_tokens,
     load_held_out,
+    model_context,
     save_calibration,
 )
 from samp_jobs.measured_costs import profile_with_measured_costs
@@ -170,7 +171,7 @@ def run_calibrate(cfg: JobConfig) -> CalibrationResult:
         raise ValueError("calibrate needs --prompts (or spec.calibration in the manifest)")
     seed_everything(cfg.seed)
     tok = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    cal = build_calibration(cfg.calibration, tok)
+    cal = build_calibration(cfg.calibration, tok, model_context(cfg.model))
     cal.result.inputs_hash = inputs_hash(
         model=model_digest(cfg.model),
         dataset=cal.result.dataset_digest,
@@ -378,7 +379,7 @@ def _replan(
 
 
 def run_export(cfg: JobConfig) -> ExportResult:
-    from samp_jobs.export import export
+    from samp_jobs.staging import staged_export
 
     _require_model(cfg)
     plan_path = cfg.workdir / "plan.json"
@@ -391,7 +392,7 @@ def run_export(cfg: JobConfig) -> ExportResult:
     ids = None
     if (cfg.workdir / "calibration_tokens.pt").is_file():
         ids = load_calibration_tokens(cfg.workdir)  # GPTQ takes rounding.maxTokens of them
-    result = export(
+    result = staged_export(
         Path(cfg.model),
         p,
         cfg.artifact_dir,

@@ -50,7 +50,9 @@ def write_result(doc: ResultBase, workdir: Path, termination_log: str | None = N
     workdir.mkdir(parents=True, exist_ok=True)
     stage = str(doc.stage)
     path = workdir / RESULT_FILES[stage]
-    path.write_text(doc.model_dump_json(by_alias=True, indent=2) + "\n")
+    tmp = path.with_name(path.name + ".tmp")  # a reader never sees half a document
+    tmp.write_text(doc.model_dump_json(by_alias=True, indent=2) + "\n")
+    tmp.replace(path)
     summary = doc.summary_json()
     target = termination_path(termination_log)
     if target is not None:
@@ -71,6 +73,16 @@ def store_for_operator(stage: str, workdir: Path, summary: str) -> None:
     path = Path(stored_result_path(str(workdir), Stage(stage), inputs))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(stored_result_document(Stage(stage), inputs, summary))
+
+
+def silence_progress() -> None:
+    """--no-progress: also the bars transformers, huggingface_hub and compressed-tensors
+    draw (tqdm reads TQDM_DISABLE as the default of ``disable`` for every bar)."""
+    os.environ["TQDM_DISABLE"] = "1"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 def read_json(path: Path, what: str) -> dict[str, Any]:

@@ -91,9 +91,24 @@ def load_weights_checked(path: Path, **kwargs: Any) -> Any:
         loaded = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True, **kwargs)
     except (OSError, ValueError) as e:  # a truncated or corrupt weight file
         raise ModelLoadError(f"{path}: the weights cannot be read: {e}") from None
+    except RuntimeError as e:  # transformers refuses weights whose shapes differ
+        if "mismatched" not in str(e):
+            raise
+        raise ModelLoadError(
+            f"{path}/config.json does not match the weights in {_weight_files(path)}: "
+            "weight shapes differ from the config (the table above lists them). Put the "
+            "config.json that belongs to these weights beside them"
+        ) from None
     model, info = loaded
     refuse_mismatched_weights(path, info)
     return model
+
+
+def _weight_files(path: Path) -> str:
+    files = sorted(p.name for p in path.glob("*.safetensors")) or sorted(
+        p.name for p in path.glob("*.bin")
+    )
+    return ", ".join(files) or "the directory"
 
 
 def refuse_mismatched_weights(path: Path, info: dict[str, Any]) -> None:
@@ -103,16 +118,13 @@ def refuse_mismatched_weights(path: Path, info: dict[str, Any]) -> None:
     unexpected = sorted(info.get("unexpected_keys") or [])
     if not missing and not unexpected:
         return
-    files = sorted(p.name for p in path.glob("*.safetensors")) or sorted(
-        p.name for p in path.glob("*.bin")
-    )
     parts = []
     if missing:
         parts.append(f"{len(missing)} weights the config expects are missing ({missing[:3]})")
     if unexpected:
         parts.append(f"{len(unexpected)} weights the config does not know ({unexpected[:3]})")
     raise ModelLoadError(
-        f"{path}/config.json does not match the weights in {', '.join(files) or 'the directory'}: "
+        f"{path}/config.json does not match the weights in {_weight_files(path)}: "
         + "; ".join(parts)
         + "; they would be randomly initialised. Put the config.json that belongs to these "
         "weights beside them"

@@ -77,12 +77,24 @@ def store_for_operator(stage: str, workdir: Path, summary: str) -> None:
 
 def silence_progress() -> None:
     """--no-progress: also the bars transformers, huggingface_hub and compressed-tensors
-    draw (tqdm reads TQDM_DISABLE as the default of ``disable`` for every bar)."""
+    draw. tqdm reads TQDM_DISABLE only when imported, so in this process every bar is
+    created disabled; the variables cover child processes."""
     os.environ["TQDM_DISABLE"] = "1"
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    import tqdm.std
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    init = tqdm.std.tqdm.__init__
+    if getattr(init, "samp_silenced", False):
+        return
+
+    def silenced(self: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs["disable"] = True
+        init(self, *args, **kwargs)
+
+    silenced.samp_silenced = True  # type: ignore[attr-defined]
+    tqdm.std.tqdm.__init__ = silenced
 
 
 def read_json(path: Path, what: str) -> dict[str, Any]:

@@ -410,16 +410,17 @@ def run_export(cfg: JobConfig) -> ExportResult:
 
 def _load_pair_on_gpus(cfg: JobConfig) -> tuple[Any, Any, Any]:
     """Base and quantized model spread over the visible GPUs, each within half of them."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from samp_jobs.evaluate import gpu_memory_map, load_quantized, quantized_gpu_budget
+    from samp_jobs.modeling import load_weights_checked
     from samp_jobs.placement import host_available_bytes
 
     _require_model(cfg)
     # the base may spill to host memory (accelerate streams it in); the quantized model
     # may not (see quantized_gpu_budget)
-    base = AutoModelForCausalLM.from_pretrained(
-        cfg.model,
+    base = load_weights_checked(
+        Path(cfg.model),
         dtype="auto" if cfg.dtype == "auto" else DTYPES[cfg.dtype],
         trust_remote_code=cfg.trust_remote_code,
         device_map="auto",

@@ -21,6 +21,7 @@ from samp_jobs.calibration import (
 )
 from samp_jobs.cli import main
 from samp_jobs.modeling import ModelLoadError, load_model
+from samp_jobs.report import calibration_line
 from samp_jobs.staging import staged_dir
 
 
@@ -184,6 +185,9 @@ def test_max_sequence_length_is_capped_at_the_model_context(
     cal = build_calibration(opts, tok, model_context(tiny_llama))
     assert cal.input_ids.shape[1] == 256
     assert cal.result.max_sequence_length_capped_to == 256
+    assert "maxSequenceLength capped to the model's context, 256 tokens" in calibration_line(
+        cal.result
+    )  # the run's printed report
     err = capsys.readouterr().err
     assert '"capped_to": 256' in err and '"event": "calibration.dropped"' in err
 

@@ -338,7 +338,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         cfg = config_from(ns, stage)
-        preflight(cfg, stage)
+        preflight(stage, workdir=cfg.workdir, model_dir=cfg.model, eval_set=cfg.eval_set,
+                  progress=cfg.progress)
         if stage == "quantize":
             run_all(cfg, evaluate=not ns.skip_evaluate)
             from samp_jobs.report import render

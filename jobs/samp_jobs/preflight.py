@@ -13,7 +13,6 @@ import os
 import struct
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from samp_jobs.evaluate import eval_records
 from samp_jobs.runlog import log, silence_progress
@@ -25,16 +24,20 @@ class BadInputError(ValueError):
     """An input a stage cannot use; the message names the file and how to fix it."""
 
 
-def preflight(cfg: Any, stage: str) -> None:
-    """Everything ``stage`` (``quantize``: every stage) reads, checked up front.
-
-    ``cfg`` is a samp_jobs.pipeline.JobConfig (typed loosely: pipeline imports this)."""
-    if not cfg.progress:
+def preflight(
+    stage: str,
+    *,
+    workdir: str | Path,
+    model_dir: str | Path | None,
+    eval_set: str | Path | None,
+    progress: bool = True,
+) -> None:
+    """Everything ``stage`` (``quantize``: every stage) reads, checked up front."""
+    if not progress:
         silence_progress()
-    check_workdir_writable(Path(cfg.workdir))
-    if cfg.model and stage in ("quantize", "calibrate", "sensitivity", "export", "evaluate"):
-        check_safetensors(Path(cfg.model))
-    eval_set = getattr(cfg, "eval_set", None)
+    check_workdir_writable(Path(workdir))
+    if model_dir and stage in ("quantize", "calibrate", "sensitivity", "export", "evaluate"):
+        check_safetensors(Path(model_dir))
     if eval_set is not None and stage in ("quantize", "evaluate"):
         n = len(eval_records(Path(eval_set)))
         log("preflight.eval_set", path=str(eval_set), records=n)

@@ -1,7 +1,8 @@
 """What the planner is asked: the request, its budget, its errors, and how a spec maps to it.
 
-``request_from_spec`` is the one place API semantics become planner semantics, so the
-operator and the plan job cannot drift. The planner itself is ``samp_core.planner``.
+``request_from_spec`` maps a spec to the request through the stage contract
+(samp_core.stage_contract), the same mapping the plan Job uses, so the operator and the
+plan job cannot drift. The planner itself is ``samp_core.planner``.
 """
 
 from __future__ import annotations
@@ -166,42 +167,14 @@ def request_from_spec(
 ) -> PlanRequest:
     """The planner request for a QuantizedModel's ``spec.quantization``.
 
-    One place maps API semantics to planner semantics, so the operator and the
-    plan job cannot drift: ``keepUnquantized`` overrides become the profile's
-    16-bit format, a quantity budget becomes bytes, and ``exportFormat`` fixes
-    the checkpoint family.
+    The spec goes through the stage contract's mapping, the same one the plan Job
+    uses (samp_core.stage_contract.quantization_inputs, then plan_request), so the
+    operator and the plan job cannot drift.
     """
-    b = quantization.budget
-    budget = Budget(
-        max_weight_bytes=b.max_bytes(),
-        fraction_of_16bit=b.fraction_of_16bit,
-        effective_bits=b.effective_bits,
-    )
-    sixteen = sixteen_bit_formats(profile, quantization.allowed_formats)[0]
-    overrides = [
-        (o.match, o.format if o.format is not None else sixteen) for o in quantization.overrides
-    ]
-    return PlanRequest(
-        groups=groups,
-        scores=scores,
-        profile=profile,
-        budget=budget,
-        allowed_formats=list(quantization.allowed_formats),
-        overrides=overrides,
-        keep_lm_head_16bit=quantization.keep_lm_head16_bit,
-        keep_embeddings_16bit=quantization.keep_embeddings16_bit,
-        allow_non_native=quantization.allow_non_native_formats,
-        export_format=quantization.export_format,
-        group_size=quantization.group_size,
-        max_relative_latency=max_relative_latency,
-        rounding=Rounding(
-            method=quantization.rounding.method,
-            formats=list(quantization.rounding.gptq_formats),
-            dampening_fraction=quantization.rounding.dampening_fraction,
-            act_order=quantization.rounding.act_order,
-            max_tokens=quantization.rounding.max_tokens,
-        ),
-    )
+    from samp_core.stage_contract import plan_request, quantization_inputs
+
+    return plan_request(quantization_inputs(quantization), groups=groups, scores=scores,
+                        profile=profile, max_relative_latency=max_relative_latency)
 
 
 def group_bytes(group: LayerGroup, fmt: Format, group_size: int) -> int:

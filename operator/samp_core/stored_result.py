@@ -2,9 +2,10 @@
 
 The operator learns a stage's result from its pod's termination message. A pod that
 completed and was garbage-collected (node drained, pod GC) while the operator was down
-takes that message with it, though the stage did its work. So every stage also stores its
-summary in its work directory, under the **operator's** inputs hash of the stage
-(``SAMP_INPUTS_HASH``, children.job_manifest): ``results/<stage>-<hash16>.json`` =
+takes that message with it, though the stage did its work. So every stage of an operator's
+Job also stores its summary in its work directory, under the stage's inputs hash (the
+StageInvocation's, which is checked against samp_core.stage_contract.stage_hashes when the
+Job reads it), at ``StagePaths.stored_result`` = ``results/<stage>-<hash16>.json``:
 ``{"stage", "inputsHash", "summary"}``. When a Succeeded Job has no result, the operator
 runs a small *reader* Job (:func:`reader_job_manifest`: no GPU, the artifact volume only)
 that checks the stored copy was written for exactly these inputs
@@ -23,28 +24,35 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from samp_core.api import QuantizedModel
-from samp_core.children import (
+from samp_core.results import Stage
+from samp_core.stage_jobs import JobSettings, job_manifest
+from samp_core.stage_layout import (
     CONFIG_MOUNT,
+    RESULTS_DIR,
     TERMINATION_LOG,
-    JobSettings,
-    job_manifest,
     local_path,
-    short_hash,
+    stored_result_path,
     workdir_uri,
 )
-from samp_core.results import Stage
 
-RESULTS_DIR: Final = "results"
+__all__ = [
+    "READER_SUFFIX",
+    "RESULTS_DIR",
+    "StoredResultError",
+    "is_reader",
+    "reader_for",
+    "reader_job_manifest",
+    "stored_result_document",
+    "stored_result_path",
+    "summary_from_stored",
+]
+
 READER_SUFFIX: Final = "-read"  # stage Job names end in a stage's short name, never this
 READER_DEADLINE_SECONDS: Final = 600
 
 
 class StoredResultError(ValueError):
     """The store holds no usable result for these inputs (the message says why)."""
-
-
-def stored_result_path(workdir: str, stage: Stage, inputs_hash: str) -> str:
-    return f"{workdir.rstrip('/')}/{RESULTS_DIR}/{stage.value}-{short_hash(inputs_hash)}.json"
 
 
 def stored_result_document(stage: Stage, inputs_hash: str, summary_json: str) -> str:

@@ -5,10 +5,10 @@ Subcommands:
   samp crds [--check] [--out]  write (or check) the generated CRD YAML
   samp rollout status|promote|abort|pause|resume NAME [-n NS]
                                show or steer a canary (annotations; never writes spec)
-  samp operator run [...]      run the operator (needs the 'operator' extra)
   samp operator run [flags]    run the operator (samp_operator.main; needs the 'operator' extra)
   samp quantize|calibrate|sensitivity|plan|export|evaluate ...
-                               the SAMP job stages (samp_jobs.cli; needs the 'jobs' extra)
+                               the SAMP job stages (samp_jobs.cli; needs the 'jobs' extra):
+                               a stage Job runs `samp <stage> --invocation FILE`
   samp read-result ...         the reader Job of a stage whose pod is gone (samp_jobs.stored)
 
 Each subcommand imports only what it needs, so `samp validate` works in the

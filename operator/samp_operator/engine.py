@@ -39,13 +39,9 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from samp_core.children import (
-    cleanup_job_manifest,
-    cleanup_job_name,
-    cleanup_supported,
-    selector,
-)
 from samp_core.reconcile import Decision, ObservedJob, reconcile
+from samp_core.stage_jobs import cleanup_job_manifest, cleanup_supported
+from samp_core.stage_layout import cleanup_job_name, selector
 from samp_core.validation import validate_manifest
 from samp_operator.canary_kube import CanaryPlan, KubeCanary, settled_marker
 from samp_operator.kube import ConflictError, Kube

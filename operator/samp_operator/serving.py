@@ -129,12 +129,23 @@ def canary_manifests(
     QuantizedModel (apiVersion, kind, name, uid) so deleting it deletes the canary.
     """
     dep_name, svc_name = canary_names(name)
-    serving = spec.serving
+    port = spec.serving.port
     model, volumes, mounts, load_args = model_location(artifact_uri)
     # vLLM's engine and workers talk over /dev/shm (160 MiB for even a tiny model);
     # a container's default is 64 MiB, so without this the pod crash-loops (tests/e2e).
     volumes = [*volumes, {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM}}]
     mounts = [*mounts, {"name": "dshm", "mountPath": "/dev/shm"}]
+    args = [
+        "--model", model,
+        "--served-model-name", served_model_name,
+        *[a for a in dict.fromkeys(aliases) if a != served_model_name],
+        "--host", "0.0.0.0",
+        "--port", str(port),
+        *quantization_args(export_format),
+        *load_args,
+        *(["--trust-remote-code"] if spec.model.trust_remote_code else []),
+        *spec.serving.extra_args,
+    ]
     selector = {OWNER_LABEL: name, ROLE_LABEL: "canary"}
     pod_labels = {
         **(extra_pod_labels or {}),
@@ -145,26 +156,43 @@ def canary_manifests(
         "app.kubernetes.io/component": "canary",
         "app.kubernetes.io/managed-by": "samp-operator",
     }
-    args = [
-        "--model",
-        model,
-        "--served-model-name",
-        served_model_name,
-        *[a for a in dict.fromkeys(aliases) if a != served_model_name],
-        "--host",
-        "0.0.0.0",
-        "--port",
-        str(serving.port),
-        *quantization_args(export_format),
-        *load_args,
-        *(["--trust-remote-code"] if spec.model.trust_remote_code else []),
-        *serving.extra_args,
-    ]
-    env: list[dict[str, Any]] = []
-    env_from: list[dict[str, Any]] = []
-    secret = spec.artifacts.secret_ref or spec.model.secret_ref
-    if secret is not None and not artifact_uri.startswith("pvc://"):
-        env_from.append({"secretRef": {"name": secret.name}})
+    meta_labels = {k: v for k, v in pod_labels.items() if k != ATTEMPT_LABEL}
+    container = _vllm_container(spec, artifact_uri, args, mounts)
+    pod_spec = {
+        "containers": [container],
+        "volumes": volumes,
+        "terminationGracePeriodSeconds": GRACE_SECONDS,
+        "automountServiceAccountToken": spec.serving.automount_service_account_token,
+    }
+    scrape = {"prometheus.io/scrape": "true", "prometheus.io/port": str(port),
+              "prometheus.io/path": "/metrics"}
+    metadata = {"namespace": namespace, "labels": meta_labels, "ownerReferences": _owner(owner)}
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": dep_name, **metadata},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector},
+            "template": {"metadata": {"labels": pod_labels, "annotations": scrape},
+                         "spec": pod_spec},
+        },
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": svc_name, **metadata},
+        "spec": {"selector": selector,
+                 "ports": [{"name": "http", "port": port, "targetPort": port}]},
+    }
+    return deployment, service
+
+
+def _vllm_container(
+    spec: QuantizedModelSpec, artifact_uri: str, args: list[str], mounts: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The canary's vLLM container: probes on /health, hardened, draining on stop."""
+    serving = spec.serving
     probe = {"httpGet": {"path": "/health", "port": serving.port}}
     container: dict[str, Any] = {
         "name": "vllm",
@@ -183,56 +211,10 @@ def canary_manifests(
         # 10 s still 3 of 1200, all queued at the stable when it stopped).
         "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SECONDS}}},
     }
-    if env:
-        container["env"] = env
-    if env_from:
-        container["envFrom"] = env_from
-    meta_labels = {k: v for k, v in pod_labels.items() if k != ATTEMPT_LABEL}
-    deployment = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {
-            "name": dep_name,
-            "namespace": namespace,
-            "labels": meta_labels,
-            "ownerReferences": _owner(owner),
-        },
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": selector},
-            "template": {
-                "metadata": {
-                    "labels": pod_labels,
-                    "annotations": {
-                        "prometheus.io/scrape": "true",
-                        "prometheus.io/port": str(serving.port),
-                        "prometheus.io/path": "/metrics",
-                    },
-                },
-                "spec": {
-                    "containers": [container],
-                    "volumes": volumes,
-                    "terminationGracePeriodSeconds": GRACE_SECONDS,
-                    "automountServiceAccountToken": serving.automount_service_account_token,
-                },
-            },
-        },
-    }
-    service = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {
-            "name": svc_name,
-            "namespace": namespace,
-            "labels": meta_labels,
-            "ownerReferences": _owner(owner),
-        },
-        "spec": {
-            "selector": selector,
-            "ports": [{"name": "http", "port": serving.port, "targetPort": serving.port}],
-        },
-    }
-    return deployment, service
+    secret = spec.artifacts.secret_ref or spec.model.secret_ref
+    if secret is not None and not artifact_uri.startswith("pvc://"):
+        container["envFrom"] = [{"secretRef": {"name": secret.name}}]
+    return container
 
 
 def _with_served_names(args: list[str], names: list[str]) -> list[str]:

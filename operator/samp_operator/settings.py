@@ -69,12 +69,13 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from samp_core.children import JobSettings
 from samp_core.lease import LeaseTiming
+from samp_core.stage_jobs import JobSettings
 from samp_operator.prometheus import Credentials
 
 
@@ -229,34 +230,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="stop at Evaluated; never start canaries [SAMP_CANARY=false]")
 
 
-def _lease_timing(number: Callable[[str, str, float, type], float]) -> LeaseTiming:
-    d = LeaseTiming()
-    return LeaseTiming(
-        lease_duration=number("leader_election_lease_duration_seconds",
-                              "SAMP_LEADER_ELECTION_LEASE_DURATION", d.lease_duration, float),
-        renew_deadline=number("leader_election_renew_deadline_seconds",
-                              "SAMP_LEADER_ELECTION_RENEW_DEADLINE", d.renew_deadline, float),
-        retry_period=number("leader_election_retry_period_seconds",
-                            "SAMP_LEADER_ELECTION_RETRY_PERIOD", d.retry_period, float),
-    )
+@dataclass(frozen=True)
+class _Source:
+    """Where each setting comes from: the flag when given, else the variable, else the
+    default; errors name both, so the fix is obvious whichever way it was set."""
 
+    args: Mapping[str, Any]
+    env: Mapping[str, str]
 
-def from_env_and_args(
-    ns: argparse.Namespace | None = None, env: Mapping[str, str] | None = None
-) -> OperatorSettings:
-    """Build settings; raises ValueError naming the bad variable or flag."""
-    env = os.environ if env is None else env
-    args = vars(ns) if ns is not None else {}
-    d = OperatorSettings()
-
-    def pick(flag: str, var: str, default: object) -> object:
-        value = args.get(flag)
+    def pick(self, flag: str, var: str, default: object) -> object:
+        value = self.args.get(flag)
         if value is not None:
             return value
-        return env.get(var) or default
+        return self.env.get(var) or default
 
-    def number(flag: str, var: str, default: float, kind: type) -> float:
-        raw = pick(flag, var, default)
+    def text(self, flag: str, var: str) -> str | None:
+        """An optional string: empty means unset."""
+        return str(self.pick(flag, var, "")) or None
+
+    def number(self, flag: str, var: str, default: float, kind: type) -> float:
+        raw = self.pick(flag, var, default)
         try:
             value = kind(raw)
         except (TypeError, ValueError) as err:
@@ -266,70 +259,116 @@ def from_env_and_args(
             raise ValueError(f"{var} / --{flag.replace('_', '-')}: must not be negative")
         return float(value)
 
-    def pairs(flag: str, var: str) -> dict[str, str]:
-        items: Sequence[str] | None = args.get(flag)
+    def pairs(self, flag: str, var: str) -> dict[str, str]:
+        items: Sequence[str] | None = self.args.get(flag)
         try:
             if items:
                 return _pairs(",".join(items))
-            return _pairs(env.get(var, ""))
+            return _pairs(self.env.get(var, ""))
         except ValueError as err:
             raise ValueError(f"{var} / --{flag.replace('_', '-')}: {err}") from err
 
-    def label(flag: str, var: str, default: str) -> str | None:
-        value = args.get(flag)
+    def label(self, flag: str, var: str, default: str) -> str | None:
+        value = self.args.get(flag)
         if value is None:
-            value = env.get(var, default)
+            value = self.env.get(var, default)
         return str(value).strip() or None
 
-    namespaces: Sequence[str] = args.get("namespaces") or [
-        n.strip() for n in env.get("SAMP_NAMESPACES", "").split(",") if n.strip()]
-    return OperatorSettings(
-        namespaces=tuple(namespaces),
-        job_image=str(pick("job_image", "SAMP_JOB_IMAGE", d.job_image)),
-        job_image_pull_policy=str(pick("job_image_pull_policy", "SAMP_JOB_IMAGE_PULL_POLICY",
-                                       d.job_image_pull_policy)),
-        job_service_account=(str(pick("job_service_account", "SAMP_JOB_SERVICE_ACCOUNT", ""))
-                             or None),
-        job_ttl_seconds=int(number("job_ttl_seconds", "SAMP_JOB_TTL_SECONDS",
-                                   d.job_ttl_seconds, int)),
-        job_scratch_size=str(pick("job_scratch_size", "SAMP_JOB_SCRATCH_SIZE",
-                                  d.job_scratch_size)),
-        job_pod_annotations=pairs("job_pod_annotation", "SAMP_JOB_POD_ANNOTATIONS"),
-        job_pod_labels=pairs("job_pod_label", "SAMP_JOB_POD_LABELS"),
-        prometheus_url=_no_userinfo(
-            str(pick("prometheus_url", "SAMP_PROMETHEUS_URL", "")) or None,
-            "SAMP_PROMETHEUS_URL / --prometheus-url"),
-        prometheus_ca_file=(str(pick("prometheus_ca_file", "SAMP_PROMETHEUS_CA_FILE", ""))
-                            or None),
-        prometheus_insecure_skip_verify=_flag_on(pick(
+    def items(self, flag: str, var: str) -> tuple[str, ...]:
+        """A repeatable flag, else a comma-separated variable."""
+        return tuple(self.args.get(flag) or [
+            item.strip() for item in self.env.get(var, "").split(",") if item.strip()])
+
+
+def _job_settings(src: _Source, d: OperatorSettings) -> dict[str, Any]:
+    return {
+        "job_image": str(src.pick("job_image", "SAMP_JOB_IMAGE", d.job_image)),
+        "job_image_pull_policy": str(src.pick(
+            "job_image_pull_policy", "SAMP_JOB_IMAGE_PULL_POLICY", d.job_image_pull_policy)),
+        "job_service_account": src.text("job_service_account", "SAMP_JOB_SERVICE_ACCOUNT"),
+        "job_ttl_seconds": int(src.number("job_ttl_seconds", "SAMP_JOB_TTL_SECONDS",
+                                          d.job_ttl_seconds, int)),
+        "job_scratch_size": str(src.pick("job_scratch_size", "SAMP_JOB_SCRATCH_SIZE",
+                                         d.job_scratch_size)),
+        "job_pod_annotations": src.pairs("job_pod_annotation", "SAMP_JOB_POD_ANNOTATIONS"),
+        "job_pod_labels": src.pairs("job_pod_label", "SAMP_JOB_POD_LABELS"),
+    }
+
+
+def _prometheus_settings(src: _Source) -> dict[str, Any]:
+    return {
+        "prometheus_url": _no_userinfo(src.text("prometheus_url", "SAMP_PROMETHEUS_URL"),
+                                       "SAMP_PROMETHEUS_URL / --prometheus-url"),
+        "prometheus_ca_file": src.text("prometheus_ca_file", "SAMP_PROMETHEUS_CA_FILE"),
+        "prometheus_insecure_skip_verify": _flag_on(src.pick(
             "prometheus_insecure_skip_verify", "SAMP_PROMETHEUS_INSECURE_SKIP_VERIFY", "")),
-        prometheus_credentials=Credentials(
-            token=env.get("SAMP_PROMETHEUS_TOKEN") or None,
-            username=env.get("SAMP_PROMETHEUS_USERNAME") or None,
-            password=env.get("SAMP_PROMETHEUS_PASSWORD") or None,
+        "prometheus_credentials": Credentials(
+            token=src.env.get("SAMP_PROMETHEUS_TOKEN") or None,
+            username=src.env.get("SAMP_PROMETHEUS_USERNAME") or None,
+            password=src.env.get("SAMP_PROMETHEUS_PASSWORD") or None,
         ),
-        prometheus_namespace_label=label("prometheus_namespace_label",
-                                         "SAMP_PROMETHEUS_NAMESPACE_LABEL", "namespace"),
-        prometheus_pod_label=label("prometheus_pod_label", "SAMP_PROMETHEUS_POD_LABEL", "pod"),
-        prometheus_allowed_hosts=tuple(args.get("prometheus_allowed_hosts") or [
-            h.strip() for h in env.get("SAMP_PROMETHEUS_ALLOWED_HOSTS", "").split(",")
-            if h.strip()]),
-        metrics_address=str(pick("metrics_address", "SAMP_METRICS_ADDRESS",
-                                 d.metrics_address)),
-        metrics_port=int(number("metrics_port", "SAMP_METRICS_PORT", d.metrics_port, int)),
-        resync_seconds=number("resync_seconds", "SAMP_RESYNC_SECONDS", d.resync_seconds, float),
-        finalizer_timeout_seconds=number("finalizer_timeout_seconds",
-                                         "SAMP_FINALIZER_TIMEOUT_SECONDS",
-                                         d.finalizer_timeout_seconds, float),
-        workers=max(1, int(number("workers", "SAMP_WORKERS", d.workers, int))),
-        leader_election_namespace=(str(pick("leader_election_namespace",
-                                            "SAMP_LEADER_ELECTION_NAMESPACE", "")) or None),
-        leader_election_lease=str(pick("leader_election_lease", "SAMP_LEADER_ELECTION_LEASE",
-                                       d.leader_election_lease)),
-        leader_election_identity=str(pick("leader_election_identity", "POD_NAME", "")
-                                     or f"{socket.gethostname()}-{os.getpid()}"),
-        lease_timing=_lease_timing(number),
-        log_level=str(pick("log_level", "SAMP_LOG_LEVEL", d.log_level)).upper(),
-        canary=(args["canary"] if args.get("canary") is not None else
-                env.get("SAMP_CANARY", "true").strip().lower() not in ("false", "0", "no", "off")),
+        "prometheus_namespace_label": src.label(
+            "prometheus_namespace_label", "SAMP_PROMETHEUS_NAMESPACE_LABEL", "namespace"),
+        "prometheus_pod_label": src.label("prometheus_pod_label", "SAMP_PROMETHEUS_POD_LABEL",
+                                          "pod"),
+        "prometheus_allowed_hosts": src.items("prometheus_allowed_hosts",
+                                              "SAMP_PROMETHEUS_ALLOWED_HOSTS"),
+    }
+
+
+def _leader_settings(src: _Source, d: OperatorSettings) -> dict[str, Any]:
+    timing = LeaseTiming()
+    return {
+        "leader_election_namespace": src.text("leader_election_namespace",
+                                              "SAMP_LEADER_ELECTION_NAMESPACE"),
+        "leader_election_lease": str(src.pick("leader_election_lease",
+                                              "SAMP_LEADER_ELECTION_LEASE",
+                                              d.leader_election_lease)),
+        "leader_election_identity": str(src.pick("leader_election_identity", "POD_NAME", "")
+                                        or f"{socket.gethostname()}-{os.getpid()}"),
+        "lease_timing": LeaseTiming(
+            lease_duration=src.number("leader_election_lease_duration_seconds",
+                                      "SAMP_LEADER_ELECTION_LEASE_DURATION",
+                                      timing.lease_duration, float),
+            renew_deadline=src.number("leader_election_renew_deadline_seconds",
+                                      "SAMP_LEADER_ELECTION_RENEW_DEADLINE",
+                                      timing.renew_deadline, float),
+            retry_period=src.number("leader_election_retry_period_seconds",
+                                    "SAMP_LEADER_ELECTION_RETRY_PERIOD",
+                                    timing.retry_period, float),
+        ),
+    }
+
+
+def _runtime_settings(src: _Source, d: OperatorSettings) -> dict[str, Any]:
+    canary = src.args.get("canary")
+    return {
+        "metrics_address": str(src.pick("metrics_address", "SAMP_METRICS_ADDRESS",
+                                        d.metrics_address)),
+        "metrics_port": int(src.number("metrics_port", "SAMP_METRICS_PORT", d.metrics_port,
+                                       int)),
+        "resync_seconds": src.number("resync_seconds", "SAMP_RESYNC_SECONDS",
+                                     d.resync_seconds, float),
+        "finalizer_timeout_seconds": src.number(
+            "finalizer_timeout_seconds", "SAMP_FINALIZER_TIMEOUT_SECONDS",
+            d.finalizer_timeout_seconds, float),
+        "workers": max(1, int(src.number("workers", "SAMP_WORKERS", d.workers, int))),
+        "log_level": str(src.pick("log_level", "SAMP_LOG_LEVEL", d.log_level)).upper(),
+        "canary": canary if canary is not None else src.env.get(
+            "SAMP_CANARY", "true").strip().lower() not in ("false", "0", "no", "off"),
+    }
+
+
+def from_env_and_args(
+    ns: argparse.Namespace | None = None, env: Mapping[str, str] | None = None
+) -> OperatorSettings:
+    """Build settings; raises ValueError naming the bad variable or flag."""
+    src = _Source(vars(ns) if ns is not None else {}, os.environ if env is None else env)
+    d = OperatorSettings()
+    return OperatorSettings(
+        namespaces=src.items("namespaces", "SAMP_NAMESPACES"),
+        **_job_settings(src, d),
+        **_prometheus_settings(src),
+        **_leader_settings(src, d),
+        **_runtime_settings(src, d),
     )

@@ -7,11 +7,13 @@ import json
 import pytest
 
 from samp_core.api import QuantizedModel
-from samp_core.children import CONFIG_MOUNT, JobSettings, job_manifest, stage_hashes
 from samp_core.results import Stage
+from samp_core.stage_jobs import JobSettings, job_manifest, stage_hashes_for, stage_invocation
+from samp_core.stage_layout import CONFIG_MOUNT
 from samp_core.stored_result import (
     StoredResultError,
     is_reader,
+    reader_for,
     reader_job_manifest,
     stored_result_document,
     stored_result_path,
@@ -54,7 +56,7 @@ def test_stored_summary_round_trips_for_its_own_inputs_only() -> None:
 
 def test_reader_job_is_the_stage_job_without_gpu_or_config_reading_the_store() -> None:
     res = resource()
-    hashes = stage_hashes(res)
+    hashes = stage_hashes_for(res)
     stage_job = job_manifest(res, "u", Stage.SENSITIVITY, hashes, JobSettings())
     name = stage_job["metadata"]["name"]
     reader = reader_job_manifest(stage_job, name, stage=Stage.SENSITIVITY,
@@ -77,3 +79,17 @@ def test_reader_job_is_the_stage_job_without_gpu_or_config_reading_the_store() -
     assert any(m["mountPath"].startswith("/mnt/pvc/artifacts") for m in c["volumeMounts"])
     # The stage's own manifest is left as it was.
     assert "nvidia.com/gpu" in json.dumps(stage_job)
+
+
+def test_stage_invocation_names_the_file_its_reader_reads() -> None:
+    res = resource()
+    hashes = stage_hashes_for(res)
+    settings = JobSettings()
+    reader = reader_for(res, "llama-g1-cal", uid="u", stage=Stage.CALIBRATE, hashes=hashes,
+                        settings=settings)
+    assert reader is not None
+    (c,) = reader["spec"]["template"]["spec"]["containers"]
+    inv = stage_invocation(res, Stage.CALIBRATE, hashes)
+    assert inv.paths.stored_result == c["command"][c["command"].index("--file") + 1]
+    assert inv.inputs_hash == c["command"][c["command"].index("--inputs-hash") + 1] == \
+        hashes[Stage.CALIBRATE]

@@ -12,8 +12,16 @@ from samp_core.formats import Format
 from samp_core.groups import LayerGroup
 from samp_core.hardware import MeasuredCosts, get_profile
 from samp_core.planner import Budget
+from samp_core.results import Stage
+from samp_core.stage_contract import (
+    ModelInputs,
+    QuantizationInputs,
+    StageInputs,
+    StageInvocation,
+    StagePaths,
+)
 from samp_jobs import measured_costs
-from samp_jobs.pipeline import JobConfig, plan_request
+from samp_jobs.stage_options import plan_request_for
 
 SHIPPED = "sm90.measured.json"
 
@@ -36,7 +44,14 @@ def test_plan_stage_uses_measured_sm90_costs(
 ) -> None:
     monkeypatch.delenv(measured_costs.ENV_VAR, raising=False)
     doc = _doc()
-    cfg = JobConfig(workdir=tmp_path, profile="sm90", budget=Budget(fraction_of_16bit=0.5))
+    inv = StageInvocation(
+        stage=Stage.PLAN,
+        inputs=StageInputs(
+            model=ModelInputs(source=""), profile="sm90",
+            quantization=QuantizationInputs(budget=Budget(fraction_of_16bit=0.5),
+                                            formats=[Format.INT4_W4A16, Format.BF16])),
+        paths=StagePaths(workdir=str(tmp_path), artifact=str(tmp_path / "artifact")),
+    )
     group = LayerGroup.model_validate(
         {
             "name": "model.layers.0.mlp.down_proj",
@@ -47,7 +62,7 @@ def test_plan_stage_uses_measured_sm90_costs(
             "outFeatures": 256,
         }
     )
-    req = plan_request(cfg, [group], {group.name: {Format.INT4_W4A16: 1.0}})
+    req = plan_request_for(inv, [group], {group.name: {Format.INT4_W4A16: 1.0}})
     for fmt, cost in doc.relative_cost.items():
         sup = req.profile.support(fmt)
         assert sup.cost_source == f"measured:{SHIPPED}"

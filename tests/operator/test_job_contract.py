@@ -1,12 +1,13 @@
 """The operator's Jobs run the real jobs CLI: the contract between the two, end to end.
 
 No cluster: the state machine (samp_core.reconcile) decides, and each Job it creates is
-"run" here by executing the Job's own container command with its own environment, the
-only change being the mount roots (/mnt/pvc, /etc/samp, /dev/termination-log) mapped to
-temporary directories. The termination-log file each stage writes is then handed back
-to the state machine as the pod's termination message, exactly the production transport.
-So a flag the CLI does not know, a path it cannot resolve, or a summary the operator
-cannot read fails this test.
+"run" here by executing the Job's own container command with its own environment and its
+ConfigMap's invocation document, the only change being the mount roots (/mnt/pvc,
+/etc/samp, /dev/termination-log) mapped to temporary directories. The termination-log
+file each stage writes is then handed back to the state machine as the pod's termination
+message, exactly the production transport.
+So a document the CLI cannot read, a path it cannot resolve, a hash chain the two sides
+compute differently, or a summary the operator cannot read fails this test.
 """
 
 from __future__ import annotations
@@ -21,14 +22,10 @@ from typing import Any
 
 import pytest
 
-from samp_core.children import (
-    CONFIG_MOUNT,
-    PVC_ROOT,
-    TERMINATION_LOG,
-    JobSettings,
-)
 from samp_core.reconcile import ObservedJob, parse_status, reconcile
-from samp_core.results import Stage
+from samp_core.results import Stage, parse_result
+from samp_core.stage_jobs import JobSettings
+from samp_core.stage_layout import CONFIG_MOUNT, PVC_ROOT, TERMINATION_LOG
 from samp_core.status import Phase
 from samp_core.stored_result import stored_result_path, summary_from_stored
 
@@ -67,14 +64,14 @@ def _run_job(job: dict[str, Any], cfg: dict[str, str], root: Path) -> tuple[int,
     c = job["spec"]["template"]["spec"]["containers"][0]
     cfg_dir = root / "etc-samp" / job["metadata"]["name"]
     cfg_dir.mkdir(parents=True, exist_ok=True)
-    for key, text in cfg.items():
-        (cfg_dir / key).write_text(text)
     term = root / f"termination-{job['metadata']['name']}"
 
     def local(arg: str) -> str:
         return (arg.replace(PVC_ROOT, str(root / "pvc")).replace(CONFIG_MOUNT, str(cfg_dir))
                 .replace(TERMINATION_LOG, str(term)))
 
+    for key, text in cfg.items():
+        (cfg_dir / key).write_text(local(text))
     cmd = [SAMP if c["command"][0] == "samp" else c["command"][0],
            *[local(a) for a in c["command"][1:]]]
     env = {**os.environ, **{e["name"]: local(e["value"]) for e in c["env"]}}
@@ -168,3 +165,8 @@ def test_every_stage_job_runs_the_real_cli_and_its_summary_reaches_status(
     assert st2.artifact_uri is not None and st2.artifact_uri != artifact1
     copies = sorted(workdir.glob("w-*/plans/*.json"))
     assert len(copies) == 2, copies  # one kept plan per attempt
+    # Every document carries the hash the operator computed for its stage: one chain.
+    (w,) = workdir.glob("w-*")
+    documents = {r.stage: parse_result((w / f).read_text()).inputs_hash for r, f in zip(
+        st2.stages, ["calibration.json", "sensitivity.json", "plan.json"], strict=False)}
+    assert documents == {r.stage: r.inputs_hash for r in st2.stages[:3]}

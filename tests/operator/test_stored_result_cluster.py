@@ -4,14 +4,15 @@ store (samp_core.stored_result) instead of failing the stage.
 
 KWOK runs no containers, so the test plays them (operator_harness.JobRuntime), with the
 real code on a local directory standing in for the artifact PVC (``/mnt/pvc`` in the
-pods): the stage stores its summary with the jobs' own ``store_for_operator``, and the
+pods): the stage stores its summary with the jobs' own ``store_for_operator``, where and
+under the hash its StageInvocation (in the Job's ConfigMap) says, and the
 reader Job's pod runs its real command, ``samp read-result ...``; its exit code and
 termination message become the pod's.
 """
 
 from __future__ import annotations
 
-import os
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -19,15 +20,11 @@ from typing import Any
 
 from operator_harness import SAMP, Api, JobRuntime, Operator, qm_manifest, summary_for, wait_for
 
-from samp_core.children import PVC_ROOT
+from samp_core.stage_contract import INVOCATION_FILE
+from samp_core.stage_layout import PVC_ROOT
 
-STORE = ("import sys; from pathlib import Path; from samp_jobs.runlog import store_for_operator;"
-         " store_for_operator(sys.argv[1], Path(sys.argv[2]), sys.argv[3])")
-
-
-def env_of(pod: dict[str, Any]) -> dict[str, str]:
-    (c,) = pod["spec"]["containers"]
-    return {e["name"]: e.get("value", "") for e in c.get("env", [])}
+STORE = ("import sys; from samp_jobs.runlog import store_for_operator;"
+         " store_for_operator(*sys.argv[1:])")
 
 
 def arg(command: list[str], flag: str) -> str:
@@ -57,12 +54,19 @@ class Stages:
             return None
         summary = summary_for(stage, qm)
         if qm in self.store_for:
-            env = env_of(pod)
-            subprocess.run([sys.executable, "-c", STORE, stage,
-                            self.local(arg(command, "--workdir")), summary], check=True,
-                           env={**os.environ, "SAMP_INPUTS_HASH": env["SAMP_INPUTS_HASH"],
-                                "SAMP_STAGE": env["SAMP_STAGE"]})
+            inv = self.invocation(pod)
+            subprocess.run([sys.executable, "-c", STORE, stage, inv["inputsHash"], summary,
+                            self.local(inv["paths"]["storedResult"])], check=True)
         return ("succeed", summary)
+
+    def invocation(self, pod: dict[str, Any]) -> Any:
+        """The StageInvocation the stage's container reads (its Job's ConfigMap)."""
+        meta = pod["metadata"]
+        (owner,) = meta["ownerReferences"]
+        status, body = self.cluster.request(
+            "GET", f"/api/v1/namespaces/{meta['namespace']}/configmaps/{owner['name']}")
+        assert status == 200, body
+        return json.loads(body["data"][INVOCATION_FILE])
 
     def read(self, pod: dict[str, Any], command: list[str]) -> Any:
         out = self.root / "reader-termination-log"

@@ -14,24 +14,14 @@ from datetime import datetime
 from typing import NamedTuple
 
 from samp_core.api import QuantizedModel
-from samp_core.children import (
-    STAGES,
-    JobSettings,
-    child_name,
-    config_map_manifest,
-    job_manifest,
-    stage_output_uri,
-)
 from samp_core.conditions import rfc3339
 from samp_core.events import Event
 from samp_core.reconcile.decision import Decision, ObservedJob, clip
-from samp_core.reconcile.summaries import (
-    ResultError,
-    apply_result,
-    describe,
-    parse_summary,
-)
+from samp_core.reconcile.summaries import apply_result
 from samp_core.results import Stage
+from samp_core.results.summaries import ResultError, parse_summary
+from samp_core.stage_jobs import JobSettings, config_map_manifest, job_manifest
+from samp_core.stage_layout import STAGES, child_name, stage_output_uri
 from samp_core.status import StageStatus
 from samp_core.stored_result import is_reader, reader_for
 
@@ -245,16 +235,16 @@ def _completed(
         return _failed(w, mine, base, job, Failure(stage, "ResultMissing", message),
                        Event("Warning", "ResultMissing", message), "ResultMissing")
     try:
-        data = parse_summary(stage, job.result)
+        summary = parse_summary(stage, job.result)
     except ResultError as err:
         message = clip(f"Job {job.name}: {err}")
         return _failed(w, mine, base, job, Failure(stage, "ResultInvalid", message),
                        Event("Warning", "ResultInvalid", message), "ResultInvalid")
     base.state = "Succeeded"
     base.finished_at = rfc3339(finished)
-    base.message = clip(describe(stage, data), 500)
+    base.message = clip(summary.describe(), 500)
     w.records.append(base)
-    apply_result(w.decision.status, stage, data, stage_output_uri(w.resource, stage, w.hashes))
+    apply_result(w.decision.status, summary, stage_output_uri(w.resource, stage, w.hashes))
     if not (mine and mine.state == "Succeeded"):
         w.decision.events.append(Event("Normal", "StageSucceeded",
                                        f"{stage.value}: {base.message}"))

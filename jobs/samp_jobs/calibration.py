@@ -13,9 +13,12 @@ sequences (no padding, so every token carries signal).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import itertools
 import json
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,10 +26,13 @@ from typing import Any
 import torch
 
 from samp_core.results import CalibrationResult, DroppedCounts, LengthStats
+from samp_jobs.runlog import log
 
 MIN_PROMPT_TOKENS = 4
 MIN_SAMPLES = 8
 MAX_MALFORMED_FRACTION = 0.1
+MIN_LINE_CAP_BYTES = 1 << 20
+MAX_NAMED_LINES = 100
 
 
 class CalibrationDataError(ValueError):
@@ -106,38 +112,91 @@ def encode(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=add)["input_ids"])
 
 
-def read_prompts(
-    path: Path, opts: CalibrationOptions, tokenizer: Any
-) -> tuple[list[str], int, list[str]]:
-    """(rendered prompts in file order, malformed count, first malformed reasons)."""
+def line_cap_bytes(opts: CalibrationOptions) -> int:
+    """Longest line worth parsing: past this the prompt is far over max_sequence_length
+    tokens anyway (a token is rarely over 16 bytes), so it is dropped unread."""
+    return max(MIN_LINE_CAP_BYTES, 64 * opts.max_sequence_length)
+
+
+def jsonl_lines(path: Path, cap: int, digest: Any = None) -> Iterator[tuple[int, str | None]]:
+    """(line number, text) of a JSONL file read in bounded pieces: a line over ``cap``
+    bytes yields None and is skipped without being held in memory. Not UTF-8 is an error
+    naming the line and byte offset. ``digest`` (a hashlib object) sees every byte."""
+    offset = 0
+    with path.open("rb") as f:
+        for number in itertools.count(1):
+            raw = f.readline(cap + 1)
+            if not raw:
+                return
+            if digest is not None:
+                digest.update(raw)
+            start, offset = offset, offset + len(raw)
+            if len(raw) > cap and not raw.endswith(b"\n"):
+                while raw and not raw.endswith(b"\n"):  # discard the rest of the line
+                    raw = f.readline(cap)
+                    if digest is not None:
+                        digest.update(raw)
+                    offset += len(raw)
+                yield number, None
+                continue
+            try:
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise CalibrationDataError(
+                    f"{path}:{number}: not UTF-8 (byte offset {start + e.start} in the file: "
+                    f"{e.reason}); re-encode the file as UTF-8"
+                ) from None
+
+
+@dataclass
+class PromptFile:
+    """What reading a prompt file found: prompts in file order and the lines dropped."""
+
+    prompts: list[str]
+    malformed: list[str]  # "file:line: reason", every one
+    too_long_lines: list[str]  # "file:line" of lines over the byte cap
+    digest: str
+
+
+def read_prompts(path: Path, opts: CalibrationOptions, tokenizer: Any) -> PromptFile:
+    """Read, parse and render every line; malformed ones are named, too many is an error."""
     if not path.is_file():
         raise CalibrationDataError(f"{path}: calibration file not found")
-    prompts: list[str] = []
-    problems: list[str] = []
+    found = PromptFile([], [], [], "")
+    h = hashlib.sha256()
     lines = 0
-    with path.open(encoding="utf-8", errors="strict") as f:
-        for i, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
+    for i, line in jsonl_lines(path, line_cap_bytes(opts), h):
+        where = f"{path}:{i}"
+        if line is None:
             lines += 1
-            where = f"{path}:{i}"
-            try:
-                record = json.loads(line)
-                if not isinstance(record, dict):
-                    raise CalibrationDataError(f"{where}: expected a JSON object per line")
-                prompts.append(render(record, opts, tokenizer, where))
-            except json.JSONDecodeError as e:
-                problems.append(f"{where}: not valid JSON ({e.msg} at column {e.colno})")
-            except CalibrationDataError as e:
-                problems.append(str(e))
+            found.too_long_lines.append(where)
+            continue
+        if not line.strip():
+            continue
+        lines += 1
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise CalibrationDataError(f"{where}: expected a JSON object per line")
+            found.prompts.append(render(record, opts, tokenizer, where))
+        except json.JSONDecodeError as e:
+            found.malformed.append(f"{where}: not valid JSON ({e.msg} at column {e.colno})")
+        except CalibrationDataError as e:
+            found.malformed.append(str(e))
+    found.digest = "sha256:" + h.hexdigest()
     if lines == 0:
         raise CalibrationDataError(f"{path}: calibration file is empty")
-    if problems and (not prompts or len(problems) > MAX_MALFORMED_FRACTION * lines):
+    problems = found.malformed
+    if problems and (not found.prompts or len(problems) > MAX_MALFORMED_FRACTION * lines):
         shown = "; ".join(problems[:3])
         raise CalibrationDataError(
             f"{path}: {len(problems)} of {lines} lines malformed (format={opts.format}): {shown}"
         )
-    return prompts, len(problems), problems[:3]
+    for where in problems:
+        log("calibration.malformed_line", line=where)
+    for where in found.too_long_lines:
+        log("calibration.line_too_long", line=where, cap_bytes=line_cap_bytes(opts))
+    return found
 
 
 def _percentile(sorted_vals: list[int], q: float) -> int:
@@ -174,12 +233,46 @@ def synthetic_prompts(opts: CalibrationOptions, tokenizer: Any) -> list[str]:
     ]
 
 
-def build_calibration(opts: CalibrationOptions, tokenizer: Any) -> CalibrationSet:
-    """Read → dedupe → length-filter → split held-out → sample → pack, deterministically."""
+def model_context(model_dir: str | Path) -> int | None:
+    """The model's context length from its config.json (None when it does not say)."""
+    path = Path(model_dir) / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # the model loader names a missing or unreadable config
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = config.get(key) if isinstance(config, dict) else None
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def capped_to_context(opts: CalibrationOptions, context: int | None) -> CalibrationOptions:
+    """Rows longer than the model's context would be packed and scored past it: cap, say so."""
+    if context is None or opts.max_sequence_length <= context:
+        return opts
+    log(
+        "calibration.max_sequence_length_capped",
+        requested=opts.max_sequence_length,
+        capped_to=context,
+        reason="the model's max_position_embeddings",
+    )
+    return dataclasses.replace(opts, max_sequence_length=context)
+
+
+def build_calibration(
+    opts: CalibrationOptions, tokenizer: Any, context: int | None = None
+) -> CalibrationSet:
+    """Read → dedupe → length-filter → split held-out → sample → pack, deterministically.
+
+    ``context`` (the model's max_position_embeddings) caps max_sequence_length."""
     if opts.format not in ("text", "chat"):
         raise CalibrationDataError(f"calibration format must be text or chat, not {opts.format!r}")
-    prompts, malformed, digest = _source_prompts(opts, tokenizer)
-    kept, dropped = _usable(prompts, opts, tokenizer, DroppedCounts(malformed=malformed))
+    requested = opts.max_sequence_length
+    opts = capped_to_context(opts, context)
+    found = _source_prompts(opts, tokenizer)
+    counts = DroppedCounts(malformed=len(found.malformed), too_long=len(found.too_long_lines))
+    kept, dropped = _usable(found.prompts, opts, tokenizer, counts)
     rng = random.Random(opts.seed)
     order = list(range(len(kept)))
     rng.shuffle(order)
@@ -198,24 +291,29 @@ def build_calibration(opts: CalibrationOptions, tokenizer: Any) -> CalibrationSe
             p50=_percentile(lengths, 0.5), p90=_percentile(lengths, 0.9), max=lengths[-1]
         ),
         dropped=dropped,
-        dataset_digest=digest,
+        dataset_digest=found.digest,
         dataset_uri=opts.source,
+        dropped_lines=(found.malformed + [f"{w}: longer than the line cap" for w in
+                                          found.too_long_lines])[:MAX_NAMED_LINES],
+        max_sequence_length_capped_to=(
+            opts.max_sequence_length if opts.max_sequence_length < requested else None
+        ),
     )
+    log("calibration.dropped", source=opts.source, kept=len(chosen),
+        **dropped.model_dump(), lines=result.dropped_lines[:10])
     return CalibrationSet(input_ids=input_ids, held_out=held, result=result)
 
 
-def _source_prompts(opts: CalibrationOptions, tokenizer: Any) -> tuple[list[str], int, str]:
-    """The prompts of ``opts.source``, the malformed lines skipped, and the data's digest."""
+def _source_prompts(opts: CalibrationOptions, tokenizer: Any) -> PromptFile:
+    """The prompts of ``opts.source``, the lines dropped reading it, and the data's digest."""
     if opts.source.startswith("synthetic://"):
         if not opts.allow_synthetic:
             raise CalibrationDataError(
                 f"{opts.source}: synthetic calibration data misses the production distribution; "
                 "point --prompts at real prompts or pass --allow-synthetic"
             )
-        return synthetic_prompts(opts, tokenizer), 0, "synthetic"
-    path = local_path(opts.source)
-    prompts, malformed, _ = read_prompts(path, opts, tokenizer)
-    return prompts, malformed, "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+        return PromptFile(synthetic_prompts(opts, tokenizer), [], [], "synthetic")
+    return read_prompts(local_path(opts.source), opts, tokenizer)
 
 
 def _usable(
@@ -249,11 +347,15 @@ def _usable(
 
 
 def save_calibration(cal: CalibrationSet, workdir: Path) -> None:
+    """Both files written beside their targets and renamed: never a half-written one."""
     workdir.mkdir(parents=True, exist_ok=True)
-    torch.save({"input_ids": cal.input_ids}, workdir / "calibration_tokens.pt")
-    with (workdir / "heldout.jsonl").open("w") as f:
+    tokens, held = workdir / "calibration_tokens.pt", workdir / "heldout.jsonl"
+    torch.save({"input_ids": cal.input_ids}, tokens.with_name(tokens.name + ".tmp"))
+    with held.with_name(held.name + ".tmp").open("w") as f:
         for p in cal.held_out:
             f.write(json.dumps({"text": p}) + "\n")
+    tokens.with_name(tokens.name + ".tmp").replace(tokens)
+    held.with_name(held.name + ".tmp").replace(held)
 
 
 def load_calibration_tokens(workdir: Path) -> torch.Tensor:

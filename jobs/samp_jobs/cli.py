@@ -30,12 +30,14 @@ from pydantic import ValidationError
 from samp_core.formats import ExportFormat, Format, RoundingMethod, SensitivityMethod
 from samp_core.planner import PlanError
 from samp_core.results import Stage
+from samp_jobs import stage_options as opt
 from samp_jobs.calibration import CalibrationDataError
 from samp_jobs.evaluate import EvalDataError
 from samp_jobs.export import ExportError
 from samp_jobs.invocation import InvocationError, from_args
 from samp_jobs.modeling import ModelLoadError
 from samp_jobs.pipeline import STAGES, run_all
+from samp_jobs.preflight import BadInputError, preflight
 from samp_jobs.runlog import log
 
 STAGE_NAMES = ("quantize", "calibrate", "sensitivity", "plan", "export", "evaluate")
@@ -44,6 +46,7 @@ BAD_INPUT: tuple[type[BaseException], ...] = (
     EvalDataError,
     ExportError,
     ModelLoadError,
+    BadInputError,
     PlanError,
     FileNotFoundError,
     ValidationError,
@@ -189,14 +192,17 @@ def refuse_spec_flags(ns: argparse.Namespace, stage: str) -> None:
 def _run(stage: str, ns: argparse.Namespace) -> None:
     if ns.manifest is not None:
         refuse_spec_flags(ns, stage)
+    inv = from_args(ns, Stage.CALIBRATE if stage == "quantize" else Stage(stage))
+    preflight(stage, workdir=opt.workdir(inv),
+              model_dir=None if stage == "plan" else opt.model_dir(inv),
+              eval_set=inv.paths.eval_set, progress=inv.runtime.progress)
     if stage == "quantize":
-        inv = from_args(ns, Stage.CALIBRATE)
         run_all(inv, evaluate=not ns.skip_evaluate)
         from samp_jobs.report import render
 
         print(render(Path(inv.paths.workdir), Path(inv.paths.artifact)))
     else:
-        STAGES[Stage(stage)](from_args(ns, Stage(stage)))
+        STAGES[Stage(stage)](inv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -31,12 +31,15 @@ from torch import nn
 from tqdm import tqdm
 
 from samp_core.results import EvaluationResult
-from samp_jobs.calibration import encode
+from samp_jobs.calibration import CalibrationDataError, encode, jsonl_lines
 from samp_jobs.modeling import ModelLoadError
 
 
 class EvalDataError(ValueError):
     """The eval set cannot be used; the message names file and line."""
+
+
+MAX_EVAL_LINE_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -46,37 +49,66 @@ class TaskItem:
     kind: str  # exact | json
 
 
-def read_eval_set(path: Path, tokenizer: Any) -> tuple[list[TaskItem], list[str]]:
-    """(task items with expected answers, plain texts for perplexity) from a JSONL file."""
+def eval_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """("file:line", record) of every record, each checked for the fields evaluate reads;
+    cheap (no tokenizer), so the pipeline runs it before its first stage."""
     if not path.is_file():
         raise EvalDataError(f"{path}: eval set not found")
+    records: list[tuple[str, dict[str, Any]]] = []
+    try:
+        for i, line in jsonl_lines(path, MAX_EVAL_LINE_BYTES):
+            where = f"{path}:{i}"
+            if line is None:
+                raise EvalDataError(f"{where}: line longer than {MAX_EVAL_LINE_BYTES} bytes")
+            if line.strip():
+                records.append((where, _checked_record(line, where)))
+    except CalibrationDataError as e:  # not UTF-8
+        raise EvalDataError(str(e)) from None
+    if not records:
+        raise EvalDataError(
+            f"{path}: eval set is empty; give records with 'text' or 'messages' "
+            "(and 'expected'), or leave it out to evaluate on the held-out prompts only"
+        )
+    return records
+
+
+def _checked_record(line: str, where: str) -> dict[str, Any]:
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise EvalDataError(f"{where}: not valid JSON ({e.msg})") from None
+    if not isinstance(rec, dict):
+        raise EvalDataError(f"{where}: expected a JSON object")
+    msgs = rec.get("messages")
+    if "messages" in rec and not (
+        isinstance(msgs, list)
+        and msgs
+        and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in msgs)
+    ):
+        raise EvalDataError(f"{where}: 'messages' must be a non-empty list of {{role, content}}")
+    if "messages" not in rec and not isinstance(rec.get("text"), str):
+        raise EvalDataError(f"{where}: needs 'messages' or 'text'")
+    kind = str(rec.get("kind", "exact"))
+    if "expected" in rec and kind not in ("exact", "json"):
+        raise EvalDataError(f"{where}: kind must be exact or json, not {kind!r}")
+    return rec
+
+
+def read_eval_set(path: Path, tokenizer: Any) -> tuple[list[TaskItem], list[str]]:
+    """(task items with expected answers, plain texts for perplexity) from a JSONL file."""
     tasks: list[TaskItem] = []
     texts: list[str] = []
-    for i, line in enumerate(path.open(encoding="utf-8"), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{i}"
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise EvalDataError(f"{where}: not valid JSON ({e.msg})") from None
-        if not isinstance(rec, dict):
-            raise EvalDataError(f"{where}: expected a JSON object")
+    for _where, rec in eval_records(path):
         if "messages" in rec:
             prompt = str(
                 tokenizer.apply_chat_template(
                     rec["messages"], tokenize=False, add_generation_prompt=True
                 )
             )
-        elif isinstance(rec.get("text"), str):
-            prompt = rec["text"]
         else:
-            raise EvalDataError(f"{where}: needs 'messages' or 'text'")
+            prompt = rec["text"]
         if "expected" in rec:
-            kind = str(rec.get("kind", "exact"))
-            if kind not in ("exact", "json"):
-                raise EvalDataError(f"{where}: kind must be exact or json, not {kind!r}")
-            tasks.append(TaskItem(prompt, str(rec["expected"]), kind))
+            tasks.append(TaskItem(prompt, str(rec["expected"]), str(rec.get("kind", "exact"))))
         else:
             texts.append(prompt)
     return tasks, texts

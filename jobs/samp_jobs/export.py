@@ -69,7 +69,7 @@ from samp_jobs.export_schemes import (
     weight_qparams,
 )
 from samp_jobs.export_timing import PhaseClock, QuietGC
-from samp_jobs.modeling import DecoderParts, decoder_parts
+from samp_jobs.modeling import DecoderParts, decoder_parts, load_weights_checked
 from samp_jobs.runlog import log
 
 # The stage's public surface; the parts live in export_schemes (compressed-tensors config
@@ -179,12 +179,10 @@ def _load_planned(
     model_dir: Path, plan: PlanResult, clock: PhaseClock, quiet: QuietGC, trust_remote_code: bool
 ) -> tuple[Any, DecoderParts, list[str], Any]:
     """The base model, its decoder parts, its Linears and the plan's QuantizationConfig."""
-    from transformers import AutoModelForCausalLM
-
     with clock.phase("load"):
         with quiet.held():
-            model: Any = AutoModelForCausalLM.from_pretrained(
-                model_dir, dtype="auto", trust_remote_code=trust_remote_code
+            model: Any = load_weights_checked(
+                Path(model_dir), dtype="auto", trust_remote_code=trust_remote_code
             )
         model.train(False)
         parts = decoder_parts(model)

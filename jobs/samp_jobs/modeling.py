@@ -64,7 +64,7 @@ def load_model(
     Remote code stays off unless the manifest allows it: a model repository's
     Python runs inside the job with its credentials.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     path = Path(source)
     if not (path / "config.json").is_file():
@@ -74,12 +74,61 @@ def load_model(
     except ValueError as e:
         raise ModelLoadError(f"{source}: {e}") from None
     torch_dtype: Any = "auto" if dtype == "auto" else DTYPES[dtype]
-    model: nn.Module = AutoModelForCausalLM.from_pretrained(
+    model: nn.Module = load_weights_checked(
         path, config=config, dtype=torch_dtype, trust_remote_code=trust_remote_code
     )
     model.train(False)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     return model, tokenizer
+
+
+def load_weights_checked(path: Path, **kwargs: Any) -> Any:
+    """AutoModelForCausalLM.from_pretrained, refusing weights the config does not match."""
+    from transformers import AutoModelForCausalLM
+
+    loaded: Any
+    try:
+        loaded = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True, **kwargs)
+    except (OSError, ValueError) as e:  # a truncated or corrupt weight file
+        raise ModelLoadError(f"{path}: the weights cannot be read: {e}") from None
+    except RuntimeError as e:  # transformers refuses weights whose shapes differ
+        if "mismatched" not in str(e):
+            raise
+        raise ModelLoadError(
+            f"{path}/config.json does not match the weights in {_weight_files(path)}: "
+            "weight shapes differ from the config (the table above lists them). Put the "
+            "config.json that belongs to these weights beside them"
+        ) from None
+    model, info = loaded
+    refuse_mismatched_weights(path, info)
+    return model
+
+
+def _weight_files(path: Path) -> str:
+    files = sorted(p.name for p in path.glob("*.safetensors")) or sorted(
+        p.name for p in path.glob("*.bin")
+    )
+    return ", ".join(files) or "the directory"
+
+
+def refuse_mismatched_weights(path: Path, info: dict[str, Any]) -> None:
+    """A config.json that does not describe the weights loads as a randomly initialised
+    model (transformers only warns); every figure computed from it would be noise."""
+    missing = sorted(info.get("missing_keys") or [])
+    unexpected = sorted(info.get("unexpected_keys") or [])
+    if not missing and not unexpected:
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} weights the config expects are missing ({missing[:3]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} weights the config does not know ({unexpected[:3]})")
+    raise ModelLoadError(
+        f"{path}/config.json does not match the weights in {_weight_files(path)}: "
+        + "; ".join(parts)
+        + "; they would be randomly initialised. Put the config.json that belongs to these "
+        "weights beside them"
+    )
 
 
 @dataclass

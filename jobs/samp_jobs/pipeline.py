@@ -40,6 +40,7 @@ from samp_jobs.calibration import (
     build_calibration,
     load_calibration_tokens,
     load_held_out,
+    model_context,
     save_calibration,
 )
 from samp_jobs.modeling import DTYPES
@@ -70,7 +71,7 @@ def run_calibrate(inv: StageInvocation) -> CalibrationResult:
     opt.seed_everything(inv)
     tok = AutoTokenizer.from_pretrained(
         opt.model_dir(inv), trust_remote_code=inv.inputs.model.trust_remote_code)
-    cal = build_calibration(options, tok)
+    cal = build_calibration(options, tok, model_context(opt.model_dir(inv)))
     save_calibration(cal, opt.workdir(inv))
     _write(inv, cal.result)
     return cal.result
@@ -146,13 +147,13 @@ def _export_plan(inv: StageInvocation) -> PlanResult:
 
 
 def run_export(inv: StageInvocation) -> ExportResult:
-    from samp_jobs.export import export
+    from samp_jobs.staging import staged_export
 
     work = opt.workdir(inv)
     ids = None
     if (work / "calibration_tokens.pt").is_file():
         ids = load_calibration_tokens(work)  # GPTQ takes rounding.maxTokens of them
-    result = export(
+    result = staged_export(
         Path(opt.model_dir(inv)),
         _export_plan(inv),
         opt.artifact_dir(inv),
@@ -169,17 +170,18 @@ def run_export(inv: StageInvocation) -> ExportResult:
 
 def _load_pair_on_gpus(inv: StageInvocation) -> tuple[Any, Any, Any]:
     """Base and quantized model spread over the visible GPUs, each within half of them."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from samp_jobs.evaluate import gpu_memory_map, load_quantized, quantized_gpu_budget
+    from samp_jobs.modeling import load_weights_checked
     from samp_jobs.placement import host_available_bytes
 
     model_path, m = opt.model_dir(inv), inv.inputs.model
     artifact = opt.artifact_dir(inv)
     # the base may spill to host memory (accelerate streams it in); the quantized model
     # may not (see quantized_gpu_budget)
-    base = AutoModelForCausalLM.from_pretrained(
-        model_path,
+    base = load_weights_checked(
+        Path(model_path),
         dtype="auto" if m.dtype == "auto" else DTYPES[m.dtype],
         trust_remote_code=m.trust_remote_code,
         device_map="auto",

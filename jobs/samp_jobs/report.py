@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from samp_core.results import EvaluationResult, PlanResult, parse_result
+from samp_core.results import CalibrationResult, EvaluationResult, PlanResult, parse_result
 from samp_jobs.export import PLAN_TABLE
 
 
@@ -38,9 +38,32 @@ def accuracy_table(ev: EvaluationResult) -> str:
     return "\n".join(lines)
 
 
+def calibration_line(cal: CalibrationResult) -> str:
+    """What calibration kept and dropped (and where it capped the sequence length)."""
+    d = cal.dropped
+    line = (
+        f"calibration: {cal.num_samples} prompts, {cal.num_tokens} tokens; dropped "
+        f"{d.duplicates} duplicate(s), {d.too_short} too short, {d.too_long} too long, "
+        f"{d.malformed} malformed"
+    )
+    if cal.dropped_lines:
+        line += " (" + "; ".join(cal.dropped_lines[:3]) + ")"
+    if cal.max_sequence_length_capped_to is not None:
+        line += (
+            f"; maxSequenceLength capped to the model's context, "
+            f"{cal.max_sequence_length_capped_to} tokens"
+        )
+    return line
+
+
 def render(workdir: Path, artifact_dir: Path) -> str:
     """The report for a work dir a `samp quantize` run filled."""
     parts: list[str] = []
+    cal_file = workdir / "calibration.json"
+    if cal_file.is_file():
+        cal = parse_result(cal_file.read_text(encoding="utf-8"))
+        if isinstance(cal, CalibrationResult):
+            parts.append(calibration_line(cal))
     table = artifact_dir / PLAN_TABLE
     if table.is_file():
         parts.append(table.read_text(encoding="utf-8").rstrip())

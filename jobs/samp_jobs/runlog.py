@@ -52,7 +52,9 @@ def write_result(doc: ResultBase, workdir: Path, termination_log: str | None = N
     workdir.mkdir(parents=True, exist_ok=True)
     stage = str(doc.stage)
     path = workdir / RESULT_FILES[stage]
-    path.write_text(doc.model_dump_json(by_alias=True, indent=2) + "\n")
+    tmp = path.with_name(path.name + ".tmp")  # a reader never sees half a document
+    tmp.write_text(doc.model_dump_json(by_alias=True, indent=2) + "\n")
+    tmp.replace(path)
     summary = doc.summary_json()
     target = termination_path(termination_log)
     if target is not None:
@@ -74,6 +76,28 @@ def store_for_operator(stage: str, inputs_hash: str, summary: str, stored: str) 
     path = Path(stored)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(stored_result_document(Stage(stage), inputs_hash, summary))
+
+
+def silence_progress() -> None:
+    """--no-progress: also the bars transformers, huggingface_hub and compressed-tensors
+    draw. tqdm reads TQDM_DISABLE only when imported, so in this process every bar is
+    created disabled; the variables cover child processes."""
+    os.environ["TQDM_DISABLE"] = "1"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    import tqdm.std
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    init = tqdm.std.tqdm.__init__
+    if getattr(init, "samp_silenced", False):
+        return
+
+    def silenced(self: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs["disable"] = True
+        init(self, *args, **kwargs)
+
+    silenced.samp_silenced = True  # type: ignore[attr-defined]
+    tqdm.std.tqdm.__init__ = silenced
 
 
 def read_json(path: Path, what: str) -> dict[str, Any]:

@@ -58,6 +58,7 @@ def test_quantize_runs_every_stage(
     report = captured.out  # the human report on stdout: plan table + accuracy
     assert "| group | kind | format | bytes | score |" in report
     assert "# Accuracy against the 16-bit model" in report
+    assert f"calibration: {docs['calibration'].num_samples} prompts" in report  # type: ignore[union-attr]
     assert f"{ev.perplexity_quant:.3f}" in report  # type: ignore[union-attr]
     per_format = plan.groups_per_format()  # type: ignore[union-attr]
     assert sum(per_format.values()) == len(plan.assignments)  # type: ignore[union-attr]

@@ -39,6 +39,11 @@ class CalibrationResult(ResultBase):
     dropped: DroppedCounts = Field(default_factory=DroppedCounts)
     dataset_digest: str = ""
     dataset_uri: str = ""
+    # "file:line: reason" of the dropped malformed and over-long lines (the first 100);
+    # the document only, not the size-limited termination summary.
+    dropped_lines: list[str] = Field(default_factory=list)
+    # max_sequence_length after capping at the model's context, when it was capped
+    max_sequence_length_capped_to: int | None = None
 
     def summary(self) -> CalibrationResultSummary:
         return CalibrationResultSummary(

@@ -1,0 +1,105 @@
+"""Checks of a stage's inputs before any stage runs: a bad input is found in seconds,
+not after a whole GPU pipeline, and exits 2 (bad input, which the operator does not
+retry) naming the file and, where it can, the line or byte offset.
+
+Cheap on purpose: the work dir is written to once, safetensors shards are checked from
+their headers and sizes (no weight is read), the eval set is parsed without a tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from pathlib import Path
+
+from samp_jobs.evaluate import eval_records
+from samp_jobs.runlog import log, silence_progress
+
+MAX_SAFETENSORS_HEADER = 100 << 20  # the safetensors format's own limit
+
+
+class BadInputError(ValueError):
+    """An input a stage cannot use; the message names the file and how to fix it."""
+
+
+def preflight(
+    stage: str,
+    *,
+    workdir: str | Path,
+    model_dir: str | Path | None,
+    eval_set: str | Path | None,
+    progress: bool = True,
+) -> None:
+    """Everything ``stage`` (``quantize``: every stage) reads, checked up front."""
+    if not progress:
+        silence_progress()
+    check_workdir_writable(Path(workdir))
+    if model_dir and stage in ("quantize", "calibrate", "sensitivity", "export", "evaluate"):
+        check_safetensors(Path(model_dir))
+    if eval_set is not None and stage in ("quantize", "evaluate"):
+        n = len(eval_records(Path(eval_set)))
+        log("preflight.eval_set", path=str(eval_set), records=n)
+    elif stage in ("quantize", "evaluate"):
+        log(
+            "preflight.eval_set",
+            path=None,
+            note="no eval set: accuracy is measured on the held-out calibration prompts only "
+            "(no task exact match or JSON validity)",
+        )
+
+
+def check_workdir_writable(workdir: Path) -> None:
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".samp-write-check-"):
+            pass
+    except OSError as e:
+        raise BadInputError(
+            f"{workdir}: work dir is not writable ({e.strerror or e}); every stage writes its "
+            "result there: mount it read-write or pass another --workdir"
+        ) from None
+
+
+def check_safetensors(model_dir: Path) -> None:
+    """Every shard's header parses and the file holds every byte the header promises."""
+    for shard in sorted(model_dir.glob("*.safetensors")):
+        problem = _safetensors_problem(shard)
+        if problem:
+            raise BadInputError(
+                f"{shard}: {problem}; the shard is truncated or corrupt: download it again"
+            )
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    size = path.stat().st_size
+    try:
+        with path.open("rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return f"{size} bytes, shorter than the 8-byte header length"
+            (n,) = struct.unpack("<Q", head)
+            if n > MAX_SAFETENSORS_HEADER or 8 + n > size:
+                return f"header of {n} bytes does not fit in the file's {size} bytes"
+            header = json.loads(f.read(n))
+    except OSError as e:
+        return f"cannot be read ({os.strerror(e.errno) if e.errno else e})"
+    except ValueError as e:
+        return f"header is not valid JSON ({e})"
+    if not isinstance(header, dict):
+        return "header is not a JSON object"
+    end = 0
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = meta.get("data_offsets") if isinstance(meta, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2):
+            return f"tensor {name!r} has no data_offsets"
+        end = max(end, int(offsets[1]))
+    if 8 + n + end > size:
+        return (
+            f"the header promises {8 + n + end} bytes but the file has {size} "
+            f"(missing from byte offset {size})"
+        )
+    return None

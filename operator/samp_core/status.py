@@ -117,6 +117,19 @@ class GateResult(ApiModel):
     message: str = Field(default="", max_length=1024, description="Why, for humans.")
 
 
+class HistogramSnapshot(ApiModel):
+    """Bucket counts of one latency histogram over one analysis window."""
+
+    bounds: list[float] = Field(
+        max_length=64, description="Finite upper bounds (le) of the buckets, ascending."
+    )
+    counts: list[int] = Field(
+        max_length=65,
+        description="Observations per bucket, one more than bounds: the last is above them.",
+    )
+    total: float | None = Field(default=None, description="Sum of the observations, seconds.")
+
+
 class CanaryStatus(ApiModel):
     """Where the canary is."""
 
@@ -164,6 +177,12 @@ class CanaryStatus(ApiModel):
     )
     stable_requests: float | None = Field(
         default=None, ge=0, description="Stable requests in that window."
+    )
+    stable_histograms: dict[str, HistogramSnapshot] = Field(
+        default_factory=dict,
+        max_length=8,
+        description="Stable latency histograms (e2e, ttft, itl) from that same window, for "
+        "the P99 intervals and the judge when the stable has too little traffic now.",
     )
 
 

@@ -13,6 +13,11 @@ over the analysis window ``W`` ending at the request's ``end``:
 * P99 latency: ``histogram_quantile(0.99, sum by (le) (rate(
   vllm:e2e_request_latency_seconds_bucket{model_name="N"}[W])))``; TTFT the same over
   ``vllm:time_to_first_token_seconds_bucket`` when a TTFT gate is set;
+* latency histograms (for the P99 intervals and the judge): per metric of
+  ``samp_core.measurement.HISTOGRAM_METRICS``, ``sum by (le) (increase(<metric>_bucket{..}[W]))``
+  and ``sum(increase(<metric>_sum{..}[W]))``; and the serving replicas,
+  ``count(group by (instance) (vllm:e2e_request_latency_seconds_count{..}))``, so that
+  the two sides' loads compare per replica (:meth:`PrometheusProvider.add_histograms`);
 * custom queries: the user's PromQL with ``$canary``/``$stable`` replaced by the
   served model names and ``$window`` by ``W``; the answer must be one number.
 
@@ -47,7 +52,7 @@ import json
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -57,11 +62,13 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from samp_core.canary import AnalysisRequest
-from samp_core.gates import Measurement, SideFigures
+from samp_core.gates import HISTOGRAM_METRICS, Measurement, SideFigures
 from samp_core.spec import GatesSpec
+from samp_core.stats.histogram import Histogram
 
 E2E = "vllm:e2e_request_latency_seconds_bucket"
 TTFT = "vllm:time_to_first_token_seconds_bucket"
+E2E_COUNT = "vllm:e2e_request_latency_seconds_count"
 SUCCESS = "vllm:request_success_total"
 HTTP = "http_requests_total"
 MAX_ANSWER_BYTES = 4 << 20  # an instant query answering one number is a few hundred bytes
@@ -82,6 +89,20 @@ def prom_duration(seconds: float) -> str:
 
 def p99_query(bucket: str, selector: str, window: str) -> str:
     return f"histogram_quantile(0.99, sum by (le) (rate({bucket}{selector}[{window}])))"
+
+
+def bucket_query(metric: str, selector: str, window: str) -> str:
+    """Per-bucket increases of a histogram over the window, one series per ``le``."""
+    return f"sum by (le) (increase({metric}_bucket{selector}[{window}]))"
+
+
+def sum_query(metric: str, selector: str, window: str) -> str:
+    return f"sum(increase({metric}_sum{selector}[{window}]))"
+
+
+def replicas_query(selector: str) -> str:
+    """Serving instances (scrape targets) that report the end-to-end histogram."""
+    return f"count(group by (instance) ({E2E_COUNT}{selector}))"
 
 
 def _escape(value: str) -> str:
@@ -275,14 +296,96 @@ class PrometheusProvider:
                 ttft_p99_seconds=values.get(f"{prefix}.ttftP99"),
             )
 
-        return Measurement(
+        return self.add_histograms(request, Measurement(
             window_seconds=request.window_seconds,
             taken_at=request.end,
             canary=side("canary"),
             stable=side("stable") if request.stable_model is not None else None,
             custom={cq.name: values.get(f"query:{cq.name}") for cq in gates.custom_queries},
             query_errors=errors,
-        )
+        ), deadline)
+
+    # ------------------------------------------------------------- histograms
+
+    def query_vector(
+        self, promql: str, at: datetime | None, deadline: float
+    ) -> list[tuple[Mapping[str, str], float]]:
+        """One instant query → (labels, value) per series; QueryError when it failed."""
+        params: dict[str, Any] = {"query": promql}
+        if at is not None:
+            params["time"] = f"{at.timestamp():.3f}"
+        doc = self._get_json(params, deadline)
+        try:
+            result = doc["data"]["result"]
+        except (KeyError, TypeError, IndexError) as err:
+            raise QueryError(
+                f"malformed answer (no data.result): {str(doc)[:100]}", unreachable=True
+            ) from err
+        try:
+            return [(dict(r["metric"]), float(r["value"][1])) for r in result]
+        except (KeyError, TypeError, IndexError, ValueError) as err:
+            raise QueryError(
+                f"malformed answer (not a vector): {str(result)[:100]}", unreachable=False
+            ) from err
+
+    def side_histogram(
+        self, model: str, metric: str, window: str, at: datetime | None, deadline: float
+    ) -> Histogram | None:
+        """One metric's bucket increases over the window; None when it has no series."""
+        sel = self._sel(model)
+        buckets_q, sum_q = bucket_query(metric, sel, window), sum_query(metric, sel, window)
+        self.queries += [(f"{model}.{metric}.buckets", buckets_q), (f"{model}.{metric}.sum", sum_q)]
+        rows = self.query_vector(buckets_q, at, deadline)
+        if not rows:
+            return None
+        try:
+            buckets = [(float(labels["le"]), value) for labels, value in rows]
+        except (KeyError, ValueError) as err:
+            raise QueryError(f"bucket series without a numeric le: {rows[:2]}"[:300],
+                             unreachable=False) from err
+        total = self.query(sum_q, at=at, deadline=deadline)
+        return Histogram.from_cumulative(buckets, total)
+
+    def add_histograms(
+        self, request: AnalysisRequest, m: Measurement, deadline: float
+    ) -> Measurement:
+        """``m`` with each side's latency histograms and replica count.
+
+        A failing histogram query is that figure's error (``canary.hist.e2e``...); an
+        unreachable Prometheus makes the whole measurement an Error, as in measure()."""
+        if m.error is not None:
+            return m
+        window = prom_duration(request.window_seconds)
+        errors = dict(m.query_errors)
+        sides: dict[str, SideFigures | None] = {"canary": m.canary, "stable": m.stable}
+        models = {"canary": request.canary_model, "stable": request.stable_model}
+        for prefix, model in models.items():
+            figures = sides[prefix]
+            if model is None or figures is None:
+                continue
+            hists: dict[str, Histogram] = {}
+            replicas: float | None = None
+            try:
+                for key, metric in HISTOGRAM_METRICS.items():
+                    try:
+                        h = self.side_histogram(model, metric, window, request.end, deadline)
+                    except QueryError as err:
+                        if err.unreachable:
+                            raise
+                        errors[f"{prefix}.hist.{key}"] = str(err)
+                        continue
+                    if h is not None:
+                        hists[key] = h
+                replicas = self.query(replicas_query(self._sel(model)), at=request.end,
+                                      deadline=deadline)
+            except QueryError as err:
+                if err.unreachable:
+                    return Measurement(window_seconds=m.window_seconds, taken_at=m.taken_at,
+                                       error=f"{self.url}: {err}")
+                errors[f"{prefix}.replicas"] = str(err)
+            sides[prefix] = replace(figures, histograms=hists, replicas=replicas)
+        return replace(m, canary=sides["canary"] or m.canary, stable=sides["stable"],
+                       query_errors=errors)
 
 
 def _number(data: Any) -> float | None:

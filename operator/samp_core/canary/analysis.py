@@ -1,8 +1,10 @@
 """Canary analysis, as Argo Rollouts' AnalysisRun: when one is due, what it counts, and
 whether the counts exceed the limits. Pure, no I/O.
 
-* :func:`analysis_due` — the window to measure now (one ``analysisInterval`` long, so it
-  never mixes two steps' weights), or None.
+* :func:`analysis_due` — the window to measure now, or None: one ``analysisInterval``
+  long, or after an Inconclusive analysis everything since the step started (up to
+  ``maxAnalysisWindow``), so a canary with too little traffic for its gates gathers
+  evidence instead of being judged on too few requests; never two steps' weights.
 * :func:`judge` — the gates (samp_core.gates) over a measurement, with the stable
   baseline remembered from an earlier window when the stable has too little traffic now.
 * :func:`count` — the canary status after one analysis: Failed counts toward
@@ -32,7 +34,14 @@ from samp_core.canary.model import (
 from samp_core.conditions import rfc3339
 from samp_core.events import Event
 from samp_core.spec import QuantizedModelSpec, RolloutSpec
-from samp_core.status import CanaryStatus, GateResult, Phase, QuantizedModelStatus
+from samp_core.stats.histogram import Histogram
+from samp_core.status import (
+    CanaryStatus,
+    GateResult,
+    HistogramSnapshot,
+    Phase,
+    QuantizedModelStatus,
+)
 from samp_core.units import parse_duration
 
 __all__ = ["Breach", "analysis_due", "assess", "count", "judge", "seconds_until_next"]
@@ -50,7 +59,9 @@ def analysis_due(
 
     Due while the canary runs (not paused) with traffic at a step, once the first
     full interval at this step has passed and then every ``analysisInterval``.
-    The window is one interval long, so it never mixes two steps' weights.
+    The window is one interval long; after an Inconclusive analysis it reaches back to
+    the step's start, at most ``maxAnalysisWindow``. Either way it never mixes two
+    steps' weights.
     """
     if status.phase is not Phase.CANARY or status.canary is None:
         return None
@@ -64,11 +75,22 @@ def analysis_due(
     return AnalysisRequest(
         canary_model=canary_model_name(spec, name),
         stable_model=stable_model_name(spec, name),
-        window_seconds=interval,
+        window_seconds=_window(spec, c, started, now, interval),
         end=now,
         step=c.step,
         weight=c.weight,
     )
+
+
+def _window(
+    spec: QuantizedModelSpec, c: CanaryStatus, started: datetime, now: datetime,
+    interval: float,
+) -> float:
+    """One interval; after an Inconclusive analysis, the step so far up to the limit."""
+    if c.last_verdict != g.Verdict.INCONCLUSIVE.value:
+        return interval
+    limit = parse_duration(getattr(spec.rollout, "max_analysis_window", "10m"))  # TODO spec
+    return max(interval, min(limit, (now - started).total_seconds()))
 
 
 def seconds_until_next(spec: QuantizedModelSpec, c: CanaryStatus, now: datetime) -> float:
@@ -83,17 +105,26 @@ def judge(
 ) -> tuple[list[GateResult], g.Verdict]:
     """The gates' results over ``m`` and the analysis's verdict (the worst of them)."""
     baseline = None
-    if c.stable_p99_seconds is not None:
+    if c.stable_p99_seconds is not None or c.stable_histograms:
         baseline = g.SideFigures(
             requests=float(c.stable_requests or spec.gates.min_requests),
             errors=0.0,
             p99_seconds=c.stable_p99_seconds,
             ttft_p99_seconds=c.stable_ttft_p99_seconds,
+            histograms={k: from_snapshot(v) for k, v in c.stable_histograms.items()},
         )
     results = g.evaluate(
         spec.gates, m, has_stable=spec.serving.stable is not None, stable_baseline=baseline
     )
     return results, g.overall(results)
+
+
+def snapshot(h: Histogram) -> HistogramSnapshot:
+    return HistogramSnapshot(bounds=list(h.bounds), counts=list(h.counts), total=h.total)
+
+
+def from_snapshot(s: HistogramSnapshot) -> Histogram:
+    return Histogram(tuple(s.bounds), tuple(s.counts), s.total)
 
 
 def _fresh_baseline(spec: QuantizedModelSpec, m: g.Measurement) -> dict[str, object]:
@@ -105,13 +136,16 @@ def _fresh_baseline(spec: QuantizedModelSpec, m: g.Measurement) -> dict[str, obj
         or s.requests is None
         or not math.isfinite(s.requests)
         or s.requests < spec.gates.min_requests
-        or s.p99_seconds is None
-        or not math.isfinite(s.p99_seconds)
+        or ((s.p99_seconds is None or not math.isfinite(s.p99_seconds)) and not s.histograms)
     ):
         return {}
-    upd: dict[str, object] = {"stable_p99_seconds": s.p99_seconds, "stable_requests": s.requests}
+    upd: dict[str, object] = {"stable_requests": s.requests}
+    if s.p99_seconds is not None and math.isfinite(s.p99_seconds):
+        upd["stable_p99_seconds"] = s.p99_seconds
     if s.ttft_p99_seconds is not None and math.isfinite(s.ttft_p99_seconds):
         upd["stable_ttft_p99_seconds"] = s.ttft_p99_seconds
+    if s.histograms:
+        upd["stable_histograms"] = {k: snapshot(h) for k, h in s.histograms.items()}
     return upd
 
 

@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from samp_core.gate_window import Window
+from samp_core.gate_window import Window, error_for
 from samp_core.measurement import SideFigures
 from samp_core.spec import GatesSpec
 from samp_core.stats.histogram import Histogram, Interval, min_samples, quantile_interval
@@ -156,7 +156,10 @@ def fair_rows(
     out = [_fair(r, f) if r.gate in comparative else r for r in rows]
     changed = [a.gate for a, b in zip(out, rows, strict=True) if a.verdict != b.verdict]
     threshold = f"per-replica request rates within {num(f.tolerance)}x either way"
-    if f.load_ratio is None:
+    err = error_for(w.m, "canary.requests", "stable.requests")
+    if err is not None:
+        row = result(GATE_LOAD_BALANCE, Verdict.ERROR, threshold=threshold, message=err)
+    elif f.load_ratio is None:
         row = result(GATE_LOAD_BALANCE, Verdict.SUCCESSFUL, threshold=threshold,
                      message=f.describe())
     elif changed:

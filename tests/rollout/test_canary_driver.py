@@ -21,6 +21,7 @@ from samp_core.spec import GatesSpec, QuantizedModelSpec
 from samp_core.status import AccuracySummary, Phase, QuantizedModelStatus
 from samp_operator.canary_driver import CanaryDriver, NoPrometheus
 from samp_operator.canary_kube import KubeCanary, KubeServing
+from latency_sim import steady_side
 from spec_fixtures import make_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,8 +96,8 @@ class FakeProvider:
         return g.Measurement(
             window_seconds=request.window_seconds,
             taken_at=request.end,
-            canary=g.SideFigures(requests=40, errors=0, p99_seconds=self.p99),
-            stable=g.SideFigures(requests=40, errors=0, p99_seconds=0.3),
+            canary=steady_side(2000, self.p99),  # enough requests to judge a P99
+            stable=steady_side(2000, 0.3),
         )
 
 

@@ -6,12 +6,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from latency_sim import steady_side
 from samp_core import canary as cn
 from samp_core import gates as g
 from samp_core.conditions import rfc3339
 from samp_core.spec import QuantizedModelSpec
 from samp_core.status import AccuracySummary, Phase, QuantizedModelStatus
-from latency_sim import steady_side
 from spec_fixtures import make_spec
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from latency_sim import steady_side
 from samp_core import canary as cn
 from samp_core import gates as g
 from samp_core.api import parse
@@ -21,7 +22,6 @@ from samp_core.spec import GatesSpec, QuantizedModelSpec
 from samp_core.status import AccuracySummary, Phase, QuantizedModelStatus
 from samp_operator.canary_driver import CanaryDriver, NoPrometheus
 from samp_operator.canary_kube import KubeCanary, KubeServing
-from latency_sim import steady_side
 from spec_fixtures import make_spec
 
 ROOT = Path(__file__).resolve().parents[2]

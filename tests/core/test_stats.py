@@ -15,10 +15,12 @@ from samp_core.stats.histogram import (
     Histogram,
     Interval,
     binomial_rank_bounds,
+    count_below,
     min_samples,
     quantile,
     quantile_interval,
     ratio_interval,
+    rescaled,
     value_at_rank,
 )
 from samp_core.stats.judge import JudgeSettings, MetricCall, classify, score
@@ -204,3 +206,34 @@ def test_score_is_the_share_of_passing_metrics() -> None:
     assert score([p, p, h], s).verdict == "marginal"  # 66.7
     assert score([p, h, h], s).verdict == "fail"
     assert score([nd, nd], s).verdict == "nodata" and score([nd], s).value is None
+
+
+def test_rescaled_counts_keep_the_total_and_move_mass_up() -> None:
+    h = Histogram((0.5, 1.0, 2.0), (50, 40, 10, 3))
+    same = rescaled(h, 1.0, h.bounds)
+    assert same == pytest.approx(h.counts)
+    slower = rescaled(h, 2.0, h.bounds)
+    assert sum(slower) == pytest.approx(h.n)
+    assert slower[0] == pytest.approx(25.0)  # half of (0, 0.5] stays under 0.5 once doubled
+    assert slower[-1] == pytest.approx(3.0 + 10.0)  # (1, 2] doubled is above 2
+    assert count_below(h, 0.75) == pytest.approx(70.0) and count_below(h, 99) == 100
+
+
+def test_shifted_u_test_tolerates_the_allowed_increase() -> None:
+    """With allowed = 1.1 the test asks "slower than 1.1 x stable": a 5% slowdown is not
+    flagged even with 10,000 requests a side; a 30% one is; and a canary exactly 1.1x
+    slower (the null's edge) is flagged in about `significance` of the windows."""
+    rng = random.Random(9)
+    stable = binned(lognormal(rng, 10000), E2E_BUCKETS)
+    a = mann_whitney_greater(binned(lognormal(rng, 10000, 0.63), E2E_BUCKETS), stable, 1.1)
+    b = mann_whitney_greater(binned(lognormal(rng, 10000, 0.78), E2E_BUCKETS), stable, 1.1)
+    assert a is not None and a.p_greater > 0.5
+    assert b is not None and b.p_greater < 1e-6
+    flagged = 0
+    for _ in range(200):
+        c = binned(lognormal(rng, 500, 0.66), E2E_BUCKETS)
+        s = binned(lognormal(rng, 500), E2E_BUCKETS)
+        t = mann_whitney_greater(c, s, 1.1)
+        assert t is not None
+        flagged += t.p_greater < 0.05
+    assert flagged / 200 <= 0.10

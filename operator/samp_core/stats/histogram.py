@@ -34,10 +34,12 @@ __all__ = [
     "Histogram",
     "Interval",
     "binomial_rank_bounds",
+    "count_below",
     "min_samples",
     "quantile",
     "quantile_interval",
     "ratio_interval",
+    "rescaled",
     "value_at_rank",
 ]
 
@@ -131,6 +133,29 @@ def value_at_rank(h: Histogram, rank: float) -> float:
             return lo + (h.bounds[i] - lo) * (rank - below) / c
         below += c
     return math.inf  # pragma: no cover - rank <= n always lands in a bucket
+
+
+def count_below(h: Histogram, x: float) -> float:
+    """Observations at or below ``x``, interpolated in its bucket (the inverse of
+    :func:`value_at_rank`); those in the +Inf bucket are above every finite ``x``."""
+    below = 0.0
+    lo = min(0.0, h.bounds[0]) if h.bounds else 0.0
+    if x <= lo:
+        return 0.0
+    for bound, c in zip(h.bounds, h.counts, strict=False):
+        if x <= bound:
+            return below + c * (x - lo) / (bound - lo) if bound > lo else below + c
+        below += c
+        lo = bound
+    return below
+
+
+def rescaled(h: Histogram, factor: float, bounds: tuple[float, ...]) -> tuple[float, ...]:
+    """The counts ``h``'s observations multiplied by ``factor`` would put in ``bounds``'
+    buckets (fractional: within a bucket they are taken as spread evenly)."""
+    cumulative = [count_below(h, b / factor) for b in bounds]
+    cumulative.append(float(h.n))
+    return (cumulative[0], *(b - a for a, b in pairwise(cumulative)))
 
 
 def quantile(h: Histogram, q: float) -> float | None:

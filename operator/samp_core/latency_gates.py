@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 from samp_core.gate_window import Window, error_for
 from samp_core.measurement import SideFigures
@@ -72,20 +71,18 @@ class LatencyStats:
 
 
 def stats_of(gates: GatesSpec) -> LatencyStats:
-    # TODO(spec merge): read the spec fields once the spec package has them.
-    lat: Any = gates.latency
-    j: Any = getattr(gates, "judge", None)
+    lat, j = gates.latency, gates.judge
     judge = None
-    if j is None or j.enabled:
+    if j.enabled:
+        allowed = j.allowed_increase or lat.p99_max_ratio_to_stable or 1.1
         judge = JudgeSettings(
-            significance=getattr(j, "significance", 0.05),
-            allowed_increase=getattr(j, "allowed_mean_increase", 1.1),
-            pass_score=getattr(j, "pass_score", 95.0),
-            marginal_score=getattr(j, "marginal_score", 75.0),
+            significance=j.significance,
+            allowed_increase=max(1.0, allowed),
+            pass_score=j.pass_score,
+            marginal_score=j.marginal_score,
             min_samples=gates.min_requests,
         )
-    return LatencyStats(getattr(lat, "min_tail_samples", 5.0), getattr(lat, "confidence", 0.95),
-                        getattr(gates, "max_load_imbalance", 1.5), judge)
+    return LatencyStats(lat.min_tail_samples, lat.confidence, gates.max_load_imbalance, judge)
 
 
 # ------------------------------------------------------------------------ fairness

@@ -89,7 +89,7 @@ def _window(
     """One interval; after an Inconclusive analysis, the step so far up to the limit."""
     if c.last_verdict != g.Verdict.INCONCLUSIVE.value:
         return interval
-    limit = parse_duration(getattr(spec.rollout, "max_analysis_window", "10m"))  # TODO spec
+    limit = parse_duration(spec.rollout.max_analysis_window)
     return max(interval, min(limit, (now - started).total_seconds()))
 
 

@@ -62,7 +62,7 @@ def _mean_ratio(canary: Histogram, stable: Histogram) -> float | None:
     return cm / sm
 
 
-def classify(  # noqa: PLR0917
+def classify(
     metric: str, canary: Histogram | None, stable: Histogram | None, s: JudgeSettings,
     tests: int = 1,
 ) -> MetricCall:

@@ -23,9 +23,8 @@ requests flags slowdowns of a few percent.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from samp_core.stats.histogram import Histogram, rescaled
 

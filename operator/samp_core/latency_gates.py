@@ -303,8 +303,8 @@ def judge_row(w: Window, st: LatencyStats) -> GateResult | None:
             calls.append(f"{c.metric} {c.classification} (p={c.p_value:.2g}, mean "
                          f"x{num(c.mean_ratio)}, P(canary slower)={num(c.cles)})")
     detail = "; ".join(calls)
-    rule = (f"Mann-Whitney U per metric at significance {num(s.significance)}, High when "
-            f"also the mean is over {num(s.allowed_increase)}x stable")
+    rule = (f"Mann-Whitney U per metric: High when slower than {num(s.allowed_increase)}x "
+            f"stable at significance {num(s.significance)}, shared by the metrics")
     if sc.value is None:
         return result(GATE_JUDGE, Verdict.INCONCLUSIVE, threshold=threshold,
                       message=f"no metric could be judged: {detail}")

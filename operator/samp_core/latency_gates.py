@@ -34,6 +34,7 @@ from samp_core.status import GateResult
 from samp_core.verdicts import Verdict, ceiling, finite, num, result
 
 __all__ = [
+    "EVIDENCE_SHORT",
     "GATE_JUDGE",
     "GATE_LOAD_BALANCE",
     "Fairness",
@@ -175,9 +176,12 @@ def fair_rows(
 # ------------------------------------------------------------------ latency gates
 
 
+EVIDENCE_SHORT = "not enough evidence"  # marks a row that waits for a longer window
+
+
 def _short(n: int, need: int, who: str, rule: str) -> str:
-    return (f"{who} has {n} observations in the window; a P99 needs {rule}: not enough "
-            "evidence (never a pass; the next window is longer)")
+    return (f"{who} has {n} observations in the window; a P99 needs {rule}: "
+            f"{EVIDENCE_SHORT} (never a pass; the next window is longer)")
 
 
 def _interval_text(iv: Interval, conf: float, unit: str) -> str:

@@ -11,7 +11,7 @@ from samp_core import canary as cn
 from samp_core import gates as g
 from samp_core.conditions import rfc3339
 from samp_core.spec import QuantizedModelSpec
-from samp_core.status import AccuracySummary, Phase, QuantizedModelStatus
+from samp_core.status import AccuracySummary, CanaryStatus, Phase, QuantizedModelStatus
 from spec_fixtures import make_spec
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -49,10 +49,13 @@ class Sim:
         self.events: list[cn.Event] = []
         self.annotations: dict[str, str] = {}
         self.measured = 0
+        self.windows: list[float] = []  # window_seconds of each analysis requested
 
     def tick(self, seconds: float, measure=healthy, ready: bool = True) -> cn.CanaryDecision:  # type: ignore[no-untyped-def]
         self.now += timedelta(seconds=seconds)
         req = cn.analysis_due(self.spec, self.status, NAME, self.now)
+        if req is not None:
+            self.windows.append(req.window_seconds)
         m = measure(self.now) if req is not None else None
         self.measured += m is not None
         d = cn.decide(
@@ -376,3 +379,67 @@ def test_without_stable_a_slow_canary_never_promotes_on_ratio_defaults() -> None
     rb = cond(sim.status, "RolledBack")
     assert rb.reason == "InconclusiveLimitExceeded" and "p99MaxSeconds" in rb.message
     assert not any(isinstance(a, cn.PromoteStable) for a in sim.actions)
+
+
+# ---------------------------------------------------------------- evidence (issue 17)
+
+
+def _at_rate(sim: Sim, per_second: float, p99: float = 0.7):  # type: ignore[no-untyped-def]
+    """A measure whose request counts grow with the window asked for; both sides' P99 at
+    ``p99`` (0.7 s sits mid-bucket, where 900 requests bound the ratio within 1.3)."""
+
+    def measure(now: datetime) -> g.Measurement:
+        n = int(per_second * sim.windows[-1])
+        return g.Measurement(window_seconds=sim.windows[-1], taken_at=now,
+                             canary=steady_side(n, p99), stable=steady_side(n, p99))
+
+    return measure
+
+
+def test_short_evidence_waits_for_a_longer_window_without_counting() -> None:
+    """45 requests/s a side: a 10 s window holds 450, short of the 500 a P99 needs. The
+    analysis is Inconclusive, not counted, and the next window reaches back to the step's
+    start (20 s: 900 requests), which passes."""
+    sim = Sim(make_spec(inconclusiveLimit=0), evaluated())
+    sim.start()
+    sim.run(200, measure=_at_rate(sim, 45))
+    assert sim.status.phase is Phase.PROMOTED, sim.status.message
+    assert sim.status.canary is not None and sim.status.canary.inconclusives == 0
+    assert sim.windows[:3] == [10, 20, 10]  # step 1: short, then the step so far; then fresh
+    waits = [e for e in sim.events if e.reason == "AnalysisInconclusive"]
+    assert waits and "not enough evidence" in waits[0].message
+
+
+def test_waiting_ends_at_max_analysis_window_and_then_counts() -> None:
+    """3 requests/s: even 30 s (the maxAnalysisWindow here) holds only 90 requests; from
+    then on each Inconclusive analysis counts, and the limit rolls the canary back."""
+    sim = Sim(make_spec(maxAnalysisWindow="30s", inconclusiveLimit=2), evaluated())
+    sim.start()
+    sim.run(300, measure=_at_rate(sim, 3))
+    st = sim.status
+    assert st.phase is Phase.ROLLED_BACK
+    assert cond(st, "RolledBack").reason == "InconclusiveLimitExceeded"
+    assert sim.windows[:5] == [10, 20, 30, 30, 30]
+    assert st.canary is not None and st.canary.inconclusives == 3
+    assert not any(isinstance(a, cn.PromoteStable) for a in sim.actions)
+
+
+def test_max_analysis_window_is_at_least_the_interval() -> None:
+    with pytest.raises(ValueError, match="maxAnalysisWindow must be at least analysisInterval"):
+        make_spec(maxAnalysisWindow="5s")
+
+
+def test_a_smaller_stable_window_does_not_replace_a_baseline_with_evidence() -> None:
+    spec = make_spec()
+    c = CanaryStatus(step=0, weight=25, stable_requests=2000.0, stable_p99_seconds=0.3)
+    small = healthy(T0, s_req=100)
+    assert small.stable is not None
+    results, verdict = cn.analysis.judge(spec, c, small)
+    after = cn.analysis.count(spec, c, small, results, verdict, T0)
+    assert after.stable_requests == 2000.0 and not after.stable_histograms
+    big = healthy(T0, s_req=3000)
+    results, verdict = cn.analysis.judge(spec, c, big)
+    after = cn.analysis.count(spec, c, big, results, verdict, T0)
+    assert after.stable_requests == 3000.0 and set(after.stable_histograms) == {
+        "e2e", "ttft", "itl"}
+

@@ -10,7 +10,9 @@ whether the counts exceed the limits. Pure, no I/O.
 * :func:`count` — the canary status after one analysis: Failed counts toward
   ``failureLimit``, Inconclusive toward ``inconclusiveLimit``, Error toward
   ``consecutiveErrorLimit`` (reset by any answered analysis); a Successful analysis
-  counts toward finishing the step.
+  counts toward finishing the step. An analysis Inconclusive only because a P99 lacks
+  evidence, in a window still shorter than ``maxAnalysisWindow``, does not count: the
+  step waits for the longer window.
 * :func:`assess` — whether a limit is exceeded, and the rollback that follows.
 """
 
@@ -33,6 +35,7 @@ from samp_core.canary.model import (
 )
 from samp_core.conditions import rfc3339
 from samp_core.events import Event
+from samp_core.latency_gates import EVIDENCE_SHORT, stats_of
 from samp_core.spec import QuantizedModelSpec, RolloutSpec
 from samp_core.stats.histogram import Histogram
 from samp_core.status import (
@@ -127,8 +130,11 @@ def from_snapshot(s: HistogramSnapshot) -> Histogram:
     return Histogram(tuple(s.bounds), tuple(s.counts), s.total)
 
 
-def _fresh_baseline(spec: QuantizedModelSpec, m: g.Measurement) -> dict[str, object]:
-    """The stable's figures of this window, when it had enough traffic to be a baseline."""
+def _fresh_baseline(
+    spec: QuantizedModelSpec, c: CanaryStatus, m: g.Measurement
+) -> dict[str, object]:
+    """The stable's figures of this window, when it had enough traffic to be a baseline
+    and, unless it has enough for a P99, at least as much as the baseline kept now."""
     s = m.stable
     if (
         s is None
@@ -138,6 +144,9 @@ def _fresh_baseline(spec: QuantizedModelSpec, m: g.Measurement) -> dict[str, obj
         or s.requests < spec.gates.min_requests
         or ((s.p99_seconds is None or not math.isfinite(s.p99_seconds)) and not s.histograms)
     ):
+        return {}
+    kept = c.stable_requests or 0.0
+    if s.requests < min(kept, stats_of(spec.gates).min_samples):
         return {}
     upd: dict[str, object] = {"stable_requests": s.requests}
     if s.p99_seconds is not None and math.isfinite(s.p99_seconds):
@@ -168,19 +177,33 @@ def count(  # noqa: PLR0917
     )
     if ratio is not None:
         upd["p99_ratio"] = round(ratio, 4)
-    upd.update(_fresh_baseline(spec, m))
+    upd.update(_fresh_baseline(spec, c, m))
     if verdict is g.Verdict.FAILED:
         upd["failures"] = c.failures + 1
         upd["consecutive_errors"] = 0
     elif verdict is g.Verdict.ERROR:
         upd["consecutive_errors"] = c.consecutive_errors + 1
     elif verdict is g.Verdict.INCONCLUSIVE:
-        upd["inconclusives"] = c.inconclusives + 1
+        if not waiting_for_evidence(spec, m, results):
+            upd["inconclusives"] = c.inconclusives + 1
         upd["consecutive_errors"] = 0
     else:
         upd["step_successes"] = c.step_successes + 1
         upd["consecutive_errors"] = 0
     return c.model_copy(update=upd)
+
+
+def waiting_for_evidence(
+    spec: QuantizedModelSpec, m: g.Measurement, results: Sequence[GateResult]
+) -> bool:
+    """Inconclusive only for want of P99 evidence, and the window can still grow."""
+    limit = parse_duration(spec.rollout.max_analysis_window)
+    inconclusive = [r for r in results if r.verdict == g.Verdict.INCONCLUSIVE.value]
+    return (
+        bool(inconclusive)
+        and m.window_seconds + 1e-6 < limit
+        and all(EVIDENCE_SHORT in r.message for r in inconclusive)
+    )
 
 
 @dataclass(frozen=True)
@@ -254,6 +277,11 @@ def analysis_event(
     req = next((r for r in results if r.gate == g.GATE_REQUESTS), None)
     if req is not None and req.verdict != "Successful":
         detail = f"{req.message}; {detail}"
+    elif verdict is g.Verdict.INCONCLUSIVE:
+        # why, first: e.g. a P99 without enough evidence yet, or an unfair load split
+        inc = g.first_of(results, g.Verdict.INCONCLUSIVE)
+        if inc is not None:
+            detail = f"{inc.gate}: {inc.message}; {detail}"
     event = Event(
         "Normal" if verdict is g.Verdict.SUCCESSFUL else "Warning",
         f"Analysis{verdict.value}",

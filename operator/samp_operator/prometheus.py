@@ -14,8 +14,9 @@ over the analysis window ``W`` ending at the request's ``end``:
   vllm:e2e_request_latency_seconds_bucket{model_name="N"}[W])))``; TTFT the same over
   ``vllm:time_to_first_token_seconds_bucket`` when a TTFT gate is set;
 * latency histograms (for the P99 intervals and the judge): per metric of
-  ``samp_core.measurement.HISTOGRAM_METRICS``, ``sum by (le) (increase(<metric>_bucket{..}[W]))``
-  and ``sum(increase(<metric>_sum{..}[W]))``; and the serving replicas,
+  ``samp_core.measurement.HISTOGRAM_METRICS``, the change of ``<metric>_bucket{..}`` by
+  ``le`` and of ``<metric>_sum{..}`` over the window, exactly (the value now minus the
+  value ``offset W``; not ``increase()``, which extrapolates); and the serving replicas,
   ``count(group by (instance) (vllm:e2e_request_latency_seconds_count{..}))``, so that
   the two sides' loads compare per replica (:meth:`PrometheusProvider.add_histograms`);
 * custom queries: the user's PromQL with ``$canary``/``$stable`` replaced by the
@@ -91,13 +92,22 @@ def p99_query(bucket: str, selector: str, window: str) -> str:
     return f"histogram_quantile(0.99, sum by (le) (rate({bucket}{selector}[{window}])))"
 
 
+def _window_change(series: str, by: str, window: str) -> str:
+    """The exact change of counters over the window: now minus ``offset`` the window,
+    or now alone for series born inside it. Not ``increase()``: it extrapolates to the
+    window's edges (1500 requests read as 1746 in tests/rollout/test_histogram_reads.py),
+    which would overstate the evidence the intervals rest on."""
+    now = f"sum{by} ({series})"
+    return f"{now} - sum{by} ({series} offset {window}) or {now}"
+
+
 def bucket_query(metric: str, selector: str, window: str) -> str:
-    """Per-bucket increases of a histogram over the window, one series per ``le``."""
-    return f"sum by (le) (increase({metric}_bucket{selector}[{window}]))"
+    """Per-bucket observations of a histogram in the window, one series per ``le``."""
+    return _window_change(f"{metric}_bucket{selector}", " by (le)", window)
 
 
 def sum_query(metric: str, selector: str, window: str) -> str:
-    return f"sum(increase({metric}_sum{selector}[{window}]))"
+    return _window_change(f"{metric}_sum{selector}", "", window)
 
 
 def replicas_query(selector: str) -> str:

@@ -27,7 +27,13 @@ from dataclasses import dataclass
 from samp_core.gate_window import Window, error_for
 from samp_core.measurement import SideFigures
 from samp_core.spec import GatesSpec
-from samp_core.stats.histogram import Histogram, Interval, min_samples, quantile_interval
+from samp_core.stats.histogram import (
+    Histogram,
+    Interval,
+    min_samples,
+    quantile,
+    quantile_interval,
+)
 from samp_core.stats.histogram import ratio_interval as p_ratio_interval
 from samp_core.stats.judge import JudgeSettings, judge_all
 from samp_core.status import GateResult
@@ -184,6 +190,17 @@ def _short(n: int, need: int, who: str, rule: str) -> str:
             f"{EVIDENCE_SHORT} (never a pass; the next window is longer)")
 
 
+def _point_estimate(canary: Histogram, stable: Histogram | None) -> float | None:
+    """The P99 (or, with ``stable``, the P99 ratio) as PromQL would read it; None if none."""
+    c = quantile(canary, Q)
+    if stable is None:
+        return c
+    s = quantile(stable, Q)
+    if c is None or s is None or not 0.0 < s < math.inf:
+        return None
+    return c / s
+
+
 def _interval_text(iv: Interval, conf: float, unit: str) -> str:
     hi = "inf" if math.isinf(iv.hi) else num(iv.hi)
     return f"{num(iv.point)}{unit} ({100 * conf:g}% interval {num(iv.lo)}-{hi}{unit})"
@@ -211,9 +228,13 @@ def latency_gate(  # noqa: PLR0917
     threshold = (f"<= {num(limit)}" + ("x stable" if is_ratio else "s")
                  + f", {100 * st.confidence:g}% interval, {st.rule}")
     need = st.min_samples
-    if ch.n < need:
-        return result(name, Verdict.INCONCLUSIVE, threshold=threshold,
-                      message=_short(ch.n, need, "the canary", st.rule))
+    if ch.n < need or (is_ratio and sh is not None and sh.n < need):
+        # the point estimate is shown (kubectl describe), but it decides nothing
+        point = _point_estimate(ch, sh if is_ratio else None)
+        who, n = ("the canary", ch.n) if ch.n < need else ("the stable", sh.n if sh else 0)
+        base = quantile(sh, Q) if sh is not None and not is_ratio and w.has_stable else None
+        return result(name, Verdict.INCONCLUSIVE, value=point, baseline=base,
+                      threshold=threshold, message=_short(n, need, who, st.rule))
     if not is_ratio:
         iv = quantile_interval(ch, Q, st.confidence)
         assert iv is not None
@@ -226,9 +247,6 @@ def latency_gate(  # noqa: PLR0917
                       message=f"canary {what} {_interval_text(iv, st.confidence, 's')} over "
                       f"{ch.n} requests: {how} the ceiling {num(limit)}s")
     assert sh is not None
-    if sh.n < need:
-        return result(name, Verdict.INCONCLUSIVE, threshold=threshold,
-                      message=_short(sh.n, need, "the stable", st.rule))
     return _ratio_gate(w, name, (ch, sh), limit, what, st, threshold)
 
 

@@ -188,7 +188,8 @@ def test_latency_regression_rolls_back_with_p99_figures(servers: Any) -> None:
     rb = cond(final, "RolledBack")
     assert rb.reason == "GateFailed"
     failed = [r for r in final.gates if r.verdict == "Failed"]
-    assert failed and {r.gate for r in failed} <= {"p99", "p99RatioToStable"}
+    # the P99 gates once they have evidence, the judge (rank test) already before
+    assert failed and {r.gate for r in failed} <= {"p99", "p99RatioToStable", "judge"}
     first = failed[0]
     # The condition names the gate, its measured value and its threshold.
     assert f"gate {first.gate} failed" in rb.message and first.threshold in rb.message
@@ -320,4 +321,5 @@ def test_failing_canary_replans_then_promotes(servers: Any, model_dirs: Any) -> 
     assert s2.phase is Phase.PROMOTED, s2.message
     assert [a.attempt for a in s2.history] == [1, 2]
     assert [a.outcome for a in s2.history] == ["RolledBack", "Promoted"]
-    assert "gate p99" in s2.history[0].reason  # the failing gate is in the history
+    reason = s2.history[0].reason  # the failing gate is in the history
+    assert "gate p99" in reason or "gate judge" in reason, reason

@@ -115,20 +115,26 @@ def evaluate(
     on and there is a stable, each custom query, and last, with a stable, the
     ``loadBalance`` check that may turn comparative verdicts Inconclusive.
 
-    ``stable_baseline``: the stable's figures from the last window in which it had
-    at least ``minRequests`` requests. Ratio gates use it when the stable has too
-    little traffic in this window — at weight 100 it has none — and say so.
+    ``stable_baseline``: the stable's figures from an earlier window with at least
+    ``minRequests`` requests (the one with the most evidence, up to what a P99 needs).
+    The comparisons use it when this window's stable has fewer requests than a P99
+    needs and fewer than the baseline — at weight 100 it has none — and say so.
     """
-    stable_short = (
-        m.stable is None
-        or not finite(m.stable.requests)
-        or (m.stable.requests or 0.0) < gates.min_requests
+    st = stats_of(gates)
+    # Too little stable traffic for the gates (at weight 100 there is none): borrow the
+    # remembered baseline when it holds more evidence than this window.
+    now = m.stable.requests if m.stable is not None and finite(m.stable.requests) else 0.0
+    kept = stable_baseline.requests if stable_baseline is not None else None
+    borrowed = (
+        has_stable
+        and m.error is None
+        and (now or 0.0) < max(gates.min_requests, st.min_samples)
+        and finite(kept)
+        and (kept or 0.0) > (now or 0.0)
     )
-    borrowed = has_stable and stable_baseline is not None and stable_short and m.error is None
     if borrowed:
         m = replace(m, stable=stable_baseline)
     w = Window(gates, m, has_stable, borrowed)
-    st = stats_of(gates)
     rows = [_requests(w), _error_rate(w), *_latency(w, st), *_judge(w, st), *_custom(w)]
     if not has_stable:
         return rows

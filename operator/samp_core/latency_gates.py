@@ -102,6 +102,7 @@ class Fairness:
     load_ratio: float | None
     tolerance: float
     why_unknown: str = ""
+    borrowed: bool = False  # the stable's rate is the remembered baseline's
 
     @property
     def canary_busier(self) -> bool:
@@ -114,26 +115,34 @@ class Fairness:
     def describe(self) -> str:
         if self.load_ratio is None:
             return f"per-replica load not compared: {self.why_unknown}"
-        return (f"canary per-replica request rate {self.load_ratio:.2f}x the stable's "
+        stable = "the stable baseline's" if self.borrowed else "the stable's"
+        return (f"canary per-replica request rate {self.load_ratio:.2f}x {stable} "
                 f"(tolerance {num(self.tolerance)}x either way)")
 
 
-def _per_replica(side: SideFigures) -> float | None:
-    if not finite(side.requests):
+def _per_replica(side: SideFigures, window_seconds: float) -> float | None:
+    """Requests per second per serving replica (one replica when unknown)."""
+    if side.rate_per_replica is not None:
+        return side.rate_per_replica
+    if not finite(side.requests) or window_seconds <= 0:
         return None
     replicas = side.replicas if finite(side.replicas) and (side.replicas or 0) > 0 else 1.0
     assert side.requests is not None and replicas is not None
-    return side.requests / replicas
+    return side.requests / window_seconds / replicas
 
 
 def fairness(w: Window, tolerance: float) -> Fairness:
-    """Both sides' per-replica request rates over the same window, compared."""
-    if w.borrowed or w.m.stable is None:
-        return Fairness(None, tolerance, "the stable baseline is from an earlier window")
-    c, s = _per_replica(w.m.canary), _per_replica(w.m.stable)
+    """The sides' per-replica request rates compared: over this window, or against the
+    rate the remembered stable baseline was measured at."""
+    if w.m.stable is None:
+        return Fairness(None, tolerance, "no stable figures")
+    c = _per_replica(w.m.canary, w.m.window_seconds)
+    s = _per_replica(w.m.stable, w.m.window_seconds)
     if c is None or s is None or s <= 0:
-        return Fairness(None, tolerance, "a side has no request count")
-    return Fairness(c / s, tolerance)
+        why = ("the stable baseline from an earlier window has no rate" if w.borrowed
+               else "a side has no request count")
+        return Fairness(None, tolerance, why)
+    return Fairness(c / s, tolerance, borrowed=w.borrowed)
 
 
 def _fair(r: GateResult, f: Fairness) -> GateResult:
@@ -228,22 +237,19 @@ def latency_gate(  # noqa: PLR0917
     threshold = (f"<= {num(limit)}" + ("x stable" if is_ratio else "s")
                  + f", {100 * st.confidence:g}% interval, {st.rule}")
     need = st.min_samples
+    # the stable's P99 beside an absolute ceiling, for the record
+    base = quantile(sh, Q) if sh is not None and not is_ratio and w.has_stable else None
     if ch.n < need or (is_ratio and sh is not None and sh.n < need):
         # the point estimate is shown (kubectl describe), but it decides nothing
         point = _point_estimate(ch, sh if is_ratio else None)
         who, n = ("the canary", ch.n) if ch.n < need else ("the stable", sh.n if sh else 0)
-        base = quantile(sh, Q) if sh is not None and not is_ratio and w.has_stable else None
         return result(name, Verdict.INCONCLUSIVE, value=point, baseline=base,
                       threshold=threshold, message=_short(n, need, who, st.rule))
     if not is_ratio:
         iv = quantile_interval(ch, Q, st.confidence)
         assert iv is not None
         verdict, how = _verdict_of(iv, limit)
-        base = None
-        if sh is not None and w.has_stable and sh.n:
-            base = quantile_interval(sh, Q, st.confidence)
-        return result(name, verdict, value=iv.point, baseline=base.point if base else None,
-                      threshold=threshold,
+        return result(name, verdict, value=iv.point, baseline=base, threshold=threshold,
                       message=f"canary {what} {_interval_text(iv, st.confidence, 's')} over "
                       f"{ch.n} requests: {how} the ceiling {num(limit)}s")
     assert sh is not None

@@ -178,6 +178,9 @@ class CanaryStatus(ApiModel):
     stable_requests: float | None = Field(
         default=None, ge=0, description="Stable requests in that window."
     )
+    stable_rate_per_replica: float | None = Field(
+        default=None, ge=0, description="Stable requests per second per replica in that window."
+    )
     stable_histograms: dict[str, HistogramSnapshot] = Field(
         default_factory=dict,
         max_length=8,

@@ -153,7 +153,23 @@ def test_stable_baseline_fallback_at_full_weight() -> None:
     assert res["p99RatioToStable"].value == pytest.approx(1.0)
     assert "last window with enough stable traffic" in res["p99RatioToStable"].message
     assert res["judge"].verdict == "Successful"
-    assert "earlier window" in res["loadBalance"].message  # no fairness check on a borrowed one
+    # fairness against the rate the baseline was measured at
+    assert "the stable baseline's" in res["loadBalance"].message
+
+
+def test_a_borrowed_baseline_is_compared_at_its_own_load() -> None:
+    """At weight 100 the canary's one replica takes all the traffic; the baseline was
+    measured at a third of that rate per replica: a slower canary may just be busier."""
+    base = g.SideFigures(**{**steady_side(N, 0.4).__dict__, "rate_per_replica": N / 60 / 3})
+    res = by_gate(g.evaluate(spec(), m(s_req=0, c_p99=1.2), has_stable=True,
+                             stable_baseline=base))
+    assert res["p99RatioToStable"].verdict == "Inconclusive"
+    assert "the canary was the busier side" in res["p99RatioToStable"].message
+    assert res["loadBalance"].value == pytest.approx(3.0)
+    # A baseline with less evidence than this window's stable is not borrowed.
+    small = steady_side(300, 0.4)
+    res = by_gate(g.evaluate(spec(), m(s_req=400), has_stable=True, stable_baseline=small))
+    assert "last window with enough stable traffic" not in res["p99RatioToStable"].message
 
 
 def test_without_stable_only_absolute_ceilings() -> None:

@@ -115,6 +115,7 @@ def judge(
             p99_seconds=c.stable_p99_seconds,
             ttft_p99_seconds=c.stable_ttft_p99_seconds,
             histograms={k: from_snapshot(v) for k, v in c.stable_histograms.items()},
+            rate_per_replica=c.stable_rate_per_replica,
         )
     results = g.evaluate(
         spec.gates, m, has_stable=spec.serving.stable is not None, stable_baseline=baseline
@@ -148,7 +149,11 @@ def _fresh_baseline(
     kept = c.stable_requests or 0.0
     if s.requests < min(kept, stats_of(spec.gates).min_samples):
         return {}
-    upd: dict[str, object] = {"stable_requests": s.requests}
+    replicas = s.replicas if s.replicas is not None and s.replicas > 0 else 1.0
+    upd: dict[str, object] = {
+        "stable_requests": s.requests,
+        "stable_rate_per_replica": s.requests / max(m.window_seconds, 1e-9) / replicas,
+    }
     if s.p99_seconds is not None and math.isfinite(s.p99_seconds):
         upd["stable_p99_seconds"] = s.p99_seconds
     if s.ttft_p99_seconds is not None and math.isfinite(s.ttft_p99_seconds):

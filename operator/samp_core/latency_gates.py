@@ -4,10 +4,12 @@ Per gate, from the bucket counts of the window (samp_core.stats.histogram):
 
 1. **Evidence**: a side with fewer than ``minTailSamples / (1 - 0.99)`` observations
    (500 by default) cannot estimate a P99: Inconclusive, never a pass or a fail; the
-   next analysis widens its window (samp_core.canary.analysis).
+   next analysis widens its window (samp_core.canary.analysis), and the analysis does
+   not count toward ``inconclusiveLimit`` until the window has reached its limit.
 2. **Interval**: the P99 (ceiling) or the canary/stable P99 ratio (ratio gate) with its
    ``confidence`` interval. Failed only when the whole interval is above the threshold,
-   Successful only when it is wholly at or below it, Inconclusive when it straddles it.
+   Successful only when it is wholly at or below it, Inconclusive when it straddles it —
+   short of evidence as well, and waiting for a longer window in the same way.
 3. **Fairness**: the ratio gates and the judge compare two sides; when their per-replica
    request rates differ by more than ``maxLoadImbalance``, the verdict the imbalance
    could have produced is not trusted — a pass when the canary was the idler side, a
@@ -224,6 +226,13 @@ def _verdict_of(iv: Interval, limit: float) -> tuple[Verdict, str]:
     return Verdict.INCONCLUSIVE, "straddles"
 
 
+def _wait_note(verdict: Verdict) -> str:
+    """A straddling interval is short of evidence too: more requests narrow it."""
+    if verdict is Verdict.INCONCLUSIVE:
+        return f" ({EVIDENCE_SHORT} yet; the next window is longer)"
+    return ""
+
+
 def latency_gate(  # noqa: PLR0917
     w: Window, name: str, metric: str, limit: float, is_ratio: bool, what: str,
     st: LatencyStats,
@@ -251,7 +260,7 @@ def latency_gate(  # noqa: PLR0917
         verdict, how = _verdict_of(iv, limit)
         return result(name, verdict, value=iv.point, baseline=base, threshold=threshold,
                       message=f"canary {what} {_interval_text(iv, st.confidence, 's')} over "
-                      f"{ch.n} requests: {how} the ceiling {num(limit)}s")
+                      f"{ch.n} requests: {how} the ceiling {num(limit)}s{_wait_note(verdict)}")
     assert sh is not None
     return _ratio_gate(w, name, (ch, sh), limit, what, st, threshold)
 
@@ -270,7 +279,7 @@ def _ratio_gate(  # noqa: PLR0917
     assert c99 is not None and s99 is not None
     msg = (f"{what} canary {num(c99.point)}s / stable {num(s99.point)}s = "
            f"{_interval_text(iv, st.confidence, '')} over {ch.n} / {sh.n} requests: "
-           f"{how} {num(limit)}")
+           f"{how} {num(limit)}{_wait_note(verdict)}")
     if w.borrowed:
         msg += "; stable baseline from the last window with enough stable traffic"
     return result(name, verdict, value=iv.point, threshold=threshold, message=msg)

@@ -65,7 +65,9 @@ def make_spec(gates: dict[str, Any] | None = None, **rollout: Any) -> QuantizedM
     doc["spec"]["rollout"] = {
         "steps": [{"weight": 50, "duration": "30s"}, {"weight": 100, "duration": "20s"}],
         "analysisInterval": "10s",
-        "progressDeadline": "4m",
+        # the P99 gates need 500 requests a side (issue 17): at a few requests per second on a
+        # loaded 2-core machine, minutes per step
+        "progressDeadline": "10m",
         "failureLimit": 1,
         "inconclusiveLimit": 3,
         "consecutiveErrorLimit": 4,
@@ -73,7 +75,9 @@ def make_spec(gates: dict[str, Any] | None = None, **rollout: Any) -> QuantizedM
     }
     doc["spec"]["gates"].update(
         {
-            "latency": {"p99MaxRatioToStable": RATIO, "p99MaxSeconds": 30},
+            # 80%: on a loaded machine 600 requests a side bounded a healthy ratio of 0.93
+            # only within 0.40-3.67 at 95% (a P99 there is heavy-tailed)
+            "latency": {"p99MaxRatioToStable": RATIO, "p99MaxSeconds": 30, "confidence": 0.8},
             "minRequests": 5,
             "maxErrorRate": 0.01,
             **(gates or {}),
@@ -101,7 +105,7 @@ def rollout(
     canary_parallel: int = 1,
     load: bool = True,
     on_step: Callable[[QuantizedModelStatus], None] | None = None,
-    timeout: float = 240,
+    timeout: float = 600,
 ) -> tuple[QuantizedModelStatus, CanaryLoop, LoadGenerator]:
     router = LocalWeights()
     loop = CanaryLoop(
@@ -231,7 +235,7 @@ def test_prometheus_down_is_error_and_the_rollout_continues(servers: Any) -> Non
                 prom.start()
 
     try:
-        final, loop, _ = rollout(servers, make_spec(), evaluated(), on_step=chaos, timeout=300)
+        final, loop, _ = rollout(servers, make_spec(), evaluated(), on_step=chaos, timeout=660)
     finally:
         prom.start()
     assert seen["stopped_at"] is not None

@@ -39,12 +39,18 @@ def traffic_precondition(m: Measurement, min_requests: int) -> tuple[Verdict, st
 
 @dataclass(frozen=True)
 class Window:
-    """One analysis window as the gates read it (the stable baseline already borrowed)."""
+    """One analysis window as the gates read it. ``stable_serves``: False at weight 100,
+    where the stable takes no traffic and nothing in the window compares with it."""
 
     gates: GatesSpec
     m: Measurement
     has_stable: bool
-    borrowed: bool
+    stable_serves: bool = True
+
+    @property
+    def compares(self) -> bool:
+        """Whether canary and stable are compared in this window (ratios, judge)."""
+        return self.has_stable and self.stable_serves
 
     @property
     def traffic(self) -> tuple[Verdict, str] | None:

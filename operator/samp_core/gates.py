@@ -33,8 +33,6 @@ cannot be computed is Inconclusive and the gate does not pass.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from samp_core.accuracy_gate import (
     GATE_ACCURACY_PREFIX,
     AccuracyVerdict,
@@ -104,7 +102,7 @@ def evaluate(
     m: Measurement,
     *,
     has_stable: bool,
-    stable_baseline: SideFigures | None = None,
+    stable_serves: bool = True,
 ) -> list[GateResult]:
     """One GateResult per configured traffic gate for one analysis window.
 
@@ -112,31 +110,18 @@ def evaluate(
     ``p99``/``p99RatioToStable``/``ttftP99``/``ttftP99RatioToStable`` where the
     spec sets them (ratios only when ``has_stable``; without a stable and without
     ``p99MaxSeconds`` a ``p99`` row that is always Inconclusive), the ``judge`` when
-    on and there is a stable, each custom query, and last, with a stable, the
-    ``loadBalance`` check that may turn comparative verdicts Inconclusive.
+    on, each custom query, and last the ``loadBalance`` check that may turn comparative
+    verdicts Inconclusive.
 
-    ``stable_baseline``: the stable's figures from an earlier window with at least
-    ``minRequests`` requests (the one with the most evidence, up to what a P99 needs).
-    The comparisons use it when this window's stable has fewer requests than a P99
-    needs and fewer than the baseline — at weight 100 it has none — and say so.
+    The stable's figures are this window's, never remembered from another.
+    ``stable_serves``: False at weight 100, where the stable takes no traffic; the
+    comparisons (ratio gates, judge, load balance) are then not judged (there is nothing
+    in this window to compare with).
     """
+    w = Window(gates, m, has_stable, stable_serves)
     st = stats_of(gates)
-    # Too little stable traffic for the gates (at weight 100 there is none): borrow the
-    # remembered baseline when it holds more evidence than this window.
-    now = m.stable.requests if m.stable is not None and finite(m.stable.requests) else 0.0
-    kept = stable_baseline.requests if stable_baseline is not None else None
-    borrowed = (
-        has_stable
-        and m.error is None
-        and (now or 0.0) < max(gates.min_requests, st.min_samples)
-        and finite(kept)
-        and (kept or 0.0) > (now or 0.0)
-    )
-    if borrowed:
-        m = replace(m, stable=stable_baseline)
-    w = Window(gates, m, has_stable, borrowed)
     rows = [_requests(w), _error_rate(w), *_latency(w, st), *_judge(w, st), *_custom(w)]
-    if not has_stable:
+    if not w.compares:
         return rows
     rows, balance = fair_rows(w, st.max_load_imbalance, rows, COMPARATIVE)
     return [*rows, balance]
@@ -208,7 +193,7 @@ def _latency(w: Window, st: LatencyStats) -> list[GateResult]:
     out = [
         _latency_gate(w, name, figure, limit, is_ratio, what, st)
         for name, figure, limit, is_ratio, what in specs
-        if limit is not None and (w.has_stable or not is_ratio)
+        if limit is not None and (not is_ratio or w.compares)
     ]
     if not w.has_stable and lat.p99_max_seconds is None:
         # The ratio gates (p99MaxRatioToStable has a default) have nothing to compare with:
@@ -243,7 +228,7 @@ def _latency_gate(  # noqa: PLR0917
 
 def _judge(w: Window, st: LatencyStats) -> list[GateResult]:
     keys = [f"{side}.hist.{k}" for side in ("canary", "stable") for k in HISTOGRAM_METRICS]
-    if st.judge is None or not w.has_stable:
+    if st.judge is None or not w.compares:
         return []
     pre = w.guarded(GATE_JUDGE, keys, f"score >= {num(st.judge.pass_score)}")
     if pre is not None:

@@ -104,7 +104,6 @@ class Fairness:
     load_ratio: float | None
     tolerance: float
     why_unknown: str = ""
-    borrowed: bool = False  # the stable's rate is the remembered baseline's
 
     @property
     def canary_busier(self) -> bool:
@@ -117,15 +116,12 @@ class Fairness:
     def describe(self) -> str:
         if self.load_ratio is None:
             return f"per-replica load not compared: {self.why_unknown}"
-        stable = "the stable baseline's" if self.borrowed else "the stable's"
-        return (f"canary per-replica request rate {self.load_ratio:.2f}x {stable} "
+        return (f"canary per-replica request rate {self.load_ratio:.2f}x the stable's "
                 f"(tolerance {num(self.tolerance)}x either way)")
 
 
 def _per_replica(side: SideFigures, window_seconds: float) -> float | None:
     """Requests per second per serving replica (one replica when unknown)."""
-    if side.rate_per_replica is not None:
-        return side.rate_per_replica
     if not finite(side.requests) or window_seconds <= 0:
         return None
     replicas = side.replicas if finite(side.replicas) and (side.replicas or 0) > 0 else 1.0
@@ -134,17 +130,14 @@ def _per_replica(side: SideFigures, window_seconds: float) -> float | None:
 
 
 def fairness(w: Window, tolerance: float) -> Fairness:
-    """The sides' per-replica request rates compared: over this window, or against the
-    rate the remembered stable baseline was measured at."""
+    """The sides' per-replica request rates over the same window, compared."""
     if w.m.stable is None:
         return Fairness(None, tolerance, "no stable figures")
     c = _per_replica(w.m.canary, w.m.window_seconds)
     s = _per_replica(w.m.stable, w.m.window_seconds)
     if c is None or s is None or s <= 0:
-        why = ("the stable baseline from an earlier window has no rate" if w.borrowed
-               else "a side has no request count")
-        return Fairness(None, tolerance, why)
-    return Fairness(c / s, tolerance, borrowed=w.borrowed)
+        return Fairness(None, tolerance, "a side has no request count")
+    return Fairness(c / s, tolerance)
 
 
 def _fair(r: GateResult, f: Fairness) -> GateResult:
@@ -280,8 +273,6 @@ def _ratio_gate(  # noqa: PLR0917
     msg = (f"{what} canary {num(c99.point)}s / stable {num(s99.point)}s = "
            f"{_interval_text(iv, st.confidence, '')} over {ch.n} / {sh.n} requests: "
            f"{how} {num(limit)}{_wait_note(verdict)}")
-    if w.borrowed:
-        msg += "; stable baseline from the last window with enough stable traffic"
     return result(name, verdict, value=iv.point, threshold=threshold, message=msg)
 
 
@@ -315,8 +306,6 @@ def _point_gate(  # noqa: PLR0917
     ok = ratio <= limit
     msg = (f"{what} canary {num(c_val)}s / stable {num(s_val)}s = {ratio:.3f} (point, no "
            f"buckets), {'within' if ok else 'above'} {num(limit)}")
-    if w.borrowed:
-        msg += "; stable baseline from the last window with enough stable traffic"
     return result(name, Verdict.SUCCESSFUL if ok else Verdict.FAILED, value=ratio,
                   threshold=threshold, message=msg)
 
@@ -326,7 +315,7 @@ def _point_gate(  # noqa: PLR0917
 
 def judge_row(w: Window, st: LatencyStats) -> GateResult | None:
     """The Kayenta-style judge over the three latency histograms; None when it is off."""
-    if st.judge is None or not w.has_stable:
+    if st.judge is None or not w.compares:
         return None
     s = st.judge
     threshold = f"score >= {num(s.pass_score)} (fails below {num(s.marginal_score)})"

@@ -38,9 +38,6 @@ class SideFigures:
     # Bucket counts over the window, by HISTOGRAM_METRICS key; absent = not measured.
     histograms: Mapping[str, Histogram] = field(default_factory=dict)
     replicas: float | None = None  # serving instances that reported in the window
-    # Requests per second per replica, when the figures are a remembered baseline from
-    # another window (the fairness check compares rates, not this window's counts).
-    rate_per_replica: float | None = None
 
 
 @dataclass(frozen=True)

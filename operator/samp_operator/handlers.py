@@ -25,7 +25,7 @@ from typing import Any
 import kopf
 
 from samp_core.api import GROUP, PLURAL, VERSION
-from samp_core.children import LABEL_MANAGED_BY, LABEL_QM, MANAGER
+from samp_core.stage_layout import LABEL_MANAGED_BY, LABEL_QM, MANAGER
 from samp_operator.engine import Engine
 from samp_operator.observe import job_record, pod_record
 

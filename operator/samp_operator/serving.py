@@ -15,6 +15,14 @@ separable too, see samp_operator.prometheus); readiness and liveness probe
 * ``s3://`` / ``gs://`` — vLLM streams it with ``--load-format runai_streamer``
   (object-store credentials from ``spec.artifacts.secretRef`` as environment).
 
+The pods pass Pod Security "restricted": the container runs as non-root, cannot
+escalate privileges, drops every capability and uses the runtime's default seccomp
+profile, and the pod mounts no service-account token (vLLM never calls the API). Each
+setting can be turned off on its own (``spec.serving.securityContext``,
+``spec.serving.automountServiceAccountToken``) where an image needs it (the
+vllm/vllm-openai image runs as root: give it ``runAsUser``, or opt out of
+``runAsNonRoot``).
+
 Quantization arguments come from the plan's export format: compressed-tensors
 checkpoints are detected by vLLM from ``config.json`` and get
 ``--quantization compressed-tensors`` explicitly so a mismatch fails loudly;
@@ -27,7 +35,7 @@ import re
 from typing import Any
 
 from samp_core.formats import ExportFormat
-from samp_core.spec import QuantizedModelSpec
+from samp_core.spec import QuantizedModelSpec, VllmSecurityContext
 
 ROLE_LABEL = "samp.dev/role"
 OWNER_LABEL = "samp.dev/quantizedmodel"
@@ -75,6 +83,23 @@ def quantization_args(export_format: ExportFormat | None) -> list[str]:
     if export_format is ExportFormat.COMPRESSED_TENSORS:
         return ["--quantization", "compressed-tensors"]
     return []
+
+
+def container_security_context(sc: VllmSecurityContext) -> dict[str, Any]:
+    """The vLLM container's securityContext; the defaults are what Pod Security
+    "restricted" asks for, and each field the spec turns off is left out or relaxed."""
+    out: dict[str, Any] = {
+        "runAsNonRoot": sc.run_as_non_root,
+        "allowPrivilegeEscalation": sc.allow_privilege_escalation,
+        "seccompProfile": {"type": sc.seccomp_profile},
+    }
+    if sc.drop_all_capabilities:
+        out["capabilities"] = {"drop": ["ALL"]}
+    if sc.run_as_user is not None:
+        out["runAsUser"] = sc.run_as_user
+    if sc.run_as_group is not None:
+        out["runAsGroup"] = sc.run_as_group
+    return out
 
 
 def _owner(owner: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -132,6 +157,7 @@ def canary_manifests(
         str(serving.port),
         *quantization_args(export_format),
         *load_args,
+        *(["--trust-remote-code"] if spec.model.trust_remote_code else []),
         *serving.extra_args,
     ]
     env: list[dict[str, Any]] = []
@@ -149,6 +175,7 @@ def canary_manifests(
         "startupProbe": {**probe, "periodSeconds": 10, "failureThreshold": 180},
         "livenessProbe": {**probe, "periodSeconds": 20, "failureThreshold": 3},
         "resources": serving.resources.to_wire(),
+        "securityContext": container_security_context(serving.security_context),
         "volumeMounts": mounts,
         # Keep serving while the endpoint removal reaches every kube-proxy and the queue
         # drains: without it, a scale-down (the stable at the 100% step, the canary after
@@ -186,6 +213,7 @@ def canary_manifests(
                     "containers": [container],
                     "volumes": volumes,
                     "terminationGracePeriodSeconds": GRACE_SECONDS,
+                    "automountServiceAccountToken": serving.automount_service_account_token,
                 },
             },
         },

@@ -145,31 +145,17 @@ def test_ratio_needs_stable_evidence_and_a_positive_baseline() -> None:
     assert "no positive finite P99" in res["p99RatioToStable"].message
 
 
-def test_stable_baseline_fallback_at_full_weight() -> None:
-    base = steady_side(N, 0.4)
-    res = by_gate(g.evaluate(spec(), m(s_req=0, c_p99=0.4), has_stable=True,
-                             stable_baseline=base))
-    assert res["p99RatioToStable"].verdict == "Successful"
-    assert res["p99RatioToStable"].value == pytest.approx(1.0)
-    assert "last window with enough stable traffic" in res["p99RatioToStable"].message
-    assert res["judge"].verdict == "Successful"
-    # fairness against the rate the baseline was measured at
-    assert "the stable baseline's" in res["loadBalance"].message
-
-
-def test_a_borrowed_baseline_is_compared_at_its_own_load() -> None:
-    """At weight 100 the canary's one replica takes all the traffic; the baseline was
-    measured at a third of that rate per replica: a slower canary may just be busier."""
-    base = g.SideFigures(**{**steady_side(N, 0.4).__dict__, "rate_per_replica": N / 60 / 3})
-    res = by_gate(g.evaluate(spec(), m(s_req=0, c_p99=1.2), has_stable=True,
-                             stable_baseline=base))
-    assert res["p99RatioToStable"].verdict == "Inconclusive"
-    assert "the canary was the busier side" in res["p99RatioToStable"].message
-    assert res["loadBalance"].value == pytest.approx(3.0)
-    # A baseline with less evidence than this window's stable is not borrowed.
-    small = steady_side(300, 0.4)
-    res = by_gate(g.evaluate(spec(), m(s_req=400), has_stable=True, stable_baseline=small))
-    assert "last window with enough stable traffic" not in res["p99RatioToStable"].message
+def test_at_full_weight_only_absolute_gates_are_judged() -> None:
+    """Weight 100: the stable serves nothing in the window, so ratio gates are not judged;
+    a remembered baseline from another window is never used instead."""
+    res = by_gate(g.evaluate(spec(), m(s_req=0, c_p99=0.5), has_stable=True,
+                             stable_serves=False))
+    assert "p99RatioToStable" not in res
+    assert "judge" not in res and "loadBalance" not in res  # no comparison at all
+    assert res["p99"].verdict == "Successful"  # the absolute ceiling still applies
+    res = by_gate(g.evaluate(spec(), m(s_req=0, c_p99=2.5), has_stable=True,
+                             stable_serves=False))
+    assert res["p99"].verdict == "Failed"
 
 
 def test_without_stable_only_absolute_ceilings() -> None:

@@ -5,8 +5,9 @@ whether the counts exceed the limits. Pure, no I/O.
   long, or after an Inconclusive analysis everything since the step started (up to
   ``maxAnalysisWindow``), so a canary with too little traffic for its gates gathers
   evidence instead of being judged on too few requests; never two steps' weights.
-* :func:`judge` — the gates (samp_core.gates) over a measurement, with the stable
-  baseline remembered from an earlier window when the stable has too little traffic now.
+* :func:`judge` — the gates (samp_core.gates) over a measurement; the stable's figures
+  are always the same window's (a remembered baseline once let an hour-old figure judge
+  a canary); at weight 100 the stable serves nothing and ratio gates are not judged.
 * :func:`count` — the canary status after one analysis: Failed counts toward
   ``failureLimit``, Inconclusive toward ``inconclusiveLimit``, Error toward
   ``consecutiveErrorLimit`` (reset by any answered analysis); a Successful analysis
@@ -18,7 +19,6 @@ whether the counts exceed the limits. Pure, no I/O.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -35,13 +35,11 @@ from samp_core.canary.model import (
 )
 from samp_core.conditions import rfc3339
 from samp_core.events import Event
-from samp_core.latency_gates import EVIDENCE_SHORT, stats_of
+from samp_core.latency_gates import EVIDENCE_SHORT
 from samp_core.spec import QuantizedModelSpec, RolloutSpec
-from samp_core.stats.histogram import Histogram
 from samp_core.status import (
     CanaryStatus,
     GateResult,
-    HistogramSnapshot,
     Phase,
     QuantizedModelStatus,
 )
@@ -107,71 +105,24 @@ def judge(
     spec: QuantizedModelSpec, c: CanaryStatus, m: g.Measurement
 ) -> tuple[list[GateResult], g.Verdict]:
     """The gates' results over ``m`` and the analysis's verdict (the worst of them)."""
-    baseline = None
-    if c.stable_p99_seconds is not None or c.stable_histograms:
-        baseline = g.SideFigures(
-            requests=float(c.stable_requests or spec.gates.min_requests),
-            errors=0.0,
-            p99_seconds=c.stable_p99_seconds,
-            ttft_p99_seconds=c.stable_ttft_p99_seconds,
-            histograms={k: from_snapshot(v) for k, v in c.stable_histograms.items()},
-            rate_per_replica=c.stable_rate_per_replica,
-        )
     results = g.evaluate(
-        spec.gates, m, has_stable=spec.serving.stable is not None, stable_baseline=baseline
+        spec.gates, m, has_stable=spec.serving.stable is not None, stable_serves=c.weight < 100
     )
     return results, g.overall(results)
 
 
-def snapshot(h: Histogram) -> HistogramSnapshot:
-    return HistogramSnapshot(bounds=list(h.bounds), counts=list(h.counts), total=h.total)
-
-
-def from_snapshot(s: HistogramSnapshot) -> Histogram:
-    return Histogram(tuple(s.bounds), tuple(s.counts), s.total)
-
-
-def _fresh_baseline(
-    spec: QuantizedModelSpec, c: CanaryStatus, m: g.Measurement
-) -> dict[str, object]:
-    """The stable's figures of this window, when it had enough traffic to be a baseline
-    and, unless it has enough for a P99, at least as much as the baseline kept now."""
-    s = m.stable
-    if (
-        s is None
-        or m.error is not None
-        or s.requests is None
-        or not math.isfinite(s.requests)
-        or s.requests < spec.gates.min_requests
-        or ((s.p99_seconds is None or not math.isfinite(s.p99_seconds)) and not s.histograms)
-    ):
-        return {}
-    kept = c.stable_requests or 0.0
-    if s.requests < min(kept, stats_of(spec.gates).min_samples):
-        return {}
-    replicas = s.replicas if s.replicas is not None and s.replicas > 0 else 1.0
-    upd: dict[str, object] = {
-        "stable_requests": s.requests,
-        "stable_rate_per_replica": s.requests / max(m.window_seconds, 1e-9) / replicas,
-    }
-    if s.p99_seconds is not None and math.isfinite(s.p99_seconds):
-        upd["stable_p99_seconds"] = s.p99_seconds
-    if s.ttft_p99_seconds is not None and math.isfinite(s.ttft_p99_seconds):
-        upd["stable_ttft_p99_seconds"] = s.ttft_p99_seconds
-    if s.histograms:
-        upd["stable_histograms"] = {k: snapshot(h) for k, h in s.histograms.items()}
-    return upd
-
-
-def count(  # noqa: PLR0917
-    spec: QuantizedModelSpec,
+def count(
     c: CanaryStatus,
-    m: g.Measurement,
     results: Sequence[GateResult],
     verdict: g.Verdict,
     now: datetime,
+    *,
+    waiting: bool = False,
 ) -> CanaryStatus:
-    """The canary status after this analysis: its time, verdict, counters and baseline."""
+    """The canary status after this analysis: its time, verdict and counters.
+
+    ``waiting`` (:func:`waiting_for_evidence`): an Inconclusive analysis that waits for a
+    longer window does not count toward ``inconclusiveLimit``."""
     upd: dict[str, object] = {
         "last_analysis_at": rfc3339(now),
         "last_verdict": verdict.value,
@@ -182,14 +133,13 @@ def count(  # noqa: PLR0917
     )
     if ratio is not None:
         upd["p99_ratio"] = round(ratio, 4)
-    upd.update(_fresh_baseline(spec, c, m))
     if verdict is g.Verdict.FAILED:
         upd["failures"] = c.failures + 1
         upd["consecutive_errors"] = 0
     elif verdict is g.Verdict.ERROR:
         upd["consecutive_errors"] = c.consecutive_errors + 1
     elif verdict is g.Verdict.INCONCLUSIVE:
-        if not waiting_for_evidence(spec, m, results):
+        if not waiting:
             upd["inconclusives"] = c.inconclusives + 1
         upd["consecutive_errors"] = 0
     else:

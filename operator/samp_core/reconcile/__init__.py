@@ -18,9 +18,10 @@ repeated after a conflict or a restart does not duplicate Jobs or Events.
 
 Per stage, in order:
 
-1. Its inputs hash (children.stage_hashes) chains the previous stage's hash with the spec
-   fields the stage reads. A ``status.stages`` record with the same hash that Succeeded
-   (in any generation) is reused: the stage is skipped ("Reused"), its artifact kept.
+1. Its inputs hash (samp_core.stage_contract.stage_hashes) chains the previous stage's
+   hash with the spec fields the stage reads. A ``status.stages`` record with the same
+   hash that Succeeded (in any generation) is reused: the stage is skipped ("Reused"),
+   its artifact kept.
 2. Otherwise a Job labelled with that stage and hash is adopted if it exists (also one
    created for an earlier generation, when only unrelated fields changed): Running waits
    for the next Job event; Succeeded reads the result summary the pod left in its
@@ -40,7 +41,7 @@ phase, Ready and the canary conditions untouched unless a spec change makes a st
 rerun. ``status.history`` is written through samp_core.history by both machines.
 
 Modules: ``decision`` (ObservedJob, Decision, status helpers), ``machine`` (``reconcile``),
-``stages`` (the walk: one small transition per case), ``summaries`` (result summaries into
+``stages`` (the walk: one small transition per case), ``summaries`` (typed result summaries into
 status), ``phase`` (conditions, phase, Ready) and ``invalid`` (specs refused up front).
 """
 
@@ -58,12 +59,7 @@ from samp_core.reconcile.invalid import unsupported_stores
 from samp_core.reconcile.machine import reconcile
 from samp_core.reconcile.phase import CANARY_PHASES
 from samp_core.reconcile.stages import RESULT_GRACE_SECONDS, RESULT_RETRY_SECONDS
-from samp_core.reconcile.summaries import (
-    ResultError,
-    accuracy_summary,
-    parse_summary,
-    plan_summary,
-)
+from samp_core.results.summaries import ResultError, parse_summary
 
 __all__ = [
     "CANARY_PHASES",
@@ -76,11 +72,9 @@ __all__ = [
     "JobState",
     "ObservedJob",
     "ResultError",
-    "accuracy_summary",
     "condition",
     "parse_status",
     "parse_summary",
-    "plan_summary",
     "reconcile",
     "unsupported_stores",
 ]

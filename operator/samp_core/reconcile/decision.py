@@ -40,12 +40,18 @@ class ObservedJob:
 
 @dataclass(frozen=True)
 class ChildRef:
+    """A Job or ConfigMap of the QuantizedModel, by name (what the decision deletes)."""
+
     kind: Literal["Job", "ConfigMap"]
     name: str
 
 
 @dataclass
 class Decision:
+    """The quantization machine's answer: the complete new status, the children to create
+    and delete, the Events, when to look again, and the figures for the metrics. The
+    canary machine answers with samp_core.canary.CanaryDecision; the engine merges it in."""
+
     status: QuantizedModelStatus
     create: list[dict[str, Any]] = field(default_factory=list)
     delete: list[ChildRef] = field(default_factory=list)

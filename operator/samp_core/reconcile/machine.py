@@ -7,13 +7,13 @@ from datetime import datetime
 from typing import Any
 
 from samp_core import history
-from samp_core.children import JobSettings, stage_hashes
 from samp_core.reconcile.decision import ChildRef, Decision, ObservedJob, clip, parse_status
 from samp_core.reconcile.invalid import invalid_spec, unsupported_stores
 from samp_core.reconcile.phase import Outcome, done_stages, set_conditions
 from samp_core.reconcile.stages import Walk, walk_stages, wanted_jobs
 from samp_core.reconcile.summaries import clear_stale_outputs
 from samp_core.results import Stage
+from samp_core.stage_jobs import JobSettings, stage_hashes_for
 from samp_core.validation import validate_manifest
 
 
@@ -36,7 +36,7 @@ def reconcile(
         return invalid_spec(body, old, unsupported, jobs, config_maps, now)
 
     gen = resource.generation
-    hashes = stage_hashes(resource, old.attempt)
+    hashes = stage_hashes_for(resource, old.attempt)
     status = old.model_copy(deep=True)
     status.observed_generation = gen
     status.inputs_hash = hashes[Stage.EVALUATE]

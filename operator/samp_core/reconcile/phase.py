@@ -8,11 +8,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from samp_core.children import STAGE_PHASE, STAGES
 from samp_core.events import Event
 from samp_core.reconcile.decision import Decision, clip, put_condition
 from samp_core.reconcile.stages import Stop
 from samp_core.results import Stage
+from samp_core.stage_layout import STAGE_PHASE, STAGES
 from samp_core.status import ConditionType, Phase, QuantizedModelStatus
 
 CANARY_PHASES = frozenset({Phase.CANARY, Phase.PAUSED, Phase.PROMOTED, Phase.ROLLED_BACK})

@@ -14,25 +14,16 @@ from datetime import datetime
 from typing import NamedTuple
 
 from samp_core.api import QuantizedModel
-from samp_core.children import (
-    STAGES,
-    JobSettings,
-    child_name,
-    config_map_manifest,
-    job_manifest,
-    stage_output_uri,
-)
 from samp_core.conditions import rfc3339
 from samp_core.events import Event
 from samp_core.reconcile.decision import Decision, ObservedJob, clip
-from samp_core.reconcile.summaries import (
-    ResultError,
-    apply_result,
-    describe,
-    parse_summary,
-)
+from samp_core.reconcile.summaries import apply_result
 from samp_core.results import Stage
+from samp_core.results.summaries import ResultError, parse_summary
+from samp_core.stage_jobs import JobSettings, config_map_manifest, job_manifest
+from samp_core.stage_layout import STAGES, child_name, stage_output_uri
 from samp_core.status import StageStatus
+from samp_core.stored_result import is_reader, reader_for
 
 # A Job that completed but whose pod's termination message is not visible yet (the pod
 # watch can lag the Job watch) is looked at again after RESULT_RETRY_SECONDS, for at most
@@ -208,6 +199,24 @@ def _failed(  # noqa: PLR0917
     return Stop(failed=failure)
 
 
+def _read_from_store(w: Walk, stage: Stage, job: ObservedJob, base: StageStatus) -> bool:
+    """The pod is gone with its termination message: start a Job that reads the result the
+    stage stored in the artifact store (checked against its inputs hash). False when there is
+    nothing to read from (the reader itself found none)."""
+    reader = reader_for(w.resource, job.name, uid=w.uid, stage=stage, hashes=w.hashes,
+                        settings=w.settings, attempt=w.attempt)
+    if reader is None:
+        return False
+    w.decision.create.append(reader)
+    w.keep.add(reader["metadata"]["name"])
+    base.job = reader["metadata"]["name"]
+    base.message = (f"Job {job.name} completed but its pod is gone; reading its "
+                    "result from the artifact store")
+    w.records.append(base)
+    w.decision.events.append(Event("Normal", "ResultFromStore", base.message))
+    return True
+
+
 def _completed(
     w: Walk, stage: Stage, mine: StageStatus | None, job: ObservedJob, base: StageStatus
 ) -> Stop | None:
@@ -219,25 +228,27 @@ def _completed(
             w.records.append(base)
             w.decision.requeue_after = RESULT_RETRY_SECONDS
             return Stop(active=stage)
+        if _read_from_store(w, stage, job, base):
+            return Stop(active=stage)
         message = (f"Job {job.name} completed without a result summary in its "
                    "termination message")
         return _failed(w, mine, base, job, Failure(stage, "ResultMissing", message),
                        Event("Warning", "ResultMissing", message), "ResultMissing")
     try:
-        data = parse_summary(stage, job.result)
+        summary = parse_summary(stage, job.result)
     except ResultError as err:
         message = clip(f"Job {job.name}: {err}")
         return _failed(w, mine, base, job, Failure(stage, "ResultInvalid", message),
                        Event("Warning", "ResultInvalid", message), "ResultInvalid")
     base.state = "Succeeded"
     base.finished_at = rfc3339(finished)
-    base.message = clip(describe(stage, data), 500)
+    base.message = clip(summary.describe(), 500)
     w.records.append(base)
-    apply_result(w.decision.status, stage, data, stage_output_uri(w.resource, stage, w.hashes))
+    apply_result(w.decision.status, summary, stage_output_uri(w.resource, stage, w.hashes))
     if not (mine and mine.state == "Succeeded"):
         w.decision.events.append(Event("Normal", "StageSucceeded",
                                        f"{stage.value}: {base.message}"))
-        if job.started_at:
+        if job.started_at and not is_reader(job.name):
             w.decision.stage_durations.append(
                 (stage.value, max(0.0, (finished - job.started_at).total_seconds())))
     return None

@@ -30,7 +30,7 @@ from samp_core.spec.hardware import HardwareSpec, Resources, Toleration
 from samp_core.spec.model import CalibrationSpec, ModelSpec
 from samp_core.spec.quantization import (
     DEFAULT_ALLOWED_FORMATS,
-    Budget,
+    BudgetSpec,
     Override,
     QuantizationSpec,
     RoundingSpec,
@@ -38,7 +38,7 @@ from samp_core.spec.quantization import (
 )
 from samp_core.spec.quantized_model import QuantizedModelSpec
 from samp_core.spec.rollout import CanaryStep, HTTPRouteRef, ReplanSpec, RolloutSpec
-from samp_core.spec.serving import ServingSpec, StableTarget
+from samp_core.spec.serving import ServingSpec, StableTarget, VllmSecurityContext
 
 __all__ = [
     "ARTIFACT_URI_PATTERN",
@@ -51,7 +51,7 @@ __all__ = [
     "PROMETHEUS_URL_PATTERN",
     "AccuracyGate",
     "ArtifactsSpec",
-    "Budget",
+    "BudgetSpec",
     "CalibrationSpec",
     "CanaryStep",
     "CustomQuery",
@@ -76,4 +76,5 @@ __all__ = [
     "ServingSpec",
     "StableTarget",
     "Toleration",
+    "VllmSecurityContext",
 ]

@@ -5,11 +5,13 @@ from __future__ import annotations
 from pydantic import Field
 
 from samp_core.schema_base import ApiModel
-from samp_core.spec.common import ARTIFACT_URI_PATTERN, SecretRef
+from samp_core.spec.common import ARTIFACT_URI_PATTERN, SecretRef, no_path_escape
 
 
 class ArtifactsSpec(ApiModel):
     """Where checkpoints and reports are written."""
+
+    rules = (no_path_escape("uri", "uri", "spec.artifacts.uri"),)
 
     uri: str = Field(
         pattern=ARTIFACT_URI_PATTERN,

@@ -9,11 +9,15 @@ from samp_core.spec.common import (
     CALIBRATION_URI_PATTERN,
     DNS_LABEL_PATTERN,
     PROMETHEUS_URL_PATTERN,
+    SecretRef,
+    no_path_escape,
 )
 
 
 class AccuracyGate(ApiModel):
     """Offline accuracy of the quantized model against the unquantized one on held-out prompts."""
+
+    rules = (no_path_escape("evalSet", "eval_set", "spec.gates.accuracy.evalSet"),)
 
     eval_set: str | None = Field(
         default=None,
@@ -177,8 +181,31 @@ class CustomQuery(ApiModel):
     min: float | None = Field(default=None, description="Fail when the value is below this.")
 
 
+def _userinfo(url: str | None) -> bool:
+    return url is not None and "@" in url.split("://", 1)[-1].split("/", 1)[0]
+
+
 class GatesSpec(ApiModel):
     """Promotion gates. A gate without enough data is inconclusive, never a pass."""
+
+    rules = (
+        Rule(
+            cel="!has(self.prometheusUrl) || !self.prometheusUrl.matches('^https?://[^/]*@')",
+            message="gates.prometheusUrl must not carry credentials (they would show in "
+            "logs); put them in a Secret named by gates.prometheusSecretRef",
+            holds=lambda g: not _userinfo(g.prometheus_url),
+            field_path=".prometheusUrl",
+        ),
+        Rule(
+            cel="has(self.prometheusUrl) || (!has(self.prometheusSecretRef) && "
+            "!(has(self.prometheusInsecureSkipVerify) && self.prometheusInsecureSkipVerify))",
+            message="gates.prometheusSecretRef and gates.prometheusInsecureSkipVerify apply "
+            "to gates.prometheusUrl only; set it, or leave the operator's default Prometheus "
+            "to the operator's own settings",
+            holds=lambda g: g.prometheus_url is not None
+            or (g.prometheus_secret_ref is None and not g.prometheus_insecure_skip_verify),
+        ),
+    )
 
     accuracy: AccuracyGate = Field(default_factory=AccuracyGate, description="Offline accuracy.")
     latency: LatencyGate = Field(default_factory=LatencyGate, description="P99 latency.")
@@ -198,7 +225,19 @@ class GatesSpec(ApiModel):
         default=None,
         pattern=PROMETHEUS_URL_PATTERN,
         max_length=1024,
-        description="Prometheus holding vLLM's metrics; the operator's default when unset.",
+        description="Prometheus holding vLLM's metrics; the operator's default when unset. "
+        "No credentials in the URL: see prometheusSecretRef.",
+    )
+    prometheus_secret_ref: SecretRef | None = Field(
+        default=None,
+        description="Secret in this namespace for prometheusUrl: key 'token' (bearer "
+        "token), or 'username' and 'password' (basic auth), and optionally 'ca.crt' (a CA "
+        "bundle that verifies its TLS certificate).",
+    )
+    prometheus_insecure_skip_verify: bool = Field(
+        default=False,
+        description="Do not verify prometheusUrl's TLS certificate (opt-in; verified by "
+        "default, against 'ca.crt' of prometheusSecretRef or the system CAs).",
     )
     custom_queries: list[CustomQuery] = Field(
         default_factory=list, max_length=16, description="Extra PromQL gates."

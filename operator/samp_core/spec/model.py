@@ -7,11 +7,18 @@ from typing import Literal
 from pydantic import Field
 
 from samp_core.schema_base import ApiModel, Rule
-from samp_core.spec.common import CALIBRATION_URI_PATTERN, MODEL_URI_PATTERN, SecretRef
+from samp_core.spec.common import (
+    CALIBRATION_URI_PATTERN,
+    MODEL_URI_PATTERN,
+    SecretRef,
+    no_path_escape,
+)
 
 
 class ModelSpec(ApiModel):
     """The unquantized base model."""
+
+    rules = (no_path_escape("source", "source", "spec.model.source"),)
 
     source: str = Field(
         description="Where the model is: hf://org/name@revision, s3://bucket/prefix, "
@@ -43,6 +50,7 @@ class CalibrationSpec(ApiModel):
             holds=lambda s: not s.source.startswith("synthetic://") or s.allow_synthetic,
             field_path=".source",
         ),
+        no_path_escape("source", "source", "spec.calibration.source"),
     )
 
     source: str = Field(

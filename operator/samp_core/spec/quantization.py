@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, Strict, field_validator
 
 from samp_core.formats import (
     GPTQ_DEFAULT_FORMATS,
@@ -19,8 +19,11 @@ from samp_core.schema_base import ApiModel, Rule
 from samp_core.spec.common import MAX_WEIGHT_BYTES, Quantity
 from samp_core.units import parse_quantity
 
+# Enums are written as strings in a manifest: they opt out of the models' strict mode.
+FormatName = Annotated[Format, Strict(False)]
 
-class Budget(ApiModel):
+
+class BudgetSpec(ApiModel):
     """Memory budget of the quantized weights. Set exactly one form."""
 
     rules = (
@@ -73,7 +76,7 @@ class Budget(ApiModel):
 class SensitivitySpec(ApiModel):
     """How each layer group's sensitivity to each format is measured."""
 
-    method: SensitivityMethod = Field(
+    method: Annotated[SensitivityMethod, Strict(False)] = Field(
         default=SensitivityMethod.FISHER,
         description="fisher: gradient-weighted output error (one forward+backward); "
         "activation: activation-weighted weight error (forward only, cheapest); "
@@ -104,14 +107,14 @@ class RoundingSpec(ApiModel):
         ),
     )
 
-    method: RoundingMethod = Field(
+    method: Annotated[RoundingMethod, Strict(False)] = Field(
         default=RoundingMethod.GPTQ,
         description="gptq: groups in gptqFormats are rounded with GPTQ (Hessian from the "
         "calibration prompts, act-order, damping, the same group-wise scales and checkpoint "
         "layout as round-to-nearest), the rest to nearest; rtn: round everything to nearest "
         "(fastest export).",
     )
-    gptq_formats: list[Format] = Field(
+    gptq_formats: list[FormatName] = Field(
         default_factory=lambda: list(GPTQ_DEFAULT_FORMATS),
         min_length=1,
         max_length=3,
@@ -155,7 +158,7 @@ class Override(ApiModel):
         description="Python/RE2 regular expression matched against module names "
         "(e.g. 'model\\.layers\\.(0|1)\\.mlp'). Fused groups take the override as a whole.",
     )
-    format: Format | None = Field(default=None, description="Format pinned for the matches.")
+    format: FormatName | None = Field(default=None, description="Format pinned for the matches.")
     keep_unquantized: bool | None = Field(
         default=None, description="Keep the matches in 16-bit."
     )
@@ -201,10 +204,21 @@ class QuantizationSpec(ApiModel):
             or all(f in (Format.NF4, Format.BF16, Format.FP16) for f in q.allowed_formats),
             field_path=".allowedFormats",
         ),
+        Rule(
+            cel="!has(self.overrides) || "
+            "self.overrides.all(o, !has(o.format) || o.format in self.allowedFormats)",
+            message="an override pins a format that allowedFormats does not list, so the "
+            "planner could never honour it; add that format to quantization.allowedFormats "
+            "or pin one it lists (keepUnquantized: true keeps 16-bit)",
+            holds=lambda q: all(
+                o.format is None or o.format in q.allowed_formats for o in q.overrides
+            ),
+            field_path=".overrides",
+        ),
     )
 
-    budget: Budget = Field(description="Memory budget; exactly one form.")
-    allowed_formats: list[Format] = Field(
+    budget: BudgetSpec = Field(description="Memory budget; exactly one form.")
+    allowed_formats: list[FormatName] = Field(
         default=DEFAULT_ALLOWED_FORMATS,
         min_length=1,
         max_length=8,
@@ -237,7 +251,7 @@ class QuantizationSpec(ApiModel):
         description="Let the planner pick formats the target runs only through emulation "
         "or fallback kernels (slower than 16-bit in some cases).",
     )
-    export_format: ExportFormat = Field(
+    export_format: Annotated[ExportFormat, Strict(False)] = Field(
         default=ExportFormat.COMPRESSED_TENSORS,
         description="compressed-tensors (vLLM-native mixed precision) or bitsandbytes-nf4 "
         "(transformers users; 4-bit MLP, the rest 16-bit).",

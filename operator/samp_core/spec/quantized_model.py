@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from samp_core.schema_base import ApiModel
+from samp_core.schema_base import ApiModel, Rule
 from samp_core.spec.artifacts import ArtifactsSpec
 from samp_core.spec.gates import GatesSpec
 from samp_core.spec.hardware import HardwareSpec
@@ -16,6 +16,20 @@ from samp_core.spec.serving import ServingSpec
 
 class QuantizedModelSpec(ApiModel):
     """A base model to quantize with SAMP, evaluate, canary on vLLM and promote behind gates."""
+
+    rules = (
+        Rule(
+            # Without a stable the ratio gates have nothing to compare with: no latency
+            # gate at all would run, and a canary with a 30 s P99 promoted.
+            cel="(has(self.serving) && has(self.serving.stable)) || (has(self.gates) && "
+            "has(self.gates.latency) && has(self.gates.latency.p99MaxSeconds))",
+            message="without spec.serving.stable there is no stable to compare latency "
+            "with: set spec.gates.latency.p99MaxSeconds (an absolute P99 ceiling) or "
+            "spec.serving.stable",
+            holds=lambda s: s.serving.stable is not None
+            or s.gates.latency.p99_max_seconds is not None,
+        ),
+    )
 
     model: ModelSpec = Field(description="The unquantized base model.")
     calibration: CalibrationSpec = Field(description="Production prompts for calibration.")

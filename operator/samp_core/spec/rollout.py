@@ -87,6 +87,13 @@ class RolloutSpec(ApiModel):
             holds=lambda r: parse_duration(r.progress_deadline) >= 60,
             field_path=".progressDeadline",
         ),
+        Rule(
+            cel="duration(self.analysisInterval) >= duration('1s')",
+            message="rollout.analysisInterval must be at least 1s (a measurement needs a "
+            "window of time); e.g. 1m",
+            holds=lambda r: parse_duration(r.analysis_interval) >= 1,
+            field_path=".analysisInterval",
+        ),
     )
 
     steps: list[CanaryStep] = Field(

@@ -16,13 +16,13 @@ Rules (README, "How the gates work"):
   figure (empty PromQL result) or a NaN/inf figure (``histogram_quantile`` over no
   observations) is **Inconclusive** — never a pass.
 * A ratio-to-stable gate also needs ``minRequests`` on the stable side and a
-  positive stable figure, both from the same window as the canary's (a baseline from
-  another window, under other load, is no baseline: Inconclusive); without a stable
-  target (``spec.serving.stable`` unset) ratio gates are not evaluated and only absolute
-  ceilings apply. At weight 100 the stable serves nothing, so no window holds both:
-  ratio gates are judged at the steps below 100 and absolute ceilings at every step.
+  positive stable figure; without a stable target (``spec.serving.stable`` unset)
+  ratio gates are not evaluated and only absolute ceilings apply.
 * Absolute ceilings and ratios to stable are separate gates, so both can be set
-  and both must pass.
+  and both must pass. They are judged on the P99's confidence interval from the
+  histogram buckets, under a minimum-evidence rule, with canary and stable compared
+  only under a fair split of the load (samp_core.latency_gates); a Kayenta-style
+  ``judge`` row (a rank test per latency metric, scored) stands beside them.
 
 One analysis's verdict is the worst of its gates, in the order Failed, Error,
 Inconclusive, Successful (:func:`~samp_core.verdicts.overall`). The accuracy gate
@@ -33,21 +33,27 @@ cannot be computed is Inconclusive and the gate does not pass.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
-
 from samp_core.accuracy_gate import (
     GATE_ACCURACY_PREFIX,
     AccuracyVerdict,
     evaluate_accuracy,
     evaluate_accuracy_summary,
 )
+from samp_core.gate_window import Window, error_for
+from samp_core.latency_gates import (
+    GATE_JUDGE,
+    GATE_LOAD_BALANCE,
+    LatencyStats,
+    fair_rows,
+    judge_row,
+    latency_gate,
+    stats_of,
+)
+from samp_core.measurement import HISTOGRAM_METRICS, Measurement, SideFigures
 from samp_core.spec import GatesSpec
 from samp_core.status import GateResult
 from samp_core.verdicts import (
     Verdict,
-    ceiling,
     finite,
     first_of,
     format_result,
@@ -59,11 +65,14 @@ from samp_core.verdicts import (
 __all__ = [
     "GATE_ACCURACY_PREFIX",
     "GATE_ERROR_RATE",
+    "GATE_JUDGE",
+    "GATE_LOAD_BALANCE",
     "GATE_P99",
     "GATE_P99_RATIO",
     "GATE_REQUESTS",
     "GATE_TTFT_P99",
     "GATE_TTFT_P99_RATIO",
+    "HISTOGRAM_METRICS",
     "AccuracyVerdict",
     "Measurement",
     "SideFigures",
@@ -85,124 +94,7 @@ GATE_TTFT_P99_RATIO = "ttftP99RatioToStable"
 GATE_CUSTOM_PREFIX = "query:"
 
 
-@dataclass(frozen=True)
-class SideFigures:
-    """What one side (canary or stable) did during the window. None = no data."""
-
-    requests: float | None = None  # requests finished in the window (every finished_reason)
-    errors: float | None = None  # of which failed: engine abort/error + HTTP 4xx/5xx
-    p99_seconds: float | None = None  # P99 end-to-end latency
-    ttft_p99_seconds: float | None = None  # P99 time to first token
-
-
-@dataclass(frozen=True)
-class Measurement:
-    """One analysis window as the metric provider saw it.
-
-    ``error`` set means the backend did not answer at all; ``query_errors`` maps a
-    figure key (``canary.p99``, ``stable.requests``, ``query:<name>``...) to the
-    error of that one query. ``custom`` holds custom-query values by gate name.
-    """
-
-    window_seconds: float
-    taken_at: datetime
-    canary: SideFigures = field(default_factory=SideFigures)
-    stable: SideFigures | None = None
-    custom: Mapping[str, float | None] = field(default_factory=dict)
-    error: str | None = None
-    query_errors: Mapping[str, str] = field(default_factory=dict)
-
-
-def _error_for(m: Measurement, *keys: str) -> str | None:
-    if m.error is not None:
-        return f"metrics backend unreachable: {m.error}"
-    for k in keys:
-        if k in m.query_errors:
-            return f"query {k} failed: {m.query_errors[k]}"
-    return None
-
-
-def _traffic_precondition(m: Measurement, min_requests: int) -> tuple[Verdict, str] | None:
-    """Inconclusive when the canary has too little traffic in the window; None if enough."""
-    n = m.canary.requests
-    if not finite(n):
-        return Verdict.INCONCLUSIVE, "no canary request count in the window (no series yet)"
-    assert n is not None
-    if n < min_requests:
-        return (
-            Verdict.INCONCLUSIVE,
-            f"canary finished {n:.0f} requests in {m.window_seconds:.0f}s, fewer than "
-            f"minRequests {min_requests}; figures do not count",
-        )
-    return None
-
-
-def _ratio(  # noqa: PLR0917
-    gate: str,
-    canary: float | None,
-    stable: float | None,
-    stable_requests: float | None,
-    limit: float,
-    min_requests: int,
-    what: str,
-) -> GateResult:
-    threshold = f"<= {num(limit)}x stable"
-    if not finite(stable_requests) or (stable_requests or 0.0) < min_requests:
-        return result(
-            gate,
-            Verdict.INCONCLUSIVE,
-            value=canary,
-            baseline=stable,
-            threshold=threshold,
-            message=f"stable baseline finished {num(stable_requests)} requests, fewer than "
-            f"minRequests {min_requests}; no comparison",
-        )
-    if not finite(canary) or not finite(stable) or (stable or 0.0) <= 0.0:
-        return result(
-            gate,
-            Verdict.INCONCLUSIVE,
-            value=canary,
-            baseline=stable,
-            threshold=threshold,
-            message=f"{what}: canary {num(canary)}s, stable {num(stable)}s; cannot form a ratio",
-        )
-    assert canary is not None and stable is not None
-    ratio = canary / stable
-    ok = ratio <= limit
-    # The row holds the ratio; the seconds on both sides are in its message and in the
-    # absolute gate's row (value = canary, baseline = stable).
-    return result(
-        gate,
-        Verdict.SUCCESSFUL if ok else Verdict.FAILED,
-        value=ratio,
-        threshold=threshold,
-        message=f"{what} canary {num(canary)}s / stable {num(stable)}s = {ratio:.3f}, "
-        f"{'within' if ok else 'above'} {num(limit)}",
-    )
-
-
-@dataclass(frozen=True)
-class _Window:
-    """One analysis window as the gates read it."""
-
-    gates: GatesSpec
-    m: Measurement
-    has_stable: bool
-    stable_serves: bool
-
-    @property
-    def traffic(self) -> tuple[Verdict, str] | None:
-        return _traffic_precondition(self.m, self.gates.min_requests)
-
-    def guarded(self, name: str, keys: Sequence[str], threshold: str) -> GateResult | None:
-        """Error when a query it needs failed, the traffic verdict when traffic is short."""
-        err = _error_for(self.m, *keys)
-        if err is not None:
-            return result(name, Verdict.ERROR, threshold=threshold, message=err)
-        traffic = self.traffic
-        if traffic is not None:
-            return result(name, traffic[0], value=None, threshold=threshold, message=traffic[1])
-        return None
+COMPARATIVE = frozenset({GATE_P99_RATIO, GATE_TTFT_P99_RATIO, GATE_JUDGE})
 
 
 def evaluate(
@@ -217,20 +109,28 @@ def evaluate(
     Always reports ``requests`` (the traffic precondition) and ``errorRate``; then
     ``p99``/``p99RatioToStable``/``ttftP99``/``ttftP99RatioToStable`` where the
     spec sets them (ratios only when ``has_stable``; without a stable and without
-    ``p99MaxSeconds`` a ``p99`` row that is always Inconclusive), then each custom query.
+    ``p99MaxSeconds`` a ``p99`` row that is always Inconclusive), the ``judge`` when
+    on, each custom query, and last the ``loadBalance`` check that may turn comparative
+    verdicts Inconclusive.
 
     The stable's figures are this window's, never remembered from another.
     ``stable_serves``: False at weight 100, where the stable takes no traffic; the
-    ratio gates are then not judged (there is nothing in this window to compare with).
+    comparisons (ratio gates, judge, load balance) are then not judged (there is nothing
+    in this window to compare with).
     """
-    w = _Window(gates, m, has_stable, stable_serves)
-    return [_requests(w), _error_rate(w), *_latency(w), *_custom(w)]
+    w = Window(gates, m, has_stable, stable_serves)
+    st = stats_of(gates)
+    rows = [_requests(w), _error_rate(w), *_latency(w, st), *_judge(w, st), *_custom(w)]
+    if not w.compares:
+        return rows
+    rows, balance = fair_rows(w, st.max_load_imbalance, rows, COMPARATIVE)
+    return [*rows, balance]
 
 
-def _requests(w: _Window) -> GateResult:
+def _requests(w: Window) -> GateResult:
     """The precondition itself, shown so "no traffic" is visible in status."""
     m, minimum = w.m, w.gates.min_requests
-    err = _error_for(m, "canary.requests")
+    err = error_for(m, "canary.requests")
     if err is not None:
         return result(GATE_REQUESTS, Verdict.ERROR, threshold=f">= {minimum}", message=err)
     traffic = w.traffic
@@ -248,7 +148,7 @@ def _requests(w: _Window) -> GateResult:
     )
 
 
-def _error_rate(w: _Window) -> GateResult:
+def _error_rate(w: Window) -> GateResult:
     m, limit = w.m, w.gates.max_error_rate
     pre = w.guarded(GATE_ERROR_RATE, ("canary.requests", "canary.errors"), f"<= {num(limit)}")
     if pre is not None:
@@ -280,20 +180,20 @@ def _error_rate(w: _Window) -> GateResult:
     )
 
 
-def _latency(w: _Window) -> list[GateResult]:
+def _latency(w: Window, st: LatencyStats) -> list[GateResult]:
     """Absolute ceilings and ratios to stable are separate gates."""
     lat = w.gates.latency
     specs: list[tuple[str, str, float | None, bool, str]] = [
-        (GATE_P99, "p99", lat.p99_max_seconds, False, "P99 end-to-end latency"),
-        (GATE_P99_RATIO, "p99", lat.p99_max_ratio_to_stable, True, "P99 end-to-end latency"),
+        (GATE_P99, "e2e", lat.p99_max_seconds, False, "P99 end-to-end latency"),
+        (GATE_P99_RATIO, "e2e", lat.p99_max_ratio_to_stable, True, "P99 end-to-end latency"),
         (GATE_TTFT_P99, "ttft", lat.ttft_p99_max_seconds, False, "P99 time to first token"),
         (GATE_TTFT_P99_RATIO, "ttft", lat.ttft_p99_max_ratio_to_stable, True,
          "P99 time to first token"),
     ]
     out = [
-        _latency_gate(w, name, figure, limit, is_ratio, what)
+        _latency_gate(w, name, figure, limit, is_ratio, what, st)
         for name, figure, limit, is_ratio, what in specs
-        if limit is not None and (not is_ratio or (w.has_stable and w.stable_serves))
+        if limit is not None and (not is_ratio or w.compares)
     ]
     if not w.has_stable and lat.p99_max_seconds is None:
         # The ratio gates (p99MaxRatioToStable has a default) have nothing to compare with:
@@ -312,26 +212,32 @@ def _latency(w: _Window) -> list[GateResult]:
 
 
 def _latency_gate(  # noqa: PLR0917
-    w: _Window, name: str, figure: str, limit: float, is_ratio: bool, what: str
+    w: Window, name: str, metric: str, limit: float, is_ratio: bool, what: str,
+    st: LatencyStats,
 ) -> GateResult:
-    key = "p99" if figure == "p99" else "ttftP99"
-    keys = [f"canary.{key}", "canary.requests"]
+    key = "p99" if metric == "e2e" else "ttftP99"
+    keys = [f"canary.{key}", f"canary.hist.{metric}", "canary.requests"]
     if is_ratio:
-        keys += [f"stable.{key}", "stable.requests"]
+        keys += [f"stable.{key}", f"stable.hist.{metric}", "stable.requests"]
     threshold = f"<= {num(limit)}" + ("x stable" if is_ratio else "s")
     pre = w.guarded(name, keys, threshold)
     if pre is not None:
         return pre
-    m, stable = w.m, w.m.stable or SideFigures()
-    c_val = m.canary.p99_seconds if figure == "p99" else m.canary.ttft_p99_seconds
-    s_val = stable.p99_seconds if figure == "p99" else stable.ttft_p99_seconds
-    if not is_ratio:
-        return ceiling(name, c_val, limit, "s", f"canary {what}",
-                       baseline=s_val if w.has_stable else None)
-    return _ratio(name, c_val, s_val, stable.requests, limit, w.gates.min_requests, what)
+    return latency_gate(w, name, metric, limit, is_ratio, what, st)
 
 
-def _custom(w: _Window) -> list[GateResult]:
+def _judge(w: Window, st: LatencyStats) -> list[GateResult]:
+    keys = [f"{side}.hist.{k}" for side in ("canary", "stable") for k in HISTOGRAM_METRICS]
+    if st.judge is None or not w.compares:
+        return []
+    pre = w.guarded(GATE_JUDGE, keys, f"score >= {num(st.judge.pass_score)}")
+    if pre is not None:
+        return [pre]
+    row = judge_row(w, st)
+    return [row] if row is not None else []
+
+
+def _custom(w: Window) -> list[GateResult]:
     out: list[GateResult] = []
     for q in w.gates.custom_queries:
         name = f"{GATE_CUSTOM_PREFIX}{q.name}"

@@ -168,9 +168,10 @@ def test_failing_canary_rolls_back_and_operator_restart_resumes(e2e: E2ECluster)
     assert operator_pod(e2e) != victim
     assert st["phase"] == "RolledBack", e2e.describe(name)
     ready = next(c for c in st["conditions"] if c["type"] == "RolledBack")
-    assert "p99" in ready["message"].lower(), ready
+    # a P99 gate once it has 500 requests a side, the judge's rank test before (issue 17)
+    assert "p99" in ready["message"].lower() or "gate judge" in ready["message"], ready
     events = e2e.events_of(name)
-    assert any("p99" in e.lower() for e in events), events
+    assert any("p99" in e.lower() or "judge" in e for e in events), events
     # no stage ran twice: the Jobs that existed before the restart are the same objects
     jobs = e2e.jobs_of(name)
     names = [j["metadata"]["name"] for j in jobs]

@@ -379,3 +379,19 @@ def test_spec_values_cannot_close_a_label_matcher() -> None:
     queries = dict(p.queries)
     assert queries["query:kv"] == 'max(kv{model_name="x\\"} or vector(0) or kv{model_name=\\"y"})'
     assert all('model_name="x\\"}' in q for k, q in queries.items() if k.startswith("canary."))
+
+
+def test_histogram_promql_text() -> None:
+    """Bucket counts are the counters' exact change over the window (now minus offset W,
+    or now alone for a series born inside it), never increase()'s extrapolation."""
+    sel = '{model_name="m"}'
+    series = 'vllm:e2e_request_latency_seconds_bucket{model_name="m"}'
+    assert prom.bucket_query("vllm:e2e_request_latency_seconds", sel, "30s") == (
+        f"sum by (le) ({series}) - sum by (le) ({series} offset 30s) or sum by (le) ({series})"
+    )
+    assert prom.sum_query("vllm:e2e_request_latency_seconds", sel, "30s").startswith(
+        'sum (vllm:e2e_request_latency_seconds_sum{model_name="m"}) - sum ('
+    )
+    assert prom.replicas_query(sel) == (
+        'count(group by (instance) (vllm:e2e_request_latency_seconds_count{model_name="m"}))'
+    )

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from latency_sim import steady_side
 from samp_core import canary as cn
 from samp_core import gates as g
 from samp_core.api import parse
@@ -95,8 +96,8 @@ class FakeProvider:
         return g.Measurement(
             window_seconds=request.window_seconds,
             taken_at=request.end,
-            canary=g.SideFigures(requests=40, errors=0, p99_seconds=self.p99),
-            stable=g.SideFigures(requests=40, errors=0, p99_seconds=0.3),
+            canary=steady_side(2000, self.p99),  # enough requests to judge a P99
+            stable=steady_side(2000, 0.3),
         )
 
 

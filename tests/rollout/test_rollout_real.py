@@ -57,6 +57,10 @@ REGRESSION_PARALLEL = 8
 REGRESSION_GATES = {
     "latency": {"p99MaxRatioToStable": RATIO, "p99MaxSeconds": 3},
     "minRequests": 3,
+    # The injected regression is more work per request (n=8 sequences), which vLLM counts
+    # as 8 finished requests: the fairness check would rightly call the canary the busier
+    # side (3.2x, seen) and not trust its failure. Here the extra work is the regression.
+    "maxLoadImbalance": 100,
 }
 
 
@@ -65,7 +69,9 @@ def make_spec(gates: dict[str, Any] | None = None, **rollout: Any) -> QuantizedM
     doc["spec"]["rollout"] = {
         "steps": [{"weight": 50, "duration": "30s"}, {"weight": 100, "duration": "20s"}],
         "analysisInterval": "10s",
-        "progressDeadline": "4m",
+        # the P99 gates need 500 requests a side (issue 17): at a few requests per second on a
+        # loaded 2-core machine, minutes per step
+        "progressDeadline": "10m",
         "failureLimit": 1,
         "inconclusiveLimit": 3,
         "consecutiveErrorLimit": 4,
@@ -73,7 +79,9 @@ def make_spec(gates: dict[str, Any] | None = None, **rollout: Any) -> QuantizedM
     }
     doc["spec"]["gates"].update(
         {
-            "latency": {"p99MaxRatioToStable": RATIO, "p99MaxSeconds": 30},
+            # 80%: on a loaded machine 600 requests a side bounded a healthy ratio of 0.93
+            # only within 0.40-3.67 at 95% (a P99 there is heavy-tailed)
+            "latency": {"p99MaxRatioToStable": RATIO, "p99MaxSeconds": 30, "confidence": 0.8},
             "minRequests": 5,
             "maxErrorRate": 0.01,
             **(gates or {}),
@@ -101,7 +109,7 @@ def rollout(
     canary_parallel: int = 1,
     load: bool = True,
     on_step: Callable[[QuantizedModelStatus], None] | None = None,
-    timeout: float = 240,
+    timeout: float = 600,
 ) -> tuple[QuantizedModelStatus, CanaryLoop, LoadGenerator]:
     router = LocalWeights()
     loop = CanaryLoop(
@@ -188,7 +196,8 @@ def test_latency_regression_rolls_back_with_p99_figures(servers: Any) -> None:
     rb = cond(final, "RolledBack")
     assert rb.reason == "GateFailed"
     failed = [r for r in final.gates if r.verdict == "Failed"]
-    assert failed and {r.gate for r in failed} <= {"p99", "p99RatioToStable"}
+    # the P99 gates once they have evidence, the judge (rank test) already before
+    assert failed and {r.gate for r in failed} <= {"p99", "p99RatioToStable", "judge"}
     first = failed[0]
     # The condition names the gate, its measured value and its threshold.
     assert f"gate {first.gate} failed" in rb.message and first.threshold in rb.message
@@ -230,7 +239,7 @@ def test_prometheus_down_is_error_and_the_rollout_continues(servers: Any) -> Non
                 prom.start()
 
     try:
-        final, loop, _ = rollout(servers, make_spec(), evaluated(), on_step=chaos, timeout=300)
+        final, loop, _ = rollout(servers, make_spec(), evaluated(), on_step=chaos, timeout=660)
     finally:
         prom.start()
     assert seen["stopped_at"] is not None
@@ -320,4 +329,5 @@ def test_failing_canary_replans_then_promotes(servers: Any, model_dirs: Any) -> 
     assert s2.phase is Phase.PROMOTED, s2.message
     assert [a.attempt for a in s2.history] == [1, 2]
     assert [a.outcome for a in s2.history] == ["RolledBack", "Promoted"]
-    assert "gate p99" in s2.history[0].reason  # the failing gate is in the history
+    reason = s2.history[0].reason  # the failing gate is in the history
+    assert "gate p99" in reason or "gate judge" in reason, reason

@@ -1,15 +1,19 @@
 """Canary analysis, as Argo Rollouts' AnalysisRun: when one is due, what it counts, and
 whether the counts exceed the limits. Pure, no I/O.
 
-* :func:`analysis_due` — the window to measure now (one ``analysisInterval`` long, so it
-  never mixes two steps' weights), or None.
+* :func:`analysis_due` — the window to measure now, or None: one ``analysisInterval``
+  long, or after an Inconclusive analysis everything since the step started (up to
+  ``maxAnalysisWindow``), so a canary with too little traffic for its gates gathers
+  evidence instead of being judged on too few requests; never two steps' weights.
 * :func:`judge` — the gates (samp_core.gates) over a measurement; the stable's figures
   are always the same window's (a remembered baseline once let an hour-old figure judge
   a canary); at weight 100 the stable serves nothing and ratio gates are not judged.
 * :func:`count` — the canary status after one analysis: Failed counts toward
   ``failureLimit``, Inconclusive toward ``inconclusiveLimit``, Error toward
   ``consecutiveErrorLimit`` (reset by any answered analysis); a Successful analysis
-  counts toward finishing the step.
+  counts toward finishing the step. An analysis Inconclusive only because a P99 lacks
+  evidence, in a window still shorter than ``maxAnalysisWindow``, does not count: the
+  step waits for the longer window.
 * :func:`assess` — whether a limit is exceeded, and the rollback that follows.
 """
 
@@ -31,8 +35,14 @@ from samp_core.canary.model import (
 )
 from samp_core.conditions import rfc3339
 from samp_core.events import Event
+from samp_core.latency_gates import EVIDENCE_SHORT
 from samp_core.spec import QuantizedModelSpec, RolloutSpec
-from samp_core.status import CanaryStatus, GateResult, Phase, QuantizedModelStatus
+from samp_core.status import (
+    CanaryStatus,
+    GateResult,
+    Phase,
+    QuantizedModelStatus,
+)
 from samp_core.units import parse_duration
 
 __all__ = ["Breach", "analysis_due", "assess", "count", "judge", "seconds_until_next"]
@@ -50,7 +60,9 @@ def analysis_due(
 
     Due while the canary runs (not paused) with traffic at a step, once the first
     full interval at this step has passed and then every ``analysisInterval``.
-    The window is one interval long, so it never mixes two steps' weights.
+    The window is one interval long; after an Inconclusive analysis it reaches back to
+    the step's start, at most ``maxAnalysisWindow``. Either way it never mixes two
+    steps' weights.
     """
     if status.phase is not Phase.CANARY or status.canary is None:
         return None
@@ -64,11 +76,22 @@ def analysis_due(
     return AnalysisRequest(
         canary_model=canary_model_name(spec, name),
         stable_model=stable_model_name(spec, name),
-        window_seconds=interval,
+        window_seconds=_window(spec, c, started, now, interval),
         end=now,
         step=c.step,
         weight=c.weight,
     )
+
+
+def _window(
+    spec: QuantizedModelSpec, c: CanaryStatus, started: datetime, now: datetime,
+    interval: float,
+) -> float:
+    """One interval; after an Inconclusive analysis, the step so far up to the limit."""
+    if c.last_verdict != g.Verdict.INCONCLUSIVE.value:
+        return interval
+    limit = parse_duration(spec.rollout.max_analysis_window)
+    return max(interval, min(limit, (now - started).total_seconds()))
 
 
 def seconds_until_next(spec: QuantizedModelSpec, c: CanaryStatus, now: datetime) -> float:
@@ -89,9 +112,17 @@ def judge(
 
 
 def count(
-    c: CanaryStatus, results: Sequence[GateResult], verdict: g.Verdict, now: datetime
+    c: CanaryStatus,
+    results: Sequence[GateResult],
+    verdict: g.Verdict,
+    now: datetime,
+    *,
+    waiting: bool = False,
 ) -> CanaryStatus:
-    """The canary status after this analysis: its time, verdict and counters."""
+    """The canary status after this analysis: its time, verdict and counters.
+
+    ``waiting`` (:func:`waiting_for_evidence`): an Inconclusive analysis that waits for a
+    longer window does not count toward ``inconclusiveLimit``."""
     upd: dict[str, object] = {
         "last_analysis_at": rfc3339(now),
         "last_verdict": verdict.value,
@@ -108,12 +139,26 @@ def count(
     elif verdict is g.Verdict.ERROR:
         upd["consecutive_errors"] = c.consecutive_errors + 1
     elif verdict is g.Verdict.INCONCLUSIVE:
-        upd["inconclusives"] = c.inconclusives + 1
+        if not waiting:
+            upd["inconclusives"] = c.inconclusives + 1
         upd["consecutive_errors"] = 0
     else:
         upd["step_successes"] = c.step_successes + 1
         upd["consecutive_errors"] = 0
     return c.model_copy(update=upd)
+
+
+def waiting_for_evidence(
+    spec: QuantizedModelSpec, m: g.Measurement, results: Sequence[GateResult]
+) -> bool:
+    """Inconclusive only for want of P99 evidence, and the window can still grow."""
+    limit = parse_duration(spec.rollout.max_analysis_window)
+    inconclusive = [r for r in results if r.verdict == g.Verdict.INCONCLUSIVE.value]
+    return (
+        bool(inconclusive)
+        and m.window_seconds + 1e-6 < limit
+        and all(EVIDENCE_SHORT in r.message for r in inconclusive)
+    )
 
 
 @dataclass(frozen=True)
@@ -187,6 +232,11 @@ def analysis_event(
     req = next((r for r in results if r.gate == g.GATE_REQUESTS), None)
     if req is not None and req.verdict != "Successful":
         detail = f"{req.message}; {detail}"
+    elif verdict is g.Verdict.INCONCLUSIVE:
+        # why, first: e.g. a P99 without enough evidence yet, or an unfair load split
+        inc = g.first_of(results, g.Verdict.INCONCLUSIVE)
+        if inc is not None:
+            detail = f"{inc.gate}: {inc.message}; {detail}"
     event = Event(
         "Normal" if verdict is g.Verdict.SUCCESSFUL else "Warning",
         f"Analysis{verdict.value}",

@@ -279,7 +279,8 @@ def _step_started(t: Turn, run: _Running, c: CanaryStatus, msg: str) -> CanaryDe
 def _analyse(t: Turn, run: _Running, m: g.Measurement) -> _Running | CanaryDecision:
     """Judge, count and assess one analysis; a rollback when a limit is exceeded."""
     results, verdict = analysis.judge(t.spec, run.canary, m)
-    c = analysis.count(run.canary, results, verdict, t.now)
+    waiting = analysis.waiting_for_evidence(t.spec, m, results)
+    c = analysis.count(run.canary, results, verdict, t.now, waiting=waiting)
     head, event = analysis.analysis_event(c, len(t.spec.rollout.steps), m, results, verdict)
     events = (*run.events, event)
     status = run.status.model_copy(

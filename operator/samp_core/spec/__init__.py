@@ -25,7 +25,7 @@ from samp_core.spec.common import (
     ResourceQuantity,
     SecretRef,
 )
-from samp_core.spec.gates import AccuracyGate, CustomQuery, GatesSpec, LatencyGate
+from samp_core.spec.gates import AccuracyGate, CustomQuery, GatesSpec, JudgeSpec, LatencyGate
 from samp_core.spec.hardware import HardwareSpec, Resources, Toleration
 from samp_core.spec.model import CalibrationSpec, ModelSpec
 from samp_core.spec.quantization import (
@@ -59,6 +59,7 @@ __all__ = [
     "GatesSpec",
     "HTTPRouteRef",
     "HardwareSpec",
+    "JudgeSpec",
     "LatencyGate",
     "ModelSpec",
     "Override",

@@ -100,6 +100,63 @@ class LatencyGate(ApiModel):
         alias="ttftP99MaxRatioToStable",
         description="Ceiling on canary TTFT P99 divided by stable TTFT P99.",
     )
+    min_tail_samples: float = Field(
+        default=5.0,
+        ge=1.0,
+        le=1000.0,
+        description="Minimum evidence for a P99: each side needs minTailSamples / (1 - 0.99) "
+        "requests in the window (5: 500), so that about that many lie above the true P99; "
+        "with fewer the P99 is the slowest request or close to it, and the gate is "
+        "Inconclusive (never a pass) while the next window grows.",
+    )
+    confidence: float = Field(
+        default=0.95,
+        ge=0.5,
+        le=0.999,
+        description="Confidence of the P99 interval (order statistics of the histogram "
+        "buckets): a gate fails only when the whole interval is above its threshold, "
+        "passes only when it is wholly at or below it, and is Inconclusive otherwise.",
+    )
+
+
+class JudgeSpec(ApiModel):
+    """A Kayenta-style judge beside the thresholds: a rank test per latency metric, scored."""
+
+    rules = (
+        Rule(
+            cel="self.marginalScore <= self.passScore",
+            message="gates.judge.marginalScore must not exceed passScore",
+            holds=lambda j: j.marginal_score <= j.pass_score,
+        ),
+    )
+
+    enabled: bool = Field(
+        default=True,
+        description="Judge end-to-end latency, time to first token and time per output "
+        "token with a Mann-Whitney U test each (from the histograms), scored as Kayenta does.",
+    )
+    significance: float = Field(
+        default=0.05,
+        gt=0.0,
+        le=0.5,
+        description="Chance that a canary no slower than allowed fails the judge, shared "
+        "over the metrics (each tested at significance / 3).",
+    )
+    allowed_increase: float | None = Field(
+        default=None,
+        ge=1.0,
+        le=100.0,
+        description="Effect size: how much slower than the stable a canary may be before "
+        "the test flags a metric (1.1 = 10%). Unset: p99MaxRatioToStable, else 1.1.",
+    )
+    pass_score: float = Field(
+        default=95.0, ge=0.0, le=100.0,
+        description="Score (percent of metrics that pass) at or above which the judge passes.",
+    )
+    marginal_score: float = Field(
+        default=75.0, ge=0.0, le=100.0,
+        description="Score below which the judge fails; between the two it is Inconclusive.",
+    )
 
 
 class CustomQuery(ApiModel):
@@ -184,4 +241,15 @@ class GatesSpec(ApiModel):
     )
     custom_queries: list[CustomQuery] = Field(
         default_factory=list, max_length=16, description="Extra PromQL gates."
+    )
+    judge: JudgeSpec = Field(
+        default_factory=JudgeSpec, description="Rank-test judge beside the thresholds."
+    )
+    max_load_imbalance: float = Field(
+        default=1.5,
+        ge=1.0,
+        le=100.0,
+        description="Fairness of canary-to-stable comparisons: when one side's per-replica "
+        "request rate exceeds the other's by more than this factor, a verdict the imbalance "
+        "could explain (an idler canary passing, a busier one failing) is Inconclusive.",
     )

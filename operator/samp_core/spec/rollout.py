@@ -75,6 +75,13 @@ class RolloutSpec(ApiModel):
             field_path=".steps",
         ),
         Rule(
+            cel="duration(self.maxAnalysisWindow) >= duration(self.analysisInterval)",
+            message="rollout.maxAnalysisWindow must be at least analysisInterval",
+            holds=lambda r: parse_duration(r.max_analysis_window)
+            >= parse_duration(r.analysis_interval),
+            field_path=".maxAnalysisWindow",
+        ),
+        Rule(
             cel="duration(self.progressDeadline) >= duration('1m')",
             message="rollout.progressDeadline must be at least 1m",
             holds=lambda r: parse_duration(r.progress_deadline) >= 60,
@@ -106,6 +113,11 @@ class RolloutSpec(ApiModel):
     )
     analysis_interval: Duration = Field(
         default="1m", description="How often gates are measured."
+    )
+    max_analysis_window: Duration = Field(
+        default="10m",
+        description="After an Inconclusive analysis (e.g. too few requests for a P99) the "
+        "next window reaches back to the step's start to gather evidence, at most this long.",
     )
     failure_limit: int = Field(
         default=0, ge=0, le=100, description="Failed measurements tolerated before rollback."

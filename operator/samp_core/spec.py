@@ -471,7 +471,8 @@ class ServingSpec(ApiModel):
     """How vLLM serves the quantized model."""
 
     image: str = Field(
-        default="vllm/vllm-openai:v0.11.0", max_length=512, description="vLLM image."
+        default="vllm/vllm-openai:v0.32.0", max_length=512,
+        description="vLLM image (the version the tests serve).",
     )
     extra_args: list[str] = Field(
         default_factory=list, max_length=64, description="Extra vLLM server arguments."

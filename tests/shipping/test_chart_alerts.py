@@ -52,7 +52,7 @@ def promtool_test(tmp_path: Path, rules: list[dict[str, Any]], series: dict[str,
 def annotations(rule: dict[str, Any], labels: dict[str, str]) -> dict[str, str]:
     out = dict(rule["annotations"])
     for key, value in labels.items():
-        out["summary"] = out["summary"].replace("{{ $labels.%s }}" % key, value)
+        out["summary"] = out["summary"].replace("{{ $labels." + key + " }}", value)
     return out
 
 

@@ -5,6 +5,8 @@ Subcommands:
   samp crds [--check] [--out]  write (or check) the generated CRD YAML
   samp rollout status|promote|abort|pause|resume NAME [-n NS]
                                show or steer a canary (annotations; never writes spec)
+  samp get|list|promote|abort|pause|resume|status|version, samp plan show NAME
+                               the kubectl plugin's commands (kubectl samp --help)
   samp operator run [...]      run the operator (needs the 'operator' extra)
   samp operator run [flags]    run the operator (samp_operator.main; needs the 'operator' extra)
   samp quantize|calibrate|sensitivity|plan|export|evaluate ...
@@ -27,6 +29,8 @@ from samp_core.crd import CRD_FILE_NAME, render_yaml
 from samp_core.validation import Problem, validate_manifest
 
 JOB_STAGES = ("quantize", "calibrate", "sensitivity", "plan", "export", "evaluate")
+PLUGIN_COMMANDS = ("get", "list", "promote", "abort", "pause", "resume", "status", "version",
+                   "--version")
 
 
 def _load_documents(path: Path) -> list[tuple[str, object]]:
@@ -87,6 +91,10 @@ def crds(out_dir: str, check: bool) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args and (args[0] in PLUGIN_COMMANDS or args[:2] == ["plan", "show"]):
+        from samp_operator.plugin_cli import main as plugin_main
+
+        return plugin_main(args, prog="samp")
     if args and args[0] == "operator":
         from samp_operator.main import main as operator_main
 

@@ -19,6 +19,7 @@ operator image without torch and the stages work in the jobs image without kopf.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -100,6 +101,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return operator_main(args[1:])
     if args and args[0] in JOB_STAGES:
+        if "--no-progress" in args:
+            # Before torch, transformers and compressed-tensors import tqdm: their own
+            # bars (loading, compressing) read these once, at import.
+            os.environ.setdefault("TQDM_DISABLE", "1")
+            os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         try:
             from samp_jobs.cli import main as jobs_main
         except ImportError as err:

@@ -31,10 +31,10 @@ from samp_operator.plugin_view import accuracy_line, plan_line
 from samp_operator.prometheus import PrometheusProvider
 
 PLAN_REFUSED = 2  # the jobs CLI's exit status for bad input (a re-plan that cannot raise)
+# The messages say what happened ("promoted: ...", "rolled back: ..."); the mark says how.
 ICONS = {"StepStarted": "→", "AnalysisSuccessful": "✔", "AnalysisFailed": "✖",
-         "AnalysisInconclusive": "…", "AnalysisError": "!", "Promoted": "✔ promoted:",
-         "RolledBack": "✖ rolled back:", "Replanning": "↻ re-plan:", "Paused": "॥",
-         "Resumed": "▶"}
+         "AnalysisInconclusive": "…", "AnalysisError": "!", "Promoted": "✔", "RolledBack": "✖",
+         "Replanning": "↻ re-plan:", "Paused": "॥", "Resumed": "▶"}
 
 
 @dataclass
@@ -76,9 +76,10 @@ def evaluated(console: Console, spec: QuantizedModelSpec, workdir: Path,
     console.say("evaluated",
                 f"attempt {attempt}: {plan_line(summary.model_dump(by_alias=True))}",
                 attempt=attempt, plan=summary.model_dump(by_alias=True))
+    failed = "; ".join(verdict.summary.failed_checks)
     console.say("accuracy", f"attempt {attempt}: accuracy gate "
-                f"{'passed' if verdict.passed else 'FAILED'}: {accuracy_line(acc)}",
-                attempt=attempt, accuracy=acc)
+                + ("passed" if verdict.passed else f"FAILED: {failed}")
+                + f" ({accuracy_line(acc)})", attempt=attempt, accuracy=acc)
     return QuantizedModelStatus(
         phase=Phase.EVALUATED, attempt=attempt, plan=summary, accuracy=verdict.summary,
         artifact_uri=str(workdir / "artifact"),
@@ -160,7 +161,9 @@ def canary(console: Console, r: Rollout, servers: Servers, status: QuantizedMode
     with console.progress("canary", f"canary attempt {status.attempt} under load") as bar, gen:
         status = loop.run(status, timeout=timeout,
                           on_step=partial(_show_progress, bar, steps))
-        bar.result = status.phase.value
+        bar.result = ("rolled back, re-planning" if status.phase is Phase.PLANNING
+                      else status.phase.value)
+        bar.failed = status.phase is not Phase.PROMOTED
     sent = gen.stats.per_model
     console.say("load", f"load: {sent.get(stable.served_model_name, 0)} requests to the "
                 f"stable, {sent.get(canary_.served_model_name, 0)} to the canary, "

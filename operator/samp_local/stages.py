@@ -66,8 +66,19 @@ def describe(stage: str, s: Mapping[str, Any]) -> str:
         return (f"export: compressed-tensors checkpoint, "
                 f"{format_bytes(s.get('bytesOnDisk') or 0)} on disk")
     if stage == "evaluate":
-        return "evaluate: quantized model measured against the 16-bit one"
+        return _evaluation(s)
     return f"{stage}: done"
+
+
+def _evaluation(s: Mapping[str, Any]) -> str:
+    parts = [f"evaluate: {s.get('numPrompts')} held-out prompts, perplexity "
+             f"{s.get('perplexityBase', 0):.2f} -> {s.get('perplexityQuant', 0):.2f}, "
+             f"top-1 agreement {100 * (s.get('top1Agreement') or 0):.1f}%"]
+    for key, label in (("taskExactMatch", "task exact match"), ("jsonValidity", "JSON validity")):
+        base, quant = s.get(f"{key}Base"), s.get(f"{key}Quant")
+        if base is not None and quant is not None:
+            parts.append(f"{label} {100 * base:.1f}% -> {100 * quant:.1f}%")
+    return ", ".join(parts)
 
 
 def run_stages(console: Console, label: str, args: list[str], log: Path) -> StageRun:
@@ -83,6 +94,7 @@ def run_stages(console: Console, label: str, args: list[str], log: Path) -> Stag
         assert proc.stderr is not None
         for line in proc.stderr:
             sink.write(line)
+            sink.flush()  # the child's stdout lands in the same file: keep the order
             record = _json(line)
             if record is None:
                 if line.strip():

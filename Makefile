@@ -60,7 +60,7 @@ lint: install
 	$(BIN)/mypy operator/samp_operator operator/samp_local jobs/samp_jobs
 	$(BIN)/lint-imports
 	$(BIN)/samp crds --check --out crds
-	$(BIN)/samp crds --check --out charts/samp-operator/crds
+	$(BIN)/samp crds --check --out charts/samp-operator/files/crds
 
 test: lint
 	@bash .ci/system-packages
@@ -80,7 +80,7 @@ e2e: images
 
 crds: install
 	$(BIN)/samp crds --out crds
-	$(BIN)/samp crds --out charts/samp-operator/crds
+	$(BIN)/samp crds --out charts/samp-operator/files/crds
 
 # Only benchmarks use it (tests/benchmarks/bench_rounding.py --peers-python $(PEERS_VENV)/bin/python).
 peers: $(PEERS_VENV)/.installed

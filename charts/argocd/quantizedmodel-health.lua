@@ -47,7 +47,21 @@ local progressing = {
   Exporting = true, Evaluating = true, Evaluated = true, CanaryProgressing = true,
 }
 
-if phase == "Promoted" then
+-- The canary passed every step and waits for the samp.dev/promote annotation (promotion:
+-- manual): a person must act, as Argo Rollouts' paused rollout, so Suspended.
+local awaiting = condition(obj, "Promoted")
+local ready = condition(obj, "Ready")
+
+if phase == "CanaryProgressing" and awaiting ~= nil and awaiting.status == "False"
+    and awaiting.reason == "AwaitingPromotion" then
+  hs.status = "Suspended"
+  hs.message = awaiting.message or "Waiting for manual promotion"
+elseif phase == "Evaluated" and ready ~= nil and ready.status == "True" then
+  -- Ready at Evaluated: the operator runs without canaries (--no-canary) and this is
+  -- where the resource rests; with canaries on, the same write moves it on.
+  hs.status = "Healthy"
+  hs.message = message_of(obj, "Quantized and evaluated")
+elseif phase == "Promoted" then
   hs.status = "Healthy"
   hs.message = message_of(obj, "Promoted: the quantized model serves all traffic")
 elseif phase == "RolledBack" then

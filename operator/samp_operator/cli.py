@@ -5,6 +5,8 @@ Subcommands:
   samp crds [--check] [--out]  write (or check) the generated CRD YAML
   samp rollout status|promote|abort|pause|resume NAME [-n NS]
                                show or steer a canary (annotations; never writes spec)
+  samp get|list|promote|abort|pause|resume|status|version, samp plan show NAME
+                               the kubectl plugin's commands (kubectl samp --help)
   samp operator run [flags]    run the operator (samp_operator.main; needs the 'operator' extra)
   samp quantize|calibrate|sensitivity|plan|export|evaluate ...
                                the SAMP job stages (samp_jobs.cli; needs the 'jobs' extra):
@@ -18,6 +20,7 @@ operator image without torch and the stages work in the jobs image without kopf.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +33,8 @@ from samp_core.manifest_text import load_documents
 from samp_core.validation import Problem, validate_manifest
 
 JOB_STAGES = ("quantize", "calibrate", "sensitivity", "plan", "export", "evaluate")
+PLUGIN_COMMANDS = ("get", "list", "promote", "abort", "pause", "resume", "status", "version",
+                   "--version")
 
 
 def _load_documents(path: Path) -> list[tuple[str, object]]:
@@ -105,6 +110,10 @@ def crds(out_dir: str, check: bool) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args and (args[0] in PLUGIN_COMMANDS or args[:2] == ["plan", "show"]):
+        from samp_operator.plugin_cli import main as plugin_main
+
+        return plugin_main(args, prog="samp")
     if args and args[0] == "operator":
         from samp_operator.main import main as operator_main
 
@@ -114,6 +123,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return read_result(args[1:])
     if args and args[0] in JOB_STAGES:
+        if "--no-progress" in args:
+            # Before torch, transformers and compressed-tensors import tqdm: their own
+            # bars (loading, compressing) read these once, at import.
+            os.environ.setdefault("TQDM_DISABLE", "1")
+            os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         try:
             from samp_jobs.cli import main as jobs_main
         except ImportError as err:

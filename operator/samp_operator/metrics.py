@@ -15,6 +15,9 @@ Metrics, on their own registry:
 * ``samp_gate_value{namespace,name,gate,role}``: last measured gate figure, role canary or
   stable (the dashboard's gate panel).
 * ``samp_rollbacks_total{gate}``: rollbacks, by the gate that failed first.
+* ``samp_model_effective_bits{namespace,name}``: the current plan's bits per weight.
+* ``samp_model_accuracy{namespace,name,metric}``: the offline accuracy figures of
+  ``status.accuracy`` (perplexityIncreasePercent, meanKL, top1Agreement, ...).
 
 /healthz answers 200 while the operator's event loop is responsive (a heartbeat the loop
 refreshes every few seconds is younger than 30 s); /readyz answers 200 once Kopf has
@@ -72,7 +75,14 @@ class Metrics:
                                 ["namespace", "name", "gate", "role"], registry=r)
         self.rollbacks = Counter("samp_rollbacks", "Rollbacks by the first failing gate",
                                  ["gate"], registry=r)
+        self.effective_bits = Gauge("samp_model_effective_bits",
+                                    "Bits per weight of the current plan, scales included",
+                                    ["namespace", "name"], registry=r)
+        self.accuracy = Gauge("samp_model_accuracy", "Offline accuracy figures of the model",
+                              ["namespace", "name", "metric"], registry=r)
         self._rollout_phase: dict[tuple[str, str], str] = {}
+        self._accuracy_series: dict[tuple[str, str], set[str]] = {}
+        self._bits_series: set[tuple[str, str]] = set()
         self._gate_series: dict[tuple[str, str], set[tuple[str, str]]] = {}
         self._phase_of: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
@@ -107,7 +117,9 @@ class Metrics:
                     self.canary_weight.remove(namespace, name)
                 for gate, role in self._gate_series.pop(key, set()):
                     self.gate_value.remove(namespace, name, gate, role)
+                self._observe_model(key, None)
                 return
+            self._observe_model(key, status)
             phase = status.phase.value
             self._rollout_phase[key] = phase
             if previous != phase:
@@ -126,6 +138,28 @@ class Metrics:
                     if value is not None:
                         self.gate_value.labels(namespace, name, result.gate, role).set(value)
                         series.add((result.gate, role))
+
+    def _observe_model(self, key: tuple[str, str], status: QuantizedModelStatus | None) -> None:
+        """The plan's effective bits and the accuracy figures (the dashboard's model panels)."""
+        namespace, name = key
+        plan = status.plan if status is not None else None
+        if plan is not None:
+            self.effective_bits.labels(namespace, name).set(plan.effective_bits)
+            self._bits_series.add(key)
+        elif key in self._bits_series:
+            self._bits_series.discard(key)
+            self.effective_bits.remove(namespace, name)
+        figures: dict[str, float] = {}
+        if status is not None and status.accuracy is not None:
+            figures = {k: v for k, v in status.accuracy.model_dump(by_alias=True).items()
+                       if isinstance(v, int | float) and not isinstance(v, bool)}
+        old = self._accuracy_series.pop(key, set())
+        for metric in old - set(figures):
+            self.accuracy.remove(namespace, name, metric)
+        for metric, value in figures.items():
+            self.accuracy.labels(namespace, name, metric).set(value)
+        if figures:
+            self._accuracy_series[key] = set(figures)
 
     def healthy(self) -> bool:
         return time.monotonic() - self.heartbeat < HEARTBEAT_STALE_SECONDS

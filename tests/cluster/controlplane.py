@@ -1119,7 +1119,7 @@ class ControlPlane:
         ).stdout
         rules: list[dict[str, Any]] = []
         for doc in yaml.safe_load_all(out):
-            if doc and doc.get("kind") in ("ClusterRole", "Role"):
+            if doc and doc.get("kind") in ("ClusterRole", "Role") and not _aggregated(doc):
                 rules += doc.get("rules") or []
         if not rules:
             raise ControlPlaneError(f"helm template {chart} rendered no RBAC rules")
@@ -1268,3 +1268,9 @@ def _main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(_main(sys.argv))
+
+
+def _aggregated(role: dict[str, Any]) -> bool:
+    """A ClusterRole the chart aggregates into view/edit for users, not the operator's."""
+    labels = (role.get("metadata") or {}).get("labels") or {}
+    return any(k.startswith("rbac.authorization.k8s.io/aggregate-to-") for k in labels)

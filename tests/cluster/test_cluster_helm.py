@@ -122,11 +122,28 @@ def test_helm_rendered_manifests_pass_server_side_dry_run(  # noqa: PLR0917 (fix
     )
 
 
+def adopt_crd(cluster: ControlPlane, release: str, namespace: str) -> None:
+    """The chart README's upgrade step: hand an existing QuantizedModel CRD (applied by
+    another test, or installed from an old chart's crds/) to this Helm release."""
+    from kubernetes import client
+
+    ext = client.ApiextensionsV1Api(cluster.new_api_client(cluster.admin_kubeconfig))
+    patch = {"metadata": {
+        "labels": {"app.kubernetes.io/managed-by": "Helm"},
+        "annotations": {"meta.helm.sh/release-name": release,
+                        "meta.helm.sh/release-namespace": namespace}}}
+    try:
+        ext.patch_custom_resource_definition("quantizedmodels.samp.dev", patch)
+    except client.ApiException as exc:
+        assert exc.status == 404, exc
+
+
 @pytest.mark.skipif(not CHARTS, reason="no chart yet")
 @pytest.mark.parametrize("chart", CHARTS, ids=[c.name for c in CHARTS])
 def test_helm_install_becomes_ready(cluster: ControlPlane, chart: Path) -> None:
     ns = f"{NAMESPACE}-install"
     release = "samp-install"
+    adopt_crd(cluster, release, ns)
     r = cluster.helm(
         "install",
         release,
@@ -146,6 +163,38 @@ def test_helm_install_becomes_ready(cluster: ControlPlane, chart: Path) -> None:
         assert "STATUS: deployed" in status, status
     finally:
         cluster.helm("uninstall", release, "--namespace", ns, "--wait", check=False)
+
+
+@pytest.mark.skipif(not (REPO / "charts/samp-operator/files/crds").is_dir(),
+                    reason="no templated CRD")
+def test_helm_upgrade_updates_the_crd_and_uninstall_keeps_it(
+    cluster: ControlPlane, tmp_path: Path
+) -> None:
+    """Helm never upgrades crds/; the chart's templated CRD is upgraded, and kept."""
+    import shutil
+
+    from kubernetes import client
+
+    chart = tmp_path / "samp-operator"
+    shutil.copytree(REPO / "charts" / "samp-operator", chart)
+    ns, release, crd_name = f"{NAMESPACE}-upgrade", "samp-upgrade", "quantizedmodels.samp.dev"
+    ext = client.ApiextensionsV1Api(cluster.new_api_client(cluster.admin_kubeconfig))
+    adopt_crd(cluster, release, ns)
+    common = ["--namespace", ns, "--set", "replicas=1,dashboard.enabled=false"]
+    cluster.helm("install", release, str(chart), "--create-namespace", *common, timeout=300)
+    try:
+        crd_file = chart / "files" / "crds" / "samp.dev_quantizedmodels.yaml"
+        doc = yaml.safe_load(crd_file.read_text())
+        doc["spec"]["versions"][0]["additionalPrinterColumns"].append(
+            {"name": "Upgraded", "type": "string", "jsonPath": ".status.phase"})
+        crd_file.write_text(yaml.safe_dump(doc))
+        cluster.helm("upgrade", release, str(chart), *common, timeout=300)
+        served = ext.read_custom_resource_definition(crd_name)
+        assert "Upgraded" in [c.name for c in served.spec.versions[0].additional_printer_columns]
+    finally:
+        cluster.helm("uninstall", release, "--namespace", ns, "--wait", check=False)
+    kept = ext.read_custom_resource_definition(crd_name)
+    assert kept.metadata.annotations["helm.sh/resource-policy"] == "keep"
 
 
 @pytest.mark.skipif(not CHARTS, reason="no chart yet")

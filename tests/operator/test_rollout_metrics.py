@@ -10,7 +10,15 @@ from pathlib import Path
 
 from prometheus_client import generate_latest
 
-from samp_core.status import CanaryStatus, Condition, GateResult, Phase, QuantizedModelStatus
+from samp_core.status import (
+    AccuracySummary,
+    CanaryStatus,
+    Condition,
+    GateResult,
+    Phase,
+    PlanSummary,
+    QuantizedModelStatus,
+)
 from samp_operator.metrics import Metrics
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "samp-operator"
@@ -56,6 +64,24 @@ def test_rollback_counts_the_failing_gate_once_and_deletion_drops_series() -> No
     m.observe_rollout(KEY, None)
     text = generate_latest(m.registry).decode()
     assert 'name="llama"' not in text
+
+
+def test_model_panels_follow_the_plan_and_accuracy() -> None:
+    m = Metrics()
+    st = status(Phase.EVALUATED)
+    st.plan = PlanSummary(profile="cpu", bytes16_bit=1000, bytes_quantized=447, effective_bits=7.16,
+                          memory_saved_percent=55.3, predicted_loss=0.1)
+    st.accuracy = AccuracySummary(perplexity_increase_percent=0.03, top1_agreement=0.97)
+    m.observe_rollout(KEY, st)
+    assert sample(m, "samp_model_effective_bits", namespace="team-a", name="llama") == 7.16
+    labels = {"namespace": "team-a", "name": "llama"}
+    get = m.registry.get_sample_value
+    assert get("samp_model_accuracy", {**labels, "metric": "top1Agreement"}) == 0.97
+    assert get("samp_model_accuracy", {**labels, "metric": "meanKL"}) is None
+    m.observe_rollout(KEY, None)
+    assert "samp_model_" not in "".join(
+        line for line in generate_latest(m.registry).decode().splitlines()
+        if not line.startswith("#"))
 
 
 def _queried_metrics(text: str) -> set[str]:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from samp_core.api import parse
 from samp_core.status import Attempt, Phase, QuantizedModelStatus
-from samp_local.demo import _effective_manifest, _plan_refused
+from samp_local.demo import _effective_manifest
+from samp_local.rollouts import plan_refused
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,7 +24,7 @@ def test_a_refused_replan_ends_the_attempt_failed_as_the_operator_does() -> None
             Attempt(attempt=2, generation=1, started_at="2026-01-01T00:01:00Z"),
         ],
     )
-    failed = _plan_refused(status, "samp plan: re-plan attempt 2: no group can be raised")
+    failed = plan_refused(status, "samp plan: re-plan attempt 2: no group can be raised")
     assert failed.phase is Phase.FAILED
     assert [(a.attempt, a.outcome) for a in failed.history] == [(1, "RolledBack"), (2, "Failed")]
     assert failed.history[1].reason.startswith("plan failed: samp plan: re-plan attempt 2")

@@ -103,3 +103,21 @@ def test_application_ignores_only_route_weights() -> None:
     (rule,) = app["spec"]["ignoreDifferences"]
     assert rule["kind"] == "HTTPRoute"
     assert rule["jqPathExpressions"] == [".spec.rules[].backendRefs[].weight"]
+
+
+def test_waiting_for_manual_promotion_is_suspended() -> None:
+    """As Argo Rollouts shows a rollout paused for promotion: a person must act."""
+    awaiting = {"type": "Promoted", "status": "False", "reason": "AwaitingPromotion",
+                "message": "all 3 steps passed; waiting for the samp.dev/promote annotation"}
+    status, message = health(qm("CanaryProgressing", conditions=[awaiting]))
+    assert status == "Suspended" and "samp.dev/promote" in message
+    stepping = {"type": "Promoted", "status": "False", "reason": "Stepping", "message": "x"}
+    assert health(qm("CanaryProgressing", conditions=[stepping]))[0] == "Progressing"
+
+
+def test_evaluated_and_ready_without_canary_is_healthy() -> None:
+    """Under --no-canary the resource rests at Evaluated with Ready=True."""
+    ready = {"type": "Ready", "status": "True", "reason": "Evaluated",
+             "message": "quantized and evaluated: perplexity +0.03%; checkpoint at pvc://a/b"}
+    status, message = health(qm("Evaluated", conditions=[ready]))
+    assert status == "Healthy" and message.startswith("quantized and evaluated")

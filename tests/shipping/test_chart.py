@@ -18,6 +18,7 @@ CHART = ROOT / "charts" / "samp-operator"
 sys.path.insert(0, str(ROOT / "tests" / "cluster"))
 
 import controlplane  # noqa: E402
+from chart_rules_plugin import operator_unbound  # noqa: E402
 
 KUBE_VERSION = controlplane.read_versions()["K8S_VERSION"]
 
@@ -54,7 +55,7 @@ def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 
 
 def test_chart_crd_is_the_generated_one() -> None:
-    assert (CHART / "crds" / CRD_FILE_NAME).read_text() == render_yaml()
+    assert (CHART / "files" / "crds" / CRD_FILE_NAME).read_text() == render_yaml()
 
 
 def test_helm_lint_passes(helm: Any) -> None:
@@ -95,7 +96,7 @@ def test_namespaced_render_uses_roles_per_namespace(helm: Any) -> None:
     docs = render(helm, "watchNamespaces={team-a,team-b}")
     roles = [r for r in by_kind(docs, "Role") if not r["metadata"]["name"].endswith("-leader")]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
-    cluster_roles = by_kind(docs, "ClusterRole")
+    cluster_roles = [r for r in by_kind(docs, "ClusterRole") if not operator_unbound(r)]
     assert len(cluster_roles) == 1  # only the cluster-scoped calls Kopf makes
     resources = {r for rule in cluster_roles[0]["rules"] for r in rule["resources"]}
     # Kopf observes namespaces only when it serves a list of them (audit-log proven in
@@ -119,6 +120,7 @@ def test_optional_objects_render_when_enabled(helm: Any) -> None:
     ("logLevel=verbose", "logLevel"),
     ("metrics.port=80", "port"),
     ("unknownKey=1", "unknownKey"),
+    ("extraArgs={workers}", "extraArgs"),
 ])
 def test_bad_values_fail_at_install_with_a_clear_message(
     helm: Any, setting: str, complaint: str
@@ -128,3 +130,71 @@ def test_bad_values_fail_at_install_with_a_clear_message(
     assert result.returncode != 0
     assert "values don't meet the specifications of the schema" in result.stderr
     assert complaint in result.stderr
+
+
+def test_chart_works_as_a_subchart_with_global_values(helm: Any) -> None:
+    docs = render(helm, "global.imagePullSecrets[0].name=shared", "global.anything=1")
+    (deploy,) = by_kind(docs, "Deployment")
+    assert deploy["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "shared"}]
+
+
+def test_crds_are_templates_that_upgrade_and_survive_uninstall(helm: Any) -> None:
+    """Helm never upgrades crds/; rendered from templates, `helm upgrade` applies the
+    QuantizedModel CRD."""
+    assert not (CHART / "crds" / CRD_FILE_NAME).exists()
+
+    def qm_crds(*sets: str) -> list[dict[str, Any]]:
+        return [c for c in by_kind(render(helm, *sets), "CustomResourceDefinition")
+                if c["metadata"]["name"] == "quantizedmodels.samp.dev"]
+
+    (qm,) = qm_crds()
+    assert qm["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    assert qm["spec"] == yaml.safe_load(render_yaml())["spec"]
+    (unkept,) = qm_crds("keepCRDs=false")
+    assert "annotations" not in unkept["metadata"]
+    assert not qm_crds("installCRDs=false")
+
+
+def test_servicemonitor_keeps_the_models_namespace_label(helm: Any) -> None:
+    (monitor,) = by_kind(render(helm, "metrics.serviceMonitor.enabled=true"), "ServiceMonitor")
+    assert monitor["spec"]["endpoints"][0]["honorLabels"] is True
+
+
+def test_pod_settings_reach_the_deployment(helm: Any) -> None:
+    docs = render(helm, "extraArgs={--workers=4}", "extraEnv[0].name=HTTPS_PROXY",
+                  "extraEnv[0].value=http://proxy:3128", "priorityClassName=system-critical",
+                  "podLabels.team=ml", "topologySpreadConstraints[0].maxSkew=1",
+                  "topologySpreadConstraints[0].topologyKey=topology.kubernetes.io/zone",
+                  "topologySpreadConstraints[0].whenUnsatisfiable=ScheduleAnyway")
+    (deploy,) = by_kind(docs, "Deployment")
+    pod = deploy["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"][-1] == "--workers=4"
+    assert {"name": "HTTPS_PROXY", "value": "http://proxy:3128"} in container["env"]
+    assert pod["priorityClassName"] == "system-critical"
+    assert deploy["spec"]["template"]["metadata"]["labels"]["team"] == "ml"
+    (spread,) = pod["topologySpreadConstraints"]
+    assert spread["labelSelector"]["matchLabels"] == deploy["spec"]["selector"]["matchLabels"]
+
+
+def test_pod_disruption_budget(helm: Any) -> None:
+    assert not by_kind(render(helm), "PodDisruptionBudget")
+    (pdb,) = by_kind(render(helm, "podDisruptionBudget.enabled=true"), "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1 and "minAvailable" not in pdb["spec"]
+    both = helm("template", "samp", str(CHART), "--kube-version", KUBE_VERSION, "--set",
+                "podDisruptionBudget.enabled=true,podDisruptionBudget.minAvailable=1",
+                check=False)
+    assert both.returncode != 0 and "only one of minAvailable and maxUnavailable" in both.stderr
+
+
+def test_aggregate_roles_extend_view_and_edit_only_to_quantizedmodels(helm: Any) -> None:
+    aggregated = [r for r in by_kind(render(helm), "ClusterRole") if operator_unbound(r)]
+    labels = {k for r in aggregated for k in r["metadata"]["labels"] if "aggregate-to" in k}
+    assert labels == {f"rbac.authorization.k8s.io/aggregate-to-{x}"
+                      for x in ("view", "edit", "admin")}
+    assert {res for r in aggregated for rule in r["rules"] for res in rule["resources"]} <= {
+        "quantizedmodels", "quantizedmodels/status"}
+    bound = {b["roleRef"]["name"] for b in by_kind(render(helm), "ClusterRoleBinding")}
+    assert not bound & {r["metadata"]["name"] for r in aggregated}
+    assert not [r for r in by_kind(render(helm, "rbac.aggregateClusterRoles=false"),
+                                   "ClusterRole") if operator_unbound(r)]

@@ -83,3 +83,19 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if hasSuffix "h" $v -}}{{ mul (trimSuffix "h" $v | int) 3600 }}
 {{- else -}}{{ mul (trimSuffix "m" $v | int) 60 }}{{- end -}}
 {{- end -}}
+
+{{/* An alert's runbook_url: (list $ "anchor"). */}}
+{{- define "samp.runbook" -}}
+{{- $root := index . 0 -}}
+{{- printf "%s#%s" (trimSuffix "/" $root.Values.metrics.prometheusRule.runbookBaseUrl) (index . 1) | quote -}}
+{{- end -}}
+
+{{/* The scrape job whose `up` says the operator is alive: the metrics Service under the
+     ServiceMonitor, else metrics.prometheusRule.operatorJob; empty: nobody known scrapes it. */}}
+{{- define "samp.operatorJob" -}}
+{{- if and .Values.metrics.serviceMonitor.enabled .Values.metrics.service.enabled -}}
+{{ include "samp.fullname" . }}-metrics
+{{- else -}}
+{{ .Values.metrics.prometheusRule.operatorJob }}
+{{- end -}}
+{{- end -}}

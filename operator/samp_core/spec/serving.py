@@ -106,7 +106,7 @@ class ServingSpec(ApiModel):
     rules = tuple(_owned_flag_rule(flag, field) for flag, field in OPERATOR_FLAGS.items())
 
     image: str = Field(
-        default="vllm/vllm-openai:v0.11.0",
+        default="vllm/vllm-openai:v0.32.0",
         max_length=512,
         pattern=IMAGE_PATTERN,
         description="vLLM image: [registry[:port]/]path[:tag][@sha256:digest].",

@@ -390,6 +390,40 @@ def _hidden_store(sample: torch.Tensor, rows: int, device: torch.device) -> torc
     return device if 2 * per_row * rows < free // 4 else torch.device("cpu")
 
 
+def gptq_group_codes(
+    names: tuple[str, ...],
+    weights: list[torch.Tensor],
+    h: torch.Tensor,
+    qcfg: Any,
+    *,
+    plan: PlanResult,
+    device: torch.device,
+) -> tuple[dict[str, torch.Tensor], Any]:
+    """GPTQ int8 codes (on the CPU) of one plan group's modules, which share Hessian ``h``.
+
+    GPTQ treats rows independently given H, so the modules' stacked rows go through one
+    call: one Cholesky and one column loop per group, not per module.
+    """
+    from samp_jobs.gptq import gptq_codes
+
+    r = plan.rounding
+    if r is None:
+        raise ExportError("GPTQ codes asked for a plan without rounding")
+    args_of = _weight_args(qcfg)
+    qp = [weight_qparams(w, args_of[n]) for w, n in zip(weights, names, strict=True)]
+    q, st = gptq_codes(
+        torch.cat([w.to(device) for w in weights]),
+        h,
+        torch.cat([p[0] for p in qp]).to(device),
+        torch.cat([p[1] for p in qp]).to(device),
+        _grid(args_of[names[0]]),
+        dampening_fraction=r.dampening_fraction,
+        act_order=r.act_order,
+    )
+    split = torch.split(q.to(torch.int8).cpu(), [w.shape[0] for w in weights])
+    return {n: c.contiguous() for n, c in zip(names, split, strict=True)}, st
+
+
 def gptq_pass(
     parts: DecoderParts,
     plan: PlanResult,
@@ -411,7 +445,7 @@ def gptq_pass(
     the exporter (``weight_qparams``), bit for bit the ones used here.
     """
     from samp_jobs.fakequant import quantizer
-    from samp_jobs.gptq import HessianAccumulator, dequantize, gptq_codes
+    from samp_jobs.gptq import HessianAccumulator, dequantize
 
     r = plan.rounding
     targets = set(plan.gptq_modules())
@@ -434,20 +468,10 @@ def gptq_pass(
     group_of = {m: tuple(a.modules) for a in plan.assignments for m in a.modules}
 
     def round_group(names: tuple[str, ...], hess: HessianAccumulator) -> None:
-        ws = [mods[n].weight.data for n in names]
-        qp = [weight_qparams(w, args_of[n]) for w, n in zip(ws, names, strict=True)]
-        q, st = gptq_codes(
-            torch.cat([w.to(device) for w in ws]),
-            hess.h,
-            torch.cat([p[0] for p in qp]).to(device),
-            torch.cat([p[1] for p in qp]).to(device),
-            _grid(args_of[names[0]]),
-            dampening_fraction=r.dampening_fraction,
-            act_order=r.act_order,
+        got, st = gptq_group_codes(
+            names, [mods[n].weight.data for n in names], hess.h, qcfg, plan=plan, device=device
         )
-        parts_of = torch.split(q.to(torch.int8).cpu(), [w.shape[0] for w in ws])
-        for n, c in zip(names, parts_of, strict=True):
-            codes[n] = c.contiguous()
+        codes.update(got)
         totals["gptq"] += st.loss
         totals["rtn"] += st.rtn_loss
 
@@ -544,6 +568,34 @@ def gptq_pass(
     return codes
 
 
+def _gptq_codes(  # noqa: PLR0917 (the export's state, passed through)
+    parts: DecoderParts,
+    plan: PlanResult,
+    qcfg: Any,
+    input_ids: torch.Tensor | None,
+    dev: torch.device,
+    clock: PhaseClock,
+    hessians: Path | None,
+) -> dict[str, torch.Tensor]:
+    """GPTQ codes from the sensitivity stage's Hessians when they cover the plan, else
+    from export's own layer-by-layer calibration pass."""
+    from samp_jobs.gptq import single_thread_on_cpu
+    from samp_jobs.hessians import gptq_from_hessians, load_hessians
+
+    stored = load_hessians(hessians, plan) if hessians is not None else None
+    if stored is None and input_ids is None:
+        raise ExportError(
+            "GPTQ rounding needs the calibration tokens (run calibrate first), or plan "
+            "with spec.quantization.rounding.method: rtn"
+        )
+    width = int(parts.head.weight.shape[1])
+    with clock.phase("gptq"), single_thread_on_cpu(dev, width):
+        if stored is not None:
+            return gptq_from_hessians(parts, plan, qcfg, stored, dev)
+        assert input_ids is not None
+        return gptq_pass(parts, plan, qcfg, input_ids, dev)
+
+
 def sha256_file(path: Path, chunk_bytes: int = HASH_CHUNK_BYTES) -> str:
     """``sha256:<hex>`` of a file, streamed through one reused buffer."""
     h = hashlib.sha256()
@@ -609,6 +661,7 @@ def export_compressed_tensors(
     device: torch.device | None = None,
     trust_remote_code: bool = False,
     per_module: bool | None = None,
+    hessians: Path | None = None,
 ) -> ExportResult:
     """Quantize the base model per the plan and save a compressed-tensors checkpoint.
 
@@ -627,6 +680,7 @@ def export_compressed_tensors(
             trust_remote_code=trust_remote_code,
             per_module=per_module,
             quiet=quiet,
+            hessians=hessians,
         )
     finally:
         quiet.thaw()
@@ -642,6 +696,7 @@ def _export_compressed_tensors(
     trust_remote_code: bool,
     per_module: bool | None,
     quiet: QuietGC,
+    hessians: Path | None = None,
 ) -> ExportResult:
     dev = device or torch.device("cpu")
     clock = PhaseClock(dev)
@@ -677,16 +732,7 @@ def _export_compressed_tensors(
             amax = collect_input_absmax(parts, nvfp4, input_ids[:64], dev)
     codes: dict[str, torch.Tensor] = {}
     if plan.gptq_modules():
-        if input_ids is None:
-            raise ExportError(
-                "GPTQ rounding needs the calibration tokens (run calibrate first), or plan "
-                "with spec.quantization.rounding.method: rtn"
-            )
-        from samp_jobs.gptq import single_thread_on_cpu
-
-        width = int(parts.head.weight.shape[1])
-        with clock.phase("gptq"), single_thread_on_cpu(dev, width):
-            codes = gptq_pass(parts, plan, qcfg, input_ids, dev)
+        codes = _gptq_codes(parts, plan, qcfg, input_ids, dev, clock, hessians)
     log(
         "export.start",
         device=str(dev),
@@ -874,8 +920,10 @@ def export(
     input_ids: torch.Tensor | None = None,
     device: torch.device | None = None,
     trust_remote_code: bool = False,
+    hessians: Path | None = None,
 ) -> ExportResult:
-    """Write the plan in the checkpoint family the planner chose."""
+    """Write the plan in the checkpoint family the planner chose (``hessians``: GPTQ's
+    input Hessians stored by the sensitivity stage, used when they cover the plan)."""
     if plan.export_format is ExportFormat.BITSANDBYTES_NF4:
         return export_bitsandbytes_nf4(model_dir, plan, out, trust_remote_code=trust_remote_code)
     return export_compressed_tensors(
@@ -885,4 +933,5 @@ def export(
         input_ids=input_ids,
         device=device,
         trust_remote_code=trust_remote_code,
+        hessians=hessians,
     )

@@ -7,6 +7,7 @@ Work directory layout (what the operator's Jobs share through a volume):
     calibration_tokens.pt     packed calibration sequences
     heldout.jsonl             held-out prompts for evaluate
     sensitivity.json          SensitivityResult
+    hessians.safetensors      GPTQ's input Hessians from the scoring pass (GPTQ plans)
     plan.json                 PlanResult
     artifact/                 the exported checkpoint (+ samp_plan.json / samp_plan.md)
     export.json               ExportResult
@@ -46,6 +47,7 @@ from samp_jobs.calibration import (
     load_held_out,
     save_calibration,
 )
+from samp_jobs.hessians import HESSIANS_FILE
 from samp_jobs.measured import get_profile  # sm90 with the H200-measured kernel costs
 from samp_jobs.modeling import DTYPES
 from samp_jobs.runlog import log, read_json, write_result
@@ -236,8 +238,11 @@ def run_sensitivity(cfg: JobConfig) -> SensitivityResult:
         quant_dtype=qdtype,
         progress=cfg.progress,
     )
+    hessians = sensitivity_hessians(cfg, parts.model, groups, opts)
     log("sensitivity.start", method=cfg.method.value, groups=len(groups), tokens=ids.numel())
     run = score(parts, groups, ids, opts, [cfg.method])
+    if hessians is not None:
+        hessians.save(cfg.workdir / HESSIANS_FILE)
     doc = SensitivityResult(
         method=cfg.method,
         num_tokens=run.num_tokens,
@@ -260,6 +265,24 @@ def run_sensitivity(cfg: JobConfig) -> SensitivityResult:
     cfg.persist()
     write_result(doc, cfg.workdir, cfg.termination_log)
     return doc
+
+
+def sensitivity_hessians(cfg: JobConfig, model: Any, groups: list[LayerGroup], opts: Any) -> Any:
+    """GPTQ's Hessians, collected by the scoring pass when the plan will round with GPTQ
+    (``opts.hessians`` set); a stale file from an earlier run is removed either way."""
+    from samp_jobs.hessians import collector_for
+    from samp_jobs.sensitivity import candidate_formats
+
+    q = cfg.quantization
+    rounding = (
+        Rounding(method=q.rounding.method, formats=list(q.rounding.gptq_formats))
+        if q is not None
+        else Rounding(method=cfg.rounding)
+    )
+    cands = {g.name: candidate_formats(g, opts.formats, opts.group_size) for g in groups}
+    (cfg.workdir / HESSIANS_FILE).unlink(missing_ok=True)
+    opts.hessians = collector_for(groups, cands, rounding, model, opts.device)
+    return opts.hessians
 
 
 # ----------------------------------------------------------------------- plan
@@ -399,6 +422,7 @@ def run_export(cfg: JobConfig) -> ExportResult:
         input_ids=ids,
         device=cfg.torch_device(),
         trust_remote_code=cfg.trust_remote_code,
+        hessians=cfg.workdir / HESSIANS_FILE,
     )
     result.inputs_hash = inputs_hash(plan=p.inputs_hash, model=model_digest(cfg.model))
     write_result(result, cfg.workdir, cfg.termination_log)

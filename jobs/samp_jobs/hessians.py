@@ -1,0 +1,252 @@
+"""GPTQ's input Hessians collected in the sensitivity pass, kept for export.
+
+The sensitivity stage already runs every calibration token through every decoder layer
+with the layer on the device. When the plan will round some groups with GPTQ, the
+scorer's forward pass also accumulates ``X Xᵀ / n`` of each group's input (one Hessian
+per plan group: q/k/v and gate/up read one input), and the stage writes them beside
+``sensitivity.json`` as ``hessians.safetensors``. Export then rounds each group straight
+from its stored Hessian: no calibration forward pass, no hidden states moved between
+layers.
+
+What changes against export's own pass (:func:`samp_jobs.export.gptq_pass`): the
+Hessians come from the 16-bit model's inputs, not from inputs that earlier, already
+quantized layers produced (GPTQ's "sequential" variant). Which groups GPTQ will round is
+not known before the plan, so every group that *could* take a GPTQ format is collected.
+Size: ``in_features² × 4`` bytes per group (an 8B Llama: about 30 GB, most of it the
+14336-wide down projections).
+
+Accumulation runs as fp32 matmuls with TF32 allowed on CUDA (the sum stays fp32); on the
+CPU it is exact fp32.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from samp_core.formats import Format
+from samp_core.groups import LayerGroup
+from samp_core.results import PlanResult
+from samp_jobs.gptq import HessianAccumulator
+from samp_jobs.runlog import log
+
+HESSIANS_FILE = "hessians.safetensors"
+Tensor = torch.Tensor
+
+
+@contextmanager
+def _tf32(device: torch.device) -> Iterator[None]:
+    """TF32 tensor cores for the fp32 ``XᵀX`` on CUDA (8× the fp32 rate; fp32 sums)."""
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
+class HessianCollector:
+    """Per-group input Hessians, gathered by hooks while the scorer runs each layer.
+
+    Accumulators live on the device while their layer runs and on the host otherwise,
+    so device memory holds one layer's Hessians at a time.
+    """
+
+    def __init__(
+        self,
+        groups: Iterable[LayerGroup],
+        candidates: dict[str, list[Format]],
+        gptq_formats: Iterable[Format],
+        modules: dict[str, nn.Module],
+        device: torch.device,
+    ) -> None:
+        wanted = set(gptq_formats)
+        self.groups = [g for g in groups if wanted & set(candidates.get(g.name, []))]
+        self.modules = modules
+        self.device = device
+        self.acc: dict[str, HessianAccumulator] = {}
+        self.seconds = 0.0
+
+    def _of_layer(self, idx: int | None) -> list[LayerGroup]:
+        return [g for g in self.groups if g.layer_index == idx]
+
+    def _accumulator(self, g: LayerGroup) -> HessianAccumulator:
+        acc = self.acc.get(g.name)
+        if acc is None:
+            acc = self.acc[g.name] = HessianAccumulator(g.in_features, self.device)
+        else:
+            acc.h = acc.h.to(self.device)
+        return acc
+
+    def _add(self, acc: HessianAccumulator, x: Tensor) -> None:
+        t = time.monotonic()
+        with _tf32(self.device):
+            acc.add(x.detach())
+        self.seconds += time.monotonic() - t
+
+    @contextmanager
+    def layer(self, idx: int) -> Iterator[None]:
+        """Hooks on decoder layer ``idx``'s groups for the duration of its forward."""
+        mine = self._of_layer(idx)
+        handles = []
+        for g in mine:
+            acc = self._accumulator(g)
+
+            def hook(
+                _m: nn.Module, args: tuple[Tensor, ...], acc: HessianAccumulator = acc
+            ) -> None:
+                self._add(acc, args[0])
+
+            # fused modules share their input: one hook on the first covers the group
+            handles.append(self.modules[g.modules[0]].register_forward_pre_hook(hook))
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+            for g in mine:
+                self.acc[g.name].h = self.acc[g.name].h.cpu()
+
+    def add_head(self, norm: nn.Module, final: list[Tensor]) -> None:
+        """The head's input is the final norm of the last hidden states."""
+        mine = self._of_layer(None)
+        if not mine:
+            return
+        accs = [self._accumulator(g) for g in mine]
+        with torch.no_grad():
+            for h in final:
+                x = norm(h.to(self.device))
+                for acc in accs:
+                    self._add(acc, x)
+        for g in mine:
+            self.acc[g.name].h = self.acc[g.name].h.cpu()
+
+    def save(self, path: Path) -> int:
+        """Write every collected Hessian (fp32) with its group's modules; returns bytes."""
+        from safetensors.torch import save_file
+
+        tensors = {g.modules[0]: self.acc[g.name].h.contiguous() for g in self.groups}
+        meta = {
+            g.modules[0]: {"group": g.name, "modules": g.modules, "tokens": self.acc[g.name].n}
+            for g in self.groups
+        }
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(tensors, str(tmp), metadata={"groups": json.dumps(meta)})
+        tmp.replace(path)
+        size = path.stat().st_size
+        log(
+            "sensitivity.hessians",
+            groups=len(tensors),
+            bytes=size,
+            accumulateSeconds=round(self.seconds, 3),
+        )
+        return size
+
+
+def collector_for(
+    groups: list[LayerGroup],
+    candidates: dict[str, list[Format]],
+    rounding: Any,
+    model: nn.Module,
+    device: torch.device,
+) -> HessianCollector | None:
+    """A collector when ``rounding`` (samp_core.results.Rounding) will use GPTQ on a
+    format some group can take; else None."""
+    from samp_core.formats import RoundingMethod
+
+    if rounding is None or rounding.method is not RoundingMethod.GPTQ:
+        return None
+    c = HessianCollector(groups, candidates, rounding.formats, dict(model.named_modules()), device)
+    return c if c.groups else None
+
+
+class StoredHessians:
+    """Hessians written by the sensitivity stage, read lazily one group at a time."""
+
+    def __init__(self, path: Path) -> None:
+        from safetensors import safe_open
+
+        self.path = path
+        with safe_open(str(path), framework="pt") as f:
+            self.meta: dict[str, dict[str, Any]] = json.loads((f.metadata() or {})["groups"])
+
+    def missing(self, plan: PlanResult) -> list[str]:
+        """GPTQ groups of ``plan`` this file has no Hessian for (or for other modules)."""
+        targets = set(plan.gptq_modules())
+        out = []
+        for a in plan.assignments:
+            if not set(a.modules) & targets:
+                continue
+            m = self.meta.get(a.modules[0])
+            if m is None or list(m["modules"]) != list(a.modules):
+                out.append(a.group)
+        return out
+
+    def get(self, first_module: str, device: torch.device) -> Tensor:
+        from safetensors import safe_open
+
+        with safe_open(str(self.path), framework="pt", device="cpu") as f:
+            h: Tensor = f.get_tensor(first_module)
+        return h.to(device)
+
+
+def load_hessians(path: Path, plan: PlanResult) -> StoredHessians | None:
+    """The stored Hessians if they cover every GPTQ group of ``plan``; else None (logged),
+    and export runs its own calibration pass."""
+    if not path.is_file() or not plan.gptq_modules():
+        return None
+    stored = StoredHessians(path)
+    missing = stored.missing(plan)
+    if missing:
+        log("export.hessians.incomplete", path=str(path), missing=missing[:5], count=len(missing))
+        return None
+    return stored
+
+
+def gptq_from_hessians(
+    parts: Any,
+    plan: PlanResult,
+    qcfg: Any,
+    stored: StoredHessians,
+    device: torch.device,
+) -> dict[str, Tensor]:
+    """GPTQ codes for every module the plan rounds with GPTQ, from stored Hessians.
+
+    One GPTQ call per plan group (its modules' rows stacked: they share the Hessian),
+    each weight moved to ``device`` only for its call. Returns int8 codes on the CPU.
+    """
+    from samp_jobs.export import gptq_group_codes
+
+    targets = set(plan.gptq_modules())
+    mods = dict(parts.model.named_modules())
+    codes: dict[str, Tensor] = {}
+    totals = {"gptq": 0.0, "rtn": 0.0}
+    t0 = time.monotonic()
+    for a in plan.assignments:
+        if not set(a.modules) & targets:
+            continue
+        h = stored.get(a.modules[0], device)
+        ws = [mods[n].weight.data for n in a.modules]
+        got, st = gptq_group_codes(tuple(a.modules), ws, h, qcfg, plan=plan, device=device)
+        codes.update(got)
+        totals["gptq"] += st.loss
+        totals["rtn"] += st.rtn_loss
+    log(
+        "export.gptq",
+        modules=len(codes),
+        hessians=str(stored.path),
+        seconds=round(time.monotonic() - t0, 3),
+        proxyLoss=round(totals["gptq"], 6),
+        rtnProxyLoss=round(totals["rtn"], 6),
+    )
+    return codes

@@ -21,7 +21,8 @@ The GPTQ candidates are given to the scorer by replacing ``samp_jobs.sensitivity
 the scorer has no per-module quantizer hook, and this benchmark decides whether it
 should get one.
 
-    python tests/benchmarks/bench_score_rounding.py --out tests/benchmarks/results/score_rounding_tiny
+    python tests/benchmarks/bench_score_rounding.py \
+        --out tests/benchmarks/results/score_rounding_tiny
 """
 
 from __future__ import annotations
@@ -45,11 +46,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rounding_eval import base_logprobs, compare  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
-import samp_jobs.sensitivity as sensitivity  # noqa: E402
 from samp_core.formats import Format, SensitivityMethod  # noqa: E402
 from samp_core.hardware import get_profile  # noqa: E402
 from samp_core.planner import Budget, PlanRequest, plan  # noqa: E402
 from samp_core.results import PlanResult, Rounding  # noqa: E402
+from samp_jobs import sensitivity  # noqa: E402
 from samp_jobs.calibration import CalibrationOptions, build_calibration, encode  # noqa: E402
 from samp_jobs.evaluate import load_quantized, read_eval_set  # noqa: E402
 from samp_jobs.export import export  # noqa: E402
@@ -72,7 +73,7 @@ def symmetric_scales(w: torch.Tensor, bits: int, group: int | None) -> torch.Ten
 
 
 def gptq_candidates(
-    parts: Any, groups: Any, col: HessianCollector, formats: list[Format], gs: int, qd: Any
+    parts: Any, groups: Any, col: HessianCollector, formats: list[Format], *, gs: int, qd: Any
 ) -> tuple[dict[Format, dict[int, torch.Tensor]], dict[tuple[str, Format], float]]:
     """Per GPTQ format: module weight's data_ptr -> its GPTQ-rounded weight (as the
     checkpoint stores it); and per (group, format) GPTQ's proxy-loss ratio to RTN."""
@@ -136,7 +137,7 @@ def agreement(pred: Scores, truth: Scores) -> dict[str, Any]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 (one linear recipe)
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", type=Path, default=ROOT / "examples/tiny/model")
     ap.add_argument("--prompts", type=Path, default=ROOT / "examples/tiny/prompts.jsonl")
@@ -145,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 (one linear rec
     ap.add_argument("--calib-seqs", type=int, default=32)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--max-texts", type=int, default=120)
+    ap.add_argument("--device", default="cpu", help="scoring and export device")
+    ap.add_argument("--fractions", default="0.40,0.45", help="budgets besides the recipe's")
     ap.add_argument(
         "--out", type=Path, default=ROOT / "tests/benchmarks/results/score_rounding_tiny"
     )
@@ -154,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 (one linear rec
     model, _ = load_model(args.model)
     qd = next(model.parameters()).dtype
     model.float()
+    if args.device != "cpu":
+        model.to(args.device)
     parts = decoder_parts(model)
     groups = discover_groups(parts)
     tok = AutoTokenizer.from_pretrained(args.model)
@@ -166,13 +171,16 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 (one linear rec
     ids = cal.input_ids[: args.calib_seqs]
     _tasks, texts = read_eval_set(args.eval_set, tok)
     held = [torch.tensor(encode(tok, t)[: args.seq_len]) for t in texts[: args.max_texts]]
-    held = [r for r in held if r.numel() > 1]
+    held = [r.to(args.device) for r in held if r.numel() > 1]
     base = base_logprobs(model, held)
     gs = args.group_size
-    opts = ScoringOptions(formats=FORMATS, group_size=gs, quant_dtype=qd, progress=False)
+    dev = torch.device(args.device)
+    opts = ScoringOptions(
+        formats=FORMATS, group_size=gs, quant_dtype=qd, progress=False, device=dev
+    )
     cands = {g.name: candidate_formats(g, FORMATS, gs) for g in groups}
     gptq_fmts = [Format.INT4_W4A16, Format.INT8_W8A8]
-    col = HessianCollector(groups, cands, gptq_fmts, dict(model.named_modules()), opts.device)
+    col = HessianCollector(groups, cands, gptq_fmts, dict(model.named_modules()), dev)
     opts.hessians = col
     both = [SensitivityMethod.FISHER, SensitivityMethod.KL]
     t = time.time()
@@ -180,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 (one linear rec
     rtn_s = time.time() - t
     opts.hessians = None
     t = time.time()
-    table, ratio = gptq_candidates(parts, groups, col, gptq_fmts, gs, qd)
+    table, ratio = gptq_candidates(parts, groups, col, gptq_fmts, gs=gs, qd=qd)
     gptq_s = time.time() - t
     t = time.time()
     gq = scored_with(table, lambda: score(parts, groups, ids, opts, both)).scores
@@ -236,11 +244,13 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 (one linear rec
     with tempfile.TemporaryDirectory() as tmp:
         hfile = Path(tmp) / HESSIANS_FILE
         col.save(hfile)
-        for fr in (frac, 0.40, 0.45):
+        for fr in (frac, *(float(x) for x in args.fractions.split(",") if x)):
             for name, s in sets.items():
                 p = make_plan(s, fr, [])
-                export(args.model, p, Path(tmp) / "ckpt", hessians=hfile)
-                m = compare(load_quantized(Path(tmp) / "ckpt", dtype=torch.float32), held, base)
+                export(args.model, p, Path(tmp) / "ckpt", hessians=hfile, device=dev)
+                m = compare(
+                    load_quantized(Path(tmp) / "ckpt", dtype=torch.float32).to(dev), held, base
+                )
                 row = {
                     "fraction_of_16bit": round(p.fraction_of_16bit, 4),
                     "scores": name,

@@ -93,6 +93,23 @@ def samp_accounting(model_dir: Path, chosen: dict[str, str], group_size: int) ->
     }
 
 
+def search(mtq: Any, model: Any, bits: float, batches: list[dict[str, Any]]) -> Any:
+    """ModelOpt's search: gradient scores over FP8, INT8 and INT4-AWQ, lm_head left 16-bit."""
+    return mtq.auto_quantize(
+        model,
+        constraints={"effective_bits": bits},
+        quantization_formats=["FP8_DEFAULT_CFG", "INT8_DEFAULT_CFG", "INT4_AWQ_CFG"],
+        data_loader=batches,
+        forward_step=lambda m, b: m(**b),
+        loss_func=lambda out, b: torch.nn.functional.cross_entropy(
+            out.logits[:, :-1].flatten(0, 1).float(), b["input_ids"][:, 1:].flatten()
+        ),
+        disabled_layers=["*lm_head*"],
+        num_calib_steps=len(batches),
+        num_score_steps=len(batches),
+    )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", type=Path, default=ROOT / "examples/tiny/model")
@@ -120,19 +137,11 @@ def main() -> int:
         base = base_logprobs(model, held)
         batches = [{"input_ids": calib[i : i + 4].to(dev)} for i in range(0, len(calib), 4)]
         t = time.perf_counter()
-        model, state = mtq.auto_quantize(
-            model,
-            constraints={"effective_bits": bits},
-            quantization_formats=["FP8_DEFAULT_CFG", "INT8_DEFAULT_CFG", "INT4_AWQ_CFG"],
-            data_loader=batches,
-            forward_step=lambda m, b: m(**b),
-            loss_func=lambda out, b: torch.nn.functional.cross_entropy(
-                out.logits[:, :-1].flatten(0, 1).float(), b["input_ids"][:, 1:].flatten()
-            ),
-            disabled_layers=["*lm_head*"],
-            num_calib_steps=len(batches),
-            num_score_steps=len(batches),
-        )
+        try:
+            model, state = search(mtq, model, bits, batches)
+        except ValueError as e:  # a budget under ModelOpt's reachable minimum
+            print(f"target {bits}: {e}", flush=True)
+            continue
         wall = time.perf_counter() - t
         chosen: dict[str, str] = {}
         raw: dict[str, str] = {}

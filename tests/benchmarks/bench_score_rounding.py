@@ -81,8 +81,8 @@ def gptq_candidates(
     table: dict[Format, dict[int, torch.Tensor]] = {f: {} for f in formats}
     ratio: dict[tuple[str, Format], float] = {}
     for g in groups:
-        h = col.acc[g.name].h
         ws = [mods[n].weight.data for n in g.modules]
+        h = col.acc[g.name].h.to(ws[0].device)
         w = torch.cat(ws).float()
         for f in formats:
             if f not in candidate_formats(g, FORMATS, gs):
@@ -112,7 +112,7 @@ def scored_with(
         if fmt not in table:
             return q
         lookup = table[fmt]
-        return FormatQuantizer(fmt, lambda w: lookup[w.data_ptr()].to(w.dtype), q.activation)
+        return FormatQuantizer(fmt, lambda w: lookup[w.data_ptr()].to(w.device, w.dtype), q.activation)
 
     sensitivity.make_quantizer = make
     try:
@@ -157,10 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     model, _ = load_model(args.model)
     qd = next(model.parameters()).dtype
     model.float()
-    if args.device != "cpu":
-        model.to(args.device)
     parts = decoder_parts(model)
-    groups = discover_groups(parts)
+    groups = discover_groups(parts, torch.device(args.device))  # leaves the model on the CPU
+    model.to(args.device)
     tok = AutoTokenizer.from_pretrained(args.model)
     cal = build_calibration(
         CalibrationOptions(

@@ -112,7 +112,9 @@ def scored_with(
         if fmt not in table:
             return q
         lookup = table[fmt]
-        return FormatQuantizer(fmt, lambda w: lookup[w.data_ptr()].to(w.device, w.dtype), q.activation)
+        return FormatQuantizer(
+            fmt, lambda w: lookup[w.data_ptr()].to(w.device, w.dtype), q.activation
+        )
 
     sensitivity.make_quantizer = make
     try:

@@ -132,9 +132,12 @@ def _vllm_top1(port: int, prompt: str) -> list[int]:
     )
     with urllib.request.urlopen(req, timeout=60) as r:
         lp = json.loads(r.read())["choices"][0]["logprobs"]
-    # entry i holds vLLM's top choice for position i given the tokens before it (none for
-    # position 0); the last entry is the generated position
-    return [int(next(iter(t)).split(":")[1]) for t in lp["top_logprobs"][1:]]
+    # entry i maps token ids ("token_id:N") to log-probs for position i given the tokens
+    # before it: the top choice and, at prompt positions, the prompt's own token; none
+    # for position 0; the last entry is the generated position
+    return [
+        int(max(t.items(), key=lambda kv: kv[1])[0].split(":")[1]) for t in lp["top_logprobs"][1:]
+    ]
 
 
 @pytest.mark.parametrize("head", HEAD_FORMATS, ids=[f.value for f in HEAD_FORMATS])

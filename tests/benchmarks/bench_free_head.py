@@ -29,8 +29,8 @@ from transformers import AutoTokenizer  # noqa: E402
 
 from samp_core.formats import SensitivityMethod  # noqa: E402
 from samp_core.hardware import get_profile  # noqa: E402
-from samp_core.planner import Budget, PlanRequest, plan  # noqa: E402
-from samp_core.results import Rounding  # noqa: E402
+from samp_core.planner import Budget, PlanInfeasibleError, PlanRequest, plan  # noqa: E402
+from samp_core.results import PlanResult, Rounding  # noqa: E402
 from samp_jobs.calibration import CalibrationOptions, build_calibration, encode  # noqa: E402
 from samp_jobs.evaluate import load_quantized, read_eval_set  # noqa: E402
 from samp_jobs.export import export  # noqa: E402
@@ -71,26 +71,40 @@ def main(argv: list[str] | None = None) -> int:
     scores = score(parts, groups, ids, opts, [SensitivityMethod.FISHER]).scores[
         SensitivityMethod.FISHER
     ]
+
+    def make_plan(frac: float, keep: bool) -> PlanResult:
+        return plan(
+            PlanRequest(
+                groups=groups,
+                scores=scores,
+                profile=get_profile("sm90"),
+                budget=Budget(fraction_of_16bit=frac),
+                allowed_formats=FORMATS,
+                allow_non_native=True,
+                group_size=gs,
+                curve_points=0,
+                keep_lm_head_16bit=keep,
+                rounding=Rounding(),
+            )
+        )
+
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         hfile = Path(tmp) / HESSIANS_FILE
         opts.hessians.save(hfile)
         for frac in (float(x) for x in args.fractions.split(",") if x):
             for keep in (True, False):
-                p = plan(
-                    PlanRequest(
-                        groups=groups,
-                        scores=scores,
-                        profile=get_profile("sm90"),
-                        budget=Budget(fraction_of_16bit=frac),
-                        allowed_formats=FORMATS,
-                        allow_non_native=True,
-                        group_size=gs,
-                        curve_points=0,
-                        keep_lm_head_16bit=keep,
-                        rounding=Rounding(),
-                    )
-                )
+                try:
+                    p = make_plan(frac, keep)
+                except PlanInfeasibleError as e:  # a 16-bit head alone can exceed a budget
+                    row = {
+                        "fraction_of_16bit": frac,
+                        "head": "16-bit (pinned)" if keep else "free",
+                        "infeasible": str(e)[:160],
+                    }
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
+                    continue
                 export(args.model, p, Path(tmp) / "ckpt", hessians=hfile)
                 m = compare(load_quantized(Path(tmp) / "ckpt", dtype=torch.float32), held, base)
                 row = {

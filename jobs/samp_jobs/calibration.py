@@ -178,44 +178,8 @@ def build_calibration(opts: CalibrationOptions, tokenizer: Any) -> CalibrationSe
     """Read → dedupe → length-filter → split held-out → sample → pack, deterministically."""
     if opts.format not in ("text", "chat"):
         raise CalibrationDataError(f"calibration format must be text or chat, not {opts.format!r}")
-    malformed = 0
-    if opts.source.startswith("synthetic://"):
-        if not opts.allow_synthetic:
-            raise CalibrationDataError(
-                f"{opts.source}: synthetic calibration data misses the production distribution; "
-                "point --prompts at real prompts or pass --allow-synthetic"
-            )
-        prompts = synthetic_prompts(opts, tokenizer)
-        digest = "synthetic"
-    else:
-        path = local_path(opts.source)
-        prompts, malformed, _ = read_prompts(path, opts, tokenizer)
-        digest = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
-
-    seen: set[str] = set()
-    dropped = DroppedCounts(malformed=malformed)
-    kept: list[tuple[str, list[int]]] = []
-    for p in prompts:
-        key = " ".join(p.split())
-        if key in seen:
-            dropped.duplicates += 1
-            continue
-        seen.add(key)
-        ids = encode(tokenizer, p)
-        if len(ids) < MIN_PROMPT_TOKENS:
-            dropped.too_short += 1
-        elif len(ids) > opts.max_sequence_length:
-            dropped.too_long += 1
-        else:
-            kept.append((p, ids))
-    if len(kept) < MIN_SAMPLES:
-        raise CalibrationDataError(
-            f"{opts.source}: only {len(kept)} usable prompts after dropping "
-            f"{dropped.duplicates} duplicates, {dropped.too_short} shorter than "
-            f"{MIN_PROMPT_TOKENS} tokens, {dropped.too_long} longer than "
-            f"{opts.max_sequence_length} tokens and {dropped.malformed} malformed lines; "
-            f"need at least {MIN_SAMPLES}"
-        )
+    prompts, malformed, digest = _source_prompts(opts, tokenizer)
+    kept, dropped = _usable(prompts, opts, tokenizer, DroppedCounts(malformed=malformed))
     rng = random.Random(opts.seed)
     order = list(range(len(kept)))
     rng.shuffle(order)
@@ -238,6 +202,50 @@ def build_calibration(opts: CalibrationOptions, tokenizer: Any) -> CalibrationSe
         dataset_uri=opts.source,
     )
     return CalibrationSet(input_ids=input_ids, held_out=held, result=result)
+
+
+def _source_prompts(opts: CalibrationOptions, tokenizer: Any) -> tuple[list[str], int, str]:
+    """The prompts of ``opts.source``, the malformed lines skipped, and the data's digest."""
+    if opts.source.startswith("synthetic://"):
+        if not opts.allow_synthetic:
+            raise CalibrationDataError(
+                f"{opts.source}: synthetic calibration data misses the production distribution; "
+                "point --prompts at real prompts or pass --allow-synthetic"
+            )
+        return synthetic_prompts(opts, tokenizer), 0, "synthetic"
+    path = local_path(opts.source)
+    prompts, malformed, _ = read_prompts(path, opts, tokenizer)
+    return prompts, malformed, "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _usable(
+    prompts: list[str], opts: CalibrationOptions, tokenizer: Any, dropped: DroppedCounts
+) -> tuple[list[tuple[str, list[int]]], DroppedCounts]:
+    """Prompts (with their token ids) left after dropping duplicates and bad lengths."""
+    seen: set[str] = set()
+    kept: list[tuple[str, list[int]]] = []
+    for p in prompts:
+        key = " ".join(p.split())
+        if key in seen:
+            dropped.duplicates += 1
+            continue
+        seen.add(key)
+        ids = encode(tokenizer, p)
+        if len(ids) < MIN_PROMPT_TOKENS:
+            dropped.too_short += 1
+        elif len(ids) > opts.max_sequence_length:
+            dropped.too_long += 1
+        else:
+            kept.append((p, ids))
+    if len(kept) < MIN_SAMPLES:
+        raise CalibrationDataError(
+            f"{opts.source}: only {len(kept)} usable prompts after dropping "
+            f"{dropped.duplicates} duplicates, {dropped.too_short} shorter than "
+            f"{MIN_PROMPT_TOKENS} tokens, {dropped.too_long} longer than "
+            f"{opts.max_sequence_length} tokens and {dropped.malformed} malformed lines; "
+            f"need at least {MIN_SAMPLES}"
+        )
+    return kept, dropped
 
 
 def save_calibration(cal: CalibrationSet, workdir: Path) -> None:

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
-from samp_core.formats import Format
+from samp_core.formats import ActivationType, Format, format_spec
 
 Tensor = torch.Tensor
 
@@ -166,7 +167,7 @@ class FormatQuantizer:
         return torch.nn.functional.linear(xq, wq) - torch.nn.functional.linear(x, w)
 
 
-def effective_group_size(in_features: int, requested: int) -> int:
+def largest_dividing_group_size(in_features: int, requested: int) -> int:
     """Largest power-of-two group ≤ requested that divides in_features (≥ 16).
 
     compressed-tensors and vLLM need the group size to divide the input size;
@@ -181,29 +182,39 @@ def effective_group_size(in_features: int, requested: int) -> int:
     raise ValueError(f"no group size ≤ {requested} divides in_features {in_features}")
 
 
-def activation_int8_for(profile: str) -> bool:
-    """int4-w4a8 uses int8 activations on the CPU, fp8 activations on GPUs (sm90 CUTLASS)."""
-    return profile == "cpu"
+def _unchanged(w: Tensor) -> Tensor:
+    return w
+
+
+WeightQdq = Callable[[Tensor], Tensor]
+
+# Weight fake-quant per format, given the group size the format uses (the catalog's
+# fixed one for NVFP4 and NF4). Keyed by format, like samp_core.formats.CATALOG.
+WEIGHT_QDQ: dict[Format, Callable[[int], WeightQdq]] = {
+    Format.BF16: lambda _g: _unchanged,
+    Format.FP16: lambda _g: _unchanged,
+    Format.INT4_W4A16: lambda g: partial(int_qdq, bits=4, group_size=g),
+    Format.INT4_W4A8: lambda g: partial(int_qdq, bits=4, group_size=g),
+    Format.FP8_W8A8: lambda _g: fp8_qdq,
+    Format.INT8_W8A8: lambda _g: partial(int_qdq, bits=8, group_size=None),
+    Format.NVFP4: lambda g: partial(nvfp4_qdq, group_size=g),
+    Format.NF4: lambda g: partial(nf4_qdq, blocksize=g),
+}
+
+# Input fake-quant per activation type (the catalog says which type a format has where).
+ACTIVATION_QDQ: dict[ActivationType, WeightQdq | None] = {
+    "16-bit": None,
+    "int8": int8_token_qdq,
+    "fp8": fp8_token_qdq,
+    "fp4": nvfp4_act_qdq,
+}
 
 
 def quantizer(
     fmt: Format, *, profile: str = "sm90", group_size: int = 128, in_features: int | None = None
 ) -> FormatQuantizer:
     """The fake-quantizer for a format as it will be exported for a hardware profile."""
-    g = effective_group_size(in_features, group_size) if in_features else group_size
-    if fmt.is_unquantized:
-        return FormatQuantizer(fmt, lambda w: w, None)
-    if fmt is Format.INT4_W4A16:
-        return FormatQuantizer(fmt, lambda w: int_qdq(w, 4, g), None)
-    if fmt is Format.INT4_W4A8:
-        act = int8_token_qdq if activation_int8_for(profile) else fp8_token_qdq
-        return FormatQuantizer(fmt, lambda w: int_qdq(w, 4, g), act)
-    if fmt is Format.FP8_W8A8:
-        return FormatQuantizer(fmt, fp8_qdq, fp8_token_qdq)
-    if fmt is Format.INT8_W8A8:
-        return FormatQuantizer(fmt, lambda w: int_qdq(w, 8, None), int8_token_qdq)
-    if fmt is Format.NVFP4:
-        return FormatQuantizer(fmt, nvfp4_qdq, nvfp4_act_qdq)
-    if fmt is Format.NF4:
-        return FormatQuantizer(fmt, nf4_qdq, None)
-    raise ValueError(f"no fake-quantizer for format {fmt}")
+    g = largest_dividing_group_size(in_features, group_size) if in_features else group_size
+    spec = format_spec(fmt)
+    weight = WEIGHT_QDQ[fmt](spec.fixed_group_size or g)
+    return FormatQuantizer(fmt, weight, ACTIVATION_QDQ[spec.scheme_for(profile).activation])

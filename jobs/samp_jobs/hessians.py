@@ -8,7 +8,7 @@ per plan group: q/k/v and gate/up read one input), and the stage writes them bes
 from its stored Hessian: no calibration forward pass, no hidden states moved between
 layers.
 
-What changes against export's own pass (:func:`samp_jobs.export.gptq_pass`): the
+What changes against export's own pass (:func:`samp_jobs.export_gptq.gptq_pass`): the
 Hessians come from the 16-bit model's inputs, not from inputs that earlier, already
 quantized layers produced (GPTQ's "sequential" variant). Which groups GPTQ will round is
 not known before the plan, so every group that *could* take a GPTQ format is collected.
@@ -237,7 +237,7 @@ def gptq_from_hessians(
     One GPTQ call per plan group (its modules' rows stacked: they share the Hessian),
     each weight moved to ``device`` only for its call. Returns int8 codes on the CPU.
     """
-    from samp_jobs.export import gptq_group_codes
+    from samp_jobs.export_gptq import gptq_group_codes
 
     targets = set(plan.gptq_modules())
     mods = dict(parts.model.named_modules())

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from samp_core.results import ResultBase
+from samp_core.results import ResultBase, Stage
+from samp_core.stored_result import stored_result_document
 
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 RESULT_FILES: dict[str, str] = {
@@ -44,8 +45,10 @@ def termination_path(requested: str | None) -> Path | None:
     return None
 
 
-def write_result(doc: ResultBase, workdir: Path, termination_log: str | None = None) -> Path:
-    """Write the document into the work dir and its summary to the termination message."""
+def write_result(doc: ResultBase, workdir: Path, termination_log: str | None = None,
+                 stored: str | None = None) -> Path:
+    """Write the document into the work dir and its summary to the termination message
+    (and, in an operator's Job, to ``stored``: StagePaths.stored_result)."""
     workdir.mkdir(parents=True, exist_ok=True)
     stage = str(doc.stage)
     path = workdir / RESULT_FILES[stage]
@@ -56,7 +59,21 @@ def write_result(doc: ResultBase, workdir: Path, termination_log: str | None = N
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(summary)
     log("result", stage=stage, path=str(path), summary=json.loads(summary))
+    if stored is not None:
+        store_for_operator(stage, doc.inputs_hash, summary, stored)
     return path
+
+
+def store_for_operator(stage: str, inputs_hash: str, summary: str, stored: str) -> None:
+    """In an operator's Job (StagePaths.stored_result set): the summary again, under the
+    stage's inputs hash, for when the pod and its message are gone
+    (samp_core.stored_result)."""
+    if not inputs_hash:
+        raise ValueError(f"{stage}: a result without an inputs hash cannot be stored for "
+                         "the operator")
+    path = Path(stored)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(stored_result_document(Stage(stage), inputs_hash, summary))
 
 
 def read_json(path: Path, what: str) -> dict[str, Any]:

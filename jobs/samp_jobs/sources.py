@@ -1,6 +1,8 @@
 """Where a Job finds its model: a mounted path, or a Hugging Face hub snapshot.
 
-``pvc://claim/path`` sources are mounted by the operator under ``$SAMP_MODEL_ROOT``.
+The operator's Jobs get mounted paths in their invocation (samp_core.stage_jobs); a local
+run from a manifest (samp_jobs.invocation) finds ``pvc://claim/path`` sources under
+``$SAMP_MODEL_ROOT`` / ``$SAMP_DATA_ROOT``.
 ``hf://org/name@revision`` sources are downloaded with huggingface_hub (the token comes
 from ``HF_TOKEN`` in the Secret named by spec.model.secretRef) into a cache beside the
 work directory, on the artifact volume, so the stages of one QuantizedModel download the
@@ -31,9 +33,19 @@ def hub_cache_dir(workdir: Path) -> Path:
 
 
 def mounted_path(uri: str, env: str, default_root: str) -> str:
-    """Where the operator mounts a ``pvc://claim/path`` source (root from ``env``)."""
+    """Where the operator mounts a ``pvc://claim/path`` source (root from ``env``).
+
+    The spec refuses '..' segments; this checks again (lexically: links inside the volume
+    are the volume owner's business), so no '..' that reached the Job leaves its volume."""
     if uri.startswith("pvc://"):
-        return str(Path(os.environ.get(env, default_root)) / uri.removeprefix("pvc://"))
+        root = Path(os.path.normpath(os.environ.get(env, default_root)))
+        path = Path(os.path.normpath(root / uri.removeprefix("pvc://")))
+        if not path.is_relative_to(root):
+            raise ModelLoadError(
+                f"{uri!r} resolves to {path}, outside its volume {root}; "
+                "write a path inside the claim, without '..'"
+            )
+        return str(path)
     return uri
 
 
@@ -42,11 +54,16 @@ def resolve_prompts(uri: str) -> str:
     return mounted_path(uri, "SAMP_DATA_ROOT", "/data")
 
 
+def mounted_model(uri: str) -> str | None:
+    """The local directory of a mounted (or local) model; None for a hub model."""
+    return None if uri.startswith("hf://") else mounted_path(uri, "SAMP_MODEL_ROOT", "/models")
+
+
 def resolve_model(uri: str, workdir: Path) -> str:
-    """A local directory holding the model named by ``uri``."""
-    if not uri.startswith("hf://"):
-        return mounted_path(uri, "SAMP_MODEL_ROOT", "/models")
-        return uri
+    """A local directory holding the model named by ``uri`` (a hub model is downloaded)."""
+    local = mounted_model(uri)
+    if local is not None:
+        return local
     repo, revision = parse_hub_uri(uri)
     from huggingface_hub import snapshot_download
 

@@ -3,8 +3,8 @@
 Entry points for the other layers:
 - ``QuantizedModel.model_validate(manifest_dict)`` parses a manifest (raises
   pydantic.ValidationError; samp_core.validation turns it into readable problems).
-- ``resource.spec.quantization`` is the SAMP policy; ``samp_core.policy`` turns it
-  into the planner's request.
+- ``resource.spec.quantization`` is the SAMP policy; ``samp_core.planner.request_from_spec``
+  turns it into the planner's request.
 """
 
 from __future__ import annotations

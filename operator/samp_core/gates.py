@@ -16,8 +16,11 @@ Rules (README, "How the gates work"):
   figure (empty PromQL result) or a NaN/inf figure (``histogram_quantile`` over no
   observations) is **Inconclusive** — never a pass.
 * A ratio-to-stable gate also needs ``minRequests`` on the stable side and a
-  positive stable figure; without a stable target (``spec.serving.stable`` unset)
-  ratio gates are not evaluated and only absolute ceilings apply.
+  positive stable figure, both from the same window as the canary's (a baseline from
+  another window, under other load, is no baseline: Inconclusive); without a stable
+  target (``spec.serving.stable`` unset) ratio gates are not evaluated and only absolute
+  ceilings apply. At weight 100 the stable serves nothing, so no window holds both:
+  ratio gates are judged at the steps below 100 and absolute ceilings at every step.
 * Absolute ceilings and ratios to stable are separate gates, so both can be set
   and both must pass.
 
@@ -31,7 +34,7 @@ cannot be computed is Inconclusive and the gate does not pass.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from samp_core.accuracy_gate import (
@@ -180,12 +183,12 @@ def _ratio(  # noqa: PLR0917
 
 @dataclass(frozen=True)
 class _Window:
-    """One analysis window as the gates read it (the stable baseline already borrowed)."""
+    """One analysis window as the gates read it."""
 
     gates: GatesSpec
     m: Measurement
     has_stable: bool
-    borrowed: bool
+    stable_serves: bool
 
     @property
     def traffic(self) -> tuple[Verdict, str] | None:
@@ -207,7 +210,7 @@ def evaluate(
     m: Measurement,
     *,
     has_stable: bool,
-    stable_baseline: SideFigures | None = None,
+    stable_serves: bool = True,
 ) -> list[GateResult]:
     """One GateResult per configured traffic gate for one analysis window.
 
@@ -216,19 +219,11 @@ def evaluate(
     spec sets them (ratios only when ``has_stable``; without a stable and without
     ``p99MaxSeconds`` a ``p99`` row that is always Inconclusive), then each custom query.
 
-    ``stable_baseline``: the stable's figures from the last window in which it had
-    at least ``minRequests`` requests. Ratio gates use it when the stable has too
-    little traffic in this window — at weight 100 it has none — and say so.
+    The stable's figures are this window's, never remembered from another.
+    ``stable_serves``: False at weight 100, where the stable takes no traffic; the
+    ratio gates are then not judged (there is nothing in this window to compare with).
     """
-    stable_short = (
-        m.stable is None
-        or not finite(m.stable.requests)
-        or (m.stable.requests or 0.0) < gates.min_requests
-    )
-    borrowed = has_stable and stable_baseline is not None and stable_short and m.error is None
-    if borrowed:
-        m = replace(m, stable=stable_baseline)
-    w = _Window(gates, m, has_stable, borrowed)
+    w = _Window(gates, m, has_stable, stable_serves)
     return [_requests(w), _error_rate(w), *_latency(w), *_custom(w)]
 
 
@@ -298,7 +293,7 @@ def _latency(w: _Window) -> list[GateResult]:
     out = [
         _latency_gate(w, name, figure, limit, is_ratio, what)
         for name, figure, limit, is_ratio, what in specs
-        if limit is not None and (w.has_stable or not is_ratio)
+        if limit is not None and (not is_ratio or (w.has_stable and w.stable_serves))
     ]
     if not w.has_stable and lat.p99_max_seconds is None:
         # The ratio gates (p99MaxRatioToStable has a default) have nothing to compare with:
@@ -333,11 +328,7 @@ def _latency_gate(  # noqa: PLR0917
     if not is_ratio:
         return ceiling(name, c_val, limit, "s", f"canary {what}",
                        baseline=s_val if w.has_stable else None)
-    r = _ratio(name, c_val, s_val, stable.requests, limit, w.gates.min_requests, what)
-    if w.borrowed:
-        note = "; stable baseline from the last window with enough stable traffic"
-        r = r.model_copy(update={"message": (r.message + note)[:1024]})
-    return r
+    return _ratio(name, c_val, s_val, stable.requests, limit, w.gates.min_requests, what)
 
 
 def _custom(w: _Window) -> list[GateResult]:

@@ -141,6 +141,32 @@ def build_groups(
     """
     skipped = set(skip)
     names = [n for n in shapes if n not in skipped]
+    claimed = _claim_fused(names)
+    groups: list[LayerGroup] = []
+    emitted: set[str] = set()
+    for n in names:
+        if n in claimed:
+            gname, kind, members = claimed[n]
+            if gname not in emitted:
+                groups.append(_fused_group(gname, kind, members, shapes))
+                emitted.add(gname)
+        else:
+            fin, fout = shapes[n]
+            groups.append(
+                LayerGroup(
+                    name=n,
+                    kind=kind_of_module(n),
+                    layer_index=_layer_index(n),
+                    modules=[n],
+                    in_features=fin,
+                    out_features=fout,
+                )
+            )
+    return groups
+
+
+def _claim_fused(names: Iterable[str]) -> dict[str, tuple[str, GroupKind, list[str]]]:
+    """Module name -> (group name, kind, members) for every module of a fused set."""
     by_parent: dict[str, dict[str, str]] = {}
     for n in names:
         parent, _, leaf = n.rpartition(".")
@@ -161,39 +187,21 @@ def build_groups(
             gname = f"{parent}.{suffix}" if parent else suffix
             for mname in members:
                 claimed[mname] = (gname, kind, members)
+    return claimed
 
-    groups: list[LayerGroup] = []
-    emitted: set[str] = set()
-    for n in names:
-        if n in claimed:
-            gname, kind, members = claimed[n]
-            if gname in emitted:
-                continue
-            ins = {shapes[m][0] for m in members}
-            if len(ins) != 1:
-                raise ValueError(f"{gname}: fused modules have different in_features {ins}")
-            groups.append(
-                LayerGroup(
-                    name=gname,
-                    kind=kind,
-                    layer_index=_layer_index(gname),
-                    modules=members,
-                    in_features=ins.pop(),
-                    out_features=sum(shapes[m][1] for m in members),
-                    num_params=sum(shapes[m][0] * shapes[m][1] for m in members),
-                )
-            )
-            emitted.add(gname)
-        else:
-            fin, fout = shapes[n]
-            groups.append(
-                LayerGroup(
-                    name=n,
-                    kind=kind_of_module(n),
-                    layer_index=_layer_index(n),
-                    modules=[n],
-                    in_features=fin,
-                    out_features=fout,
-                )
-            )
-    return groups
+
+def _fused_group(
+    gname: str, kind: GroupKind, members: list[str], shapes: Mapping[str, tuple[int, int]]
+) -> LayerGroup:
+    ins = {shapes[m][0] for m in members}
+    if len(ins) != 1:
+        raise ValueError(f"{gname}: fused modules have different in_features {ins}")
+    return LayerGroup(
+        name=gname,
+        kind=kind,
+        layer_index=_layer_index(gname),
+        modules=members,
+        in_features=ins.pop(),
+        out_features=sum(shapes[m][1] for m in members),
+        num_params=sum(shapes[m][0] * shapes[m][1] for m in members),
+    )

@@ -1,8 +1,8 @@
 """Re-plan after a failed canary gate: raise the most sensitive groups toward 16-bit.
 
 The closed loop of SAMP. When a canary gate fails and ``spec.rollout.replan`` allows
-another attempt, the plan Job of attempt n runs ``samp plan --attempt n
---previous-plan ...`` (samp_core.children.stage_command), which calls
+another attempt, the plan Job of attempt n gets attempt n-1's plan as its invocation's
+``previousPlan`` (samp_core.stage_jobs.stage_invocation) and calls
 :func:`conservative_plan` on attempt n-1's plan and sensitivity documents: each of the
 most sensitive freely chosen groups goes one step toward 16-bit while the total stays
 within this attempt's ceiling (:func:`replan_ceiling`). The result is solved by the

@@ -53,6 +53,11 @@ class ApiModel(BaseModel):
         use_enum_values=False,
         validate_default=True,
         json_schema_extra=_schema_with_rules,
+        # No coercion (``"yes"`` is not a bool, ``"8"`` not an int) and no NaN or infinity:
+        # the API server refuses both, so ``samp validate`` must too. Enum fields opt out
+        # with ``Strict(False)`` (a manifest writes them as strings).
+        strict=True,
+        allow_inf_nan=False,
     )
 
     # Rules of this object; checked in Python after field validation, emitted as CEL.

@@ -11,7 +11,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from samp_core.schema_base import ApiModel
 
@@ -45,7 +45,13 @@ class ConditionType(StrEnum):
     ROLLED_BACK = "RolledBack"
 
 
-class Condition(ApiModel):
+class StatusModel(ApiModel):
+    """Status is written by the operator and read back from the server: lax parsing."""
+
+    model_config = ConfigDict(strict=False, allow_inf_nan=True)
+
+
+class Condition(StatusModel):
     """One aspect of the object's state, per the Kubernetes API conventions."""
 
     type: str = Field(max_length=316, description="Ready, Calibrated, Quantized, Evaluated, "
@@ -66,7 +72,7 @@ class Condition(ApiModel):
     )
 
 
-class PlanSummary(ApiModel):
+class PlanSummary(StatusModel):
     """The chosen mixed-precision plan, in brief."""
 
     profile: str = Field(description="Hardware profile the plan targets (cpu, sm80, ...).")
@@ -82,7 +88,7 @@ class PlanSummary(ApiModel):
     )
 
 
-class AccuracySummary(ApiModel):
+class AccuracySummary(StatusModel):
     """Offline accuracy of the quantized model against the base model."""
 
     perplexity_base: float | None = Field(default=None, description="Base perplexity.")
@@ -104,7 +110,7 @@ class AccuracySummary(ApiModel):
     )
 
 
-class GateResult(ApiModel):
+class GateResult(StatusModel):
     """One gate's figure at one analysis, with its threshold and verdict."""
 
     gate: str = Field(max_length=128, description="Gate name, e.g. p99, errorRate, accuracy.")
@@ -117,7 +123,7 @@ class GateResult(ApiModel):
     message: str = Field(default="", max_length=1024, description="Why, for humans.")
 
 
-class CanaryStatus(ApiModel):
+class CanaryStatus(StatusModel):
     """Where the canary is."""
 
     step: int = Field(ge=0, description="Index of the current step (0-based).")
@@ -154,20 +160,26 @@ class CanaryStatus(ApiModel):
         description="When the canary was paused (samp.dev/pause annotation); unset when running.",
         json_schema_extra={"format": "date-time"},
     )
-    stable_p99_seconds: float | None = Field(
-        default=None,
-        description="Stable P99 from the last window in which the stable had minRequests; "
-        "ratio gates fall back to it when the stable gets too little traffic (at weight 100).",
+
+
+class HandledRequests(ApiModel):
+    """The promote/abort annotation values already handled: each value acts at most once.
+
+    A value is recorded when it is acted on, or set aside (it predates the canary, or
+    arrived before the canary started: a promotion is asked of a running canary). The
+    same value never acts again, so a ``"true"`` left behind cannot promote the next
+    rollout; a new value (``samp rollout promote`` writes the time) acts once. Removing
+    the annotation clears its record."""
+
+    promote: str | None = Field(
+        default=None, max_length=256, description="samp.dev/promote value last handled."
     )
-    stable_ttft_p99_seconds: float | None = Field(
-        default=None, description="Stable TTFT P99 from that same window."
-    )
-    stable_requests: float | None = Field(
-        default=None, ge=0, description="Stable requests in that window."
+    abort: str | None = Field(
+        default=None, max_length=256, description="samp.dev/abort value last handled."
     )
 
 
-class StageStatus(ApiModel):
+class StageStatus(StatusModel):
     """One quantization stage (one Job) of the current generation."""
 
     stage: str = Field(
@@ -199,7 +211,7 @@ class StageStatus(ApiModel):
     message: str = Field(default="", max_length=1024, description="Result or failure, in brief.")
 
 
-class Attempt(ApiModel):
+class Attempt(StatusModel):
     """One quantize-evaluate-canary attempt (re-plans add attempts)."""
 
     attempt: int = Field(ge=1, description="1 for the first plan, then one per re-plan.")
@@ -221,7 +233,7 @@ class Attempt(ApiModel):
     )
 
 
-class QuantizedModelStatus(ApiModel):
+class QuantizedModelStatus(StatusModel):
     """What the operator observed and did."""
 
     phase: Phase = Field(default=Phase.PENDING, description="Summary for printer columns.")
@@ -246,6 +258,11 @@ class QuantizedModelStatus(ApiModel):
         default_factory=list, max_length=MAX_GATE_RESULTS, description="Last gate figures."
     )
     canary: CanaryStatus | None = Field(default=None, description="Canary progress.")
+    handled_requests: HandledRequests | None = Field(
+        default=None,
+        description="Promote/abort annotation values already acted on or set aside; "
+        "each value acts at most once.",
+    )
     attempt: int = Field(default=1, ge=1, description="Current attempt number.")
     history: list[Attempt] = Field(
         default_factory=list,

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from samp_core.api import QuantizedModel
+from samp_core.manifest_text import MAX_OBJECT_BYTES, object_bytes
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,12 @@ def _fix_for(error: Any) -> str:
         return "see `kubectl explain quantizedmodel.spec` for the accepted forms"
     if kind in ("too_short", "too_long"):
         return "change the number of items or characters"
+    if kind == "finite_number":
+        return "write a finite number: a NaN bound can never pass, an infinite one never fail"
+    if kind in ("bool_type", "int_type", "float_type"):
+        plain = {"bool_type": "true or false", "int_type": "an integer",
+                 "float_type": "a number"}[kind]
+        return f"write {plain} without quotes (values are not converted from strings)"
     if kind.endswith("_type") or kind.endswith("_parsing"):
         return f"write a value of type {kind.removesuffix('_type').removesuffix('_parsing')}"
     return ""
@@ -103,8 +110,21 @@ def problems_of(error: ValidationError) -> list[Problem]:
             message = "unknown field"
         if item["type"] == "string_pattern_mismatch":
             message = f"{item['input']!r} is not in an accepted form"
+        if item["type"] == "value_error" and (broken := _broken_rules(loc, message)):
+            problems += broken
+            continue
         problems.append(Problem(path=_path(loc), message=message, fix=_fix_for(item)))
     return problems
+
+
+def _broken_rules(loc: tuple[int | str, ...], message: str) -> list[Problem]:
+    """A cross-field rule's error, one problem per broken rule, at the field it names."""
+    owner = _model_at(loc) if loc else QuantizedModel
+    rules = [r for r in getattr(owner, "rules", ()) if r.message in message]
+    return [
+        Problem(path=_path(loc) + (r.field_path or ""), message=r.message, fix="")
+        for r in rules
+    ]
 
 
 def validate_manifest(manifest: Any) -> tuple[QuantizedModel | None, list[Problem]]:
@@ -113,6 +133,14 @@ def validate_manifest(manifest: Any) -> tuple[QuantizedModel | None, list[Proble
         return None, [
             Problem("<root>", "the document is not a mapping", "write a YAML object")
         ]
+    size = object_bytes(manifest)
+    if size > MAX_OBJECT_BYTES:
+        return None, [Problem(
+            "<root>",
+            f"the object is {size} bytes as JSON, more than the {MAX_OBJECT_BYTES} bytes "
+            "(1.5 MiB) etcd accepts in one request, so the API server would refuse it",
+            "keep large data out of the manifest: prompts in a ConfigMap or on a PVC",
+        )]
     try:
         return QuantizedModel.model_validate(manifest), []
     except ValidationError as error:

@@ -89,6 +89,7 @@ class ScrapeTarget:
     port: int
     served_model: str
     role: str
+    labels: dict[str, str] = field(default_factory=dict)  # e.g. namespace and pod
 
 
 @dataclass
@@ -119,7 +120,11 @@ class PrometheusProcess:
                     "static_configs": [
                         {
                             "targets": [f"127.0.0.1:{t.port}"],
-                            "labels": {"served_model": t.served_model, "role": t.role},
+                            "labels": {
+                                "served_model": t.served_model,
+                                "role": t.role,
+                                **t.labels,
+                            },
                         }
                     ],
                 }
@@ -168,6 +173,14 @@ class PrometheusProcess:
     def stop(self) -> None:
         _stop(self.proc)
         self.proc = None
+
+    def retarget(self, targets: list[ScrapeTarget]) -> None:
+        """Scrape ``targets`` from now on (config rewritten, then /-/reload)."""
+        self.targets = targets
+        (self.workdir / "prometheus.yml").write_text(self.config())
+        req = urllib.request.Request(f"{self.url}/-/reload", method="POST")
+        with urllib.request.urlopen(req, timeout=10):
+            pass
 
     def is_up(self) -> bool:
         return http_ok(f"{self.url}/-/ready")

@@ -155,7 +155,8 @@ class CanaryDriver:
             return Measurement(
                 window_seconds=request.window_seconds,
                 taken_at=request.end,
-                error=f"the measurement failed: {type(err).__name__}: {err}"[:300],
+                # its text may hold a URL or an answer: the log has it, status gets the kind
+                error=f"the measurement failed: {type(err).__name__} (see the operator log)",
             )
 
     def apply(self, decision: CanaryDecision) -> bool:

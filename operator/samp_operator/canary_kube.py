@@ -20,8 +20,9 @@ still exists, so actions cut short by an error or a restart are finished.
 * :func:`router_for` — the HTTPRoute router, else the replica-ratio router when a stable
   target exists, else :class:`~samp_operator.traffic.NoRouter` (the canary then is the
   only backend).
-* the provider — PrometheusProvider on ``spec.gates.prometheusUrl``, else the operator's
-  ``--prometheus-url``; with neither, NoPrometheus (every analysis an Error).
+* the provider — samp_operator.prometheus_access: the spec's Prometheus with its own
+  Secret and trust, else the operator's default; scoped to the resource's namespace
+  and each side's pods; with neither, NoPrometheus (every analysis an Error).
 
 Idempotent: creating what exists and deleting what is gone are no-ops; a weight set
 before a status write that then conflicts is set again on the next reconcile.
@@ -52,9 +53,10 @@ from samp_core.canary import (
 from samp_core.reconcile import Decision
 from samp_core.spec import QuantizedModelSpec
 from samp_core.status import Phase, QuantizedModelStatus
-from samp_operator.canary_driver import CanaryDriver, MeasurementProvider, NoPrometheus
-from samp_operator.prometheus import PrometheusProvider
+from samp_operator.canary_driver import CanaryDriver
+from samp_operator.prometheus_access import ProviderFactory
 from samp_operator.serving import canary_manifests, canary_names, promoted_stable_patch
+from samp_operator.settings import PrometheusDefaults
 from samp_operator.traffic import (
     MERGE_PATCH,
     HTTPRouteRouter,
@@ -270,19 +272,22 @@ class KubeCanary:
     """The engine's canary stage: the one driver with the Kubernetes implementations."""
 
     def __init__(self, api_client: kubernetes.client.ApiClient | None,
-                 prometheus_url: str | None) -> None:
+                 prometheus: PrometheusDefaults | str | None) -> None:
         self.apps = kubernetes.client.AppsV1Api(api_client)
         self.core = kubernetes.client.CoreV1Api(api_client)
         self.custom = kubernetes.client.CustomObjectsApi(api_client)
-        self.prometheus_url = prometheus_url
+        self.providers = ProviderFactory(
+            self.core,
+            prometheus if isinstance(prometheus, PrometheusDefaults)
+            else PrometheusDefaults(url=prometheus),
+        )
 
     def driver(self, spec: QuantizedModelSpec, meta: Mapping[str, Any]) -> CanaryDriver:
         namespace, name = meta["namespace"], meta["name"]
         serving = KubeServing(self.apps, self.core, spec, name, namespace, meta.get("uid", ""))
-        url = spec.gates.prometheus_url or self.prometheus_url
-        provider: MeasurementProvider = PrometheusProvider(url) if url else NoPrometheus()
         return CanaryDriver(
-            serving, router_for(spec, name, namespace, self.apps, self.custom), provider
+            serving, router_for(spec, name, namespace, self.apps, self.custom),
+            self.providers.provider(spec, namespace, name),
         )
 
     def release(self, spec: QuantizedModelSpec, meta: Mapping[str, Any]) -> bool:

@@ -5,10 +5,11 @@ Subcommands:
   samp crds [--check] [--out]  write (or check) the generated CRD YAML
   samp rollout status|promote|abort|pause|resume NAME [-n NS]
                                show or steer a canary (annotations; never writes spec)
-  samp operator run [...]      run the operator (needs the 'operator' extra)
   samp operator run [flags]    run the operator (samp_operator.main; needs the 'operator' extra)
   samp quantize|calibrate|sensitivity|plan|export|evaluate ...
-                               the SAMP job stages (samp_jobs.cli; needs the 'jobs' extra)
+                               the SAMP job stages (samp_jobs.cli; needs the 'jobs' extra):
+                               a stage Job runs `samp <stage> --invocation FILE`
+  samp read-result ...         the reader Job of a stage whose pod is gone (samp_jobs.stored)
 
 Each subcommand imports only what it needs, so `samp validate` works in the
 operator image without torch and the stages work in the jobs image without kopf.
@@ -23,27 +24,30 @@ from pathlib import Path
 
 import yaml
 
+from samp_core.api import QuantizedModel
 from samp_core.crd import CRD_FILE_NAME, render_yaml
+from samp_core.manifest_text import load_documents
 from samp_core.validation import Problem, validate_manifest
 
 JOB_STAGES = ("quantize", "calibrate", "sensitivity", "plan", "export", "evaluate")
 
 
 def _load_documents(path: Path) -> list[tuple[str, object]]:
-    """(label, document) pairs of a YAML file; a parse error is itself a problem."""
-    text = path.read_text(encoding="utf-8")
-    docs = [doc for doc in yaml.safe_load_all(text) if doc is not None]
+    """(label, document) pairs of a YAML file; a parse error (a duplicate key too) is itself
+    a problem."""
+    docs = load_documents(path.read_text(encoding="utf-8"))
     return [(f"{path}" + (f"[{i}]" if len(docs) > 1 else ""), doc) for i, doc in enumerate(docs)]
 
 
-def validate(paths: Sequence[str]) -> int:
-    """Validate every QuantizedModel in the files; exit status 1 when any has a problem."""
+def validate(paths: Sequence[str], model_dir: str | None = None) -> int:
+    """Validate every QuantizedModel in the files; exit status 1 when any has a problem.
+    With ``model_dir`` (a local checkpoint), also whether its budget is reachable at all."""
     failed = False
     for name in paths:
         path = Path(name)
         try:
             documents = _load_documents(path)
-        except (OSError, yaml.YAMLError) as err:
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
             print(f"{name}: cannot read: {err}", file=sys.stderr)
             failed = True
             continue
@@ -60,9 +64,23 @@ def validate(paths: Sequence[str]) -> int:
                 print(f"{label}: {len(problems)} problem(s)", file=sys.stderr)
                 for problem in problems:
                     print(f"  - {_indent(problem)}", file=sys.stderr)
+            elif model_dir and (why := _budget_problem(resource, model_dir)):
+                failed = True
+                print(f"{label}: 1 problem(s)\n  - spec.quantization.budget: {why}",
+                      file=sys.stderr)
             else:
                 print(f"{label}: valid QuantizedModel {resource.namespace}/{resource.name}")
     return 1 if failed else 0
+
+
+def _budget_problem(resource: QuantizedModel, model_dir: str) -> str | None:
+    from samp_core.feasibility import budget_problem
+    from samp_operator.checkpoint_shapes import tensor_shapes
+
+    try:
+        return budget_problem(resource.spec, tensor_shapes(Path(model_dir)))
+    except (OSError, ValueError) as err:
+        return f"cannot check it against --model: {err}"
 
 
 def _indent(problem: Problem) -> str:
@@ -91,6 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from samp_operator.main import main as operator_main
 
         return operator_main(args[1:])
+    if args and args[0] == "read-result":  # the reader Job (samp_core.stored_result)
+        from samp_jobs.stored import main as read_result
+
+        return read_result(args[1:])
     if args and args[0] in JOB_STAGES:
         try:
             from samp_jobs.cli import main as jobs_main
@@ -108,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_validate = sub.add_parser("validate", help="check QuantizedModel manifests")
     p_validate.add_argument("files", nargs="+", metavar="FILE")
+    p_validate.add_argument("--model", metavar="DIR", help="local checkpoint (safetensors): "
+                            "also check that the budget is reachable on it")
     p_crds = sub.add_parser("crds", help="write or check the generated CRD")
     p_crds.add_argument("--out", default="crds", help="directory of the CRD YAML")
     p_crds.add_argument("--check", action="store_true", help="fail if the file is stale")
@@ -119,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sub.add_parser(stage, help=f"SAMP job stage '{stage}' (samp {stage} --help)")
     ns = parser.parse_args(args)
     if ns.command == "validate":
-        return validate(ns.files)
+        return validate(ns.files, ns.model)
     if ns.command == "crds":
         return crds(ns.out, ns.check)
     if ns.command == "rollout":

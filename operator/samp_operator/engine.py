@@ -31,7 +31,7 @@ import copy
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -39,16 +39,13 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from samp_core.children import (
-    cleanup_job_manifest,
-    cleanup_job_name,
-    cleanup_supported,
-    selector,
-)
 from samp_core.reconcile import Decision, ObservedJob, reconcile
+from samp_core.stage_jobs import cleanup_job_manifest, cleanup_supported
+from samp_core.stage_layout import cleanup_job_name, selector
 from samp_core.validation import validate_manifest
 from samp_operator.canary_kube import CanaryPlan, KubeCanary, settled_marker
 from samp_operator.kube import ConflictError, Kube
+from samp_operator.leader import NotLeaderError
 from samp_operator.metrics import Metrics
 from samp_operator.observe import job_record, observed_job
 from samp_operator.settings import OperatorSettings
@@ -101,6 +98,9 @@ class Engine:
         self._bodies: dict[Key, dict[str, Any]] = {}  # latest known QuantizedModel bodies
         self._settled: dict[Key, tuple[str, int, int | None]] = {}  # canary acted on these
         self.loop: asyncio.AbstractEventLoop | None = None
+        # Leader election (main.py): false once this replica lost the Lease; no reconcile
+        # starts and no timer of ours fires after that.
+        self.may_act: Callable[[], bool] = lambda: True
 
     # --------------------------------------------------------------- event loop side
 
@@ -133,6 +133,8 @@ class Engine:
 
     async def trigger(self, namespace: str, name: str) -> None:
         key = (namespace, name)
+        if not self.may_act():
+            return
         if key in self._running:
             self._dirty.add(key)
             return
@@ -168,6 +170,12 @@ class Engine:
 
         self._timers[key] = loop.call_later(delay, fire)
 
+    def stand_down(self) -> None:
+        """Leadership is gone: cancel every scheduled reconcile (event loop side)."""
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+
     def forget(self, key: Key) -> None:
         """The resource is gone: drop its timer, backoff and phase (any thread)."""
         if self.loop is not None:
@@ -185,6 +193,9 @@ class Engine:
         started = time.monotonic()
         try:
             return self._reconcile(key, jobs, cms)
+        except NotLeaderError:  # lost the Lease mid-reconcile: the new leader redoes it
+            self._bodies.pop(key, None)
+            return None
         except Exception as err:
             self._bodies.pop(key, None)
             self.metrics.reconciles.labels("error").inc()

@@ -25,7 +25,7 @@ from typing import Any
 import kopf
 
 from samp_core.api import GROUP, PLURAL, VERSION
-from samp_core.children import LABEL_MANAGED_BY, LABEL_QM, MANAGER
+from samp_core.stage_layout import LABEL_MANAGED_BY, LABEL_QM, MANAGER
 from samp_operator.engine import Engine
 from samp_operator.observe import job_record, pod_record
 
@@ -35,10 +35,25 @@ FINALIZER_BACKOFF = 5.0
 log = logging.getLogger("samp.handlers")
 
 
+# Kopf persists a change handler's progress under its id, by default the function's
+# qualified name; the deletion handler keeps the id it had when register() defined it
+# inline, so a deletion in flight across an upgrade resumes instead of starting over.
+DELETE_HANDLER_ID = "register.<locals>.delete"
+
+
 def register(engine: Engine, registry: kopf.OperatorRegistry) -> None:
     """Register every handler of the operator on ``registry``, bound to ``engine``."""
-    resync_seconds = engine.settings.resync_seconds
+    _register_settings(registry)
+    _register_indexes(registry)
+    _register_triggers(engine, registry)
+    _register_deletion(engine, registry)
 
+
+# Handlers take **kw only: Kopf passes every kwarg by name (and the indexes by their
+# function names), and its callback protocols type them keyword-only.
+
+
+def _register_settings(registry: kopf.OperatorRegistry) -> None:
     @kopf.on.startup(registry=registry)
     def configure(**kw: Any) -> None:
         settings: kopf.OperatorSettings = kw["settings"]
@@ -52,15 +67,14 @@ def register(engine: Engine, registry: kopf.OperatorRegistry) -> None:
         settings.watching.client_timeout = 330
         settings.networking.request_timeout = 60
 
-    # Handlers take **kw only: Kopf passes every kwarg by name (and the indexes by their
-    # function names), and its callback protocols type them keyword-only.
-
     @kopf.on.login(registry=registry)
     def login(**kw: Any) -> kopf.ConnectionInfo | None:
         # A fresh registry has none of Kopf's default login handlers: in a pod use the
         # ServiceAccount, elsewhere KUBECONFIG (or ~/.kube/config).
         return kopf.login_with_service_account(**kw) or kopf.login_with_kubeconfig(**kw)
 
+
+def _register_indexes(registry: kopf.OperatorRegistry) -> None:
     @kopf.index("batch", "v1", "jobs", labels=MANAGED, registry=registry, id="samp_jobs")
     def samp_jobs(**kw: Any) -> dict[Any, Any]:
         labels = kw["labels"]
@@ -79,6 +93,11 @@ def register(engine: Engine, registry: kopf.OperatorRegistry) -> None:
     def samp_configmaps(**kw: Any) -> dict[Any, Any]:
         labels = kw["labels"]
         return {(kw["namespace"], labels[LABEL_QM]): kw["name"]} if LABEL_QM in labels else {}
+
+
+def _register_triggers(engine: Engine, registry: kopf.OperatorRegistry) -> None:
+    """Events of a QuantizedModel, its Jobs and their terminal pods, and the resync timer."""
+    resync_seconds = engine.settings.resync_seconds
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     async def quantizedmodel_event(**kw: Any) -> None:
@@ -116,11 +135,13 @@ def register(engine: Engine, registry: kopf.OperatorRegistry) -> None:
         if engine.due_for_resync(key):
             await engine.trigger(*key)
 
-    @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, backoff=FINALIZER_BACKOFF)
+
+def _register_deletion(engine: Engine, registry: kopf.OperatorRegistry) -> None:
+    @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, backoff=FINALIZER_BACKOFF,
+                    id=DELETE_HANDLER_ID)
     async def delete(**kw: Any) -> None:
         engine.bind(kw)
         loop = engine.loop
         assert loop is not None
         await loop.run_in_executor(engine.executor, engine.finalize, dict(kw["body"]),
                                    kw["runtime"].total_seconds(), kw["retry"] == 0)
-

@@ -72,7 +72,7 @@ class Kube:
     """Raw REST over the official client's connection, auth and TLS handling.
 
     Raw rather than the typed API classes: manifests are plain dicts built by the pure
-    core (samp_core.children), and merge patches need an explicit content type.
+    core (samp_core.stage_jobs), and merge patches need an explicit content type.
     """
 
     def __init__(self, client: kubernetes.client.ApiClient | None = None) -> None:

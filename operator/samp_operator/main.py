@@ -1,4 +1,12 @@
-"""`samp operator run`: start the operator (Kopf) with the settings of samp_operator.settings."""
+"""`samp operator run`: start the operator (Kopf) with the settings of samp_operator.settings.
+
+With a leader-election namespace (the chart's default), the replica first wins the Lease
+(samp_operator.leader) and only then starts Kopf; Kopf itself always runs standalone (its
+peering paused every replica that shared a priority). A replica that loses the Lease stands
+down at once and exits with :data:`EXIT_LEASE_LOST`, so Kubernetes restarts it as a
+follower (what kube-controller-manager and Flagger do). On SIGTERM the leader releases the
+Lease and a follower takes over at its next try.
+"""
 
 from __future__ import annotations
 
@@ -18,10 +26,13 @@ from samp_operator import settings as settings_module
 from samp_operator.canary_kube import KubeCanary
 from samp_operator.engine import Engine
 from samp_operator.handlers import register
-from samp_operator.kube import Kube
+from samp_operator.kube import Kube, api_client
+from samp_operator.leader import ElectionSettings, LeaderElector, fence
 from samp_operator.metrics import Metrics
 
 HEARTBEAT_SECONDS = 5.0
+EXIT_LEASE_LOST = 3
+log = logging.getLogger("samp")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def peering_identity() -> Identity:
-    """This process's name among Kopf peers: the pod name (hostname), pid and start time.
+    """The identity Kopf asks for even standalone: the pod name (hostname), pid and start time.
 
     Kopf's default asks ``getpass.getuser()``, which raises for a uid without a passwd
     entry: the chart runs the operator as 65532, which no slim Python image lists, so the
@@ -45,7 +56,8 @@ def peering_identity() -> Identity:
     return Identity(f"{socket.gethostname()}/{os.getpid()}/{int(time.time())}")
 
 
-async def _operator(engine: Engine, metrics: Metrics) -> None:
+async def _operator(engine: Engine, metrics: Metrics,
+                    elector: LeaderElector | None = None) -> int:
     loop = asyncio.get_running_loop()
 
     def beat() -> None:
@@ -53,6 +65,29 @@ async def _operator(engine: Engine, metrics: Metrics) -> None:
         loop.call_later(HEARTBEAT_SECONDS, beat)
 
     beat()
+    if elector is None:
+        await _kopf(engine, metrics)
+        return 0
+    engine.may_act = elector.is_leader
+    observed = loop.create_task(elector.observed.wait())
+    observed.add_done_callback(lambda _t: setattr(metrics, "ready", True))  # followers too
+    await elector.acquire()
+    kopf_task = loop.create_task(_kopf(engine, metrics))
+    lost_task = loop.create_task(elector.hold())
+    await asyncio.wait({kopf_task, lost_task}, return_when=asyncio.FIRST_COMPLETED)
+    engine.stand_down()
+    if lost_task.done():
+        log.error("lost the leader lease (%s): stopped acting; exiting", lost_task.result())
+        kopf_task.cancel()
+        await asyncio.gather(kopf_task, return_exceptions=True)
+        return EXIT_LEASE_LOST
+    lost_task.cancel()  # Kopf stopped (a signal): hand the Lease over
+    await elector.release()
+    kopf_task.result()  # re-raise what stopped Kopf, if anything did
+    return 0
+
+
+async def _kopf(engine: Engine, metrics: Metrics) -> None:
     registry = kopf.OperatorRegistry()
     register(engine, registry)
     ready = asyncio.Event()
@@ -60,15 +95,14 @@ async def _operator(engine: Engine, metrics: Metrics) -> None:
     async def mark_ready() -> None:
         await ready.wait()
         metrics.ready = True
-        logging.getLogger("samp").info("operator ready")
+        log.info("operator ready")
 
-    ready_task = loop.create_task(mark_ready())
+    ready_task = asyncio.get_running_loop().create_task(mark_ready())
     s = engine.settings
     try:
         await kopf.operator(
             registry=registry,
-            standalone=s.peering is None,
-            peering_name=s.peering,
+            standalone=True,
             clusterwide=s.clusterwide,
             namespaces=list(s.namespaces),
             ready_flag=ready,
@@ -76,6 +110,17 @@ async def _operator(engine: Engine, metrics: Metrics) -> None:
         )
     finally:
         ready_task.cancel()
+
+
+def _elector(settings: settings_module.OperatorSettings, metrics: Metrics
+             ) -> LeaderElector | None:
+    if settings.leader_election_namespace is None:
+        return None
+    return LeaderElector(ElectionSettings(namespace=settings.leader_election_namespace,
+                                          lease_name=settings.leader_election_lease,
+                                          identity=settings.leader_election_identity,
+                                          timing=settings.lease_timing),
+                         api_client(), registry=metrics.registry)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -101,17 +146,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.metrics_port:
         metrics.serve(settings.metrics_address, settings.metrics_port)
     kube = Kube()
+    elector = _elector(settings, metrics)
+    if elector is not None:  # no write of a reconcile gets out once the Lease is lost
+        fence(kube.client, elector.is_leader)
     # The canary: the one driver (samp_operator.canary_driver) with the Kubernetes
     # serving and routers and the Prometheus provider.
-    canary = KubeCanary(kube.client, settings.prometheus_url) if settings.canary else None
+    canary = KubeCanary(kube.client, settings.prometheus()) if settings.canary else None
     engine = Engine(settings, kube, metrics, canary=canary)
+    code = 0
     try:
-        asyncio.run(_operator(engine, metrics))
+        code = asyncio.run(_operator(engine, metrics, elector))
     except KeyboardInterrupt:
         pass
     finally:
         engine.executor.shutdown(wait=False, cancel_futures=True)
-    return 0
+    return code
 
 
 if __name__ == "__main__":

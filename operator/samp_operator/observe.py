@@ -17,14 +17,9 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from samp_core.children import (
-    ANNOTATION_INPUTS_HASH,
-    CONTAINER,
-    LABEL_GENERATION,
-    LABEL_QM,
-    LABEL_STAGE,
-)
 from samp_core.reconcile import ObservedJob
+from samp_core.stage_jobs import CONTAINER
+from samp_core.stage_layout import ANNOTATION_INPUTS_HASH, LABEL_GENERATION, LABEL_QM, LABEL_STAGE
 
 
 def _time(value: Any) -> datetime | None:

@@ -14,7 +14,15 @@ over the analysis window ``W`` ending at the request's ``end``:
   vllm:e2e_request_latency_seconds_bucket{model_name="N"}[W])))``; TTFT the same over
   ``vllm:time_to_first_token_seconds_bucket`` when a TTFT gate is set;
 * custom queries: the user's PromQL with ``$canary``/``$stable`` replaced by the
-  served model names and ``$window`` by ``W``; the answer must be one number.
+  served model names, ``$namespace`` by the resource's namespace and ``$window`` by
+  ``W``; the answer must be one number.
+
+Tenants are kept apart by a :class:`SeriesScope`: in the operator every built-in
+selector also matches the resource's namespace (``namespace="ns"``) and the side's pods
+(``pod=~"<deployment>-[a-z0-9]+-[a-z0-9]+"``), the labels a Kubernetes service discovery
+relabelling or a PodMonitor attaches (their names are settings; see
+samp_operator.settings). Without them a same-named resource in another namespace read
+the same series. Every value from the spec is escaped before it enters a matcher.
 
 vLLM's own series carry ``model_name`` (= ``--served-model-name``), so canary
 (``<name>-canary``) and stable are separable. The HTTP layer's
@@ -24,6 +32,12 @@ canary pod template carries ``samp.dev/served-model``, which a
 ``labelmap``/``replace`` relabel rule turns into ``served_model``; the tests'
 static config sets it directly). Without such a label set ``http_label=None`` and
 only the engine's counters count.
+
+What Prometheus answered (its URL, a non-200 body, a TLS failure's detail) goes to the
+operator's log only; the measurement, and with it every tenant-visible status, carries
+a short reason without them. TLS is verified by default (a CA bundle, or
+``insecure_skip_verify``, are opt-in), and credentials come from a Secret as a bearer
+token or basic auth, never from the URL.
 
 Unreachable Prometheus (connection refused, timeout, HTTP 5xx, an answer that is not
 JSON or not shaped as Prometheus's query API) gives ``Measurement.error``; a failing
@@ -44,7 +58,9 @@ prometheus-api-client's ``custom_query``, which reads the whole body at once.
 from __future__ import annotations
 
 import json
+import logging
 import math
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -66,13 +82,19 @@ SUCCESS = "vllm:request_success_total"
 HTTP = "http_requests_total"
 MAX_ANSWER_BYTES = 4 << 20  # an instant query answering one number is a few hundred bytes
 
+log = logging.getLogger("samp.prometheus")
+
 
 class QueryError(Exception):
-    """One query failed; ``unreachable`` when Prometheus itself did not answer."""
+    """One query failed; ``unreachable`` when Prometheus itself did not answer.
 
-    def __init__(self, message: str, *, unreachable: bool) -> None:
+    The message is what status may show (no URL, no answer body); ``detail`` is what
+    only the operator's log gets."""
+
+    def __init__(self, message: str, *, unreachable: bool, detail: str = "") -> None:
         super().__init__(message)
         self.unreachable = unreachable
+        self.detail = detail
 
 
 def prom_duration(seconds: float) -> str:
@@ -93,13 +115,52 @@ def _quote(value: str) -> str:
     return f'"{_escape(value)}"'
 
 
+def pods_of(deployment: str) -> str:
+    """RE2 matching the names of a Deployment's pods (``<name>-<rs hash>-<pod hash>``)."""
+    return re.escape(deployment).replace("\\-", "-") + "-[a-z0-9]+-[a-z0-9]+"
+
+
+@dataclass(frozen=True)
+class SeriesScope:
+    """Which series are this resource's: its namespace, and each side's pods.
+
+    ``canary_pods``/``stable_pods``: Deployment names whose pods serve that side; None
+    leaves that side unscoped by pod. The label names are the provider's."""
+
+    namespace: str | None = None
+    canary_pods: str | None = None
+    stable_pods: str | None = None
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """How to authenticate to Prometheus: a bearer token, or basic auth."""
+
+    token: str | None = None
+    username: str | None = None
+    password: str | None = None
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def basic(self) -> tuple[str, str] | None:
+        if self.token or self.username is None:
+            return None
+        return (self.username, self.password or "")
+
+    def __repr__(self) -> str:  # never print a secret
+        return f"Credentials(token={'***' if self.token else None}, username={self.username!r})"
+
+
 @dataclass
 class PrometheusProvider:
     """Runs the gate queries against one Prometheus.
 
     ``http_label``: the target label that tells canary and stable apart on
     ``http_requests_total`` (None: ignore HTTP 4xx/5xx). ``extra_selector``: label
-    matchers added to every selector, e.g. ``namespace="prod"``.
+    matchers added to every selector. ``scope``: this resource's series (namespace and
+    pods), matched by ``namespace_label`` and ``pod_label`` (None: not matched).
+    ``verify``: True (system CAs), a CA bundle path, or False (``insecureSkipVerify``).
     """
 
     url: str
@@ -109,47 +170,60 @@ class PrometheusProvider:
     headers: Mapping[str, str] = field(default_factory=dict)
     queries: list[tuple[str, str]] = field(default_factory=list)  # (key, promql) of last measure
     analysis_timeout_seconds: float = 15.0  # one whole measure(), every query together
+    scope: SeriesScope = field(default_factory=SeriesScope)
+    namespace_label: str | None = "namespace"
+    pod_label: str | None = "pod"
+    verify: bool | str = True
+    credentials: Credentials = field(default_factory=Credentials)
 
     def __post_init__(self) -> None:
         # No retries: an unreachable Prometheus must surface as an Error now, not after backoff.
         self._base = self.url.rstrip("/")
         self._session = requests.Session()
-        self._session.verify = False
+        self._session.verify = self.verify
+        self._session.auth = self.credentials.basic()
+        self._session.headers.update(self.credentials.headers())
         self._session.mount(
             self._base, HTTPAdapter(max_retries=Retry(total=0, connect=0, read=0, status=0))
         )
 
     # ---------------------------------------------------------------- queries
 
-    def _sel(self, model: str, **extra: str) -> str:
+    def _scoped(self, parts: list[str], pods: str | None) -> str:
+        if self.namespace_label and self.scope.namespace is not None:
+            parts.append(f"{self.namespace_label}={_quote(self.scope.namespace)}")
+        if self.pod_label and pods is not None:
+            parts.append(f"{self.pod_label}=~{_quote(pods_of(pods))}")
+        if self.extra_selector:
+            parts.append(self.extra_selector)
+        return "{" + ",".join(parts) + "}"
+
+    def _sel(self, model: str, pods: str | None = None, **extra: str) -> str:
         parts = [f"model_name={_quote(model)}"]
         parts += [f"{k}={v}" for k, v in extra.items()]
-        if self.extra_selector:
-            parts.append(self.extra_selector)
-        return "{" + ",".join(parts) + "}"
+        return self._scoped(parts, pods)
 
-    def _http_sel(self, model: str) -> str | None:
+    def _http_sel(self, model: str, pods: str | None = None) -> str | None:
         if self.http_label is None:
             return None
-        parts = [f"{self.http_label}={_quote(model)}", 'status=~"[45].."']
-        if self.extra_selector:
-            parts.append(self.extra_selector)
-        return "{" + ",".join(parts) + "}"
+        return self._scoped([f"{self.http_label}={_quote(model)}", 'status=~"[45].."'], pods)
 
-    def side_queries(self, model: str, window: str, ttft: bool) -> dict[str, str]:
-        """PromQL per figure for one served model name."""
-        http = self._http_sel(model)
+    def side_queries(
+        self, model: str, window: str, ttft: bool, pods: str | None = None
+    ) -> dict[str, str]:
+        """PromQL per figure for one served model name (served by ``pods``' pods)."""
+        http = self._http_sel(model, pods)
         http5xx = f"sum(increase({HTTP}{http}[{window}]))" if http else None  # 4xx and 5xx
-        engine = f"sum(increase({SUCCESS}{self._sel(model)}[{window}]))"
-        failed = self._sel(model, finished_reason='~"abort|error"')
+        engine = f"sum(increase({SUCCESS}{self._sel(model, pods)}[{window}]))"
+        failed = self._sel(model, pods, finished_reason='~"abort|error"')
         engine_err = f"sum(increase({SUCCESS}{failed}[{window}]))"
         q = {
             "requests": engine if http5xx is None else f"{engine} + ({http5xx} or vector(0))",
             "errors": engine_err if http5xx is None else f"{engine_err} + ({http5xx} or vector(0))",
-            "p99": p99_query(E2E, self._sel(model), window),
+            "p99": p99_query(E2E, self._sel(model, pods), window),
         }
         if ttft:
-            q["ttftP99"] = p99_query(TTFT, self._sel(model), window)
+            q["ttftP99"] = p99_query(TTFT, self._sel(model, pods), window)
         return q
 
     def query(
@@ -168,15 +242,13 @@ class PrometheusProvider:
         try:
             result = doc["data"]["result"]
         except (KeyError, TypeError, IndexError) as err:
-            raise QueryError(
-                f"malformed answer (no data.result): {str(doc)[:100]}", unreachable=True
-            ) from err
+            raise QueryError("malformed answer (no data.result)", unreachable=True,
+                             detail=str(doc)[:300]) from err
         try:
             return _number(result)
         except (KeyError, TypeError, IndexError, ValueError) as err:
-            raise QueryError(
-                f"malformed answer (not one number): {str(result)[:100]}", unreachable=False
-            ) from err
+            raise QueryError("malformed answer (not one number)", unreachable=False,
+                             detail=str(result)[:300]) from err
 
     def _get_json(self, params: Mapping[str, Any], deadline: float) -> Any:
         left = deadline - time.monotonic()
@@ -189,20 +261,38 @@ class PrometheusProvider:
                 headers=dict(self.headers) or None,
                 timeout=max(0.1, min(self.timeout_seconds, left)),
                 stream=True,
+                # per request: a session's verify loses to REQUESTS_CA_BUNDLE
+                verify=self.verify,
+                allow_redirects=False,  # a redirect could lead to a host not allowed
             ) as resp:
                 body = self._read(resp, deadline)
                 status = resp.status_code
         except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as err:
-            raise QueryError(f"{type(err).__name__}: {err}"[:300], unreachable=True) from err
+            # The exception's text names the URL: only its kind goes to status.
+            reason = type(err).__name__
+            if isinstance(err, requests.exceptions.SSLError):
+                reason += (" (TLS verification failed: give the CA bundle, or opt in to "
+                           "insecureSkipVerify)")
+            raise QueryError(reason, unreachable=True, detail=str(err)) from err
+        if 300 <= status < 400:
+            raise QueryError(
+                f"HTTP {status}: redirected, which is not followed; set the Prometheus URL "
+                "to the final address",
+                unreachable=True,
+                detail=f"Location: {resp.headers.get('Location')!r}",
+            )
         if status != 200:
             raise QueryError(
-                f"HTTP Status Code {status} ({body!r})"[:300],
+                f"HTTP status {status}" + (" (bad_data: the query was refused)"
+                                           if b"bad_data" in body else ""),
                 unreachable=status >= 500 and b"bad_data" not in body,
+                detail=repr(body[:300]),
             )
         try:
             return json.loads(body)
         except ValueError as err:  # not JSON: a proxy page, not Prometheus
-            raise QueryError(f"invalid answer: {err}"[:300], unreachable=True) from err
+            raise QueryError("invalid answer (not JSON)", unreachable=True,
+                             detail=f"{err}: {body[:300]!r}") from err
 
     def _read(self, resp: requests.Response, deadline: float) -> bytes:
         """The body as it arrives, until the deadline."""
@@ -231,14 +321,19 @@ class PrometheusProvider:
             gates.latency.ttft_p99_max_seconds is not None
             or gates.latency.ttft_p99_max_ratio_to_stable is not None
         )
+        scope = self.scope
         plan: list[tuple[str, str]] = [
             (f"canary.{k}", q)
-            for k, q in self.side_queries(request.canary_model, window, ttft).items()
+            for k, q in self.side_queries(
+                request.canary_model, window, ttft, scope.canary_pods
+            ).items()
         ]
         if request.stable_model is not None:
             plan += [
                 (f"stable.{k}", q)
-                for k, q in self.side_queries(request.stable_model, window, ttft).items()
+                for k, q in self.side_queries(
+                    request.stable_model, window, ttft, scope.stable_pods
+                ).items()
             ]
         for cq in gates.custom_queries:
             text = (
@@ -246,6 +341,7 @@ class PrometheusProvider:
                 # name from the spec cannot close the matcher and widen the query.
                 cq.query.replace("$canary", _escape(request.canary_model))
                 .replace("$stable", _escape(request.stable_model or ""))
+                .replace("$namespace", _escape(scope.namespace or ""))
                 .replace("$window", window)
             )
             plan.append((f"query:{cq.name}", text))
@@ -258,11 +354,14 @@ class PrometheusProvider:
             try:
                 values[key] = self.query(promql, at=request.end, deadline=deadline)
             except QueryError as err:
+                # The detail (URL, body) goes to the operator's log; status gets the reason.
+                log.warning("prometheus query %s for %s failed: %s (%s)", key,
+                            request.canary_model, err.detail or err, self.url)
                 if err.unreachable:
                     return Measurement(
                         window_seconds=request.window_seconds,
                         taken_at=request.end,
-                        error=f"{self.url}: {err}",
+                        error=f"Prometheus: {err}",
                     )
                 errors[key] = str(err)
                 values[key] = None
@@ -300,7 +399,8 @@ def _number(data: Any) -> float | None:
                 unreachable=False,
             )
         return float(data[0]["value"][1])
-    raise QueryError(f"unexpected result {str(data)[:100]}", unreachable=False)
+    raise QueryError("unexpected result (not a scalar or vector)", unreachable=False,
+                     detail=str(data)[:300])
 
 
 def now_utc() -> datetime:

@@ -15,6 +15,14 @@ separable too, see samp_operator.prometheus); readiness and liveness probe
 * ``s3://`` / ``gs://`` — vLLM streams it with ``--load-format runai_streamer``
   (object-store credentials from ``spec.artifacts.secretRef`` as environment).
 
+The pods pass Pod Security "restricted": the container runs as non-root, cannot
+escalate privileges, drops every capability and uses the runtime's default seccomp
+profile, and the pod mounts no service-account token (vLLM never calls the API). Each
+setting can be turned off on its own (``spec.serving.securityContext``,
+``spec.serving.automountServiceAccountToken``) where an image needs it (the
+vllm/vllm-openai image runs as root: give it ``runAsUser``, or opt out of
+``runAsNonRoot``).
+
 Quantization arguments come from the plan's export format: compressed-tensors
 checkpoints are detected by vLLM from ``config.json`` and get
 ``--quantization compressed-tensors`` explicitly so a mismatch fails loudly;
@@ -27,7 +35,7 @@ import re
 from typing import Any
 
 from samp_core.formats import ExportFormat
-from samp_core.spec import QuantizedModelSpec
+from samp_core.spec import QuantizedModelSpec, VllmSecurityContext
 
 ROLE_LABEL = "samp.dev/role"
 OWNER_LABEL = "samp.dev/quantizedmodel"
@@ -77,6 +85,23 @@ def quantization_args(export_format: ExportFormat | None) -> list[str]:
     return []
 
 
+def container_security_context(sc: VllmSecurityContext) -> dict[str, Any]:
+    """The vLLM container's securityContext; the defaults are what Pod Security
+    "restricted" asks for, and each field the spec turns off is left out or relaxed."""
+    out: dict[str, Any] = {
+        "runAsNonRoot": sc.run_as_non_root,
+        "allowPrivilegeEscalation": sc.allow_privilege_escalation,
+        "seccompProfile": {"type": sc.seccomp_profile},
+    }
+    if sc.drop_all_capabilities:
+        out["capabilities"] = {"drop": ["ALL"]}
+    if sc.run_as_user is not None:
+        out["runAsUser"] = sc.run_as_user
+    if sc.run_as_group is not None:
+        out["runAsGroup"] = sc.run_as_group
+    return out
+
+
 def _owner(owner: dict[str, Any] | None) -> list[dict[str, Any]]:
     if not owner:
         return []
@@ -104,12 +129,23 @@ def canary_manifests(
     QuantizedModel (apiVersion, kind, name, uid) so deleting it deletes the canary.
     """
     dep_name, svc_name = canary_names(name)
-    serving = spec.serving
+    port = spec.serving.port
     model, volumes, mounts, load_args = model_location(artifact_uri)
     # vLLM's engine and workers talk over /dev/shm (160 MiB for even a tiny model);
     # a container's default is 64 MiB, so without this the pod crash-loops (tests/e2e).
     volumes = [*volumes, {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM}}]
     mounts = [*mounts, {"name": "dshm", "mountPath": "/dev/shm"}]
+    args = [
+        "--model", model,
+        "--served-model-name", served_model_name,
+        *[a for a in dict.fromkeys(aliases) if a != served_model_name],
+        "--host", "0.0.0.0",
+        "--port", str(port),
+        *quantization_args(export_format),
+        *load_args,
+        *(["--trust-remote-code"] if spec.model.trust_remote_code else []),
+        *spec.serving.extra_args,
+    ]
     selector = {OWNER_LABEL: name, ROLE_LABEL: "canary"}
     pod_labels = {
         **(extra_pod_labels or {}),
@@ -120,25 +156,43 @@ def canary_manifests(
         "app.kubernetes.io/component": "canary",
         "app.kubernetes.io/managed-by": "samp-operator",
     }
-    args = [
-        "--model",
-        model,
-        "--served-model-name",
-        served_model_name,
-        *[a for a in dict.fromkeys(aliases) if a != served_model_name],
-        "--host",
-        "0.0.0.0",
-        "--port",
-        str(serving.port),
-        *quantization_args(export_format),
-        *load_args,
-        *serving.extra_args,
-    ]
-    env: list[dict[str, Any]] = []
-    env_from: list[dict[str, Any]] = []
-    secret = spec.artifacts.secret_ref or spec.model.secret_ref
-    if secret is not None and not artifact_uri.startswith("pvc://"):
-        env_from.append({"secretRef": {"name": secret.name}})
+    meta_labels = {k: v for k, v in pod_labels.items() if k != ATTEMPT_LABEL}
+    container = _vllm_container(spec, artifact_uri, args, mounts)
+    pod_spec = {
+        "containers": [container],
+        "volumes": volumes,
+        "terminationGracePeriodSeconds": GRACE_SECONDS,
+        "automountServiceAccountToken": spec.serving.automount_service_account_token,
+    }
+    scrape = {"prometheus.io/scrape": "true", "prometheus.io/port": str(port),
+              "prometheus.io/path": "/metrics"}
+    metadata = {"namespace": namespace, "labels": meta_labels, "ownerReferences": _owner(owner)}
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": dep_name, **metadata},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector},
+            "template": {"metadata": {"labels": pod_labels, "annotations": scrape},
+                         "spec": pod_spec},
+        },
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": svc_name, **metadata},
+        "spec": {"selector": selector,
+                 "ports": [{"name": "http", "port": port, "targetPort": port}]},
+    }
+    return deployment, service
+
+
+def _vllm_container(
+    spec: QuantizedModelSpec, artifact_uri: str, args: list[str], mounts: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The canary's vLLM container: probes on /health, hardened, draining on stop."""
+    serving = spec.serving
     probe = {"httpGet": {"path": "/health", "port": serving.port}}
     container: dict[str, Any] = {
         "name": "vllm",
@@ -149,6 +203,7 @@ def canary_manifests(
         "startupProbe": {**probe, "periodSeconds": 10, "failureThreshold": 180},
         "livenessProbe": {**probe, "periodSeconds": 20, "failureThreshold": 3},
         "resources": serving.resources.to_wire(),
+        "securityContext": container_security_context(serving.security_context),
         "volumeMounts": mounts,
         # Keep serving while the endpoint removal reaches every kube-proxy and the queue
         # drains: without it, a scale-down (the stable at the 100% step, the canary after
@@ -156,55 +211,10 @@ def canary_manifests(
         # 10 s still 3 of 1200, all queued at the stable when it stopped).
         "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SECONDS}}},
     }
-    if env:
-        container["env"] = env
-    if env_from:
-        container["envFrom"] = env_from
-    meta_labels = {k: v for k, v in pod_labels.items() if k != ATTEMPT_LABEL}
-    deployment = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {
-            "name": dep_name,
-            "namespace": namespace,
-            "labels": meta_labels,
-            "ownerReferences": _owner(owner),
-        },
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": selector},
-            "template": {
-                "metadata": {
-                    "labels": pod_labels,
-                    "annotations": {
-                        "prometheus.io/scrape": "true",
-                        "prometheus.io/port": str(serving.port),
-                        "prometheus.io/path": "/metrics",
-                    },
-                },
-                "spec": {
-                    "containers": [container],
-                    "volumes": volumes,
-                    "terminationGracePeriodSeconds": GRACE_SECONDS,
-                },
-            },
-        },
-    }
-    service = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {
-            "name": svc_name,
-            "namespace": namespace,
-            "labels": meta_labels,
-            "ownerReferences": _owner(owner),
-        },
-        "spec": {
-            "selector": selector,
-            "ports": [{"name": "http", "port": serving.port, "targetPort": serving.port}],
-        },
-    }
-    return deployment, service
+    secret = spec.artifacts.secret_ref or spec.model.secret_ref
+    if secret is not None and not artifact_uri.startswith("pvc://"):
+        container["envFrom"] = [{"secretRef": {"name": secret.name}}]
+    return container
 
 
 def _with_served_names(args: list[str], names: list[str]) -> list[str]:

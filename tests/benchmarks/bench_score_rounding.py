@@ -16,7 +16,7 @@ Reports Spearman and Kendall (τ-b) rank agreement pooled over every (group, for
 planned at the fixed recipe's bytes, exported with GPTQ from the stored Hessians, and
 measured on held-out text (perplexity, KL, top-1).
 
-The GPTQ candidates are given to the scorer by replacing ``samp_jobs.sensitivity
+The GPTQ candidates are given to the scorer by replacing ``samp_jobs.scorer
 .make_quantizer`` for the run (a lookup of the precomputed GPTQ weight per module):
 the scorer has no per-module quantizer hook, and this benchmark decides whether it
 should get one.
@@ -50,7 +50,7 @@ from samp_core.formats import Format, SensitivityMethod  # noqa: E402
 from samp_core.hardware import get_profile  # noqa: E402
 from samp_core.planner import Budget, PlanRequest, plan  # noqa: E402
 from samp_core.results import PlanResult, Rounding  # noqa: E402
-from samp_jobs import sensitivity  # noqa: E402
+from samp_jobs import scorer  # noqa: E402
 from samp_jobs.calibration import CalibrationOptions, build_calibration, encode  # noqa: E402
 from samp_jobs.evaluate import load_quantized, read_eval_set  # noqa: E402
 from samp_jobs.export import export  # noqa: E402
@@ -105,7 +105,7 @@ def scored_with(
     """Run ``run()`` with the scorer's quantizers swapped for GPTQ lookups (if ``table``)."""
     if table is None:
         return run()
-    original = sensitivity.make_quantizer
+    original = scorer.make_quantizer
 
     def make(fmt: Format, opts: ScoringOptions) -> FormatQuantizer:
         q = original(fmt, opts)
@@ -116,11 +116,11 @@ def scored_with(
             fmt, lambda w: lookup[w.data_ptr()].to(w.device, w.dtype), q.activation
         )
 
-    sensitivity.make_quantizer = make
+    scorer.make_quantizer = make
     try:
         return run()
     finally:
-        sensitivity.make_quantizer = original
+        scorer.make_quantizer = original
 
 
 def agreement(pred: Scores, truth: Scores) -> dict[str, Any]:

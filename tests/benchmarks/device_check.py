@@ -145,7 +145,7 @@ def run_big(path: Path, ids: torch.Tensor) -> dict[str, Any]:
     out = path.parent / "big-artifact"
     export(path, p, out, device=dev)
     res["export_seconds"] = round(time.time() - t, 2)
-    res["plan"] = p.summary()
+    res["plan"] = p.summary().model_dump(mode="json", by_alias=True)
     loaded = load_quantized(out).to(dev)
     mods = dict(model.named_modules())
     model.to(dev)

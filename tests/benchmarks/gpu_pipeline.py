@@ -43,8 +43,17 @@ for _sub in ("operator", "jobs"):
 
 from samp_core.formats import Format, SensitivityMethod  # noqa: E402
 from samp_core.planner import Budget, PlanRequest, plan  # noqa: E402
-from samp_jobs.calibration import CalibrationOptions  # noqa: E402
-from samp_jobs.measured import get_profile  # noqa: E402
+from samp_core.results import Stage  # noqa: E402
+from samp_core.stage_contract import (  # noqa: E402
+    CalibrationInputs,
+    ModelInputs,
+    QuantizationInputs,
+    RuntimeOptions,
+    StageInputs,
+    StageInvocation,
+    StagePaths,
+)
+from samp_jobs.measured_costs import profile_with_measured_costs  # noqa: E402
 
 TINY = ROOT / "examples/tiny/model"
 BF16_FLOPS = 781e12
@@ -77,7 +86,7 @@ def tiny_check(tmp: Path) -> dict[str, Any]:
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
-    from samp_jobs.calibration import build_calibration
+    from samp_jobs.calibration import CalibrationOptions, build_calibration
     from samp_jobs.evaluate import load_quantized
     from samp_jobs.export import export
     from samp_jobs.modeling import decoder_parts, discover_groups, load_model
@@ -108,7 +117,7 @@ def tiny_check(tmp: Path) -> dict[str, Any]:
             PlanRequest(
                 groups=groups,
                 scores=run.scores[SensitivityMethod.FISHER],
-                profile=get_profile("sm90"),
+                profile=profile_with_measured_costs("sm90"),
                 budget=Budget(fraction_of_16bit=0.5),
                 allowed_formats=fmts,
                 group_size=64,
@@ -122,8 +131,8 @@ def tiny_check(tmp: Path) -> dict[str, Any]:
         "plan_groups": len(a),
         "plan_same_assignments": same,
         "plan_differences": {k: [a[k], b[k]] for k in a if a[k] != b[k]},
-        "cpu_plan": plans["cpu"].summary()["byFormat"],
-        "gpu_plan": plans[DEV].summary()["byFormat"],
+        "cpu_plan": plans["cpu"].summary().by_format,
+        "gpu_plan": plans[DEV].summary().by_format,
     }
     # The same (CPU) plan exported on each device: the quantized tensors must agree.
     dirs = {}
@@ -355,26 +364,18 @@ def run_stages(
 ) -> None:
     from samp_jobs.pipeline import run_calibrate, run_export, run_plan, run_sensitivity
 
-    cfg = job_config(
-        work,
-        model,
-        rows,
-        micro_batch=4,
-        formats=FORMATS,
-        budget=Budget(fraction_of_16bit=0.35),
-        profile="sm90",
-    )
+    inv = job_invocation(work, model, rows, budget=Budget(fraction_of_16bit=0.35))
     st: dict[str, Any] = {}
     res["stages"] = st
     t = time.time()
-    cal = run_calibrate(cfg)
+    cal = run_calibrate(inv)
     st["calibrate"] = {"seconds": round(time.time() - t, 2), "tokens": cal.num_tokens}
     save()
     for m in methods:
-        cfg.method = SensitivityMethod(m)
+        inv = with_method(inv, m)
         peak_reset()
         t = time.time()
-        doc = run_sensitivity(cfg)
+        doc = run_sensitivity(inv)
         wall = time.time() - t
         st[f"sensitivity_{m}"] = {
             "seconds": round(wall, 2),
@@ -388,19 +389,23 @@ def run_stages(
         print(m, st[f"sensitivity_{m}"], flush=True)
     t = time.time()
     try:
-        p = run_plan(cfg)
-        st["plan"] = {"seconds": round(time.time() - t, 3), "summary": p.summary()}
+        p = run_plan(inv.for_stage(Stage.PLAN))
+        st["plan"] = {"seconds": round(time.time() - t, 3),
+                      "summary": p.summary().model_dump(mode="json", by_alias=True)}
     except ValueError as e:  # a 1-layer slice cannot meet 35% with a 16-bit head
         st["plan"] = {"seconds": round(time.time() - t, 3), "error": str(e)[:300]}
         return
     res["cost_sources"] = sorted(
-        {get_profile("sm90").support(f).cost_source for f in (Format.BF16, Format.FP8_W8A8)}
+        {
+            profile_with_measured_costs("sm90").support(f).cost_source
+            for f in (Format.BF16, Format.FP8_W8A8)
+        }
     )
     if do_export:
         peak_reset()
         t = time.time()
         try:
-            ex = run_export(cfg)
+            ex = run_export(inv.for_stage(Stage.EXPORT))
         except Exception as e:  # keep the rest of the run (and what was measured) going
             st["export"] = {"error": f"{type(e).__name__}: {e}"[:500]}
             save()
@@ -418,7 +423,7 @@ def run_stages(
         peak_reset()
         t = time.time()
         try:  # base + quantized model on the GPU(s), held-out prompts (random weights!)
-            ev = run_evaluate(cfg)
+            ev = run_evaluate(inv.for_stage(Stage.EVALUATE))
             st["evaluate"] = {
                 "seconds": round(time.time() - t, 2),
                 "peak_gpu_bytes": peak(),
@@ -529,22 +534,32 @@ def profile_fisher(tmp: Path, rows: int, n_layers: int = 4) -> dict[str, Any]:
     }
 
 
-def job_config(work: Path, model: Path, rows: int, **extra: Any) -> Any:
-    """The stages' JobConfig over `rows` x 2048 tokens of the random-word prompts."""
-    from samp_jobs.pipeline import JobConfig
-
+def job_invocation(
+    work: Path, model: Path, rows: int, *, budget: Budget | None = None, micro_batch: int = 4
+) -> StageInvocation:
+    """The stages' invocation over `rows` x 2048 tokens of the random-word prompts (sm90)."""
     prompts = prompts_file(work.parent / f"{work.name}-prompts.jsonl")
-    return JobConfig(
-        workdir=work,
-        model=str(model),
-        device=DEV,
-        progress=False,
-        calibration=CalibrationOptions(
-            source=str(prompts), samples=100_000, max_sequence_length=SEQ, held_out_fraction=0.01
+    return StageInvocation(
+        stage=Stage.CALIBRATE,
+        inputs=StageInputs(
+            model=ModelInputs(source=str(model)),
+            calibration=CalibrationInputs(source=str(prompts), samples=100_000,
+                                          max_sequence_length=SEQ, held_out_fraction=0.01),
+            profile="sm90",
+            quantization=QuantizationInputs(budget=budget, formats=FORMATS,
+                                            max_tokens=rows * SEQ),
         ),
-        max_tokens=rows * SEQ,
-        **extra,
+        paths=StagePaths(workdir=str(work), artifact=str(work / "artifact"), model=str(model),
+                         prompts=str(prompts)),
+        runtime=RuntimeOptions(device=DEV, progress=False, micro_batch=micro_batch),
     )
+
+
+def with_method(inv: StageInvocation, method: str) -> StageInvocation:
+    """The sensitivity invocation scoring with ``method`` (its hash follows)."""
+    q = inv.inputs.quantization.model_copy(update={"method": SensitivityMethod(method)})
+    inputs = inv.inputs.model_copy(update={"quantization": q})
+    return inv.model_copy(update={"inputs": inputs}).for_stage(Stage.SENSITIVITY)
 
 
 def scoring_setup(model_dir: Path) -> tuple[Any, Any, torch.device]:
@@ -561,7 +576,7 @@ def calibration_ids(work: Path, model: Path, rows: int) -> torch.Tensor:
     from samp_jobs.calibration import load_calibration_tokens
     from samp_jobs.pipeline import run_calibrate
 
-    run_calibrate(job_config(work, model, rows))
+    run_calibrate(job_invocation(work, model, rows))
     return load_calibration_tokens(work)[:rows]
 
 

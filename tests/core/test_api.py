@@ -12,6 +12,7 @@ import yaml
 from samp_core import api
 from samp_core.crd import CRD_FILE_NAME, custom_resource_definition, render_yaml
 from samp_core.formats import Format, HardwareTarget
+from samp_core.manifest_text import load_documents
 from samp_core.spec import RolloutSpec
 from samp_core.units import parse_duration, parse_quantity
 from samp_core.validation import validate_manifest
@@ -45,7 +46,14 @@ def test_there_are_at_least_25_distinct_invalid_manifests() -> None:
 
 @pytest.mark.parametrize("path", INVALID, ids=lambda p: p.stem)
 def test_invalid_manifest_is_rejected_with_its_message(path: Path) -> None:
-    resource, problems = validate_manifest(yaml.safe_load(path.read_text()))
+    try:
+        (document,) = load_documents(path.read_text())
+    except yaml.YAMLError as err:  # refused before validation: a duplicate key
+        text = str(err)
+        for expected in _header(path, "expect"):
+            assert expected in text, f"{path.name}: {expected!r} not in:\n{text}"
+        return
+    resource, problems = validate_manifest(document)
     assert resource is None
     text = "\n".join(str(p) for p in problems)
     for expected in _header(path, "expect"):
@@ -81,6 +89,7 @@ def test_defaults_fill_a_minimal_manifest() -> None:
             "quantization": {"budget": {"effectiveBits": 5}},
             "hardware": {"target": "h200"},
             "artifacts": {"uri": "s3://bucket/out"},
+            "gates": {"latency": {"p99MaxSeconds": 5}},
         },
     })
     spec = resource.spec

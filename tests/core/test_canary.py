@@ -105,11 +105,13 @@ def test_healthy_canary_steps_and_promotes() -> None:
     assert isinstance(sim.actions[-1], cn.RemoveCanary)
     assert cond(st, "Promoted").status == "True"
     assert cond(st, "Ready").reason == "Promoted"
-    assert "p99RatioToStable=1" in cond(st, "Promoted").message
     assert st.history[-1].outcome == "Promoted"
     assert st.canary is not None and st.canary.analyses >= 6
-    # at weight 100 the stable had no traffic: the ratio used the step-1 baseline
-    assert st.canary.stable_p99_seconds == pytest.approx(0.3)
+    # the ratio was judged at 25% in the stable's own windows; at 100% the stable serves
+    # nothing, so the last analysis holds absolute gates only
+    assert any("p99RatioToStable=1" in e.message for e in sim.events)
+    assert "p99RatioToStable" not in {r.gate for r in st.gates}
+    assert st.canary.p99_ratio == pytest.approx(1.0)
 
 
 def test_every_step_lasts_its_duration_and_needs_a_success() -> None:
@@ -121,12 +123,41 @@ def test_every_step_lasts_its_duration_and_needs_a_success() -> None:
     assert sim.status.canary.weight == 100  # type: ignore[union-attr]
 
 
-def test_full_weight_uses_stable_baseline_from_earlier_step() -> None:
+def test_full_weight_judges_without_a_stable_window() -> None:
+    """At weight 100 the stable gets no traffic: no ratio can be formed in the window,
+    so ratio gates are not judged there (they were at the steps below 100)."""
     sim = Sim(make_spec(), evaluated())
     sim.start()
     sim.run(35)  # step 1 done
     sim.run(40, measure=lambda now: healthy(now, s_req=0))
     assert sim.status.phase is Phase.PROMOTED
+
+
+def test_a_stale_stable_baseline_never_judges_the_canary() -> None:
+    """Issue 15: the stable's figures from an earlier window were remembered and used
+    whenever the stable had too little traffic. Here the stable's P99 was 1.2 s an hour
+    ago (under another load); now the stable is idle and the canary's P99 is 1 s, so
+    the hour-old figure passed it (ratio 0.83) and it promoted. The stable's figures
+    must come from the canary's own window: without them, Inconclusive, never a pass."""
+
+    def busy_stable(now: datetime) -> g.Measurement:
+        return g.Measurement(
+            window_seconds=10, taken_at=now,
+            canary=g.SideFigures(requests=40, errors=0, p99_seconds=0.3),
+            stable=g.SideFigures(requests=40, errors=0, p99_seconds=1.2),
+        )
+
+    sim = Sim(make_spec(inconclusiveLimit=2, progressDeadline="3h"), evaluated())
+    sim.start()
+    sim.run(10, measure=busy_stable)  # one window at 25%, the stable busy
+    assert sim.status.canary is not None and sim.status.canary.analyses == 1
+    sim.now += timedelta(hours=1)  # an hour later the stable has gone quiet
+    sim.run(60, measure=lambda now: healthy(now, c_p99=1.0, s_req=0))
+    st = sim.status
+    assert st.phase is Phase.ROLLED_BACK, st.message
+    assert cond(st, "RolledBack").reason == "InconclusiveLimitExceeded"
+    ratio = next(r for r in st.gates if r.gate == "p99RatioToStable")
+    assert ratio.verdict == "Inconclusive" and "stable baseline finished 0" in ratio.message
 
 
 def test_latency_regression_rolls_back_with_figures() -> None:
@@ -258,6 +289,65 @@ def test_promote_annotation_skips_remaining_steps() -> None:
     sim.tick(1)
     assert sim.status.phase is Phase.PROMOTED
     assert "remaining steps and gates skipped" in sim.status.message
+
+
+def _next_rollout(sim: Sim) -> None:
+    """A new generation reached Evaluated again: the status carries over, as reconcile's."""
+    sim.status = sim.status.model_copy(update={
+        "phase": Phase.EVALUATED, "canary": None, "gates": [],
+        "artifact_uri": "pvc://models/tiny/attempt-1",
+        "accuracy": evaluated().accuracy,
+    })
+
+
+def test_promote_true_promotes_once_never_the_next_rollout() -> None:
+    """Issue 15: ``samp.dev/promote: "true"`` (the chart README's form) was never
+    consumed, so every later rollout was promoted at its first turn with 0 analyses."""
+    sim = Sim(make_spec(promotion="manual"), evaluated())
+    sim.start()
+    sim.run(300)
+    sim.annotations[cn.ANNOTATION_PROMOTE] = "true"
+    sim.tick(1)
+    assert sim.status.phase is Phase.PROMOTED
+    assert sim.status.handled_requests is not None
+    assert sim.status.handled_requests.promote == "true"  # recorded with the decision
+    _next_rollout(sim)  # the annotation stays (kubectl, or in Git)
+    sim.tick(1, ready=False)
+    sim.run(30)
+    st = sim.status
+    assert st.phase is Phase.CANARY, st.message  # analysed, not promoted
+    assert st.canary is not None and st.canary.analyses >= 1
+    sim.annotations[cn.ANNOTATION_PROMOTE] = rfc3339(sim.now)  # a new request acts once
+    sim.tick(1)
+    assert sim.status.phase is Phase.PROMOTED
+    assert cond(sim.status, "Promoted").reason == "ManualPromotion"
+
+
+def test_abort_true_aborts_once_and_withdrawing_rearms_it() -> None:
+    sim = Sim(make_spec(), evaluated())
+    sim.annotations[cn.ANNOTATION_ABORT] = "true"
+    sim.tick(1)
+    assert cond(sim.status, "RolledBack").reason == "Aborted"
+    _next_rollout(sim)
+    sim.start()  # the same "true" does not abort the next rollout
+    assert sim.status.phase is Phase.CANARY
+    del sim.annotations[cn.ANNOTATION_ABORT]
+    sim.tick(1)
+    assert sim.status.handled_requests is not None
+    assert sim.status.handled_requests.abort is None  # withdrawn: forgotten
+    sim.annotations[cn.ANNOTATION_ABORT] = "true"  # set again: acts again
+    sim.tick(1)
+    assert sim.status.phase is Phase.ROLLED_BACK
+
+
+def test_a_promote_set_before_the_canary_starts_is_set_aside() -> None:
+    sim = Sim(make_spec(), evaluated())
+    sim.annotations[cn.ANNOTATION_PROMOTE] = "true"
+    sim.start()
+    sim.tick(1)
+    assert sim.status.phase is Phase.CANARY
+    assert sim.status.handled_requests is not None
+    assert sim.status.handled_requests.promote == "true"
 
 
 def test_shift_route_promotion() -> None:

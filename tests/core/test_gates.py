@@ -95,12 +95,16 @@ def test_ratio_needs_stable_traffic_and_a_positive_baseline() -> None:
     assert res["p99RatioToStable"].verdict == "Inconclusive"
 
 
-def test_stable_baseline_fallback_at_full_weight() -> None:
-    base = g.SideFigures(requests=80, errors=0, p99_seconds=0.4)
-    res = by_gate(g.evaluate(spec(), m(s_req=0, c_p99=0.5), has_stable=True, stable_baseline=base))
-    assert res["p99RatioToStable"].verdict == "Successful"
-    assert res["p99RatioToStable"].value == pytest.approx(1.25)
-    assert "last window with enough stable traffic" in res["p99RatioToStable"].message
+def test_at_full_weight_only_absolute_gates_are_judged() -> None:
+    """Weight 100: the stable serves nothing in the window, so ratio gates are not judged;
+    a remembered baseline from another window is never used instead."""
+    res = by_gate(g.evaluate(spec(), m(s_req=0, c_p99=0.5), has_stable=True,
+                             stable_serves=False))
+    assert "p99RatioToStable" not in res
+    assert res["p99"].verdict == "Successful"  # the absolute ceiling still applies
+    res = by_gate(g.evaluate(spec(), m(s_req=0, c_p99=2.5), has_stable=True,
+                             stable_serves=False))
+    assert res["p99"].verdict == "Failed"
 
 
 def test_without_stable_only_absolute_ceilings() -> None:

@@ -1,4 +1,4 @@
-"""Hardware profiles and byte accounting: the facts the planner trusts."""
+"""Hardware profiles: which formats each target serves natively, and at what cost."""
 
 from __future__ import annotations
 
@@ -6,54 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from samp_core.formats import Format, HardwareTarget
-from samp_core.hardware import (
-    PROFILE_NAMES,
-    FormatSupport,
-    MeasuredCosts,
-    activation_type,
-    bytes_per_weight,
-    checkpoint_bytes,
-    export_format_of,
-    get_profile,
-    weight_bytes,
-)
-
-
-def test_int4_bytes_count_packed_weights_group_scales_and_shape() -> None:
-    # 4096x4096 int4, group 128: half a byte per weight, one bf16 scale per
-    # 128 inputs per output row, and the 16-byte weight_shape tensor.
-    assert weight_bytes(Format.INT4_W4A16, 4096, 4096, 128) == (
-        4096 * 4096 // 2 + 4096 * (4096 // 128) * 2 + 16
-    )
-    assert weight_bytes(Format.INT4_W4A8, 4096, 4096, 64) == (4096 * 4096 // 2 + 4096 * 64 * 2 + 16)
-
-
-def test_fp8_and_int8_have_one_scale_per_output_row() -> None:
-    assert weight_bytes(Format.FP8_W8A8, 1000, 300, 128) == 1000 * 300 + 300 * 2
-    assert weight_bytes(Format.INT8_W8A8, 300, 1000, 128) == 300 * 1000 + 1000 * 2
-
-
-def test_sixteen_bit_is_two_bytes_and_group_size_is_ignored_where_fixed() -> None:
-    assert weight_bytes(Format.BF16, 64, 32, 128) == 64 * 32 * 2
-    # NVFP4 has a fixed 16-wide fp8 scale group and two fp32 globals per tensor.
-    nv = weight_bytes(Format.NVFP4, 4096, 1024, 128, num_tensors=3)
-    assert nv == 4096 * 1024 // 2 + 1024 * (4096 // 16) + 8 * 3
-    assert nv == weight_bytes(Format.NVFP4, 4096, 1024, 32, num_tensors=3)
-
-
-def test_bytes_per_weight_matches_large_matrix_limit() -> None:
-    assert bytes_per_weight(Format.INT4_W4A16, 128) == 0.5 + 2 / 128
-    assert bytes_per_weight(Format.FP8_W8A8) == 1.0
-    assert bytes_per_weight(Format.BF16) == 2.0
-    exact = weight_bytes(Format.INT4_W4A16, 8192, 8192, 128) / (8192 * 8192)
-    assert exact == pytest.approx(bytes_per_weight(Format.INT4_W4A16, 128), rel=1e-6)
-
-
-def test_weight_bytes_rejects_bad_shapes() -> None:
-    with pytest.raises(ValueError):
-        weight_bytes(Format.BF16, 0, 10, 128)
-    with pytest.raises(ValueError):
-        weight_bytes(Format.INT4_W4A16, 10, 10, 0)
+from samp_core.hardware import PROFILE_NAMES, FormatSupport, MeasuredCosts, get_profile
 
 
 @pytest.mark.parametrize(
@@ -127,37 +80,3 @@ def test_measured_costs_are_checked() -> None:
 def test_native_implies_servable() -> None:
     with pytest.raises(ValidationError):
         FormatSupport(servable=False, native=True, reason="x", relative_cost=1.0)
-
-
-def test_nf4_is_its_own_checkpoint_family() -> None:
-    assert export_format_of(Format.NF4) != export_format_of(Format.INT4_W4A16)
-    assert export_format_of(Format.FP8_W8A8) == export_format_of(Format.INT4_W4A16)
-    assert export_format_of(Format.BF16) is None
-
-
-def test_activation_type_depends_on_target_only_for_w4a8() -> None:
-    assert activation_type(Format.INT4_W4A8, "cpu") == "int8"
-    assert activation_type(Format.INT4_W4A8, "sm90") == "fp8"
-    assert activation_type(Format.FP8_W8A8, "sm89") == "fp8"
-    assert activation_type(Format.INT4_W4A16, "sm90") == "16-bit"
-
-
-@pytest.mark.parametrize(
-    ("fmt", "memory", "disk"),
-    [
-        (Format.INT4_W4A16, 101392, 101392),
-        (Format.INT4_W4A8, 101392, 199680),  # stored as int8 containers by ct 0.17
-        (Format.FP8_W8A8, 197376, 197376),
-        (Format.INT8_W8A8, 197376, 197376),
-        (Format.NVFP4, 110600, 110600),
-        (Format.NF4, 110736, 110736),  # bitsandbytes 0.50 quantize_4bit, blocksize 64
-    ],
-)
-def test_byte_model_matches_compressed_tensors_017_export(
-    fmt: Format, memory: int, disk: int
-) -> None:
-    """Figures read from a 512x384 bf16 Linear exported with each compressed-tensors 0.17
-    preset (W4A16, W4A8, FP8_DYNAMIC, W8A8, NVFP4; group 128), summing every tensor the
-    compressor kept; NF4 from bitsandbytes 0.50 with its packed quant state."""
-    assert weight_bytes(fmt, 512, 384, 128) == memory
-    assert checkpoint_bytes(fmt, 512, 384, 128) == disk

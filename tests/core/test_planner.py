@@ -10,9 +10,9 @@ import re
 import pytest
 from pydantic import ValidationError
 
-from samp_core.formats import ExportFormat, Format
+from samp_core.formats import ExportFormat, Format, weight_bytes
 from samp_core.groups import GroupKind, LayerGroup, build_groups
-from samp_core.hardware import HardwareProfile, get_profile, weight_bytes
+from samp_core.hardware import HardwareProfile, get_profile
 from samp_core.planner import (
     Budget,
     PlanError,

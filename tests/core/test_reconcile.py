@@ -13,41 +13,53 @@ from typing import Any
 
 import pytest
 
-from samp_core.children import (
-    ANNOTATION_INPUTS_HASH,
-    LABEL_GENERATION,
-    LABEL_STAGE,
-    STAGES,
-    JobSettings,
-    child_name,
-    stage_hashes,
-)
+from samp_core.formats import ExportFormat, SensitivityMethod
 from samp_core.reconcile import (
     RESULT_GRACE_SECONDS,
     ObservedJob,
     parse_status,
     reconcile,
 )
-from samp_core.results import Stage
+from samp_core.results import (
+    CalibrationResultSummary,
+    EvaluationResultSummary,
+    ExportResultSummary,
+    LengthStats,
+    PlanResultSummary,
+    SensitivityResultSummary,
+    Stage,
+)
+from samp_core.stage_contract import StageInvocation
+from samp_core.stage_jobs import JobSettings, stage_hashes_for
+from samp_core.stage_layout import (
+    ANNOTATION_INPUTS_HASH,
+    LABEL_GENERATION,
+    LABEL_STAGE,
+    STAGES,
+    child_name,
+)
 from samp_core.status import Phase
 from samp_core.validation import validate_manifest
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 SETTINGS = JobSettings(default_image="samp-jobs:test")
 
-SUMMARIES: dict[str, dict[str, Any]] = {
-    "calibrate": {"kind": "CalibrationResult", "stage": "calibrate", "numSamples": 64,
-                  "numTokens": 8192},
-    "sensitivity": {"kind": "SensitivityResult", "stage": "sensitivity", "numGroups": 9,
-                    "method": "fisher"},
-    "plan": {"kind": "PlanResult", "stage": "plan", "profile": "sm90", "totalBytes": 400,
-             "bytes16Bit": 1000, "fractionOf16Bit": 0.4, "effectiveBits": 6.4,
-             "predictedLoss": 0.01, "byFormat": {"int4-w4a16": 6, "fp8-w8a8": 2, "bf16": 1}},
-    "export": {"kind": "ExportResult", "stage": "export",
-               "artifactUri": "pvc://artifacts/ns/m/export-x"},
-    "evaluate": {"kind": "EvaluationResult", "stage": "evaluate", "perplexityBase": 10.0,
-                 "perplexityQuant": 10.1, "meanKl": 0.01, "top1Agreement": 0.97},
-}
+# What each stage's pod leaves in its termination message: the typed summaries, as JSON.
+SUMMARIES: dict[str, dict[str, Any]] = {s.stage.value: json.loads(s.to_json()) for s in (
+    CalibrationResultSummary(stage=Stage.CALIBRATE, num_samples=64, num_tokens=8192,
+                             lengths=LengthStats(p50=100, p90=200, max=256)),
+    SensitivityResultSummary(stage=Stage.SENSITIVITY, method=SensitivityMethod.FISHER,
+                             num_tokens=8192, num_groups=9, formats=[], wall_seconds=1.0),
+    PlanResultSummary(stage=Stage.PLAN, profile="sm90", export_format="compressed-tensors",
+                      groups=9, by_format={"int4-w4a16": 6, "fp8-w8a8": 2, "bf16": 1},
+                      total_bytes=400, bytes_16bit=1000, fraction_of_16bit=0.4,
+                      memory_saved_percent=60.0, effective_bits=6.4, predicted_loss=0.01,
+                      budget_bytes=400, budget_used=1.0),
+    ExportResultSummary(stage=Stage.EXPORT, artifact_uri="pvc://artifacts/ns/m/export-x",
+                        export_format=ExportFormat.COMPRESSED_TENSORS, bytes_on_disk=400),
+    EvaluationResultSummary(stage=Stage.EVALUATE, num_prompts=32, perplexity_base=10.0,
+                            perplexity_quant=10.1, mean_kl=0.01, top1_agreement=0.97),
+)}
 
 
 def manifest(name: str = "llama", generation: int = 1, **spec_changes: Any) -> dict[str, Any]:
@@ -58,6 +70,7 @@ def manifest(name: str = "llama", generation: int = 1, **spec_changes: Any) -> d
         "quantization": {"budget": {"fractionOf16Bit": 0.4}},
         "hardware": {"target": "h100", "gpusPerJob": 2, "retries": 1},
         "artifacts": {"uri": "pvc://artifacts/samp"},
+        "gates": {"latency": {"p99MaxSeconds": 5}},  # no serving.stable: a ceiling is required
     }
     for path, value in spec_changes.items():
         node = spec
@@ -81,6 +94,7 @@ class World:
         self.body = body
         self.jobs: dict[str, dict[str, Any]] = {}
         self.config_maps: set[str] = set()
+        self.invocations: dict[str, StageInvocation] = {}  # what each Job's ConfigMap holds
         self.events: list[tuple[str, str, str]] = []
         self.created: list[str] = []
         self.now = T0
@@ -96,6 +110,8 @@ class World:
             name = obj["metadata"]["name"]
             if obj["kind"] == "ConfigMap":
                 self.config_maps.add(name)
+                self.invocations[name] = StageInvocation.model_validate_json(
+                    obj["data"]["invocation.json"])
                 continue
             assert name not in self.jobs, f"duplicate Job {name}"
             labels = obj["metadata"]["labels"]
@@ -231,15 +247,25 @@ def test_job_manifest_is_restricted_and_carries_the_spec() -> None:
     assert "nvidia.com/gpu" not in json.dumps(cal["resources"])
 
 
-def test_configmap_holds_manifest_and_stage_locations() -> None:
+def test_configmap_holds_the_stage_invocation() -> None:
     body = manifest()
     d = reconcile(body, [], [], T0, SETTINGS)
     cm = d.create[0]
     assert cm["immutable"] is True and cm["metadata"]["name"] == "llama-g1-cal"
-    doc = json.loads(cm["data"]["manifest.json"])
-    assert doc["spec"]["calibration"]["samples"] == 256 and "status" not in doc
-    stages = json.loads(cm["data"]["stages.json"])
-    assert stages["stages"]["plan"]["outputUri"].startswith("pvc://artifacts/samp/ml/llama/w-")
+    assert list(cm["data"]) == ["invocation.json"]  # the Job's only input document
+    inv = StageInvocation.model_validate_json(cm["data"]["invocation.json"])
+    assert inv.stage == Stage.CALIBRATE and inv.attempt == 1
+    assert inv.inputs.calibration is not None and inv.inputs.calibration.samples == 256
+    assert inv.inputs.profile == "sm90" and inv.inputs.model.source.startswith("hf://")
+    assert inv.inputs_hash == cm["metadata"]["annotations"][ANNOTATION_INPUTS_HASH]
+    assert inv.output_uri.startswith("pvc://artifacts/samp/ml/llama/w-")
+    assert inv.paths.workdir == "/mnt/pvc/" + inv.output_uri.removeprefix("pvc://")
+    assert inv.paths.prompts == "/mnt/pvc/prompts/prod.jsonl"
+    assert inv.paths.model is None  # hf://: the Job fetches it from the hub
+    assert inv.runtime.termination_log == "/dev/termination-log" and not inv.runtime.progress
+    job = d.create[1]["spec"]["template"]["spec"]["containers"][0]
+    assert job["command"] == ["samp", "calibrate", "--invocation", "/etc/samp/invocation.json"]
+    assert "hf-token" not in cm["data"]["invocation.json"]  # secret names stay out of it
 
 
 def test_pod_failures_emit_retry_events_then_failed_job_fails_the_resource() -> None:
@@ -355,7 +381,9 @@ def test_restart_adopts_existing_job_even_without_status() -> None:
     assert [e.reason for e in d.events] == ["StageAdopted"]
 
 
-def test_completed_job_without_result_waits_then_fails() -> None:
+def test_completed_job_without_result_waits_then_reads_the_stored_result() -> None:
+    """The pod (and its termination message) is gone: a reader Job brings the result the
+    stage stored in the artifact store (samp_core.stored_result)."""
     w = World(manifest())
     w.step()
     w.finish("calibrate", result="")
@@ -363,6 +391,40 @@ def test_completed_job_without_result_waits_then_fails() -> None:
     assert d.requeue_after is not None and w.status.phase == Phase.CALIBRATING
     w.now += timedelta(seconds=RESULT_GRACE_SECONDS + 1)
     d = w.step()
+    assert [o["metadata"]["name"] for o in d.create] == ["llama-g1-cal-read"]
+    assert w.status.phase == Phase.CALIBRATING and "ResultFromStore" in [e[1] for e in w.events]
+    d = w.step()  # the reader runs: adopted as the stage's Job, nothing new
+    assert d.create == [] and d.delete == [] and "StageAdopted" not in [e[1] for e in w.events]
+    w.finish("calibrate")  # the reader's pod leaves the stored summary
+    d = w.step()
+    assert w.status.stages[0].state == "Succeeded" and d.stage_durations == []
+    assert w.status.stages[0].job == "llama-g1-cal-read"
+    assert w.status.phase == Phase.SCORING
+
+
+def test_no_stored_result_fails_with_the_readers_reason() -> None:
+    w = World(manifest())
+    w.step()
+    w.finish("calibrate", result="")
+    w.now += timedelta(seconds=RESULT_GRACE_SECONDS + 1)
+    w.step()
+    w.fail("calibrate", reason="PodFailurePolicy",
+           message="llama-g1-cal completed, but its pod ... is gone: results/x.json does not exist")
+    w.step()
+    assert w.status.phase == Phase.FAILED and w.cond("Ready").reason == "JobFailed"
+    assert "does not exist" in w.cond("Ready").message
+
+
+def test_reader_without_result_fails_as_result_missing() -> None:
+    w = World(manifest())
+    w.step()
+    w.finish("calibrate", result="")
+    w.now += timedelta(seconds=RESULT_GRACE_SECONDS + 1)
+    w.step()
+    w.finish("calibrate", result="")  # the reader's pod is gone too: no reader of a reader
+    w.now += timedelta(seconds=RESULT_GRACE_SECONDS + 1)
+    d = w.step()
+    assert d.create == []
     assert w.status.phase == Phase.FAILED and w.cond("Ready").reason == "ResultMissing"
 
 
@@ -450,14 +512,14 @@ def test_canary_phase_is_left_to_the_canary() -> None:
 def test_stage_hash_chain() -> None:
     res, _ = validate_manifest(manifest())
     assert res is not None
-    a = stage_hashes(res)
+    a = stage_hashes_for(res)
     res2, _ = validate_manifest(manifest(**{"gates__accuracy__evalSet": "pvc://p/eval.jsonl"}))
     assert res2 is not None
-    b = stage_hashes(res2)
+    b = stage_hashes_for(res2)
     assert [a[s] == b[s] for s in STAGES] == [True, True, True, True, False]
     res3, _ = validate_manifest(manifest(**{"hardware__target": "a100"}))
     assert res3 is not None
-    c = stage_hashes(res3)
+    c = stage_hashes_for(res3)
     assert a[Stage.CALIBRATE] == c[Stage.CALIBRATE] and a[Stage.SENSITIVITY] != c[
         Stage.SENSITIVITY]
 
@@ -478,8 +540,8 @@ def test_replan_attempt_reruns_plan_export_evaluate_under_new_names() -> None:
     assert [(r.stage, r.state) for r in w.status.stages] == [
         ("calibrate", "Succeeded"), ("sensitivity", "Succeeded"), ("plan", "Running")]
     assert w.created[-1] == "llama-g1-a2-plan"
-    stages = json.loads(d.create[0]["data"]["stages.json"])
-    assert stages["attempt"] == 2
+    assert w.invocations["llama-g1-a2-plan"].attempt == 2
+    assert d.create[0]["metadata"]["name"] == "llama-g1-a2-plan"
     for stage in ("plan", "export", "evaluate"):
         w.finish(stage)
         w.step()
@@ -492,20 +554,11 @@ def test_pod_local_artifact_path_is_reported_as_its_uri() -> None:
         w.step()
         w.finish(stage)
     w.step()
-    w.finish("export", result=json.dumps({"kind": "ExportResult", "stage": "export",
+    w.finish("export", result=json.dumps({**SUMMARIES["export"],
                                           "artifactUri": "/mnt/pvc/artifacts/samp/x"}))
     w.step()
     assert w.status.artifact_uri is not None
     assert w.status.artifact_uri.startswith("pvc://artifacts/samp/ml/llama/artifact-")
-
-
-def _command(job: dict[str, Any]) -> list[str]:
-    cmd: list[str] = job["spec"]["template"]["spec"]["containers"][0]["command"]
-    return cmd
-
-
-def _flag(cmd: list[str], flag: str) -> str:
-    return cmd[cmd.index(flag) + 1]
 
 
 def test_replan_closes_the_loop_with_a_conservative_plan_and_keeps_history() -> None:
@@ -523,10 +576,11 @@ def test_replan_closes_the_loop_with_a_conservative_plan_and_keeps_history() -> 
     assert res is not None
     plan1 = w.jobs["llama-g1-plan"]["manifest"]
     h1 = plan1["metadata"]["annotations"][ANNOTATION_INPUTS_HASH]
-    copy1 = _flag(_command(plan1), "--plan-copy")
-    assert copy1.endswith(f"/plans/{h1.removeprefix('sha256:')[:16]}.json")
-    assert "--attempt" not in _command(plan1) and "--previous-plan" not in _command(plan1)
-    artifact1 = _flag(_command(w.jobs["llama-g1-export"]["manifest"]), "--artifact")
+    inv1 = w.invocations["llama-g1-plan"]
+    copy1 = inv1.paths.plan_copy
+    assert copy1 is not None and copy1.endswith(f"/plans/{h1.removeprefix('sha256:')[:16]}.json")
+    assert inv1.attempt == 1 and inv1.paths.previous_plan is None
+    artifact1 = w.invocations["llama-g1-export"].paths.artifact
 
     # The canary machine: attempt 1 fails the accuracy gate (+1% > 0.5%) and re-plans.
     d = canary.decide(res.spec, w.status, canary.Observation(name="llama", generation=1),
@@ -542,14 +596,14 @@ def test_replan_closes_the_loop_with_a_conservative_plan_and_keeps_history() -> 
         ("plan", "Running", "llama-g1-a2-plan")]
     plan2 = w.jobs["llama-g1-a2-plan"]["manifest"]
     h2 = plan2["metadata"]["annotations"][ANNOTATION_INPUTS_HASH]
-    assert h2 != h1 and h2 == stage_hashes(res, 2)[Stage.PLAN]
-    cmd2 = _command(plan2)
-    assert cmd2[:2] == ["samp", "plan"]
-    assert _flag(cmd2, "--attempt") == "2"
-    assert _flag(cmd2, "--previous-plan") == copy1  # attempt 1's copy, in the shared work dir
-    assert _flag(cmd2, "--plan-copy") != copy1
-    assert _flag(cmd2, "--workdir") == _flag(_command(plan1), "--workdir")
-    assert json.loads(d2.create[0]["data"]["stages.json"])["attempt"] == 2
+    assert h2 != h1 and h2 == stage_hashes_for(res, 2)[Stage.PLAN]
+    assert plan2["spec"]["template"]["spec"]["containers"][0]["command"][:2] == ["samp", "plan"]
+    inv2 = w.invocations["llama-g1-a2-plan"]
+    assert inv2.attempt == 2 and inv2.inputs_hash == h2
+    assert inv2.paths.previous_plan == copy1  # attempt 1's copy, in the shared work dir
+    assert inv2.paths.plan_copy is not None and inv2.paths.plan_copy != copy1
+    assert inv2.paths.workdir == inv1.paths.workdir
+    assert d2.create[0]["metadata"]["name"] == "llama-g1-a2-plan"
     assert w.status.plan is None and w.status.accuracy is None  # attempt 1's figures are gone
     assert "llama-g1-plan" not in w.jobs  # obsolete Jobs of attempt 1 are deleted
 
@@ -560,11 +614,11 @@ def test_replan_closes_the_loop_with_a_conservative_plan_and_keeps_history() -> 
     w.finish("plan", result=json.dumps(plan_sum))
     w.step()
     assert w.created[-1] == "llama-g1-a2-export"
-    export2 = _command(w.jobs["llama-g1-a2-export"]["manifest"])
-    artifact2 = _flag(export2, "--artifact")
+    export2 = w.invocations["llama-g1-a2-export"]
+    artifact2 = export2.paths.artifact
     assert artifact2 != artifact1
-    assert _flag(export2, "--plan") == _flag(cmd2, "--plan-copy")  # exactly attempt 2's plan
-    w.finish("export", result=json.dumps({"kind": "ExportResult", "stage": "export"}))
+    assert export2.paths.plan == inv2.paths.plan_copy  # exactly attempt 2's plan
+    w.finish("export", result=json.dumps({**SUMMARIES["export"], "artifactUri": artifact2}))
     w.step()
     assert w.created[-1] == "llama-g1-a2-eval"
     w.finish("evaluate", result=json.dumps({**SUMMARIES["evaluate"], "perplexityQuant": 10.03}))

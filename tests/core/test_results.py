@@ -27,6 +27,12 @@ from samp_core.results import (
     inputs_hash,
     parse_result,
 )
+from samp_core.results.summaries import (
+    ResultError,
+    accuracy_figures,
+    parse_summary,
+    plan_figures,
+)
 
 T0 = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -155,10 +161,47 @@ def test_summaries_fit_a_termination_message(index: int) -> None:
     assert s["stage"] == str(doc.stage)
 
 
+@pytest.mark.parametrize("index", range(5))
+def test_the_operator_reads_back_the_typed_summary(index: int) -> None:
+    """What a stage writes (summary_json) is what the operator parses (parse_summary)."""
+    doc = _all_kinds()[index]
+    doc.inputs_hash = "sha256:" + "ab" * 32
+    assert doc.stage is not None
+    back = parse_summary(doc.stage, doc.summary_json())
+    assert back == doc.summary() and back.inputs_hash == doc.inputs_hash
+    assert back.describe()
+    other = _all_kinds()[(index + 1) % 5]
+    with pytest.raises(ResultError, match=f"not a {type(doc).__name__} summary"):
+        parse_summary(doc.stage, other.summary_json())
+
+
+def test_summaries_become_status_figures() -> None:
+    kinds = _all_kinds()
+    plan_doc, ev = kinds[2], kinds[4]
+    assert isinstance(plan_doc, PlanResult) and isinstance(ev, EvaluationResult)
+    figures = plan_figures(plan_doc.summary())
+    assert figures.bytes_quantized == plan_doc.total_bytes
+    assert figures.groups_per_format == plan_doc.groups_per_format()
+    assert figures.memory_saved_percent == pytest.approx(plan_doc.memory_saved_percent, abs=0.01)
+    acc = accuracy_figures(ev.summary())
+    assert acc.mean_kl == ev.mean_kl and acc.top1_agreement == ev.top1_agreement
+    assert acc.perplexity_increase_percent == pytest.approx(
+        100 * (ev.perplexity_quant / ev.perplexity_base - 1), abs=1e-4)
+    # A broken quantization's infinite perplexity crosses the wire and shows as absent.
+    broken = ev.model_copy(update={"perplexity_quant": float("inf")})
+    read = parse_summary(Stage.EVALUATE, broken.summary_json())
+    assert accuracy_figures(read).perplexity_quantized is None
+
+
+def test_garbage_is_not_a_summary() -> None:
+    with pytest.raises(ResultError, match="not JSON"):
+        parse_summary(Stage.PLAN, "Traceback (most recent call last): boom")
+
+
 def test_summary_of_a_70b_sized_sensitivity_and_plan_stays_small() -> None:
     sens = _sensitivity(80)
     assert len(sens.summary_json()) < SUMMARY_MAX_BYTES
-    assert sens.summary()["numGroups"] == 320
+    assert sens.summary().num_groups == 320
     result = plan(
         PlanRequest(
             groups=sens.groups,
@@ -183,6 +226,7 @@ def test_summary_json_drops_largest_entries_rather_than_overflowing() -> None:
     s = json.loads(cal.summary_json())
     assert s["truncated"] is True
     assert s["kind"] == "CalibrationResult" and "numSamples" in s
+    assert parse_summary(Stage.CALIBRATE, cal.summary_json()).num_samples == 1
 
 
 def test_fields_populate_by_name_or_alias() -> None:

@@ -9,8 +9,10 @@ import pytest
 import yaml
 from jobhelpers import write_jsonl
 
-from samp_core.results import parse_result
-from samp_jobs.cli import main
+from samp_core.results import Stage, parse_result
+from samp_core.stage_contract import stage_hashes
+from samp_jobs.cli import _parser, main
+from samp_jobs.invocation import from_args
 
 
 def _eval_set(tmp_path: Path) -> Path:
@@ -30,36 +32,15 @@ def test_quantize_runs_every_stage(
     tiny_llama: Path, chat_prompts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ):
     work, term = tmp_path / "work", tmp_path / "termination-log"
-    rc = main(
-        [
-            "quantize",
-            "--workdir",
-            str(work),
-            "--model",
-            str(tiny_llama),
-            "--prompts",
-            str(chat_prompts),
-            "--format",
-            "chat",
-            "--max-seq-len",
-            "64",
-            "--profile",
-            "cpu",
-            "--formats",
-            "int4-w4a8,int8-w8a8,bf16",
-            "--group-size",
-            "64",
-            "--fraction-of-16bit",
-            "0.5",
-            "--eval-set",
-            str(_eval_set(tmp_path)),
-            "--max-new-tokens",
-            "4",
-            "--termination-log",
-            str(term),
-            "--no-progress",
-        ]
-    )
+    # The whole pipeline's flags: every stage's inputs hash chains all of them.
+    flags = [
+        "--workdir", str(work), "--model", str(tiny_llama), "--prompts", str(chat_prompts),
+        "--format", "chat", "--max-seq-len", "64", "--profile", "cpu",
+        "--formats", "int4-w4a8,int8-w8a8,bf16", "--group-size", "64",
+        "--fraction-of-16bit", "0.5", "--eval-set", str(_eval_set(tmp_path)),
+        "--max-new-tokens", "4", "--no-progress",
+    ]
+    rc = main(["quantize", *flags, "--termination-log", str(term)])
     assert rc == 0, capsys.readouterr().err
     docs = {
         n: parse_result(json.loads((work / f"{n}.json").read_text()))
@@ -84,6 +65,7 @@ def test_quantize_runs_every_stage(
         f"{fmt} {n}" for fmt, n in sorted(per_format.items())) in report
     summary = json.loads(term.read_text())  # the last stage's summary
     assert summary["kind"] == "EvaluationResult" and len(term.read_bytes()) < 4096
+    assert summary["inputsHash"] == docs["evaluation"].inputs_hash
     logs = [
         json.loads(line) for line in captured.err.splitlines() if line.startswith("{")
     ]
@@ -97,25 +79,17 @@ def test_quantize_runs_every_stage(
 
     # A stage rerun on the same inputs reproduces its inputs hash and its numbers.
     first = json.loads((work / "sensitivity.json").read_text())
-    assert (
-        main(
-            [
-                "sensitivity",
-                "--workdir",
-                str(work),
-                "--no-progress",
-                "--profile",
-                "cpu",
-                "--formats",
-                "int4-w4a8,int8-w8a8,bf16",
-                "--group-size",
-                "64",
-            ]
-        )
-        == 0
-    )
+    assert main(["sensitivity", *flags]) == 0
     again = json.loads((work / "sensitivity.json").read_text())
     assert again["inputsHash"] == first["inputsHash"] and again["scores"] == first["scores"]
+    # The hash is the stage contract's chain: the one the operator computes too.
+    inv = from_args(_parser("quantize").parse_args(flags), Stage.CALIBRATE)
+    assert [d.inputs_hash for d in docs.values()] == [
+        stage_hashes(inv.inputs)[s] for s in Stage]
+    # A changed scoring input is a new sensitivity hash but the same calibration hash.
+    assert main(["sensitivity", *flags, "--group-size", "32"]) == 0
+    third = json.loads((work / "sensitivity.json").read_text())
+    assert third["inputsHash"] != first["inputsHash"]
 
 
 def test_bad_prompts_exit_2_naming_the_line(
@@ -163,6 +137,8 @@ def test_infeasible_budget_names_the_smallest_feasible(
             [
                 "sensitivity",
                 *common,
+                "--model",
+                str(tiny_llama),
                 "--method",
                 "activation",
                 "--profile",
@@ -239,3 +215,83 @@ def test_manifest_supplies_policy_and_target(
     layer0 = [a for a in plan["assignments"] if a["group"].startswith("model.layers.0.")]
     assert layer0 and all(a["format"] == "bf16" for a in layer0)
     assert {a["format"] for a in plan["assignments"]} - {"bf16"}  # something got quantized
+
+
+@pytest.mark.parametrize("flags", [
+    ["--effective-bits", "5"], ["--method", "kl"], ["--max-tokens", "2048"],
+])
+def test_manifest_refuses_flags_it_would_ignore(
+    tmp_path: Path, flags: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--manifest supplies the policy: a flag for the same setting is refused, naming the
+    spec field, before anything runs (exit 2, bad input)."""
+    example = Path(__file__).resolve().parents[2] / "examples" / "tiny-cpu.yaml"
+    rc = main(["plan", "--workdir", str(tmp_path / "w"), "--manifest", str(example), *flags])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert f"{flags[0]} (spec." in err and "would be ignored" in err
+    assert not (tmp_path / "w").exists()
+
+
+def test_manifest_builds_the_operators_invocation(tmp_path: Path) -> None:
+    """`samp <stage> --manifest` and the operator's Job build the same StageInvocation
+    inputs and hash for the same QuantizedModel (no torch run needed)."""
+    from samp_core.api import parse
+    from samp_core.stage_jobs import stage_hashes_for, stage_invocation
+
+    manifest = {
+        "apiVersion": "samp.dev/v1alpha1",
+        "kind": "QuantizedModel",
+        "metadata": {"name": "tiny", "namespace": "ml"},
+        "spec": {
+            "model": {"source": "pvc://models/tiny", "dtype": "float32"},
+            "calibration": {"source": "pvc://data/text.jsonl", "samples": 32},
+            "quantization": {"budget": {"maxWeightBytes": "2Mi"},
+                             "overrides": [{"match": "lm_head", "keepUnquantized": True}]},
+            "hardware": {"target": "h100"},
+            "gates": {"accuracy": {"evalSet": "configmap://evals/eval.jsonl"},
+                      "latency": {"p99MaxSeconds": 2.0}},
+            "artifacts": {"uri": "pvc://data/out"},
+        },
+    }
+    path = tmp_path / "qm.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    ns = _parser("export").parse_args(["--workdir", str(tmp_path), "--manifest", str(path)])
+    local = from_args(ns, Stage.EXPORT)
+    resource = parse(manifest)
+    ours = stage_invocation(resource, Stage.EXPORT, stage_hashes_for(resource))
+    assert local.inputs == ours.inputs and local.inputs_hash == ours.inputs_hash
+    assert local.inputs.quantization.budget is not None
+    assert local.inputs.quantization.budget.max_weight_bytes == 2 * 2**20
+    assert ours.paths.eval_set == "/mnt/configmap/evals/eval.jsonl"
+    assert ours.paths.plan is not None and ours.paths.plan.startswith(ours.paths.workdir)
+
+
+def test_invocation_document_is_checked(tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """A document whose hash does not match its inputs, or of another stage, is refused
+    with exit 2 (bad input: the Job fails at once instead of retrying)."""
+    from samp_core.formats import Format
+    from samp_core.stage_contract import (
+        ModelInputs,
+        QuantizationInputs,
+        StageInputs,
+        StageInvocation,
+        StagePaths,
+    )
+
+    inv = StageInvocation(
+        stage=Stage.PLAN,
+        inputs=StageInputs(model=ModelInputs(source="pvc://m/x"), profile="cpu",
+                           quantization=QuantizationInputs(formats=[Format.BF16])),
+        paths=StagePaths(workdir=str(tmp_path / "w"), artifact=str(tmp_path / "a")),
+    )
+    doc = tmp_path / "invocation.json"
+    doc.write_text(inv.to_json())
+    assert main(["export", "--invocation", str(doc)]) == 2
+    assert "is a plan invocation, not export" in capsys.readouterr().err
+    tampered = json.loads(inv.to_json())
+    tampered["inputs"]["profile"] = "sm90"
+    doc.write_text(json.dumps(tampered))
+    assert main(["plan", "--invocation", str(doc)]) == 2
+    assert "does not match the plan inputs" in capsys.readouterr().err

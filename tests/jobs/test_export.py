@@ -19,7 +19,7 @@ from samp_core.formats import ExportFormat, Format
 from samp_core.hardware import get_profile
 from samp_core.planner import Budget, PlanRequest, plan
 from samp_core.results import SUMMARY_MAX_BYTES, ExportResult, PlanResult
-from samp_jobs import export as export_module
+from samp_jobs import export_files
 from samp_jobs.evaluate import load_quantized
 from samp_jobs.export import (
     ExportError,
@@ -299,16 +299,16 @@ def test_exported_files_hashes_in_parallel_and_lists_in_path_order(
         (tmp_path / name).write_bytes(rng.randbytes(n))
     # Two files must be in flight at once: a serial loop would time out on the barrier.
     barrier = threading.Barrier(2, timeout=10)
-    real = export_module.sha256_file
+    real = export_files.sha256_file
     started: list[str] = []
 
-    def hashing(path: Path, chunk_bytes: int = export_module.HASH_CHUNK_BYTES) -> str:
+    def hashing(path: Path, chunk_bytes: int = export_files.HASH_CHUNK_BYTES) -> str:
         started.append(path.name)
         if len(started) <= 2:
             barrier.wait()
         return real(path, chunk_bytes)
 
-    monkeypatch.setattr(export_module, "sha256_file", hashing)
+    monkeypatch.setattr(export_files, "sha256_file", hashing)
     files = exported_files(tmp_path, workers=2)
     # largest first: the two files in flight together are the two biggest (which of the two
     # threads records its start first is up to the scheduler)
@@ -364,7 +364,7 @@ def test_large_checkpoints_are_sharded_and_every_shard_is_hashed(
     """Shards (2 GB in production, shrunk here) reload as one model and all get a digest."""
     p = recipe(tiny_llama, "sm90", Format.INT4_W4A16, Format.FP8_W8A8)
     whole = export(tiny_llama, p, tmp_path / "whole")
-    monkeypatch.setattr(export_module, "SHARD_SIZE", "200KB")
+    monkeypatch.setattr(export_files, "SHARD_SIZE", "200KB")
     res = export(tiny_llama, p, tmp_path / "sharded")
     shards = [f for f in res.files if f.path.endswith(".safetensors")]
     assert len(shards) > 1 and any(f.path.endswith(".index.json") for f in res.files)

@@ -128,3 +128,19 @@ def test_output_delta_includes_activation_quantization():
     w8 = fq.quantizer(Format.INT8_W8A8)
     weight_only = torch.nn.functional.linear(x, w8.weight(w)) - x @ w.T
     assert not torch.allclose(w8.output_delta(x, w), weight_only)
+
+
+def test_registries_cover_every_format_and_activation_type():
+    from samp_core.formats import CATALOG
+
+    assert set(fq.WEIGHT_QDQ) == set(Format)
+    assert {s.scheme_for(p).activation for s in CATALOG.values() for p in ("cpu", "sm90")} <= set(
+        fq.ACTIVATION_QDQ
+    )
+
+
+def test_largest_dividing_group_size_falls_back_to_a_smaller_power_of_two():
+    assert fq.largest_dividing_group_size(384, 128) == 128
+    assert fq.largest_dividing_group_size(320, 128) == 64
+    with pytest.raises(ValueError, match="divides"):
+        fq.largest_dividing_group_size(24, 128)

@@ -126,7 +126,7 @@ def test_plan_documents_without_rounding_mean_round_to_nearest(tiny_llama: Path)
     assert new.rounding_of(Format.INT4_W4A16) is RoundingMethod.GPTQ
     assert new.rounding_of(Format.FP8_W8A8) is RoundingMethod.RTN
     assert set(new.gptq_modules()) == set(p.modules_by_format()[Format.INT4_W4A16])
-    assert new.summary()["rounding"] == "gptq"
+    assert new.summary().rounding == "gptq"
 
 
 # ------------------------------------------------------------------------ export

@@ -1,7 +1,8 @@
 """`samp plan --attempt n`: the closed-loop re-plan the operator's attempt-n plan Job runs.
 
 After a failed canary gate the operator opens attempt n and its plan Job runs
-``samp plan --attempt n --previous-plan <attempt n-1's copy>`` (samp_core.children).
+``samp plan`` with attempt n and attempt n-1's plan copy in its invocation
+(samp_core.stage_jobs.stage_invocation); the flags below say the same locally.
 The job must return a genuinely more conservative plan: strictly more bytes, no higher
 predicted loss, within the headroom ``spec.rollout.replan`` allows; rebuild the same plan
 when attempt n-1's copy is missing; and refuse (exit 2, permanent) when nothing can be

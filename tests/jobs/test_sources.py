@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from samp_jobs.modeling import ModelLoadError, load_model
-from samp_jobs.sources import parse_hub_uri, resolve_model
+from samp_jobs.sources import parse_hub_uri, resolve_model, resolve_prompts
 
 TINY = Path(__file__).resolve().parents[2] / "examples" / "tiny" / "model"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -26,6 +26,20 @@ def test_pvc_source_resolves_under_the_model_root(monkeypatch: pytest.MonkeyPatc
                                                    tmp_path: Path) -> None:
     monkeypatch.setenv("SAMP_MODEL_ROOT", "/mnt/pvc")
     assert resolve_model("pvc://models/llama", tmp_path / "w") == "/mnt/pvc/models/llama"
+
+
+def test_pvc_path_cannot_leave_its_volume(monkeypatch: pytest.MonkeyPatch,
+                                          tmp_path: Path) -> None:
+    """Checked again where the Job resolves it (the spec refuses '..' first)."""
+    root = tmp_path / "models"
+    monkeypatch.setenv("SAMP_MODEL_ROOT", str(root))
+    monkeypatch.setenv("SAMP_DATA_ROOT", str(root))
+    for uri in ("pvc://claim/../../etc", "pvc://claim/a/../../../proc/self/environ"):
+        with pytest.raises(ModelLoadError, match="outside its volume"):
+            resolve_model(uri, tmp_path / "w")
+        with pytest.raises(ModelLoadError, match="outside its volume"):
+            resolve_prompts(uri)
+    assert resolve_prompts("pvc://claim/p.jsonl") == str(root / "claim" / "p.jsonl")
 
 
 def test_hub_source_is_loaded_from_the_shared_cache(monkeypatch: pytest.MonkeyPatch,

@@ -255,6 +255,7 @@ def qm_manifest(name: str, namespace: str, **changes: Any) -> dict[str, Any]:
         "quantization": {"budget": {"fractionOf16Bit": 0.4}},
         "hardware": {"target": "h100", "gpusPerJob": 1, "retries": 0},
         "artifacts": {"uri": "pvc://artifacts/samp"},
+        "gates": {"latency": {"p99MaxSeconds": 5}},  # no serving.stable: a ceiling is required
     }
     for path, value in changes.items():
         node = spec

@@ -1,12 +1,13 @@
 """The operator's Jobs run the real jobs CLI: the contract between the two, end to end.
 
 No cluster: the state machine (samp_core.reconcile) decides, and each Job it creates is
-"run" here by executing the Job's own container command with its own environment, the
-only change being the mount roots (/mnt/pvc, /etc/samp, /dev/termination-log) mapped to
-temporary directories. The termination-log file each stage writes is then handed back
-to the state machine as the pod's termination message, exactly the production transport.
-So a flag the CLI does not know, a path it cannot resolve, or a summary the operator
-cannot read fails this test.
+"run" here by executing the Job's own container command with its own environment and its
+ConfigMap's invocation document, the only change being the mount roots (/mnt/pvc,
+/etc/samp, /dev/termination-log) mapped to temporary directories. The termination-log
+file each stage writes is then handed back to the state machine as the pod's termination
+message, exactly the production transport.
+So a document the CLI cannot read, a path it cannot resolve, a hash chain the two sides
+compute differently, or a summary the operator cannot read fails this test.
 """
 
 from __future__ import annotations
@@ -21,14 +22,12 @@ from typing import Any
 
 import pytest
 
-from samp_core.children import (
-    CONFIG_MOUNT,
-    PVC_ROOT,
-    TERMINATION_LOG,
-    JobSettings,
-)
 from samp_core.reconcile import ObservedJob, parse_status, reconcile
+from samp_core.results import Stage, parse_result
+from samp_core.stage_jobs import JobSettings
+from samp_core.stage_layout import CONFIG_MOUNT, PVC_ROOT, TERMINATION_LOG
 from samp_core.status import Phase
+from samp_core.stored_result import stored_result_path, summary_from_stored
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMP = str(Path(sys.executable).with_name("samp"))
@@ -53,6 +52,7 @@ def _manifest() -> dict[str, Any]:
             },
             "hardware": {"target": "cpu", "gpusPerJob": 0},
             "artifacts": {"uri": "pvc://out/samp"},
+            "gates": {"latency": {"p99MaxSeconds": 5}},  # no serving.stable: a ceiling
             "rollout": {"replan": {"enabled": True, "maxAttempts": 2,
                                    "maxBudgetIncreaseFraction": 0.1}},
         },
@@ -64,14 +64,14 @@ def _run_job(job: dict[str, Any], cfg: dict[str, str], root: Path) -> tuple[int,
     c = job["spec"]["template"]["spec"]["containers"][0]
     cfg_dir = root / "etc-samp" / job["metadata"]["name"]
     cfg_dir.mkdir(parents=True, exist_ok=True)
-    for key, text in cfg.items():
-        (cfg_dir / key).write_text(text)
     term = root / f"termination-{job['metadata']['name']}"
 
     def local(arg: str) -> str:
         return (arg.replace(PVC_ROOT, str(root / "pvc")).replace(CONFIG_MOUNT, str(cfg_dir))
                 .replace(TERMINATION_LOG, str(term)))
 
+    for key, text in cfg.items():
+        (cfg_dir / key).write_text(local(text))
     cmd = [SAMP if c["command"][0] == "samp" else c["command"][0],
            *[local(a) for a in c["command"][1:]]]
     env = {**os.environ, **{e["name"]: local(e["value"]) for e in c["env"]}}
@@ -139,6 +139,14 @@ def test_every_stage_job_runs_the_real_cli_and_its_summary_reaches_status(
     workdir = pvc / "out" / "samp" / "ml" / "tiny"
     assert any(workdir.glob("w-*/plan.json")), list(workdir.rglob("*"))[:20]
     assert any(workdir.glob("artifact-*/config.json")), list(workdir.rglob("*"))[:20]
+    # Every stage also stored its summary under the operator's inputs hash, which a reader
+    # Job returns when the pod is gone (samp_core.stored_result).
+    (wdir,) = workdir.glob("w-*")
+    for rec in st.stages:
+        stage = Stage(rec.stage)
+        stored = Path(stored_result_path(str(wdir), stage, rec.inputs_hash)).read_text()
+        assert json.loads(summary_from_stored(stage, rec.inputs_hash, stored)) == \
+            json.loads(jobs[rec.job or ""].result or "")
 
     # Attempt 2, as the canary opens it after a failed gate (phase Planning, attempt + 1):
     # the a2 plan Job derives a more conservative plan from attempt 1's kept copy, and
@@ -157,3 +165,8 @@ def test_every_stage_job_runs_the_real_cli_and_its_summary_reaches_status(
     assert st2.artifact_uri is not None and st2.artifact_uri != artifact1
     copies = sorted(workdir.glob("w-*/plans/*.json"))
     assert len(copies) == 2, copies  # one kept plan per attempt
+    # Every document carries the hash the operator computed for its stage: one chain.
+    (w,) = workdir.glob("w-*")
+    documents = {r.stage: parse_result((w / f).read_text()).inputs_hash for r, f in zip(
+        st2.stages, ["calibration.json", "sensitivity.json", "plan.json"], strict=False)}
+    assert documents == {r.stage: r.inputs_hash for r in st2.stages[:3]}

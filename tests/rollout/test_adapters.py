@@ -133,6 +133,13 @@ def test_canary_manifests() -> None:
     assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
     s3, _ = canary_manifests("m", "ns", qm.spec, "s3://bucket/m", served_model_name="m-canary")
     assert "runai_streamer" in s3["spec"]["template"]["spec"]["containers"][0]["args"]
+    # --trust-remote-code comes only from spec.model.trustRemoteCode (refused in extraArgs)
+    assert "--trust-remote-code" not in args
+    trusting = qm.spec.model_copy(
+        update={"model": qm.spec.model.model_copy(update={"trust_remote_code": True})}
+    )
+    dep2, _ = canary_manifests("m", "ns", trusting, "pvc://m/x", served_model_name="m-canary")
+    assert "--trust-remote-code" in dep2["spec"]["template"]["spec"]["containers"][0]["args"]
 
 
 def test_canary_answers_the_names_clients_send() -> None:

@@ -1,5 +1,6 @@
 """Helpers of the shipping tests that run on the real control plane (tests/cluster):
-the chart's rendered RBAC, its peering object, and the operator identity's audited calls."""
+the chart's rendered RBAC, its leader-election arguments, and the operator identity's
+audited calls."""
 
 from __future__ import annotations
 
@@ -22,14 +23,18 @@ def rendered(cluster: Any, *helm_args: str) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(out) if d]
 
 
-def install_peering(cluster: Any, *helm_args: str) -> str:
-    """The chart's kopf CRDs and the (Cluster)KopfPeering it renders; returns its name."""
-    cluster.install_crds(sorted((CHART / "crds").glob("kopf.dev_*.yaml")))
-    peerings = [d for d in rendered(cluster, *helm_args)
-                if d["kind"] in ("ClusterKopfPeering", "KopfPeering")]
-    for peering in peerings:
-        cluster.apply(peering)
-    return str(peerings[0]["metadata"]["name"])
+def fresh_leader_election(cluster: Any, *helm_args: str) -> list[str]:
+    """The rendered Deployment's leader-election arguments, for `samp operator run` here
+    (its Lease in the release namespace, the only one the chart's Role grants, under the
+    chart's name), with no Lease left by an earlier test: as after a fresh install."""
+    (deploy,) = [d for d in rendered(cluster, *helm_args) if d["kind"] == "Deployment"]
+    args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+    out = [a.replace("$(SAMP_OPERATOR_NAMESPACE)", cluster.operator_namespace)
+           for a in args if a.startswith("--leader-election-")]
+    lease = next(a.split("=", 1)[1] for a in out if a.startswith("--leader-election-lease="))
+    cluster.request("DELETE", f"/apis/coordination.k8s.io/v1/namespaces/"
+                    f"{cluster.operator_namespace}/leases/{lease}")
+    return out
 
 
 def audit_offset(cluster: Any) -> int:

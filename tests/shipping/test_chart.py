@@ -66,8 +66,13 @@ def test_default_render_is_cluster_wide_and_restricted(helm: Any) -> None:
     docs = render(helm)
     kinds = {d["kind"] for d in docs}
     assert {"Deployment", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service",
-            "CustomResourceDefinition", "ClusterKopfPeering"} <= kinds
-    assert not by_kind(docs, "Role") and not by_kind(docs, "ServiceMonitor")
+            "CustomResourceDefinition", "Role"} <= kinds
+    # The only Role: the leader-election Lease, in the release namespace.
+    (lease_role,) = by_kind(docs, "Role")
+    assert lease_role["rules"] == [{"apiGroups": ["coordination.k8s.io"],
+                                    "resources": ["leases"],
+                                    "verbs": ["get", "create", "update"]}]
+    assert not by_kind(docs, "ServiceMonitor")
     (deploy,) = by_kind(docs, "Deployment")
     pod = deploy["spec"]["template"]["spec"]
     (container,) = pod["containers"]
@@ -76,6 +81,9 @@ def test_default_render_is_cluster_wide_and_restricted(helm: Any) -> None:
         "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
         "capabilities": {"drop": ["ALL"]}}
     assert not any(a.startswith("--namespace") for a in container["args"])
+    assert "--leader-election-namespace=$(SAMP_OPERATOR_NAMESPACE)" in container["args"]
+    assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} \
+        in container["env"]
     # Cluster-wide, Kopf never observes namespaces (audit log, test_chart_operator_cluster).
     assert not any("namespaces" in rule["resources"]
                    for role in by_kind(docs, "ClusterRole") for rule in role["rules"])
@@ -85,19 +93,17 @@ def test_default_render_is_cluster_wide_and_restricted(helm: Any) -> None:
 
 def test_namespaced_render_uses_roles_per_namespace(helm: Any) -> None:
     docs = render(helm, "watchNamespaces={team-a,team-b}")
-    roles = by_kind(docs, "Role")
+    roles = [r for r in by_kind(docs, "Role") if not r["metadata"]["name"].endswith("-leader")]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     cluster_roles = by_kind(docs, "ClusterRole")
     assert len(cluster_roles) == 1  # only the cluster-scoped calls Kopf makes
     resources = {r for rule in cluster_roles[0]["rules"] for r in rule["resources"]}
     # Kopf observes namespaces only when it serves a list of them (audit-log proven in
-    # test_chart_operator_cluster.py); no cluster peering, no namespaced resource.
+    # test_chart_operator_cluster.py); no namespaced resource.
     assert resources == {"customresourcedefinitions", "namespaces"}
     (deploy,) = by_kind(docs, "Deployment")
     args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--namespace=team-a" in args and "--namespace=team-b" in args
-    assert sorted(p["metadata"]["namespace"] for p in by_kind(docs, "KopfPeering")) == [
-        "team-a", "team-b"]
 
 
 def test_optional_objects_render_when_enabled(helm: Any) -> None:

@@ -14,7 +14,7 @@ from shipping_cluster import (
     allows,
     audit_offset,
     audited_calls,
-    install_peering,
+    fresh_leader_election,
     label,
 )
 
@@ -38,15 +38,15 @@ def test_operator_under_chart_rbac(cluster_wide: bool, cluster: Any, samp_crds: 
                                    tmp_path: Path) -> None:
     ns = cluster_namespace
     # The chart's default install (cluster-wide, no --namespace) or watchNamespaces={ns};
-    # Kopf peering on, as the chart's Deployment runs it.
+    # leader election on, as the chart's Deployment runs it.
     helm_args = [] if cluster_wide else ["--set", f"watchNamespaces={{{ns}}}"]
     rules = cluster.chart_rbac_rules("charts/samp-operator", *helm_args)
     operator_rbac(rules)
-    peering = install_peering(cluster, *helm_args)
+    election = fresh_leader_election(cluster, *helm_args)
     api = Api(cluster, ns)
     runtime = JobRuntime(cluster, ns).start()
     op = Operator(cluster, [] if cluster_wide else [ns], tmp_path / "operator.log",
-                  extra_args=["--peering", peering])
+                  extra_args=election)
     offset = audit_offset(cluster)
     manifest = qm_manifest("llama", ns, artifacts__cleanupOnDelete=True)
     try:

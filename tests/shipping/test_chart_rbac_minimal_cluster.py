@@ -1,5 +1,5 @@
 """The chart's role holds nothing unneeded: with each rule of the rendered role removed in
-turn, the real operator (cluster-wide, peering on, the chart's default install) runs one
+turn, the real operator (cluster-wide, leader election on, the chart's default install) runs one
 short quantize-and-delete scenario, and the API server refuses it a call only that rule
 granted (a 403 in the kube-apiserver audit log); the test prints what then broke (never
 ready, stuck before Evaluated, deletion stuck) and, but for the best-effort calls
@@ -17,7 +17,14 @@ from typing import Any
 
 import pytest
 from operator_harness import Api, JobRuntime, Operator, qm_manifest
-from shipping_cluster import CHART, audit_offset, audited_calls, install_peering, label, without
+from shipping_cluster import (
+    CHART,
+    audit_offset,
+    audited_calls,
+    fresh_leader_election,
+    label,
+    without,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -48,7 +55,7 @@ def _chart_rules(*helm_args: str) -> list[dict[str, Any]]:
 NAMESPACED = ("--set", "watchNamespaces={x}")
 _DEFAULT = {label(r) for r in _chart_rules()}
 # Every rule of the default (cluster-wide) render, and the rules only a watchNamespaces
-# render has (the namespaced peering, the namespaces Kopf observes).
+# render has (the namespaces Kopf observes).
 CASES = [("cluster-wide", n) for n in sorted(_DEFAULT - CANARY_ONLY)] + [
     ("watchNamespaces", n) for n in sorted({label(r) for r in _chart_rules(*NAMESPACED)}
                                           - _DEFAULT - CANARY_ONLY)]
@@ -75,11 +82,11 @@ def test_removing_a_rule_breaks_the_operator(  # noqa: PLR0917 (fixtures)
     index = next(i for i, r in enumerate(rules) if label(r) == name)
     rule = rules[index]
     operator_rbac(without(rules, index))
-    peering = install_peering(cluster, *helm_args)
+    election = fresh_leader_election(cluster, *helm_args)
     api = Api(cluster, ns)
     runtime = JobRuntime(cluster, ns).start()
     op = Operator(cluster, [] if mode == "cluster-wide" else [ns], tmp_path / "operator.log",
-                  extra_args=["--peering", peering])
+                  extra_args=election)
     offset = audit_offset(cluster)
     outcome = "reached Evaluated and was deleted"
     try:

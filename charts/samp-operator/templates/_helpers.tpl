@@ -32,7 +32,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
      core/v1 and only created. The canary half never lists or watches Deployments,
      Services or HTTPRoutes (it reads them by name), replaces HTTPRoutes (update, never
      patch), merge-patches the stable Deployment and scales by deployments/scale patch
-     (replica-split router). */}}
+     (replica-split router). Secrets: only with prometheusAuth.readTenantSecrets, to read
+     by name the Secret spec.gates.prometheusSecretRef names (credentials and CA of a
+     resource's own Prometheus); off by default, as it grants reading every Secret of
+     the watched namespaces. */}}
 {{- define "samp.namespacedRules" -}}
 - apiGroups: ["samp.dev"]
   resources: ["quantizedmodels"]
@@ -67,6 +70,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+{{- if .Values.prometheusAuth.readTenantSecrets }}
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
+{{- end }}
 {{- end -}}
 
 {{/* "2h" -> 7200, "30m" -> 1800 (values.schema.json allows only these two units). */}}

@@ -3,8 +3,9 @@ whether the counts exceed the limits. Pure, no I/O.
 
 * :func:`analysis_due` — the window to measure now (one ``analysisInterval`` long, so it
   never mixes two steps' weights), or None.
-* :func:`judge` — the gates (samp_core.gates) over a measurement, with the stable
-  baseline remembered from an earlier window when the stable has too little traffic now.
+* :func:`judge` — the gates (samp_core.gates) over a measurement; the stable's figures
+  are always the same window's (a remembered baseline once let an hour-old figure judge
+  a canary); at weight 100 the stable serves nothing and ratio gates are not judged.
 * :func:`count` — the canary status after one analysis: Failed counts toward
   ``failureLimit``, Inconclusive toward ``inconclusiveLimit``, Error toward
   ``consecutiveErrorLimit`` (reset by any answered analysis); a Successful analysis
@@ -14,7 +15,6 @@ whether the counts exceed the limits. Pure, no I/O.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -82,48 +82,16 @@ def judge(
     spec: QuantizedModelSpec, c: CanaryStatus, m: g.Measurement
 ) -> tuple[list[GateResult], g.Verdict]:
     """The gates' results over ``m`` and the analysis's verdict (the worst of them)."""
-    baseline = None
-    if c.stable_p99_seconds is not None:
-        baseline = g.SideFigures(
-            requests=float(c.stable_requests or spec.gates.min_requests),
-            errors=0.0,
-            p99_seconds=c.stable_p99_seconds,
-            ttft_p99_seconds=c.stable_ttft_p99_seconds,
-        )
     results = g.evaluate(
-        spec.gates, m, has_stable=spec.serving.stable is not None, stable_baseline=baseline
+        spec.gates, m, has_stable=spec.serving.stable is not None, stable_serves=c.weight < 100
     )
     return results, g.overall(results)
 
 
-def _fresh_baseline(spec: QuantizedModelSpec, m: g.Measurement) -> dict[str, object]:
-    """The stable's figures of this window, when it had enough traffic to be a baseline."""
-    s = m.stable
-    if (
-        s is None
-        or m.error is not None
-        or s.requests is None
-        or not math.isfinite(s.requests)
-        or s.requests < spec.gates.min_requests
-        or s.p99_seconds is None
-        or not math.isfinite(s.p99_seconds)
-    ):
-        return {}
-    upd: dict[str, object] = {"stable_p99_seconds": s.p99_seconds, "stable_requests": s.requests}
-    if s.ttft_p99_seconds is not None and math.isfinite(s.ttft_p99_seconds):
-        upd["stable_ttft_p99_seconds"] = s.ttft_p99_seconds
-    return upd
-
-
-def count(  # noqa: PLR0917
-    spec: QuantizedModelSpec,
-    c: CanaryStatus,
-    m: g.Measurement,
-    results: Sequence[GateResult],
-    verdict: g.Verdict,
-    now: datetime,
+def count(
+    c: CanaryStatus, results: Sequence[GateResult], verdict: g.Verdict, now: datetime
 ) -> CanaryStatus:
-    """The canary status after this analysis: its time, verdict, counters and baseline."""
+    """The canary status after this analysis: its time, verdict and counters."""
     upd: dict[str, object] = {
         "last_analysis_at": rfc3339(now),
         "last_verdict": verdict.value,
@@ -134,7 +102,6 @@ def count(  # noqa: PLR0917
     )
     if ratio is not None:
         upd["p99_ratio"] = round(ratio, 4)
-    upd.update(_fresh_baseline(spec, m))
     if verdict is g.Verdict.FAILED:
         upd["failures"] = c.failures + 1
         upd["consecutive_errors"] = 0

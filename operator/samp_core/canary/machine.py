@@ -9,9 +9,10 @@ transition is one small function below, tried in this order:
   any traffic moves (re-plan if allowed); else phase CanaryProgressing and
   ``EnsureCanary`` (Deployment + Service serving the artifact as ``<name>-canary``).
 * **abort / promote requests** — the ``samp.dev/abort`` and ``samp.dev/promote``
-  annotations act when their value is ``"true"`` or an RFC 3339 time not before the
-  canary's start (the CLI writes the current time, so a request left over from an
-  earlier rollout is ignored). Promote skips the remaining steps and gates, and says so.
+  annotations act once per value: a value not yet in ``status.handledRequests`` acts
+  (any token, or an RFC 3339 time not before the canary's start; the CLI writes the
+  current time) and is recorded there before anything acts, so the same value never
+  acts again. Promote skips the remaining steps and gates, and says so.
 * **pause / resume** — ``samp.dev/pause: "true"`` pauses while present (no analysis, no
   steps, deadline stopped); removing it resumes with every clock shifted by the pause.
 * **progress deadline** — from canary start, paused time excluded: rolls back.
@@ -51,6 +52,9 @@ from samp_core.canary.model import (
     SetWeight,
     Turn,
     canary_of,
+    forget_withdrawn,
+    mark_handled,
+    new_request,
     parse_time,
     paused,
     request_active,
@@ -84,7 +88,7 @@ def decide(
     t = Turn(spec, observation, now)
     if status.phase is Phase.EVALUATED:
         return start(t, status)
-    request = _requested(t, status)
+    status, request = _requested(t, status)
     if request is not None:
         return request
     if paused(observation.annotations):
@@ -111,26 +115,44 @@ class _Running:
 # ------------------------------------------------------- requests and pause
 
 
-def _requested(t: Turn, status: QuantizedModelStatus) -> CanaryDecision | None:
-    """Abort or promote by annotation, when the request is for this canary."""
+def _requested(
+    t: Turn, status: QuantizedModelStatus
+) -> tuple[QuantizedModelStatus, CanaryDecision | None]:
+    """Abort or promote by annotation, once per value and only for this canary.
+
+    A value not handled yet is recorded in ``status.handledRequests`` whether it acts
+    (a token, or a time since this canary started) or is set aside (an older time); the
+    status holding the record is written before anything acts, so the same value never
+    acts twice (``"true"`` left in place used to promote every later rollout)."""
     c = canary_of(status)
     started = parse_time(c.started_at) or t.now
     ann = t.observation.annotations
-    if request_active(ann.get(ANNOTATION_ABORT), started):
-        return rollback(
-            t, status, REASON_ABORTED, f"aborted by the {ANNOTATION_ABORT} annotation",
-            [], replan=False,
-        )
-    if request_active(ann.get(ANNOTATION_PROMOTE), started):
-        steps = len(t.spec.rollout.steps)
-        skipped = c.step < steps - 1 or c.last_verdict != "Successful"
-        note = (
-            f"promoted by the {ANNOTATION_PROMOTE} annotation at step {c.step + 1} of "
-            f"{steps}, weight {c.weight}%"
-            + ("; remaining steps and gates skipped" if skipped else "")
-        )
-        return promote(t, status, "ManualPromotion", note)
-    return None
+    status = forget_withdrawn(status, ann)
+    abort = new_request(status, ann, ANNOTATION_ABORT)
+    if abort is not None:
+        status = mark_handled(status, ANNOTATION_ABORT, abort)
+        if request_active(abort, started):
+            return status, rollback(
+                t, status, REASON_ABORTED, f"aborted by the {ANNOTATION_ABORT} annotation",
+                [], replan=False,
+            )
+    value = new_request(status, ann, ANNOTATION_PROMOTE)
+    if value is not None:
+        status = mark_handled(status, ANNOTATION_PROMOTE, value)
+        if request_active(value, started):
+            return status, _promote_now(t, status, c)
+    return status, None
+
+
+def _promote_now(t: Turn, status: QuantizedModelStatus, c: CanaryStatus) -> CanaryDecision:
+    steps = len(t.spec.rollout.steps)
+    skipped = c.step < steps - 1 or c.last_verdict != "Successful"
+    note = (
+        f"promoted by the {ANNOTATION_PROMOTE} annotation at step {c.step + 1} of "
+        f"{steps}, weight {c.weight}%"
+        + ("; remaining steps and gates skipped" if skipped else "")
+    )
+    return promote(t, status, "ManualPromotion", note)
 
 
 def _pause(t: Turn, status: QuantizedModelStatus) -> CanaryDecision:
@@ -257,7 +279,7 @@ def _step_started(t: Turn, run: _Running, c: CanaryStatus, msg: str) -> CanaryDe
 def _analyse(t: Turn, run: _Running, m: g.Measurement) -> _Running | CanaryDecision:
     """Judge, count and assess one analysis; a rollback when a limit is exceeded."""
     results, verdict = analysis.judge(t.spec, run.canary, m)
-    c = analysis.count(t.spec, run.canary, m, results, verdict, t.now)
+    c = analysis.count(run.canary, results, verdict, t.now)
     head, event = analysis.analysis_event(c, len(t.spec.rollout.steps), m, results, verdict)
     events = (*run.events, event)
     status = run.status.model_copy(

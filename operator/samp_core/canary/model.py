@@ -16,7 +16,14 @@ from samp_core import gates as g
 from samp_core.conditions import with_condition
 from samp_core.events import Event
 from samp_core.spec import QuantizedModelSpec
-from samp_core.status import CanaryStatus, Condition, GateResult, Phase, QuantizedModelStatus
+from samp_core.status import (
+    CanaryStatus,
+    Condition,
+    GateResult,
+    HandledRequests,
+    Phase,
+    QuantizedModelStatus,
+)
 
 ANNOTATION_PAUSE = "samp.dev/pause"
 ANNOTATION_PROMOTE = "samp.dev/promote"
@@ -201,24 +208,55 @@ def _truthy(value: str | None) -> bool:
 
 
 def request_active(value: str | None, since: datetime | None) -> bool:
-    """An edge annotation (promote/abort) counts if "true" or a time not before ``since``."""
-    if value is None:
+    """A new promote/abort value asks this canary: any token, or a time not before
+    ``since`` (the canary's start); never an empty or false-like value."""
+    if value is None or value.strip().lower() in ("", "false", "no", "0"):
         return False
-    if _truthy(value):
-        return True
     t = parse_time(value.strip())
     if t is None:
-        return False
+        return True
     return since is None or t >= since - timedelta(seconds=1)
+
+
+_REQUEST_FIELDS = {ANNOTATION_PROMOTE: "promote", ANNOTATION_ABORT: "abort"}
+
+
+def new_request(
+    status: QuantizedModelStatus, annotations: Mapping[str, str], key: str
+) -> str | None:
+    """The value of request annotation ``key`` when it was not handled yet, else None."""
+    value = annotations.get(key)
+    handled = status.handled_requests or HandledRequests()
+    if value is None or value == getattr(handled, _REQUEST_FIELDS[key]):
+        return None
+    return value
+
+
+def mark_handled(
+    status: QuantizedModelStatus, key: str, value: str | None
+) -> QuantizedModelStatus:
+    """``status`` recording ``value`` as the handled value of ``key`` (None: forgotten)."""
+    handled = status.handled_requests or HandledRequests()
+    update = {_REQUEST_FIELDS[key]: None if value is None else value[:256]}
+    return status.model_copy(update={"handled_requests": handled.model_copy(update=update)})
+
+
+def forget_withdrawn(
+    status: QuantizedModelStatus, annotations: Mapping[str, str]
+) -> QuantizedModelStatus:
+    """Records of annotations no longer present are dropped, so the same value can be
+    set again later and act once more."""
+    handled = status.handled_requests
+    if handled is None:
+        return status
+    for key, name in _REQUEST_FIELDS.items():
+        if getattr(handled, name) is not None and key not in annotations:
+            status = mark_handled(status, key, None)
+    return status
 
 
 def paused(annotations: Mapping[str, str]) -> bool:
     return _truthy(annotations.get(ANNOTATION_PAUSE, ""))
-
-
-def abort_before_start(annotations: Mapping[str, str]) -> bool:
-    """Before the canary starts only a literal "true" aborts (a time has nothing to follow)."""
-    return _truthy(annotations.get(ANNOTATION_ABORT))
 
 
 def canary_of(status: QuantizedModelStatus) -> CanaryStatus:

@@ -1,7 +1,7 @@
 """The canary's first turn (phase Evaluated): judge the accuracy gate, then start. Pure.
 
 Accuracy failed (or was never measured) → RolledBack before any traffic moves (re-plan
-if allowed), as does a literal ``samp.dev/abort: "true"``; else phase
+if allowed), as does a ``samp.dev/abort`` value not handled yet; else phase
 CanaryProgressing and ``EnsureCanary`` (Deployment + Service serving the artifact as
 ``<name>-canary``, answering the names clients send too).
 """
@@ -13,6 +13,7 @@ from samp_core import history
 from samp_core.canary.endings import rollback
 from samp_core.canary.model import (
     ANNOTATION_ABORT,
+    ANNOTATION_PROMOTE,
     POLL_SECONDS,
     REASON_ABORTED,
     REASON_ACCURACY,
@@ -20,9 +21,12 @@ from samp_core.canary.model import (
     CanaryDecision,
     EnsureCanary,
     Turn,
-    abort_before_start,
     canary_model_name,
     client_model_names,
+    forget_withdrawn,
+    mark_handled,
+    new_request,
+    request_active,
 )
 from samp_core.conditions import rfc3339
 from samp_core.events import Event
@@ -40,7 +44,18 @@ def ensure_action(t: Turn, status: QuantizedModelStatus) -> EnsureCanary:
     )
 
 
+def _requests_before_start(t: Turn, status: QuantizedModelStatus) -> QuantizedModelStatus:
+    """A promote value present before the canary starts is set aside (recorded, never
+    acted on): promotion is asked of a running canary, and a value left from an earlier
+    rollout must not promote this one at its first turn."""
+    ann = t.observation.annotations
+    status = forget_withdrawn(status, ann)
+    value = new_request(status, ann, ANNOTATION_PROMOTE)
+    return status if value is None else mark_handled(status, ANNOTATION_PROMOTE, value)
+
+
 def start(t: Turn, status: QuantizedModelStatus) -> CanaryDecision:
+    status = _requests_before_start(t, status)
     acc = status.accuracy
     if acc is not None and acc.passed is None:
         # The quantization machine stores the figures; the gate is judged here.
@@ -97,7 +112,9 @@ def _refuse_start(t: Turn, status: QuantizedModelStatus) -> CanaryDecision | Non
             f"accuracy gate failed before any traffic moved: {checks}",
             failed, replan=True, had_traffic=False, failing=failed,
         )
-    if abort_before_start(t.observation.annotations):
+    abort = new_request(status, t.observation.annotations, ANNOTATION_ABORT)
+    if abort is not None and request_active(abort, None):
+        status = mark_handled(status, ANNOTATION_ABORT, abort)
         return rollback(
             t, status, REASON_ABORTED,
             f"aborted by the {ANNOTATION_ABORT} annotation before the canary started",

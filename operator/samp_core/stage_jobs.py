@@ -17,66 +17,58 @@ The price is loading the model in each GPU stage (three loads instead of one); f
 models this targets that is minutes against the hours of scoring, and the stages can run
 on different nodes. ``samp quantize`` (one process, all stages) remains for local runs.
 
-Names are deterministic, ``<name>-g<generation>-<stage>``: a restarted operator finds
-(adopts) what it created instead of duplicating it, and a create that races an existing
-object gets AlreadyExists, which the adapter treats as success. Resource names are at most
-40 characters (CRD rule), which keeps Job names within 63 with room for the generation.
+Each Job reads one document, its :class:`~samp_core.stage_contract.StageInvocation`, from
+its ConfigMap (:func:`stage_invocation`), and runs ``samp <stage> --invocation
+/etc/samp/invocation.json``. Names, labels and URIs: samp_core.stage_layout.
 
 This module is pure: it builds manifests, the adapters send them.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from samp_core.api import API_VERSION, KIND, QuantizedModel
+from samp_core.api import QuantizedModel
 from samp_core.formats import HardwareTarget
-from samp_core.results import Stage, inputs_hash
-from samp_core.status import Phase
-
-STAGES: Final[tuple[Stage, ...]] = (
-    Stage.CALIBRATE,
-    Stage.SENSITIVITY,
-    Stage.PLAN,
-    Stage.EXPORT,
-    Stage.EVALUATE,
+from samp_core.results import Stage
+from samp_core.stage_contract import (
+    INVOCATION_FILE,
+    RuntimeOptions,
+    StageInvocation,
+    StagePaths,
+    inputs_from_spec,
+    stage_hashes,
 )
-STAGE_PHASE: Final[dict[Stage, Phase]] = {
-    Stage.CALIBRATE: Phase.CALIBRATING,
-    Stage.SENSITIVITY: Phase.SCORING,
-    Stage.PLAN: Phase.PLANNING,
-    Stage.EXPORT: Phase.EXPORTING,
-    Stage.EVALUATE: Phase.EVALUATING,
-}
-STAGE_SHORT: Final[dict[Stage, str]] = {
-    Stage.CALIBRATE: "cal",
-    Stage.SENSITIVITY: "sens",
-    Stage.PLAN: "plan",
-    Stage.EXPORT: "export",
-    Stage.EVALUATE: "eval",
-}
+from samp_core.stage_layout import (
+    ANNOTATION_INPUTS_HASH,
+    CLEANUP_SUFFIX,
+    CONFIG_MOUNT,
+    CONFIGMAP_ROOT,
+    LABEL_GENERATION,
+    LABEL_INPUTS,
+    LABEL_STAGE,
+    PVC_ROOT,
+    SCRATCH_MOUNT,
+    TERMINATION_LOG,
+    artifact_prefix,
+    artifact_uri,
+    child_name,
+    cleanup_job_name,
+    common_labels,
+    local_path,
+    owner_reference,
+    plan_copy_path,
+    short_hash,
+    stage_output_uri,
+    stored_result_path,
+    workdir_uri,
+)
+
 # Stages that run the model on an accelerator; the others request no GPU.
 GPU_STAGES: Final[frozenset[Stage]] = frozenset({Stage.SENSITIVITY, Stage.EXPORT, Stage.EVALUATE})
-
-MANAGER: Final = "samp-operator"
-LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
-LABEL_COMPONENT: Final = "app.kubernetes.io/component"
-LABEL_QM: Final = "samp.dev/quantizedmodel"
-LABEL_STAGE: Final = "samp.dev/stage"
-LABEL_GENERATION: Final = "samp.dev/generation"
-LABEL_INPUTS: Final = "samp.dev/inputs"  # first 16 hex digits of the inputs hash
-ANNOTATION_INPUTS_HASH: Final = "samp.dev/inputs-hash"
 CONTAINER: Final = "samp"
-CLEANUP_SUFFIX: Final = "cleanup"
-
-CONFIG_MOUNT: Final = "/etc/samp"
-SCRATCH_MOUNT: Final = "/scratch"
-PVC_ROOT: Final = "/mnt/pvc"
-CONFIGMAP_ROOT: Final = "/mnt/configmap"
-TERMINATION_LOG: Final = "/dev/termination-log"
 NON_ROOT_UID: Final = 65532
 # Exit code by which a stage says "my input is wrong, retrying cannot help" (samp_jobs.cli:
 # 2 = bad input): the Job fails at once (podFailurePolicy) instead of spending its retries.
@@ -102,130 +94,9 @@ class JobSettings:
     )
 
 
-def child_name(name: str, generation: int, stage: Stage | str, attempt: int = 1) -> str:
-    """``<name>-g<generation>-<stage>``; a re-plan attempt n > 1 adds ``-a<n>``."""
-    short = STAGE_SHORT[Stage(stage)] if stage != CLEANUP_SUFFIX else CLEANUP_SUFFIX
-    return f"{name}-g{generation}-{short}" if attempt <= 1 else \
-        f"{name}-g{generation}-a{attempt}-{short}"
-
-
-def cleanup_job_name(name: str) -> str:
-    return f"{name}-{CLEANUP_SUFFIX}"
-
-
-def short_hash(full: str) -> str:
-    return full.removeprefix("sha256:")[:16]
-
-
-def stage_hashes(resource: QuantizedModel, attempt: int = 1) -> dict[Stage, str]:
-    """Inputs hash of each stage, chained: a stage's hash covers every earlier stage's.
-
-    Only what changes a stage's *output* is hashed: placement (image, resources, node
-    selector, retries) and credentials are not, so changing them reruns nothing. A re-plan
-    attempt (status.attempt > 1, opened by the canary after a failed gate) is an input of
-    the plan stage, so plan, export and evaluate rerun for it while calibration and
-    sensitivity are reused.
-    """
-    spec = resource.spec
-    model = spec.model
-    q = spec.quantization
-    out: dict[Stage, str] = {}
-    out[Stage.CALIBRATE] = inputs_hash(
-        stage=Stage.CALIBRATE,
-        model={"source": model.source, "dtype": model.dtype,
-               "trustRemoteCode": model.trust_remote_code},
-        calibration=spec.calibration,
-    )
-    out[Stage.SENSITIVITY] = inputs_hash(
-        stage=Stage.SENSITIVITY,
-        previous=out[Stage.CALIBRATE],
-        sensitivity=q.sensitivity,
-        allowed_formats=sorted(f.value for f in q.allowed_formats),
-        allow_non_native=q.allow_non_native_formats,
-        profile=spec.hardware.target.profile,
-    )
-    plan_inputs: dict[str, Any] = {"quantization": q, "profile": spec.hardware.target.profile}
-    if attempt > 1:
-        plan_inputs["attempt"] = attempt
-        plan_inputs["replan"] = spec.rollout.replan
-    out[Stage.PLAN] = inputs_hash(stage=Stage.PLAN, previous=out[Stage.SENSITIVITY],
-                                  **plan_inputs)
-    out[Stage.EXPORT] = inputs_hash(stage=Stage.EXPORT, previous=out[Stage.PLAN])
-    out[Stage.EVALUATE] = inputs_hash(
-        stage=Stage.EVALUATE, previous=out[Stage.EXPORT], eval_set=spec.gates.accuracy.eval_set
-    )
-    return out
-
-
-def artifact_prefix(resource: QuantizedModel) -> str:
-    return f"{resource.spec.artifacts.uri.rstrip('/')}/{resource.namespace}/{resource.name}"
-
-
-def workdir_uri(resource: QuantizedModel, hashes: Mapping[Stage, str]) -> str:
-    """The jobs' shared work directory (samp_jobs.pipeline layout), one per sensitivity hash.
-
-    Calibration and sensitivity documents live there and are reused by every plan made
-    from them; a new budget overwrites plan.json there (the old plan is obsolete), while
-    each exported checkpoint gets its own directory (:func:`artifact_uri`), so a serving
-    checkpoint is never overwritten by a later spec.
-    """
-    return f"{artifact_prefix(resource)}/w-{short_hash(hashes[Stage.SENSITIVITY])}"
-
-
-def artifact_uri(resource: QuantizedModel, hashes: Mapping[Stage, str]) -> str:
-    return f"{artifact_prefix(resource)}/artifact-{short_hash(hashes[Stage.EXPORT])}"
-
-
-def stage_output_uri(resource: QuantizedModel, stage: Stage, hashes: Mapping[Stage, str]) -> str:
-    """Where a stage writes: the checkpoint directory for export, else the work directory."""
-    return artifact_uri(resource, hashes) if stage == Stage.EXPORT else \
-        workdir_uri(resource, hashes)
-
-
-def local_path(uri: str | None) -> str | None:
-    """Where a pvc:// or configmap:// URI is mounted inside a Job; None for object stores."""
-    if uri and uri.startswith("pvc://"):
-        return f"{PVC_ROOT}/{uri.removeprefix('pvc://')}"
-    if uri and uri.startswith("configmap://"):
-        return f"{CONFIGMAP_ROOT}/{uri.removeprefix('configmap://')}"
-    return None
-
-
-def common_labels(name: str) -> dict[str, str]:
-    return {LABEL_MANAGED_BY: MANAGER, LABEL_QM: name}
-
-
-def selector(name: str) -> str:
-    """Label selector of every child of a QuantizedModel."""
-    return f"{LABEL_MANAGED_BY}={MANAGER},{LABEL_QM}={name}"
-
-
-def owner_reference(resource: QuantizedModel, uid: str) -> dict[str, Any]:
-    return {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "name": resource.name,
-        "uid": uid,
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
-
-
-def _manifest_document(resource: QuantizedModel) -> dict[str, Any]:
-    """The QuantizedModel as the Job reads it: metadata that matters, spec; no status.
-
-    Secret *names* are part of the spec; secret values never are.
-    """
-    return {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "metadata": {
-            "name": resource.name,
-            "namespace": resource.namespace,
-            "generation": resource.generation,
-        },
-        "spec": resource.spec.to_wire(),
-    }
+def stage_hashes_for(resource: QuantizedModel, attempt: int = 1) -> dict[Stage, str]:
+    """The inputs hash of each stage of this resource (samp_core.stage_contract's chain)."""
+    return stage_hashes(inputs_from_spec(resource.spec), attempt)
 
 
 def _pvc_claim(uri: str | None) -> str | None:
@@ -304,80 +175,47 @@ def _security_context() -> dict[str, Any]:
     }
 
 
-def stage_plan(
-    resource: QuantizedModel, hashes: Mapping[Stage, str], attempt: int = 1
-) -> dict[str, Any]:
-    """stages.json: every stage's inputs hash and output URI, so a stage finds its inputs.
-
-    ``attempt`` > 1 is recorded for the plan stage, whose command
-    (:func:`stage_command`) then derives the conservative re-plan
-    (samp_core.replan.conservative_plan) from the previous attempt's plan.
-    """
-    return {
-        "attempt": attempt,
-        "workdir": workdir_uri(resource, hashes),
-        "artifact": artifact_uri(resource, hashes),
-        "stages": {
-            s.value: {"inputsHash": hashes[s],
-                      "outputUri": stage_output_uri(resource, s, hashes)}
-            for s in STAGES
-        },
-    }
-
-
-def plan_copy_path(workdir: str, plan_hash: str) -> str:
-    """Where a plan stage keeps a copy of its plan, keyed by the plan stage's inputs hash.
-
-    ``plan.json`` in the work directory is always the latest plan (export reads it); the
-    copy under ``plans/`` survives the next attempt, so attempt n+1 derives its plan from
-    the plan attempt n actually exported and canaried.
-    """
-    return f"{workdir}/plans/{short_hash(plan_hash)}.json"
-
-
-def stage_command(
+def stage_invocation(
     resource: QuantizedModel, stage: Stage, hashes: Mapping[Stage, str], attempt: int = 1
-) -> list[str]:
-    """The jobs CLI invocation of one stage (samp_jobs.cli).
+) -> StageInvocation:
+    """What one stage Job reads: the spec's inputs, the stage's hash, paths in the pod.
 
     Object-store artifact URIs have no mount: the work directory is then the scratch
-    volume and the Job itself must upload (SAMP_OUTPUT_URI tells it where).
-
-    The plan stage keeps a copy of its plan (:func:`plan_copy_path`). In a re-plan
-    attempt n > 1 it gets ``--attempt n`` and the previous attempt's copy as
-    ``--previous-plan``: the job applies samp_core.replan.conservative_plan to it. When
-    that copy is missing (object-store work directories, or a spec change made during
-    a re-plan, so attempt n-1 never ran under this spec) the job rebuilds the chain
-    from attempt 1 deterministically.
+    volume. The plan stage keeps a copy of its plan (samp_core.stage_layout.plan_copy_path)
+    and export reads exactly that copy, the plan its own hash chains from. A re-plan
+    attempt n > 1 gets attempt n-1's copy as ``previousPlan``; when that copy is missing
+    (object-store work directories, or a spec change made during a re-plan) the job
+    rebuilds the chain from attempt 1 deterministically.
     """
     spec = resource.spec
-    workdir = local_path(workdir_uri(resource, hashes)) or f"{SCRATCH_MOUNT}/work"
-    cmd = [
-        "samp", stage.value,
-        "--workdir", workdir,
-        "--manifest", f"{CONFIG_MOUNT}/manifest.json",
-        "--termination-log", TERMINATION_LOG,
-        "--no-progress",
-    ]
-    if stage in (Stage.EXPORT, Stage.EVALUATE):
-        cmd += ["--artifact",
-                local_path(artifact_uri(resource, hashes)) or f"{SCRATCH_MOUNT}/artifact"]
-    eval_set = local_path(spec.gates.accuracy.eval_set)
-    if stage == Stage.EVALUATE and eval_set:
-        cmd += ["--eval-set", eval_set]
-    prompts = local_path(spec.calibration.source)
-    if stage == Stage.CALIBRATE and prompts:
-        cmd += ["--prompts", prompts]
-    if stage == Stage.EXPORT:
-        # Exactly the plan this export's hash chains from, not whatever plan.json holds now.
-        cmd += ["--plan", plan_copy_path(workdir, hashes[Stage.PLAN])]
-    if stage == Stage.PLAN:
-        cmd += ["--plan-copy", plan_copy_path(workdir, hashes[Stage.PLAN])]
-        if attempt > 1:
-            previous = stage_hashes(resource, attempt - 1)[Stage.PLAN]
-            cmd += ["--attempt", str(attempt),
-                    "--previous-plan", plan_copy_path(workdir, previous)]
-    return cmd
+    on_volume = local_path(workdir_uri(resource, hashes))
+    workdir = on_volume or f"{SCRATCH_MOUNT}/work"
+    plan_copy = plan_copy_path(workdir, hashes[Stage.PLAN])
+    previous = None
+    if stage == Stage.PLAN and attempt > 1:
+        previous = plan_copy_path(workdir, stage_hashes_for(resource, attempt - 1)[Stage.PLAN])
+    paths = StagePaths(
+        workdir=workdir,
+        artifact=local_path(artifact_uri(resource, hashes)) or f"{SCRATCH_MOUNT}/artifact",
+        model=local_path(spec.model.source),
+        prompts=local_path(spec.calibration.source),
+        eval_set=local_path(spec.gates.accuracy.eval_set),
+        plan=plan_copy if stage == Stage.EXPORT else None,
+        plan_copy=plan_copy if stage == Stage.PLAN else None,
+        previous_plan=previous,
+        stored_result=None if on_volume is None
+        else stored_result_path(on_volume, stage, hashes[stage]),
+    )
+    return StageInvocation(
+        stage=stage, attempt=attempt, inputs=inputs_from_spec(spec), inputs_hash=hashes[stage],
+        output_uri=stage_output_uri(resource, stage, hashes), paths=paths,
+        runtime=RuntimeOptions(progress=False, termination_log=TERMINATION_LOG),
+    )
+
+
+def stage_command(stage: Stage) -> list[str]:
+    """The jobs CLI invocation of one stage (samp_jobs.cli); the rest is in the document."""
+    return ["samp", stage.value, "--invocation", f"{CONFIG_MOUNT}/{INVOCATION_FILE}"]
 
 
 def config_map_manifest(  # noqa: PLR0917
@@ -388,7 +226,8 @@ def config_map_manifest(  # noqa: PLR0917
     job_name: str,
     attempt: int = 1,
 ) -> dict[str, Any]:
-    """The read-only inputs of one stage Job; immutable, named like its Job."""
+    """The stage Job's one input document; immutable, named like its Job."""
+    invocation = stage_invocation(resource, stage, hashes, attempt)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -402,11 +241,7 @@ def config_map_manifest(  # noqa: PLR0917
             "ownerReferences": [owner_reference(resource, uid)],
         },
         "immutable": True,
-        "data": {
-            "manifest.json": json.dumps(_manifest_document(resource), sort_keys=True, indent=1),
-            "stages.json": json.dumps(stage_plan(resource, hashes, attempt), sort_keys=True,
-                                      indent=1),
-        },
+        "data": {INVOCATION_FILE: invocation.to_json()},
     }
 
 
@@ -417,7 +252,6 @@ def _pod_spec(
     command: list[str],
     config_map: str,
     gpu: bool,
-    env: list[dict[str, Any]],
 ) -> dict[str, Any]:
     hw = resource.spec.hardware
     volumes, mounts = _volumes(resource, config_map, settings.scratch_size)
@@ -441,10 +275,6 @@ def _pod_spec(
             {"name": "TMPDIR", "value": SCRATCH_MOUNT},
             {"name": "HF_HOME", "value": f"{SCRATCH_MOUNT}/huggingface"},
             {"name": "XDG_CACHE_HOME", "value": f"{SCRATCH_MOUNT}/.cache"},
-            # samp_jobs.cli resolves pvc://claim/path under these roots.
-            {"name": "SAMP_MODEL_ROOT", "value": PVC_ROOT},
-            {"name": "SAMP_DATA_ROOT", "value": PVC_ROOT},
-            *env,
         ],
         "envFrom": _secret_refs(resource),
         "resources": resources,
@@ -490,12 +320,6 @@ def job_manifest(  # noqa: PLR0917
     labels = {**common_labels(resource.name), LABEL_STAGE: stage.value,
               LABEL_GENERATION: str(resource.generation),
               LABEL_INPUTS: short_hash(hashes[stage])}
-    out_uri = stage_output_uri(resource, stage, hashes)
-    env = [
-        {"name": "SAMP_STAGE", "value": stage.value},
-        {"name": "SAMP_INPUTS_HASH", "value": hashes[stage]},
-        {"name": "SAMP_OUTPUT_URI", "value": out_uri},
-    ]
     hw = resource.spec.hardware
     return {
         "apiVersion": "batch/v1",
@@ -522,9 +346,8 @@ def job_manifest(  # noqa: PLR0917
                     "annotations": {**settings.pod_annotations,
                                     ANNOTATION_INPUTS_HASH: hashes[stage]},
                 },
-                "spec": _pod_spec(resource, settings,
-                                  command=stage_command(resource, stage, hashes, attempt),
-                                  config_map=name, gpu=stage in GPU_STAGES, env=env),
+                "spec": _pod_spec(resource, settings, command=stage_command(stage),
+                                  config_map=name, gpu=stage in GPU_STAGES),
             },
         },
     }
@@ -550,8 +373,7 @@ def cleanup_job_manifest(resource: QuantizedModel, uid: str, settings: JobSettin
                     command=["python", "-c",
                              "import shutil, sys; shutil.rmtree(sys.argv[1], ignore_errors=True)",
                              target],
-                    config_map=name, gpu=False,
-                    env=[{"name": "SAMP_STAGE", "value": CLEANUP_SUFFIX}])
+                    config_map=name, gpu=False)
     pod["volumes"][0] = {"name": "config", "emptyDir": {"sizeLimit": "1Mi"}}
     return {
         "apiVersion": "batch/v1",

@@ -22,10 +22,9 @@ from importlib import resources
 from pathlib import Path
 
 from samp_core.formats import HardwareTarget
-from samp_core.hardware import HardwareProfile, MeasuredCosts
-from samp_core.hardware import get_profile as _assumed_profile
+from samp_core.hardware import HardwareProfile, MeasuredCosts, get_profile
 
-__all__ = ["ENV_VAR", "get_profile", "measured_costs_for"]
+__all__ = ["ENV_VAR", "measured_costs_for", "profile_with_measured_costs"]
 
 ENV_VAR = "SAMP_MEASURED_COSTS"
 
@@ -45,9 +44,10 @@ def measured_costs_for(profile: str) -> tuple[MeasuredCosts, str] | None:
     return MeasuredCosts.model_validate_json(res.read_text()), res.name
 
 
-def get_profile(name_or_target: str | HardwareTarget) -> HardwareProfile:
-    """Like ``samp_core.hardware.get_profile``, with measured costs applied where a file exists."""
-    profile = _assumed_profile(name_or_target)
+def profile_with_measured_costs(name_or_target: str | HardwareTarget) -> HardwareProfile:
+    """``samp_core.hardware.get_profile`` (assumed costs), with measured costs applied where
+    a benchmark document exists."""
+    profile = get_profile(name_or_target)
     found = measured_costs_for(profile.name)
     if found is None:
         return profile

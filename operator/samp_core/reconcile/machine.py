@@ -1,0 +1,63 @@
+"""``reconcile``: one QuantizedModel's observation in, its :class:`Decision` out."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from samp_core import history
+from samp_core.reconcile.decision import ChildRef, Decision, ObservedJob, clip, parse_status
+from samp_core.reconcile.invalid import invalid_spec, unsupported_stores
+from samp_core.reconcile.phase import Outcome, done_stages, set_conditions
+from samp_core.reconcile.stages import Walk, walk_stages, wanted_jobs
+from samp_core.reconcile.summaries import clear_stale_outputs
+from samp_core.results import Stage
+from samp_core.stage_jobs import JobSettings, stage_hashes_for
+from samp_core.validation import validate_manifest
+
+
+def reconcile(
+    body: Mapping[str, Any],
+    jobs: Sequence[ObservedJob],
+    config_maps: Sequence[str],
+    now: datetime,
+    settings: JobSettings,
+) -> Decision:
+    """Decide what to do for one QuantizedModel. Pure; see the package docstring."""
+    metadata = body.get("metadata") or {}
+    old = parse_status(body.get("status"))
+    manifest = {k: body.get(k) for k in ("apiVersion", "kind", "metadata", "spec")}
+    resource, problems = validate_manifest(manifest)
+    if resource is None:
+        return invalid_spec(body, old, problems, jobs, config_maps, now)
+    unsupported = unsupported_stores(resource)
+    if unsupported:
+        return invalid_spec(body, old, unsupported, jobs, config_maps, now)
+
+    gen = resource.generation
+    hashes = stage_hashes_for(resource, old.attempt)
+    status = old.model_copy(deep=True)
+    status.observed_generation = gen
+    status.inputs_hash = hashes[Stage.EVALUATE]
+    decision = Decision(status=status, resource=resource)
+    walk = Walk(
+        resource=resource, uid=str(metadata.get("uid", "")), settings=settings,
+        attempt=old.attempt, hashes=hashes, previous={r.stage: r for r in old.stages},
+        jobs=jobs, keep=wanted_jobs(jobs, hashes, gen), decision=decision, now=now,
+    )
+    stop = walk_stages(walk)
+
+    status.stages = walk.records
+    clear_stale_outputs(status, done_stages(status))
+    for name in sorted({j.name for j in jobs if not j.deleting} - walk.keep):
+        decision.delete.append(ChildRef("Job", name))
+    for name in sorted(set(config_maps) - walk.keep):
+        decision.delete.append(ChildRef("ConfigMap", name))
+
+    outcome = Outcome(stop=stop, suspended=resource.spec.suspend, generation=gen, now=now)
+    set_conditions(status, old, decision, outcome)
+    failed = stop.failed
+    failure = clip(f"{failed.stage.value} failed: {failed.message}", 1024) if failed else None
+    history.note_stages(status, failure, now)
+    return decision

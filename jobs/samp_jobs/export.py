@@ -55,7 +55,7 @@ from samp_jobs.export_files import (
     save_checkpoint,
     sha256_file,
 )
-from samp_jobs.export_gptq import gptq_pass
+from samp_jobs.export_gptq import gptq_codes_for_plan, gptq_group_codes, gptq_pass
 from samp_jobs.export_nf4 import bnb_skip_modules, export_bitsandbytes_nf4
 from samp_jobs.export_schemes import (
     ExportError,
@@ -86,6 +86,7 @@ __all__ = [
     "export_bitsandbytes_nf4",
     "export_compressed_tensors",
     "exported_files",
+    "gptq_group_codes",
     "gptq_pass",
     "move_own_tensors",
     "preset_for",
@@ -102,6 +103,7 @@ def export_compressed_tensors(
     device: torch.device | None = None,
     trust_remote_code: bool = False,
     per_module: bool | None = None,
+    hessians: Path | None = None,
 ) -> ExportResult:
     """Quantize the base model per the plan and save a compressed-tensors checkpoint.
 
@@ -120,6 +122,7 @@ def export_compressed_tensors(
             trust_remote_code=trust_remote_code,
             per_module=per_module,
             quiet=quiet,
+            hessians=hessians,
         )
     finally:
         quiet.thaw()
@@ -135,6 +138,7 @@ def _export_compressed_tensors(
     trust_remote_code: bool,
     per_module: bool | None,
     quiet: QuietGC,
+    hessians: Path | None = None,
 ) -> ExportResult:
     dev = device or torch.device("cpu")
     clock = PhaseClock(dev)
@@ -147,7 +151,9 @@ def _export_compressed_tensors(
     if dev.type == "cuda":  # context creation is its own cost, not the first phase's
         with clock.phase("device"):
             torch.empty(1, device=dev)
-    amax, codes = _calibrated(plan, parts, qcfg, input_ids, dev=dev, clock=clock)
+    amax, codes = _calibrated(
+        plan, parts, qcfg, input_ids, dev=dev, clock=clock, hessians=hessians
+    )
     log(
         "export.start",
         device=str(dev),
@@ -203,9 +209,11 @@ def _calibrated(
     *,
     dev: torch.device,
     clock: PhaseClock,
+    hessians: Path | None = None,
 ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """What the calibration tokens give the export: the input absmax of formats with a static
-    activation scale (NVFP4), and the GPTQ codes of the modules the plan rounds with GPTQ."""
+    activation scale (NVFP4), and the GPTQ codes of the modules the plan rounds with GPTQ
+    (from the sensitivity stage's ``hessians`` when they cover the plan)."""
     static = sorted(
         m
         for fmt, mods in plan.modules_by_format().items()
@@ -220,16 +228,13 @@ def _calibrated(
             amax = collect_input_absmax(parts, static, input_ids[:64], dev)
     codes: dict[str, torch.Tensor] = {}
     if plan.gptq_modules():
-        if input_ids is None:
-            raise ExportError(
-                "GPTQ rounding needs the calibration tokens (run calibrate first), or plan "
-                "with spec.quantization.rounding.method: rtn"
-            )
         from samp_jobs.gptq import single_thread_on_cpu
 
         width = int(parts.head.weight.shape[1])
         with clock.phase("gptq"), single_thread_on_cpu(dev, width):
-            codes = gptq_pass(parts, plan, qcfg, input_ids, dev)
+            codes = gptq_codes_for_plan(
+                parts, plan, qcfg, input_ids, dev, hessians=hessians
+            )
     return amax, codes
 
 
@@ -296,8 +301,10 @@ def export(
     input_ids: torch.Tensor | None = None,
     device: torch.device | None = None,
     trust_remote_code: bool = False,
+    hessians: Path | None = None,
 ) -> ExportResult:
-    """Write the plan in the checkpoint family the planner chose."""
+    """Write the plan in the checkpoint family the planner chose (``hessians``: GPTQ's
+    input Hessians stored by the sensitivity stage, used when they cover the plan)."""
     if plan.export_format is ExportFormat.BITSANDBYTES_NF4:
         return export_bitsandbytes_nf4(model_dir, plan, out, trust_remote_code=trust_remote_code)
     return export_compressed_tensors(
@@ -307,4 +314,5 @@ def export(
         input_ids=input_ids,
         device=device,
         trust_remote_code=trust_remote_code,
+        hessians=hessians,
     )

@@ -1,8 +1,11 @@
 """GPTQ rounding inside the export: codes for every module the plan rounds with GPTQ,
-computed layer by layer on calibration inputs (the arithmetic is in ``samp_jobs.gptq``)."""
+from the sensitivity stage's stored Hessians when they cover the plan
+(``samp_jobs.hessians``), else computed layer by layer on calibration inputs (the
+arithmetic is in ``samp_jobs.gptq``)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,7 +16,7 @@ from samp_jobs.export_schemes import ExportError, weight_qparams
 from samp_jobs.modeling import DecoderParts, _to, capture_layer0_inputs, on_device, run_layer
 from samp_jobs.runlog import log
 
-__all__ = ["gptq_pass"]
+__all__ = ["gptq_codes_for_plan", "gptq_group_codes", "gptq_pass"]
 
 
 def _weight_args(qcfg: Any) -> dict[str, Any]:
@@ -42,6 +45,64 @@ def _hidden_store(sample: torch.Tensor, rows: int, device: torch.device) -> torc
     per_row = sample[0].numel() * sample.element_size()
     free, _total = torch.cuda.mem_get_info(device)
     return device if 2 * per_row * rows < free // 4 else torch.device("cpu")
+
+
+def gptq_group_codes(
+    names: tuple[str, ...],
+    weights: list[torch.Tensor],
+    h: torch.Tensor,
+    qcfg: Any,
+    *,
+    plan: PlanResult,
+    device: torch.device,
+) -> tuple[dict[str, torch.Tensor], Any]:
+    """GPTQ int8 codes (on the CPU) of one plan group's modules, which share Hessian ``h``.
+
+    GPTQ treats rows independently given H, so the modules' stacked rows go through one
+    call: one Cholesky and one column loop per group, not per module.
+    """
+    from samp_jobs.gptq import gptq_codes
+
+    r = plan.rounding
+    if r is None:
+        raise ExportError("GPTQ codes asked for a plan without rounding")
+    args_of = _weight_args(qcfg)
+    qp = [weight_qparams(w, args_of[n]) for w, n in zip(weights, names, strict=True)]
+    q, st = gptq_codes(
+        torch.cat([w.to(device) for w in weights]),
+        h,
+        torch.cat([p[0] for p in qp]).to(device),
+        torch.cat([p[1] for p in qp]).to(device),
+        _grid(args_of[names[0]]),
+        dampening_fraction=r.dampening_fraction,
+        act_order=r.act_order,
+    )
+    split = torch.split(q.to(torch.int8).cpu(), [w.shape[0] for w in weights])
+    return {n: c.contiguous() for n, c in zip(names, split, strict=True)}, st
+
+
+def gptq_codes_for_plan(
+    parts: DecoderParts,
+    plan: PlanResult,
+    qcfg: Any,
+    input_ids: torch.Tensor | None,
+    device: torch.device,
+    *,
+    hessians: Path | None,
+) -> dict[str, torch.Tensor]:
+    """GPTQ codes from the sensitivity stage's Hessians when they cover the plan, else
+    from export's own layer-by-layer calibration pass."""
+    from samp_jobs.hessians import gptq_from_hessians, load_hessians
+
+    stored = load_hessians(hessians, plan) if hessians is not None else None
+    if stored is not None:
+        return gptq_from_hessians(parts, plan, qcfg, stored, device)
+    if input_ids is None:
+        raise ExportError(
+            "GPTQ rounding needs the calibration tokens (run calibrate first), or plan "
+            "with spec.quantization.rounding.method: rtn"
+        )
+    return gptq_pass(parts, plan, qcfg, input_ids, device)
 
 
 def gptq_pass(
@@ -112,6 +173,7 @@ class _GptqPass:
     ) -> None:
         self.parts, self.plan, self.device = parts, plan, device
         self.targets = set(plan.gptq_modules())
+        self.qcfg = qcfg
         self.args_of = _weight_args(qcfg)
         self.fmt_of = {
             m: a.format for a in plan.assignments for m in a.modules if not a.format.is_unquantized
@@ -122,25 +184,11 @@ class _GptqPass:
         self.totals = {"gptq": 0.0, "rtn": 0.0}
 
     def round_group(self, names: tuple[str, ...], hess: Any) -> None:
-        from samp_jobs.gptq import gptq_codes
-
-        r = self.plan.rounding
-        assert r is not None
-        dev = self.device
         ws = [self.mods[n].weight.data for n in names]
-        qp = [weight_qparams(w, self.args_of[n]) for w, n in zip(ws, names, strict=True)]
-        q, st = gptq_codes(
-            torch.cat([w.to(dev) for w in ws]),
-            hess.h,
-            torch.cat([p[0] for p in qp]).to(dev),
-            torch.cat([p[1] for p in qp]).to(dev),
-            _grid(self.args_of[names[0]]),
-            dampening_fraction=r.dampening_fraction,
-            act_order=r.act_order,
+        got, st = gptq_group_codes(
+            names, ws, hess.h, self.qcfg, plan=self.plan, device=self.device
         )
-        parts_of = torch.split(q.to(torch.int8).cpu(), [w.shape[0] for w in ws])
-        for n, c in zip(names, parts_of, strict=True):
-            self.codes[n] = c.contiguous()
+        self.codes.update(got)
         self.totals["gptq"] += st.loss
         self.totals["rtn"] += st.rtn_loss
 

@@ -73,13 +73,19 @@ class HessianAccumulator:
         self.n = 0
 
     def add(self, x: Tensor) -> None:
-        x = x.reshape(-1, x.shape[-1]).to(self.h.device, torch.float32)
+        x = x.reshape(-1, x.shape[-1]).to(self.h.device)
         m = x.shape[0]
         if m == 0:
             return
         total = self.n + m
         self.h.mul_(self.n / total)
-        self.h.addmm_(x.T, x, alpha=1.0 / total)
+        if x.is_cuda and x.dtype in (torch.bfloat16, torch.float16):
+            # 16-bit products are exact in fp32: tensor-core GEMM, fp32 accumulate and out
+            # (an 8B's sensitivity pass: ~5 s for every layer's XᵀX instead of ~30 s).
+            self.h.add_(torch.mm(x.T, x, out_dtype=torch.float32), alpha=1.0 / total)
+        else:
+            x = x.float()
+            self.h.addmm_(x.T, x, alpha=1.0 / total)
         self.n = total
 
 

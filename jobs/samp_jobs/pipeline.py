@@ -10,6 +10,7 @@ Work directory layout (what the operator's Jobs share through a volume):
     calibration_tokens.pt     packed calibration sequences
     heldout.jsonl             held-out prompts for evaluate
     sensitivity.json          SensitivityResult
+    hessians.safetensors      GPTQ's input Hessians from the scoring pass (GPTQ plans)
     plan.json                 PlanResult (samp_jobs.plan_stage)
     plans/<hash>.json         the plan of each plan inputs hash (re-plans, export)
     artifact/                 the exported checkpoint (+ samp_plan.json / samp_plan.md)
@@ -25,6 +26,7 @@ from typing import Any
 
 import torch
 
+from samp_core.groups import LayerGroup
 from samp_core.results import (
     CalibrationResult,
     EvaluationResult,
@@ -43,6 +45,7 @@ from samp_jobs.calibration import (
     model_context,
     save_calibration,
 )
+from samp_jobs.hessians import HESSIANS_FILE
 from samp_jobs.modeling import DTYPES
 from samp_jobs.plan_stage import run_plan
 from samp_jobs.runlog import log, read_json, write_result
@@ -115,8 +118,11 @@ def run_sensitivity(inv: StageInvocation) -> SensitivityResult:
     parts = decoder_parts(model)
     groups = discover_groups(parts, dev)
     options = opt.scoring_options(inv, dev, qdtype)
+    hessians = sensitivity_hessians(inv, model, groups, options)
     log("sensitivity.start", method=q.method.value, groups=len(groups), tokens=ids.numel())
     run = score(parts, groups, ids, options, [q.method])
+    if hessians is not None:
+        hessians.save(work / HESSIANS_FILE)
     doc = SensitivityResult(
         method=q.method,
         num_tokens=run.num_tokens,
@@ -130,6 +136,22 @@ def run_sensitivity(inv: StageInvocation) -> SensitivityResult:
     )
     _write(inv, doc)
     return doc
+
+
+def sensitivity_hessians(
+    inv: StageInvocation, model: Any, groups: list[LayerGroup], options: Any
+) -> Any:
+    """GPTQ's Hessians, collected by the scoring pass when the plan will round with GPTQ
+    (``options.hessians`` set); a stale file from an earlier run is removed either way."""
+    from samp_jobs.hessians import collector_for
+    from samp_jobs.sensitivity import candidate_formats
+
+    cands = {g.name: candidate_formats(g, options.formats, options.group_size) for g in groups}
+    (opt.workdir(inv) / HESSIANS_FILE).unlink(missing_ok=True)
+    options.hessians = collector_for(
+        groups, cands, inv.inputs.quantization.rounding, model, options.device
+    )
+    return options.hessians
 
 
 # --------------------------------------------------------------------- export
@@ -160,6 +182,7 @@ def run_export(inv: StageInvocation) -> ExportResult:
         input_ids=ids,
         device=opt.torch_device(inv),
         trust_remote_code=inv.inputs.model.trust_remote_code,
+        hessians=work / HESSIANS_FILE,
     )
     _write(inv, result)
     return result

@@ -186,12 +186,17 @@ class SequentialScorer:
                     cands = self._candidates(self.by_layer.get(idx, []))
                     for g, c in cands:
                         stack.enter_context(self._activation_hook(g, c, activation))
+                if self.opts.hessians is not None:
+                    stack.enter_context(self.opts.hessians.layer(idx))
                 hidden = [
                     run_layer(layer, h.to(self.dev, non_blocking=True), kwargs).to(self.store)
                     for h in hidden
                 ]
         if activation is not None:
             self._score_head_activation(hidden, activation)
+        if self.opts.hessians is not None:
+            with self.placer.hold(self.parts.norm), torch.no_grad():
+                self.opts.hessians.add_head(self.parts.norm, hidden)
         return boundaries, kwargs, hidden
 
     @contextmanager

@@ -45,6 +45,7 @@ class ScoringOptions:
     max_micro_batches_per_chunk: int | None = None  # cap tokens per pass (None: memory decides)
     resident_weights: bool | None = None  # force weights resident / streamed (None: auto)
     head_slice_bytes: int = GIB  # float32 logits per lm_head slice (vocab × tokens × 4 B)
+    hessians: Any = None  # a samp_jobs.hessians.HessianCollector fed by the forward pass
 
 
 @dataclass

@@ -77,6 +77,12 @@ def test_quantize_runs_every_stage(
         "export",
         "evaluate",
     ]
+    # GPTQ is the default rounding: sensitivity stored the Hessians, export rounded from them
+    hessians = work / "hessians.safetensors"
+    assert hessians.is_file()
+    if plan.gptq_modules():  # type: ignore[union-attr]
+        gptq = [r for r in logs if r["event"] == "export.gptq"]
+        assert [r.get("hessians") for r in gptq] == [str(hessians)]
 
     # A stage rerun on the same inputs reproduces its inputs hash and its numbers.
     first = json.loads((work / "sensitivity.json").read_text())

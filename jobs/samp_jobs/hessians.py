@@ -1,0 +1,266 @@
+"""GPTQ's input Hessians collected in the sensitivity pass, kept for export.
+
+The sensitivity stage already runs every calibration token through every decoder layer
+with the layer on the device. When the plan will round some groups with GPTQ, the
+scorer's forward pass also accumulates ``X Xᵀ / n`` of each group's input (one Hessian
+per plan group: q/k/v and gate/up read one input), and the stage writes them beside
+``sensitivity.json`` as ``hessians.safetensors``. Export then rounds each group straight
+from its stored Hessian: no calibration forward pass, no hidden states moved between
+layers.
+
+What changes against export's own pass (:func:`samp_jobs.export_gptq.gptq_pass`): the
+Hessians come from the 16-bit model's inputs, not from inputs that earlier, already
+quantized layers produced (GPTQ's "sequential" variant). Which groups GPTQ will round is
+not known before the plan, so every group that *could* take a GPTQ format is collected.
+Size: ``in_features² × 4`` bytes per group (an 8B Llama: about 30 GB, most of it the
+14336-wide down projections).
+
+Accumulation: bf16 inputs through a tensor-core GEMM with fp32 output on CUDA (exact
+products, fp32 sums); fp32 on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from samp_core.formats import Format
+from samp_core.groups import LayerGroup
+from samp_core.results import PlanResult
+from samp_jobs.gptq import HessianAccumulator
+from samp_jobs.runlog import log
+
+HESSIANS_FILE = "hessians.safetensors"
+Tensor = torch.Tensor
+
+
+class HessianCollector:
+    """Per-group input Hessians, gathered by hooks while the scorer runs each layer.
+
+    Accumulators live on the device while their layer runs and on the host otherwise,
+    so device memory holds one layer's Hessians at a time.
+    """
+
+    def __init__(
+        self,
+        groups: Iterable[LayerGroup],
+        candidates: dict[str, list[Format]],
+        gptq_formats: Iterable[Format],
+        modules: dict[str, nn.Module],
+        device: torch.device,
+    ) -> None:
+        wanted = set(gptq_formats)
+        self.groups = [g for g in groups if wanted & set(candidates.get(g.name, []))]
+        self.modules = modules
+        self.device = device
+        self.acc: dict[str, HessianAccumulator] = {}
+        self.host: dict[str, Tensor] = {}  # pinned host buffers (CUDA)
+        self.seconds = 0.0
+
+    def _of_layer(self, idx: int | None) -> list[LayerGroup]:
+        return [g for g in self.groups if g.layer_index == idx]
+
+    def _accumulator(self, g: LayerGroup) -> HessianAccumulator:
+        acc = self.acc.get(g.name)
+        if acc is None:
+            acc = self.acc[g.name] = HessianAccumulator(g.in_features, self.device)
+        else:
+            acc.h = acc.h.to(self.device, non_blocking=True)
+        return acc
+
+    def _park(self, groups: list[LayerGroup]) -> None:
+        """Move these groups' Hessians to the host: pinned buffers and an asynchronous copy
+        on CUDA (an 8B layer's are 1 GB: 0.7 s a layer from pageable memory)."""
+        for g in groups:
+            acc = self.acc[g.name]
+            if acc.h.device.type == "cpu":
+                continue
+            host = self.host.get(g.name)
+            if host is None:
+                host = self.host[g.name] = torch.empty(
+                    acc.h.shape, dtype=acc.h.dtype, pin_memory=True
+                )
+            host.copy_(acc.h, non_blocking=True)
+            acc.h = host
+
+    def _synced(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _add(self, acc: HessianAccumulator, x: Tensor) -> None:
+        t = time.monotonic()
+        acc.add(x.detach())
+        self.seconds += time.monotonic() - t
+
+    @contextmanager
+    def layer(self, idx: int) -> Iterator[None]:
+        """Hooks on decoder layer ``idx``'s groups for the duration of its forward."""
+        mine = self._of_layer(idx)
+        handles = []
+        for g in mine:
+            acc = self._accumulator(g)
+
+            def hook(
+                _m: nn.Module, args: tuple[Tensor, ...], acc: HessianAccumulator = acc
+            ) -> None:
+                self._add(acc, args[0])
+
+            # fused modules share their input: one hook on the first covers the group
+            handles.append(self.modules[g.modules[0]].register_forward_pre_hook(hook))
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+            self._park(mine)
+
+    def add_head(self, norm: nn.Module, final: list[Tensor]) -> None:
+        """The head's input is the final norm of the last hidden states."""
+        mine = self._of_layer(None)
+        if not mine:
+            return
+        accs = [self._accumulator(g) for g in mine]
+        with torch.no_grad():
+            for h in final:
+                x = norm(h.to(self.device))
+                for acc in accs:
+                    self._add(acc, x)
+        self._park(mine)
+
+    def save(self, path: Path) -> int:
+        """Write every collected Hessian (fp32) with its group's modules; returns bytes."""
+        from safetensors.torch import save_file
+
+        self._synced()
+        t = time.monotonic()
+        tensors = {g.modules[0]: self.acc[g.name].h.contiguous() for g in self.groups}
+        meta = {
+            g.modules[0]: {"group": g.name, "modules": g.modules, "tokens": self.acc[g.name].n}
+            for g in self.groups
+        }
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(tensors, str(tmp), metadata={"groups": json.dumps(meta)})
+        tmp.replace(path)
+        size = path.stat().st_size
+        log(
+            "sensitivity.hessians",
+            groups=len(tensors),
+            bytes=size,
+            accumulateSeconds=round(self.seconds, 3),
+            writeSeconds=round(time.monotonic() - t, 3),
+        )
+        return size
+
+
+def collector_for(
+    groups: list[LayerGroup],
+    candidates: dict[str, list[Format]],
+    rounding: Any,
+    model: nn.Module,
+    device: torch.device,
+) -> HessianCollector | None:
+    """A collector when ``rounding`` (samp_core.results.Rounding) will use GPTQ on a
+    format some group can take; else None."""
+    from samp_core.formats import RoundingMethod
+
+    if rounding is None or rounding.method is not RoundingMethod.GPTQ:
+        return None
+    c = HessianCollector(groups, candidates, rounding.formats, dict(model.named_modules()), device)
+    return c if c.groups else None
+
+
+class StoredHessians:
+    """Hessians written by the sensitivity stage, read lazily one group at a time."""
+
+    def __init__(self, path: Path) -> None:
+        from safetensors import safe_open
+
+        self.path = path
+        with safe_open(str(path), framework="pt") as f:
+            self.meta: dict[str, dict[str, Any]] = json.loads((f.metadata() or {})["groups"])
+
+    def missing(self, plan: PlanResult) -> list[str]:
+        """GPTQ groups of ``plan`` this file has no Hessian for (or for other modules)."""
+        targets = set(plan.gptq_modules())
+        out = []
+        for a in plan.assignments:
+            if not set(a.modules) & targets:
+                continue
+            m = self.meta.get(a.modules[0])
+            if m is None or list(m["modules"]) != list(a.modules):
+                out.append(a.group)
+        return out
+
+    def host(self, first_module: str) -> Tensor:
+        """One group's Hessian in host memory.
+
+        Export reads them one at a time, synchronously: on the H200 a reader thread that
+        pinned the next group's Hessian during GPTQ made the 8B's GPTQ phase slower
+        (69 s against 50 s).
+        """
+        from safetensors import safe_open
+
+        with safe_open(str(self.path), framework="pt", device="cpu") as f:
+            h: Tensor = f.get_tensor(first_module)
+        return h
+
+
+def load_hessians(path: Path, plan: PlanResult) -> StoredHessians | None:
+    """The stored Hessians if they cover every GPTQ group of ``plan``; else None (logged),
+    and export runs its own calibration pass."""
+    if not path.is_file() or not plan.gptq_modules():
+        return None
+    stored = StoredHessians(path)
+    missing = stored.missing(plan)
+    if missing:
+        log("export.hessians.incomplete", path=str(path), missing=missing[:5], count=len(missing))
+        return None
+    return stored
+
+
+def gptq_from_hessians(
+    parts: Any,
+    plan: PlanResult,
+    qcfg: Any,
+    stored: StoredHessians,
+    device: torch.device,
+) -> dict[str, Tensor]:
+    """GPTQ codes for every module the plan rounds with GPTQ, from stored Hessians.
+
+    One GPTQ call per plan group (its modules' rows stacked: they share the Hessian),
+    each weight moved to ``device`` only for its call. Returns int8 codes on the CPU.
+    """
+    from samp_jobs.export_gptq import gptq_group_codes
+
+    targets = set(plan.gptq_modules())
+    mods = dict(parts.model.named_modules())
+    codes: dict[str, Tensor] = {}
+    totals = {"gptq": 0.0, "rtn": 0.0}
+    t0 = time.monotonic()
+
+    def _round(a: Any, h: Tensor) -> None:
+        ws = [mods[n].weight.data for n in a.modules]
+        got, st = gptq_group_codes(tuple(a.modules), ws, h, qcfg, plan=plan, device=device)
+        codes.update(got)
+        totals["gptq"] += st.loss
+        totals["rtn"] += st.rtn_loss
+
+    for a in plan.assignments:
+        if set(a.modules) & targets:
+            _round(a, stored.host(a.modules[0]).to(device))
+    log(
+        "export.gptq",
+        modules=len(codes),
+        hessians=str(stored.path),
+        seconds=round(time.monotonic() - t0, 3),
+        proxyLoss=round(totals["gptq"], 6),
+        rtnProxyLoss=round(totals["rtn"], 6),
+    )
+    return codes

@@ -1,0 +1,139 @@
+"""GPTQ's Hessians from the sensitivity pass: what the scorer collects is each group's
+X Xᵀ / n, export rounds from the stored file without calibration tokens, and the
+pipeline writes the file only when the plan will use GPTQ."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from test_export import recipe
+from test_gptq import _tokens
+
+from samp_core.formats import Format, RoundingMethod, SensitivityMethod
+from samp_core.results import Rounding
+from samp_jobs.evaluate import load_quantized
+from samp_jobs.export import ExportError, build_quantization_config, export, gptq_group_codes
+from samp_jobs.gptq import HessianAccumulator
+from samp_jobs.hessians import (
+    HESSIANS_FILE,
+    HessianCollector,
+    StoredHessians,
+    collector_for,
+    gptq_from_hessians,
+)
+from samp_jobs.modeling import decoder_parts, discover_groups, load_model
+from samp_jobs.sensitivity import ScoringOptions, candidate_formats, score
+
+CPU = torch.device("cpu")
+FORMATS = [Format.INT4_W4A8, Format.INT8_W8A8, Format.BF16]
+
+
+def _plan(model_dir: Path):  # type: ignore[no-untyped-def]
+    p = recipe(model_dir, "cpu", Format.INT4_W4A8, Format.INT8_W8A8)
+    return p.model_copy(update={"rounding": Rounding(formats=[Format.INT4_W4A8])})
+
+
+@pytest.fixture(scope="module")
+def collected(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """Score the tiny model with fisher while collecting Hessians; save them."""
+    model, _ = load_model(tiny_llama)
+    model.float()
+    parts = decoder_parts(model)
+    groups = discover_groups(parts)
+    ids = _tokens(tiny_llama, 4, 32, seed=0)
+    opts = ScoringOptions(formats=FORMATS, group_size=64, micro_batch=2, progress=False)
+    cands = {g.name: candidate_formats(g, FORMATS, 64) for g in groups}
+    col = collector_for(groups, cands, Rounding(formats=[Format.INT4_W4A8]), model, CPU)
+    assert isinstance(col, HessianCollector)
+    opts.hessians = col
+    score(parts, groups, ids, opts, [SensitivityMethod.FISHER])
+    path = tmp_path_factory.mktemp("hess") / HESSIANS_FILE
+    col.save(path)
+    return model, parts, groups, ids, path
+
+
+def test_collected_hessians_are_each_groups_mean_input_outer_product(collected):  # type: ignore[no-untyped-def]
+    model, _parts, groups, ids, path = collected
+    # Reference: a plain forward of the whole model, hooks on each group's first module.
+    ref: dict[str, HessianAccumulator] = {}
+    handles = []
+    for g in groups:
+        m = model.get_submodule(g.modules[0])
+        acc = ref[g.modules[0]] = HessianAccumulator(g.in_features, CPU)
+        handles.append(m.register_forward_pre_hook(lambda _m, a, acc=acc: acc.add(a[0])))
+    with torch.no_grad():
+        model(input_ids=ids)
+    for h in handles:
+        h.remove()
+    stored = load_file(str(path))
+    assert set(stored) == {g.modules[0] for g in groups}  # every group can take int4-w4a8
+    for name, h in stored.items():
+        assert h.dtype == torch.float32
+        torch.testing.assert_close(h, ref[name].h, rtol=1e-4, atol=1e-5)
+    meta = StoredHessians(path).meta
+    assert all(m["tokens"] == ids.numel() for m in meta.values())
+
+
+def test_no_collector_when_the_plan_will_not_use_gptq(collected):  # type: ignore[no-untyped-def]
+    model, _parts, groups, _ids, _path = collected
+    cands = {g.name: candidate_formats(g, FORMATS, 64) for g in groups}
+    rtn = Rounding(method=RoundingMethod.RTN)
+    assert collector_for(groups, cands, rtn, model, CPU) is None
+    fp8_only = {g: [Format.FP8_W8A8] for g in cands}
+    assert collector_for(groups, fp8_only, Rounding(), model, CPU) is None
+
+
+def test_export_rounds_from_stored_hessians_without_calibration_tokens(
+    collected, tiny_llama: Path, tmp_path: Path
+):  # type: ignore[no-untyped-def]
+    _model, _parts, _groups, _ids, path = collected
+    p = _plan(tiny_llama)
+    res = export(tiny_llama, p, tmp_path / "ckpt", hessians=path)  # no input_ids
+    assert "gptq" in (res.phase_seconds or {})
+
+    # The checkpoint holds exactly the codes GPTQ computes from those Hessians.
+    model, _ = load_model(tiny_llama)
+    parts = decoder_parts(model)
+    linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    qcfg = build_quantization_config(p, linears)
+    codes = gptq_from_hessians(parts, p, qcfg, StoredHessians(path), CPU)
+    assert set(codes) == set(p.gptq_modules())
+    stored = load_file(str(path))
+    a = next(a for a in p.assignments if a.format is Format.INT4_W4A8)
+    again, _ = gptq_group_codes(
+        tuple(a.modules),
+        [model.get_submodule(n).weight.data for n in a.modules],
+        stored[a.modules[0]],
+        qcfg,
+        plan=p,
+        device=CPU,
+    )
+    for n in a.modules:
+        assert torch.equal(again[n], codes[n])
+    q = load_quantized(tmp_path / "ckpt", dtype=torch.float32)
+    assert q is not None
+
+
+def test_export_falls_back_when_the_hessians_do_not_cover_the_plan(
+    collected, tiny_llama: Path, tmp_path: Path
+):  # type: ignore[no-untyped-def]
+    _model, _parts, _groups, _ids, path = collected
+    # A file lacking a group the plan GPTQ-rounds is not used: export then needs its own
+    # calibration pass (and so the tokens).
+    p = _plan(tiny_llama)
+    both = p.model_copy(update={"rounding": Rounding(formats=[Format.INT4_W4A8, Format.INT8_W8A8])})
+    assert StoredHessians(path).missing(both) == []  # every group could take int4: stored
+    partial = tmp_path / HESSIANS_FILE
+    tensors = load_file(str(path))
+    first = next(a.modules[0] for a in both.assignments if a.format is Format.INT8_W8A8)
+    del tensors[first]
+    meta = StoredHessians(path).meta
+    del meta[first]
+    save_file(tensors, str(partial), metadata={"groups": json.dumps(meta)})
+    assert StoredHessians(partial).missing(both) != []
+    with pytest.raises(ExportError, match="calibration tokens"):
+        export(tiny_llama, both, tmp_path / "x", hessians=partial)

@@ -18,7 +18,7 @@ over the analysis window ``W`` ending at the request's ``end``:
   ``le`` and of ``<metric>_sum{..}`` over the window, exactly (the value now minus the
   value ``offset W``; not ``increase()``, which extrapolates); and the serving replicas,
   ``count(group by (instance) (vllm:e2e_request_latency_seconds_count{..}))``, so that
-  the two sides' loads compare per replica (:meth:`PrometheusProvider.add_histograms`);
+  the two sides' loads compare per replica (samp_operator.prometheus_histograms);
 * custom queries: the user's PromQL with ``$canary``/``$stable`` replaced by the
   served model names, ``$namespace`` by the resource's namespace and ``$window`` by
   ``W``; the answer must be one number.
@@ -65,11 +65,9 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -79,76 +77,24 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from samp_core.canary import AnalysisRequest
-from samp_core.gates import HISTOGRAM_METRICS, Measurement, SideFigures
+from samp_core.gates import Measurement, SideFigures
 from samp_core.spec import GatesSpec
-from samp_core.stats.histogram import Histogram
-
-E2E = "vllm:e2e_request_latency_seconds_bucket"
-TTFT = "vllm:time_to_first_token_seconds_bucket"
-E2E_COUNT = "vllm:e2e_request_latency_seconds_count"
-SUCCESS = "vllm:request_success_total"
-HTTP = "http_requests_total"
-MAX_ANSWER_BYTES = 4 << 20  # an instant query answering one number is a few hundred bytes
+from samp_operator.prometheus_histograms import add_histograms
+from samp_operator.prometheus_queries import (
+    E2E,
+    HTTP,
+    SUCCESS,
+    TTFT,
+    QueryError,
+    escape,
+    p99_query,
+    pods_of,
+    prom_duration,
+    quote,
+)
 
 log = logging.getLogger("samp.prometheus")
-
-
-class QueryError(Exception):
-    """One query failed; ``unreachable`` when Prometheus itself did not answer.
-
-    The message is what status may show (no URL, no answer body); ``detail`` is what
-    only the operator's log gets."""
-
-    def __init__(self, message: str, *, unreachable: bool, detail: str = "") -> None:
-        super().__init__(message)
-        self.unreachable = unreachable
-        self.detail = detail
-
-
-def prom_duration(seconds: float) -> str:
-    """A PromQL range duration: whole seconds, at least 1s."""
-    return f"{max(1, math.ceil(seconds))}s"
-
-
-def p99_query(bucket: str, selector: str, window: str) -> str:
-    return f"histogram_quantile(0.99, sum by (le) (rate({bucket}{selector}[{window}])))"
-
-
-def _window_change(series: str, by: str, window: str) -> str:
-    """The exact change of counters over the window: now minus ``offset`` the window,
-    or now alone for series born inside it. Not ``increase()``: it extrapolates to the
-    window's edges (1500 requests read as 1746 in tests/rollout/test_histogram_reads.py),
-    which would overstate the evidence the intervals rest on."""
-    now = f"sum{by} ({series})"
-    return f"{now} - sum{by} ({series} offset {window}) or {now}"
-
-
-def bucket_query(metric: str, selector: str, window: str) -> str:
-    """Per-bucket observations of a histogram in the window, one series per ``le``."""
-    return _window_change(f"{metric}_bucket{selector}", " by (le)", window)
-
-
-def sum_query(metric: str, selector: str, window: str) -> str:
-    return _window_change(f"{metric}_sum{selector}", "", window)
-
-
-def replicas_query(selector: str) -> str:
-    """Serving instances (scrape targets) that report the end-to-end histogram."""
-    return f"count(group by (instance) ({E2E_COUNT}{selector}))"
-
-
-def _escape(value: str) -> str:
-    """A value as the inside of a PromQL double-quoted string: it cannot end the string."""
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _quote(value: str) -> str:
-    return f'"{_escape(value)}"'
-
-
-def pods_of(deployment: str) -> str:
-    """RE2 matching the names of a Deployment's pods (``<name>-<rs hash>-<pod hash>``)."""
-    return re.escape(deployment).replace("\\-", "-") + "-[a-z0-9]+-[a-z0-9]+"
+MAX_ANSWER_BYTES = 4 << 20  # an instant query answering one number is a few hundred bytes
 
 
 @dataclass(frozen=True)
@@ -222,22 +168,22 @@ class PrometheusProvider:
 
     def _scoped(self, parts: list[str], pods: str | None) -> str:
         if self.namespace_label and self.scope.namespace is not None:
-            parts.append(f"{self.namespace_label}={_quote(self.scope.namespace)}")
+            parts.append(f"{self.namespace_label}={quote(self.scope.namespace)}")
         if self.pod_label and pods is not None:
-            parts.append(f"{self.pod_label}=~{_quote(pods_of(pods))}")
+            parts.append(f"{self.pod_label}=~{quote(pods_of(pods))}")
         if self.extra_selector:
             parts.append(self.extra_selector)
         return "{" + ",".join(parts) + "}"
 
     def _sel(self, model: str, pods: str | None = None, **extra: str) -> str:
-        parts = [f"model_name={_quote(model)}"]
+        parts = [f"model_name={quote(model)}"]
         parts += [f"{k}={v}" for k, v in extra.items()]
         return self._scoped(parts, pods)
 
     def _http_sel(self, model: str, pods: str | None = None) -> str | None:
         if self.http_label is None:
             return None
-        return self._scoped([f"{self.http_label}={_quote(model)}", 'status=~"[45].."'], pods)
+        return self._scoped([f"{self.http_label}={quote(model)}", 'status=~"[45].."'], pods)
 
     def side_queries(
         self, model: str, window: str, ttft: bool, pods: str | None = None
@@ -345,8 +291,8 @@ class PrometheusProvider:
 
     # --------------------------------------------------------------- measure
 
-    def measure(self, request: AnalysisRequest, gates: GatesSpec) -> Measurement:
-        """Every figure the gates need for this window."""
+    def _plan(self, request: AnalysisRequest, gates: GatesSpec) -> list[tuple[str, str]]:
+        """(key, PromQL) of every figure this window needs: both sides, then custom."""
         window = prom_duration(request.window_seconds)
         ttft = (
             gates.latency.ttft_p99_max_seconds is not None
@@ -370,13 +316,17 @@ class PrometheusProvider:
             text = (
                 # Inside the user's quotes (model_name="$canary"): escaped, so a served
                 # name from the spec cannot close the matcher and widen the query.
-                cq.query.replace("$canary", _escape(request.canary_model))
-                .replace("$stable", _escape(request.stable_model or ""))
-                .replace("$namespace", _escape(scope.namespace or ""))
+                cq.query.replace("$canary", escape(request.canary_model))
+                .replace("$stable", escape(request.stable_model or ""))
+                .replace("$namespace", escape(scope.namespace or ""))
                 .replace("$window", window)
             )
             plan.append((f"query:{cq.name}", text))
-        self.queries = plan
+        return plan
+
+    def measure(self, request: AnalysisRequest, gates: GatesSpec) -> Measurement:
+        """Every figure the gates need for this window."""
+        plan = self.queries = self._plan(request, gates)
 
         values: dict[str, float | None] = {}
         errors: dict[str, str] = {}
@@ -405,7 +355,7 @@ class PrometheusProvider:
                 ttft_p99_seconds=values.get(f"{prefix}.ttftP99"),
             )
 
-        return self.add_histograms(request, Measurement(
+        return add_histograms(self, request, Measurement(
             window_seconds=request.window_seconds,
             taken_at=request.end,
             canary=side("canary"),
@@ -413,95 +363,6 @@ class PrometheusProvider:
             custom={cq.name: values.get(f"query:{cq.name}") for cq in gates.custom_queries},
             query_errors=errors,
         ), deadline)
-
-    # ------------------------------------------------------------- histograms
-
-    def query_vector(
-        self, promql: str, at: datetime | None, deadline: float
-    ) -> list[tuple[Mapping[str, str], float]]:
-        """One instant query → (labels, value) per series; QueryError when it failed."""
-        params: dict[str, Any] = {"query": promql}
-        if at is not None:
-            params["time"] = f"{at.timestamp():.3f}"
-        doc = self._get_json(params, deadline)
-        try:
-            result = doc["data"]["result"]
-        except (KeyError, TypeError, IndexError) as err:
-            raise QueryError(
-                f"malformed answer (no data.result): {str(doc)[:100]}", unreachable=True
-            ) from err
-        try:
-            return [(dict(r["metric"]), float(r["value"][1])) for r in result]
-        except (KeyError, TypeError, IndexError, ValueError) as err:
-            raise QueryError(
-                f"malformed answer (not a vector): {str(result)[:100]}", unreachable=False
-            ) from err
-
-    def side_histogram(  # noqa: PLR0917
-        self, model: str, metric: str, window: str, at: datetime | None, deadline: float,
-        pods: str | None = None,
-    ) -> Histogram | None:
-        """One metric's bucket counts over the window, scoped like the side's other
-        figures (namespace, ``pods``); None when it has no series."""
-        sel = self._sel(model, pods)
-        buckets_q, sum_q = bucket_query(metric, sel, window), sum_query(metric, sel, window)
-        self.queries += [(f"{model}.{metric}.buckets", buckets_q), (f"{model}.{metric}.sum", sum_q)]
-        rows = self.query_vector(buckets_q, at, deadline)
-        if not rows:
-            return None
-        try:
-            buckets = [(float(labels["le"]), value) for labels, value in rows]
-        except (KeyError, ValueError) as err:
-            raise QueryError(f"bucket series without a numeric le: {rows[:2]}"[:300],
-                             unreachable=False) from err
-        total = self.query(sum_q, at=at, deadline=deadline)
-        return Histogram.from_cumulative(buckets, total)
-
-    def add_histograms(
-        self, request: AnalysisRequest, m: Measurement, deadline: float
-    ) -> Measurement:
-        """``m`` with each side's latency histograms and replica count.
-
-        A failing histogram query is that figure's error (``canary.hist.e2e``...); an
-        unreachable Prometheus makes the whole measurement an Error, as in measure()."""
-        if m.error is not None:
-            return m
-        window = prom_duration(request.window_seconds)
-        errors = dict(m.query_errors)
-        sides: dict[str, SideFigures | None] = {"canary": m.canary, "stable": m.stable}
-        models = {"canary": (request.canary_model, self.scope.canary_pods),
-                  "stable": (request.stable_model, self.scope.stable_pods)}
-        for prefix, (model, pods) in models.items():
-            figures = sides[prefix]
-            if model is None or figures is None:
-                continue
-            hists: dict[str, Histogram] = {}
-            replicas: float | None = None
-            try:
-                for key, metric in HISTOGRAM_METRICS.items():
-                    try:
-                        h = self.side_histogram(model, metric, window, request.end, deadline,
-                                                pods)
-                    except QueryError as err:
-                        if err.unreachable:
-                            raise
-                        errors[f"{prefix}.hist.{key}"] = str(err)
-                        continue
-                    if h is not None:
-                        hists[key] = h
-                replicas = self.query(replicas_query(self._sel(model, pods)), at=request.end,
-                                      deadline=deadline)
-            except QueryError as err:
-                # As in measure(): the detail goes to the operator's log, status the reason.
-                log.warning("prometheus histogram query for %s failed: %s (%s)", model,
-                            err.detail or err, self.url)
-                if err.unreachable:
-                    return Measurement(window_seconds=m.window_seconds, taken_at=m.taken_at,
-                                       error=f"Prometheus: {err}")
-                errors[f"{prefix}.replicas"] = str(err)
-            sides[prefix] = replace(figures, histograms=hists, replicas=replicas)
-        return replace(m, canary=sides["canary"] or m.canary, stable=sides["stable"],
-                       query_errors=errors)
 
 
 def _number(data: Any) -> float | None:

@@ -21,6 +21,7 @@ from samp_core.spec import GatesSpec
 from samp_local.load import LocalWeights
 from samp_local.processes import free_port
 from samp_operator import prometheus as prom
+from samp_operator import prometheus_queries as promql
 from samp_operator.rollout_cli import annotation_patch, format_status
 from samp_operator.serving import canary_manifests, promoted_stable_patch
 from samp_operator.traffic import (
@@ -386,12 +387,12 @@ def test_histogram_promql_text() -> None:
     or now alone for a series born inside it), never increase()'s extrapolation."""
     sel = '{model_name="m"}'
     series = 'vllm:e2e_request_latency_seconds_bucket{model_name="m"}'
-    assert prom.bucket_query("vllm:e2e_request_latency_seconds", sel, "30s") == (
+    assert promql.bucket_query("vllm:e2e_request_latency_seconds", sel, "30s") == (
         f"sum by (le) ({series}) - sum by (le) ({series} offset 30s) or sum by (le) ({series})"
     )
-    assert prom.sum_query("vllm:e2e_request_latency_seconds", sel, "30s").startswith(
+    assert promql.sum_query("vllm:e2e_request_latency_seconds", sel, "30s").startswith(
         'sum (vllm:e2e_request_latency_seconds_sum{model_name="m"}) - sum ('
     )
-    assert prom.replicas_query(sel) == (
+    assert promql.replicas_query(sel) == (
         'count(group by (instance) (vllm:e2e_request_latency_seconds_count{model_name="m"}))'
     )

@@ -104,7 +104,9 @@ def test_the_operators_queries_read_only_the_tenants_own_pods(
     assert m.stable is not None and m.stable.errors == 0
     results = {r.gate: r for r in g.evaluate(spec.gates, m, has_stable=True)}
     assert results["errorRate"].verdict == "Successful"
-    assert results["p99RatioToStable"].verdict == "Successful"
+    # 10 s at RATE/s is below a P99's minimum evidence (samp_core.stats), so the ratio gate
+    # waits instead of judging; what matters here is that no other tenant's series fail it.
+    assert results["p99RatioToStable"].verdict in ("Successful", "Inconclusive")
     queries = dict(provider.queries)
     assert 'namespace="tenant-a"' in queries["canary.requests"]
     assert 'pod=~"chat-canary-[a-z0-9]+-[a-z0-9]+"' in queries["canary.requests"]

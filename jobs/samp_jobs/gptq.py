@@ -208,7 +208,7 @@ def gptq_codes(
     Computes in fp32 on ``h``'s device; returns codes (fp32 holding integers) there.
     """
     dev = h.device
-    rows, cols = w.shape
+    cols = w.shape[1]
     if h.shape != (cols, cols):
         raise ValueError(f"Hessian {tuple(h.shape)} does not match weight {tuple(w.shape)}")
     if cols % scale.shape[1]:
@@ -228,20 +228,26 @@ def gptq_codes(
         hk = hk[perm][:, perm]
     col_group = (perm if perm is not None else torch.arange(cols, device=dev)) // group
 
-    damp = dampening_fraction * torch.mean(torch.diag(hk))
-    hk.diagonal().add_(damp)
-    # Upper Cholesky factor of hk⁻¹; more damping when hk is numerically singular.
-    for attempt in range(6):
-        try:
-            chol = torch.linalg.cholesky(hk)
-            hinv = torch.cholesky_inverse(chol)
-            hinv = torch.linalg.cholesky(hinv, upper=True)
-            break
-        except RuntimeError:  # torch.linalg.LinAlgError: H not positive definite
-            if attempt == 5:
-                raise
-            hk.diagonal().add_(damp * 10**attempt)
+    hinv = _damped_inverse_cholesky(hk, dampening_fraction)
 
+    qall = _solve_blocks(wk, hinv, (s_all, z_all, col_group), grid,
+                         block_size=block_size, cuda_graph=cuda_graph)
+    if perm is not None:
+        qall = qall[:, torch.argsort(perm)]
+    return qall, _stats(w, h, qall, s_all, z_all, grid, dead_columns=int(dead.sum()))
+
+
+def _solve_blocks(
+    wk: Tensor, hinv: Tensor, qparams: tuple[Tensor, Tensor, Tensor], grid: IntGrid,
+    *, block_size: int, cuda_graph: bool,
+) -> Tensor:
+    """GPTQ's lazy-batch column loop: quantize ``block_size`` columns at a time, pushing
+    each block's error onto the columns after it. ``qparams``: scale and zero point
+    [out, groups], and the group of each (permuted) column. Updates ``wk`` in place;
+    returns the codes."""
+    s_all, z_all, col_group = qparams
+    dev = wk.device
+    rows, cols = wk.shape
     qall = torch.zeros_like(wk)
     graphed = (
         _GraphedBlock(rows, block_size, grid, dev)
@@ -265,15 +271,37 @@ def gptq_codes(
         qall[:, i1:i2] = q1
         if i2 < cols:
             wk[:, i2:] -= e1 @ hinv[i1:i2, i2:]
-    if perm is not None:
-        qall = qall[:, torch.argsort(perm)]
+    return qall
+
+
+def _damped_inverse_cholesky(hk: Tensor, dampening_fraction: float) -> Tensor:
+    """Upper Cholesky factor of (hk + damping)⁻¹, damping ``hk`` in place; more damping
+    when it is numerically singular."""
+    damp = dampening_fraction * torch.mean(torch.diag(hk))
+    hk.diagonal().add_(damp)
+    for attempt in range(6):
+        try:
+            hinv = torch.cholesky_inverse(torch.linalg.cholesky(hk))
+            upper: Tensor = torch.linalg.cholesky(hinv, upper=True)
+            return upper
+        except RuntimeError:  # torch.linalg.LinAlgError: H not positive definite
+            if attempt == 5:
+                raise
+            hk.diagonal().add_(damp * 10**attempt)
+    raise AssertionError("unreachable")
+
+
+def _stats(  # noqa: PLR0917
+    w: Tensor, h: Tensor, codes: Tensor, scale: Tensor, zero_point: Tensor, grid: IntGrid,
+    *, dead_columns: int,
+) -> GptqStats:
+    """The Hessian-weighted error of GPTQ's codes against round-to-nearest's."""
+    dev = codes.device
     w_orig = w.to(dev, torch.float32)
     h_orig = h.to(dev, torch.float32)
-    stats = GptqStats(
-        loss=proxy_loss(w_orig, dequantize(qall, s_all, z_all), h_orig),
-        rtn_loss=proxy_loss(
-            w_orig, dequantize(rtn_codes(w_orig, s_all, z_all, grid), s_all, z_all), h_orig
-        ),
-        dead_columns=int(dead.sum()),
+    rtn = rtn_codes(w_orig, scale, zero_point, grid)
+    return GptqStats(
+        loss=proxy_loss(w_orig, dequantize(codes, scale, zero_point), h_orig),
+        rtn_loss=proxy_loss(w_orig, dequantize(rtn, scale, zero_point), h_orig),
+        dead_columns=dead_columns,
     )
-    return qall, stats

@@ -108,16 +108,17 @@ def _wait_jobs_running(cl: E2ECluster, name: str, stage: str, timeout: float) ->
 
 
 def test_quantize_canary_promote(e2e: E2ECluster) -> None:
-    """examples/tiny-cpu.yaml judged by an absolute P99 ceiling this node meets (as the
-    demo's promote scenario): every stage runs as a real pod, the canary serves the
-    clients' traffic under the public model name, and the operator promotes it.
+    """examples/tiny-cpu.yaml with latency gates this node meets: every stage runs as a
+    real pod, the canary serves the clients' traffic under the public model name, and the
+    operator promotes it.
 
-    Not by a ratio to the stable: on this 2-core node vLLM's CPU W4A8/W8A8 kernels answer
-    the tiny model several times slower than bf16 (measured: mean x6.4 end to end, P99
-    x3.86), and the judge rightly rolls that back even at a 4x allowance; the strict test
-    below shows a ratio gate doing so. The ceiling still needs its evidence (a 95% bound on
-    the P99: about 300 canary requests per window), so the steps wait for it."""
-    doc = example(p99MaxRatioToStable=None, p99MaxSeconds=30.0)
+    On this 2-core node vLLM's CPU W4A8/W8A8 kernels answer the tiny model slower than
+    bf16: P99 x1.75 (95% interval 1.33-2.22 over 590/567 requests), and the whole
+    distribution up to x6.4 in the mean while other work ran, which the judge rightly
+    rolled back at a 4x allowance. So the gates here are a P99 ratio of 4 and a 30 s
+    ceiling, without the judge; the strict test below shows the gates rolling back. Each
+    P99 still needs its evidence (500 requests a side), so the steps wait for it."""
+    doc = example(p99MaxRatioToStable=4.0, p99MaxSeconds=30.0)
     doc["spec"]["gates"]["judge"] = {"enabled": False}
     name = doc["metadata"]["name"]
     t0 = time.monotonic()

@@ -11,18 +11,13 @@ also proves vLLM serves what the GPTQ path writes. Slow (~60 s): starts a server
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 from test_export import recipe
 from test_gptq import _tokens
+from vllm_server import http_get, serve_vllm
 
 from samp_core.formats import Format
 from samp_core.results import Rounding
@@ -32,17 +27,6 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "tiny" / "model"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _get(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=5) as r:
-        return bytes(r.read())
-
-
 def test_vllm_cpu_serves_the_mixed_cpu_checkpoint(tiny_llama: Path, tmp_path: Path):
     base = EXAMPLE if (EXAMPLE / "config.json").is_file() else tiny_llama
     p = recipe(base, "cpu", Format.INT4_W4A8, Format.INT8_W8A8)
@@ -50,46 +34,7 @@ def test_vllm_cpu_serves_the_mixed_cpu_checkpoint(tiny_llama: Path, tmp_path: Pa
     out = tmp_path / "cpu-artifact"
     res = export(base, p, out, input_ids=_tokens(base, 16, 64, seed=0))
     assert "gptq" in (res.phase_seconds or {})
-    port = _free_port()
-    log = (tmp_path / "vllm.log").open("w")
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "vllm.entrypoints.openai.api_server",
-            "--model",
-            str(out),
-            "--served-model-name",
-            "samp-tiny",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--enforce-eager",
-            "--max-model-len",
-            "256",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(
-                    f"vLLM exited {proc.returncode}:\n"
-                    + (tmp_path / "vllm.log").read_text()[-3000:]
-                )
-            try:
-                _get(f"http://127.0.0.1:{port}/v1/models")
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail("vLLM not ready in 300 s")
-                time.sleep(2)
+    with serve_vllm(out, tmp_path / "vllm.log") as port:
         body = json.dumps(
             {
                 "model": "samp-tiny",
@@ -109,11 +54,4 @@ def test_vllm_cpu_serves_the_mixed_cpu_checkpoint(tiny_llama: Path, tmp_path: Pa
         assert isinstance(answer["choices"][0]["text"], str)
         logs = (tmp_path / "vllm.log").read_text()
         assert "CompressedTensorsW4A8Int" in logs  # the int4 MLP really runs quantized
-        assert b"vllm:e2e_request_latency_seconds" in _get(f"http://127.0.0.1:{port}/metrics")
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
+        assert b"vllm:e2e_request_latency_seconds" in http_get(f"http://127.0.0.1:{port}/metrics")

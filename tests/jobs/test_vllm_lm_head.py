@@ -13,20 +13,14 @@ decompressed: the two must agree on nearly every position. Slow: one server per 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
-from test_vllm import EXAMPLE, _free_port, _get
+from test_vllm import EXAMPLE
+from vllm_server import serve_vllm
 
 from samp_core.formats import Format
 from samp_core.hardware import get_profile
@@ -63,54 +57,6 @@ def _plan_with_head(model_dir: Path, head: Format):  # type: ignore[no-untyped-d
             group_size=64,
         )
     )
-
-
-@contextmanager
-def _vllm(model_dir: Path, log_path: Path) -> Iterator[int]:
-    port = _free_port()
-    log = log_path.open("w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "vllm.entrypoints.openai.api_server",
-            "--model",
-            str(model_dir),
-            "--served-model-name",
-            "samp-tiny",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--enforce-eager",
-            "--max-model-len",
-            "256",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"},
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"vLLM exited {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                _get(f"http://127.0.0.1:{port}/v1/models")
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail("vLLM not ready in 300 s")
-                time.sleep(2)
-        yield port
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
 
 
 def _vllm_top1(port: int, prompt: str) -> list[int]:
@@ -158,7 +104,7 @@ def test_vllm_cpu_serves_a_quantized_lm_head(head: Format, tmp_path: Path):
 
     tok = AutoTokenizer.from_pretrained(out)
     ref = load_quantized(out, dtype=torch.float32)
-    with _vllm(out, tmp_path / "vllm.log") as port:
+    with serve_vllm(out, tmp_path / "vllm.log") as port:
         agree = total = 0
         for prompt in PROMPTS:
             got = _vllm_top1(port, prompt)

@@ -194,7 +194,12 @@ def test_helm_upgrade_updates_the_crd_and_uninstall_keeps_it(
     finally:
         cluster.helm("uninstall", release, "--namespace", ns, "--wait", check=False)
     kept = ext.read_custom_resource_definition(crd_name)
-    assert kept.metadata.annotations["helm.sh/resource-policy"] == "keep"
+    try:
+        assert kept.metadata.annotations["helm.sh/resource-policy"] == "keep"
+    finally:
+        # The cluster is shared by the session: put the repo's CRD back (a replace, since
+        # an apply by another field manager would leave Helm's "Upgraded" column behind).
+        cluster.kubectl("replace", "-f", str(REPO / "crds" / "samp.dev_quantizedmodels.yaml"))
 
 
 @pytest.mark.skipif(not CHARTS, reason="no chart yet")

@@ -256,8 +256,13 @@ state = "{STATE / "containerd"}"
     bin_dir = "/usr/lib/cni"
     conf_dir = "{self.workdir / "cni"}"
 """)
+        # A socket file left by an earlier, killed run would pass an exists() check while
+        # nothing listens on it (CI saw "connection refused"): remove it, then wait until
+        # containerd answers.
+        for stale in (CONTAINERD_SOCK, Path(f"{CONTAINERD_SOCK}.ttrpc")):
+            stale.unlink(missing_ok=True)
         comp = self._spawn("containerd", ["containerd", "--config", str(conf)])
-        cpmod.wait_for(lambda: self._alive(comp) or CONTAINERD_SOCK.exists(), 30, "containerd")
+        cpmod.wait_for(lambda: self._alive(comp) or self._containerd_answers(), 30, "containerd")
         # Containers of an earlier, killed run: the fresh API server knows none of them.
         for kind in ("tasks", "containers"):
             ids = self.ctr(kind, "ls", "-q").stdout.split()
@@ -266,6 +271,9 @@ state = "{STATE / "containerd"}"
                     self.ctr("tasks", "kill", "-s", "SIGKILL", cid, check=False)
                 else:
                     self.ctr("containers", "rm", cid, check=False)
+
+    def _containerd_answers(self) -> bool:
+        return CONTAINERD_SOCK.exists() and self.ctr("version", check=False).returncode == 0
 
     def ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return run(

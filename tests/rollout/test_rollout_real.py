@@ -299,8 +299,11 @@ def _plan_and_sensitivity(model_dir: Path) -> tuple[Any, SensitivityResult]:
 
 
 def test_failing_canary_replans_then_promotes(servers: Any, model_dirs: Any) -> None:
+    # One spec for both attempts, so no 3 s ceiling: CI's loaded machine measured the healthy
+    # attempt-2 canary (16 tokens) at P99 4.2 s (3.75-4.77 s over 989 requests). The judge
+    # and the ratio to the stable catch attempt 1's regression.
     spec = make_spec(
-        gates=REGRESSION_GATES,
+        gates={"minRequests": 3, "maxLoadImbalance": 100},
         replan={"enabled": True, "maxAttempts": 2, "maxBudgetIncreaseFraction": 0.2},
     )
     # Attempt 1: the canary rambles (256-token generations): P99 regression.

@@ -151,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fence(kube.client, elector.is_leader)
     # The canary: the one driver (samp_operator.canary_driver) with the Kubernetes
     # serving and routers and the Prometheus provider.
-    canary = KubeCanary(kube.client, settings.prometheus()) if settings.canary else None
+    canary = KubeCanary(kube.client, settings.prometheus) if settings.canary else None
     engine = Engine(settings, kube, metrics, canary=canary)
     code = 0
     try:

@@ -135,13 +135,7 @@ class OperatorSettings:
     job_scratch_size: str = "100Gi"
     job_pod_annotations: Mapping[str, str] = field(default_factory=dict)
     job_pod_labels: Mapping[str, str] = field(default_factory=dict)
-    prometheus_url: str | None = None
-    prometheus_ca_file: str | None = None
-    prometheus_insecure_skip_verify: bool = False
-    prometheus_credentials: Credentials = field(default_factory=Credentials)
-    prometheus_namespace_label: str | None = "namespace"
-    prometheus_pod_label: str | None = "pod"
-    prometheus_allowed_hosts: tuple[str, ...] = ()  # empty: the gates may query any host
+    prometheus: PrometheusDefaults = field(default_factory=PrometheusDefaults)
     metrics_address: str = "0.0.0.0"
     metrics_port: int = 8080
     resync_seconds: float = 300.0
@@ -157,17 +151,6 @@ class OperatorSettings:
     @property
     def clusterwide(self) -> bool:
         return not self.namespaces
-
-    def prometheus(self) -> PrometheusDefaults:
-        return PrometheusDefaults(
-            url=self.prometheus_url,
-            ca_file=self.prometheus_ca_file,
-            insecure_skip_verify=self.prometheus_insecure_skip_verify,
-            credentials=self.prometheus_credentials,
-            namespace_label=self.prometheus_namespace_label,
-            pod_label=self.prometheus_pod_label,
-            allowed_hosts=self.prometheus_allowed_hosts,
-        )
 
     def job_settings(self) -> JobSettings:
         return JobSettings(
@@ -295,25 +278,23 @@ def _job_settings(src: _Source, d: OperatorSettings) -> dict[str, Any]:
     }
 
 
-def _prometheus_settings(src: _Source) -> dict[str, Any]:
-    return {
-        "prometheus_url": _no_userinfo(src.text("prometheus_url", "SAMP_PROMETHEUS_URL"),
-                                       "SAMP_PROMETHEUS_URL / --prometheus-url"),
-        "prometheus_ca_file": src.text("prometheus_ca_file", "SAMP_PROMETHEUS_CA_FILE"),
-        "prometheus_insecure_skip_verify": _flag_on(src.pick(
+def _prometheus_settings(src: _Source) -> PrometheusDefaults:
+    return PrometheusDefaults(
+        url=_no_userinfo(src.text("prometheus_url", "SAMP_PROMETHEUS_URL"),
+                         "SAMP_PROMETHEUS_URL / --prometheus-url"),
+        ca_file=src.text("prometheus_ca_file", "SAMP_PROMETHEUS_CA_FILE"),
+        insecure_skip_verify=_flag_on(src.pick(
             "prometheus_insecure_skip_verify", "SAMP_PROMETHEUS_INSECURE_SKIP_VERIFY", "")),
-        "prometheus_credentials": Credentials(
+        credentials=Credentials(
             token=src.env.get("SAMP_PROMETHEUS_TOKEN") or None,
             username=src.env.get("SAMP_PROMETHEUS_USERNAME") or None,
             password=src.env.get("SAMP_PROMETHEUS_PASSWORD") or None,
         ),
-        "prometheus_namespace_label": src.label(
+        namespace_label=src.label(
             "prometheus_namespace_label", "SAMP_PROMETHEUS_NAMESPACE_LABEL", "namespace"),
-        "prometheus_pod_label": src.label("prometheus_pod_label", "SAMP_PROMETHEUS_POD_LABEL",
-                                          "pod"),
-        "prometheus_allowed_hosts": src.items("prometheus_allowed_hosts",
-                                              "SAMP_PROMETHEUS_ALLOWED_HOSTS"),
-    }
+        pod_label=src.label("prometheus_pod_label", "SAMP_PROMETHEUS_POD_LABEL", "pod"),
+        allowed_hosts=src.items("prometheus_allowed_hosts", "SAMP_PROMETHEUS_ALLOWED_HOSTS"),
+    )
 
 
 def _leader_settings(src: _Source, d: OperatorSettings) -> dict[str, Any]:
@@ -368,7 +349,7 @@ def from_env_and_args(
     return OperatorSettings(
         namespaces=src.items("namespaces", "SAMP_NAMESPACES"),
         **_job_settings(src, d),
-        **_prometheus_settings(src),
+        prometheus=_prometheus_settings(src),
         **_leader_settings(src, d),
         **_runtime_settings(src, d),
     )

@@ -40,8 +40,8 @@ def test_refusal_names_the_field_and_the_setting() -> None:
 
 def test_setting_from_variable_and_flag() -> None:
     env = {"SAMP_PROMETHEUS_ALLOWED_HOSTS": "a.svc, *.monitoring.svc"}
-    assert from_env_and_args(None, env).prometheus_allowed_hosts == ("a.svc", "*.monitoring.svc")
-    assert from_env_and_args(None, {}).prometheus_allowed_hosts == ()
+    assert from_env_and_args(None, env).prometheus.allowed_hosts == ("a.svc", "*.monitoring.svc")
+    assert from_env_and_args(None, {}).prometheus.allowed_hosts == ()
 
 
 class _Redirect(BaseHTTPRequestHandler):

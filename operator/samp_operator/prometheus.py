@@ -52,18 +52,20 @@ number: a string, a range vector) gives ``query_errors[key]``; an empty answer g
 None (the evaluator makes these Error or Inconclusive, never a pass). NaN is passed
 through as NaN.
 
-Each analysis has a total deadline (``analysis_timeout_seconds``, every query
-together): the answer is read as it arrives, so an endpoint that trickles bytes
-cannot hold a reconcile worker past it (a per-read timeout alone does not stop it: the
-fault runs of issue 15 saw one query held 16 s against prometheus-api-client's 5 s read
-timeout).
-That is why the HTTP GET is made here with requests rather than through
-prometheus-api-client's ``custom_query``, which reads the whole body at once.
+Each query goes through prometheus-api-client's ``PrometheusConnect.custom_query``,
+which builds the request (the ``query``/``time`` parameters, headers, basic auth, TLS
+verification, the per-read timeout) and parses ``data.result``. It is given a session
+(samp_operator.prometheus_session) that adds what the library lacks: each analysis has a
+total deadline (``analysis_timeout_seconds``, every query together) and the answer is
+read as it arrives, so an endpoint that trickles bytes cannot hold a reconcile worker past
+it (a per-read timeout alone does not stop it); answers are capped in size; a redirect is
+never followed (it could lead to a host not allowed); every answer but a 200 is refused
+before the library sees it. The library's retries are off (``Retry(total=0)``): an
+unreachable Prometheus is an Error now, not after a backoff.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Mapping
@@ -73,7 +75,7 @@ from typing import Any
 
 import requests
 import urllib3
-from requests.adapters import HTTPAdapter
+from prometheus_api_client import PrometheusConnect
 from urllib3.util.retry import Retry
 
 from samp_core.canary import AnalysisRequest
@@ -92,9 +94,9 @@ from samp_operator.prometheus_queries import (
     prom_duration,
     quote,
 )
+from samp_operator.prometheus_session import BoundedSession, late_reason
 
 log = logging.getLogger("samp.prometheus")
-MAX_ANSWER_BYTES = 4 << 20  # an instant query answering one number is a few hundred bytes
 
 
 @dataclass(frozen=True)
@@ -154,14 +156,17 @@ class PrometheusProvider:
     credentials: Credentials = field(default_factory=Credentials)
 
     def __post_init__(self) -> None:
-        # No retries: an unreachable Prometheus must surface as an Error now, not after backoff.
-        self._base = self.url.rstrip("/")
-        self._session = requests.Session()
+        self._session = BoundedSession(self.analysis_timeout_seconds)
+        # The library sends verify=session.verify per request: it wins over REQUESTS_CA_BUNDLE.
         self._session.verify = self.verify
-        self._session.auth = self.credentials.basic()
         self._session.headers.update(self.credentials.headers())
-        self._session.mount(
-            self._base, HTTPAdapter(max_retries=Retry(total=0, connect=0, read=0, status=0))
+        self._client = PrometheusConnect(
+            url=self.url.rstrip("/"),
+            headers=dict(self.headers) or None,
+            auth=self.credentials.basic(),
+            session=self._session,
+            # No retries: an unreachable Prometheus must surface as an Error now.
+            retry=Retry(total=0, connect=0, read=0, status=0),
         )
 
     # ---------------------------------------------------------------- queries
@@ -210,40 +215,32 @@ class PrometheusProvider:
 
         ``deadline`` (``time.monotonic()``) bounds the whole query, reading included;
         by default ``analysis_timeout_seconds`` from now."""
-        params: dict[str, Any] = {"query": promql}
-        if at is not None:
-            params["time"] = f"{at.timestamp():.3f}"
         if deadline is None:
             deadline = time.monotonic() + self.analysis_timeout_seconds
-        doc = self._get_json(params, deadline)
-        try:
-            result = doc["data"]["result"]
-        except (KeyError, TypeError, IndexError) as err:
-            raise QueryError("malformed answer (no data.result)", unreachable=True,
-                             detail=str(doc)[:300]) from err
+        result = self.query_result(promql, at, deadline)
         try:
             return _number(result)
         except (KeyError, TypeError, IndexError, ValueError) as err:
             raise QueryError("malformed answer (not one number)", unreachable=False,
                              detail=str(result)[:300]) from err
 
-    def _get_json(self, params: Mapping[str, Any], deadline: float) -> Any:
+    def query_result(self, promql: str, at: datetime | None, deadline: float) -> Any:
+        """One instant query's ``data.result``, through the library; QueryError when it
+        failed (the session refuses late, oversized, redirected and non-200 answers)."""
         left = deadline - time.monotonic()
         if left <= 0:
-            raise QueryError(self._late(), unreachable=True)
+            raise QueryError(late_reason(self.analysis_timeout_seconds), unreachable=True)
+        params = {} if at is None else {"time": f"{at.timestamp():.3f}"}
         try:
-            with self._session.get(
-                f"{self._base}/api/v1/query",
-                params=dict(params),
-                headers=dict(self.headers) or None,
-                timeout=max(0.1, min(self.timeout_seconds, left)),
-                stream=True,
-                # per request: a session's verify loses to REQUESTS_CA_BUNDLE
-                verify=self.verify,
-                allow_redirects=False,  # a redirect could lead to a host not allowed
-            ) as resp:
-                body = self._read(resp, deadline)
-                status = resp.status_code
+            with self._session.deadline(deadline):
+                return self._client.custom_query(
+                    promql, params=params, timeout=max(0.1, min(self.timeout_seconds, left)))
+        except requests.exceptions.JSONDecodeError as err:  # a proxy page, not Prometheus
+            raise QueryError("invalid answer (not JSON)", unreachable=True,
+                             detail=f"{err}: {self._session.last_body[:300]!r}") from err
+        except (KeyError, TypeError, IndexError) as err:  # from its ["data"]["result"]
+            raise QueryError("malformed answer (no data.result)", unreachable=True,
+                             detail=repr(self._session.last_body[:300])) from err
         except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as err:
             # The exception's text names the URL: only its kind goes to status.
             reason = type(err).__name__
@@ -251,43 +248,6 @@ class PrometheusProvider:
                 reason += (" (TLS verification failed: give the CA bundle, or opt in to "
                            "insecureSkipVerify)")
             raise QueryError(reason, unreachable=True, detail=str(err)) from err
-        if 300 <= status < 400:
-            raise QueryError(
-                f"HTTP {status}: redirected, which is not followed; set the Prometheus URL "
-                "to the final address",
-                unreachable=True,
-                detail=f"Location: {resp.headers.get('Location')!r}",
-            )
-        if status != 200:
-            raise QueryError(
-                f"HTTP status {status}" + (" (bad_data: the query was refused)"
-                                           if b"bad_data" in body else ""),
-                unreachable=status >= 500 and b"bad_data" not in body,
-                detail=repr(body[:300]),
-            )
-        try:
-            return json.loads(body)
-        except ValueError as err:  # not JSON: a proxy page, not Prometheus
-            raise QueryError("invalid answer (not JSON)", unreachable=True,
-                             detail=f"{err}: {body[:300]!r}") from err
-
-    def _read(self, resp: requests.Response, deadline: float) -> bytes:
-        """The body as it arrives, until the deadline."""
-        body = bytearray()
-        while True:
-            if time.monotonic() > deadline:
-                raise QueryError(self._late(), unreachable=True)
-            chunk = resp.raw.read1(65536, decode_content=True)
-            if not chunk:
-                return bytes(body)
-            body += chunk
-            if len(body) > MAX_ANSWER_BYTES:
-                raise QueryError(f"answer larger than {MAX_ANSWER_BYTES} bytes",
-                                 unreachable=True)
-
-    def _late(self) -> str:
-        return (f"no complete answer within the analysis deadline "
-                f"({self.analysis_timeout_seconds:g} s)")
 
     # --------------------------------------------------------------- measure
 

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from samp_core.canary import AnalysisRequest
 from samp_core.gates import HISTOGRAM_METRICS, Measurement, SideFigures
@@ -34,16 +34,7 @@ def query_vector(
     provider: PrometheusProvider, promql: str, at: datetime | None, deadline: float
 ) -> list[tuple[Mapping[str, str], float]]:
     """One instant query → (labels, value) per series; QueryError when it failed."""
-    params: dict[str, Any] = {"query": promql}
-    if at is not None:
-        params["time"] = f"{at.timestamp():.3f}"
-    doc = provider._get_json(params, deadline)
-    try:
-        result = doc["data"]["result"]
-    except (KeyError, TypeError, IndexError) as err:
-        raise QueryError(
-            f"malformed answer (no data.result): {str(doc)[:100]}", unreachable=True
-        ) from err
+    result = provider.query_result(promql, at, deadline)
     try:
         return [(dict(r["metric"]), float(r["value"][1])) for r in result]
     except (KeyError, TypeError, IndexError, ValueError) as err:

@@ -22,6 +22,7 @@ from samp_local.load import LocalWeights
 from samp_local.processes import free_port
 from samp_operator import prometheus as prom
 from samp_operator import prometheus_queries as promql
+from samp_operator.prometheus_session import MAX_ANSWER_BYTES
 from samp_operator.rollout_cli import annotation_patch, format_status
 from samp_operator.serving import canary_manifests, promoted_stable_patch
 from samp_operator.traffic import (
@@ -366,6 +367,25 @@ def test_each_analysis_has_a_total_deadline() -> None:
         took = time.monotonic() - t0
     assert took < 4, f"the analysis took {took:.1f} s past its 2 s deadline"
     assert m.error is not None and "deadline" in m.error
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        (b"<html>502 Bad Gateway</html>", "invalid answer (not JSON)"),
+        (b" " * (MAX_ANSWER_BYTES + 1), f"answer larger than {MAX_ANSWER_BYTES} bytes"),
+    ],
+    ids=["not-json", "oversized"],
+)
+def test_an_answer_that_is_not_prometheus_is_an_error(answer: bytes, reason: str) -> None:
+    """A 200 that is a proxy's page, or larger than any instant query's answer: the
+    whole measurement is an Error with a short reason (the body goes to the log only)."""
+    with _FakePrometheus(answer) as fake:
+        p = prom.PrometheusProvider(fake.url, timeout_seconds=2)
+        req = AnalysisRequest("a-canary", "a", 30, datetime.now(UTC), 0, 10)
+        m = p.measure(req, GatesSpec())
+    assert m.error == f"Prometheus: {reason}"
+    assert g.overall(g.evaluate(GatesSpec(), m, has_stable=True)) is g.Verdict.ERROR
 
 
 def test_spec_values_cannot_close_a_label_matcher() -> None:

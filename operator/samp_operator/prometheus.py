@@ -157,7 +157,8 @@ class PrometheusProvider:
 
     def __post_init__(self) -> None:
         self._session = BoundedSession(self.analysis_timeout_seconds)
-        # The library sends verify=session.verify per request: it wins over REQUESTS_CA_BUNDLE.
+        # The library sends verify=session.verify with each request, so a CA path or False
+        # wins over REQUESTS_CA_BUNDLE (a session's own verify alone would lose to it).
         self._session.verify = self.verify
         self._session.headers.update(self.credentials.headers())
         self._client = PrometheusConnect(

@@ -310,7 +310,9 @@ def test_operator_runs_the_canary_on_the_control_plane(  # noqa: PLR0917 (fixtur
             assert 50 in share.seen and 100 not in share.seen
             rolled = next(c for c in st["conditions"] if c["type"] == "RolledBack")
             assert rolled["status"] == "True" and rolled["reason"] == "GateFailed"
-            assert "gate p99" in rolled["message"] and "threshold" in rolled["message"]
+            # the judge (rank test) decides before the P99 gates have 500 requests a side
+            assert ("gate p99" in rolled["message"] or "gate judge" in rolled["message"]) and (
+                "threshold" in rolled["message"])
             assert gates["p99"]["value"] is not None and gates["p99"]["baseline"] is not None
             assert args[args.index("--model") + 1] == "/models/base"  # stable untouched
             assert "RolledBack" in reasons and "AnalysisFailed" in reasons

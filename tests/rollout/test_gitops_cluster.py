@@ -12,7 +12,9 @@ actions run, exactly as after a Promoted status write.
   the promotion and a self-heal, the promoted artifact is still what the Service
   serves, the Deployment belongs to the QuantizedModel and to the ``samp-operator``
   field manager, and the only field of a Git object the operator ever changed is the
-  route's ``backendRefs`` (the README's ignoreDifferences). Before the fix the
+  route's ``backendRefs`` (charts/argocd/application.yaml's ignoreDifferences; a sync
+  mid-canary that respects it, as RespectIgnoreDifferences does, leaves the canary its
+  share). Before the fix the
   Deployment was merge-patched by the client's default manager with no owner, and
   the route written by that default manager too.
 * PatchInPlace, the Deployment in Git: the self-heal reverts the promotion (the
@@ -123,13 +125,27 @@ def _driver(cluster: ControlPlane, ns: str, qm: dict[str, Any], uid: str) -> Can
     return CanaryDriver(serving, router_for(spec, NAME, ns, apps, custom), NoPrometheus())
 
 
-def _canary_then_promote(driver: CanaryDriver, cluster: ControlPlane, ns: str) -> None:
-    """The canary at 50% through the route, then the promotion's actions."""
+def _respecting_live_backends(git_route: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
+    """The route Argo CD applies under charts/argocd/application.yaml: Git's, with the
+    ignored ``.spec.rules[].backendRefs`` taken from the live object
+    (RespectIgnoreDifferences=true)."""
+    out = copy.deepcopy(git_route)
+    for rule, live_rule in zip(out["spec"]["rules"], live["spec"]["rules"], strict=True):
+        rule["backendRefs"] = live_rule["backendRefs"]
+    return out
+
+
+def _canary_then_promote(driver: CanaryDriver, cluster: ControlPlane, ns: str,
+                         git_route: dict[str, Any]) -> None:
+    """The canary at 50% through the route, a self-heal sync, then the promotion."""
     spec = driver.serving.spec  # type: ignore[attr-defined]
     start = (EnsureCanary("tiny-llama-canary", ARTIFACT, 1, ("tiny-llama",)), SetWeight(50))
     assert driver.apply(CanaryDecision(status=QuantizedModelStatus(), actions=start))
     route = _get(cluster, ns, "HTTPRoute", ROUTE)
     assert weights_of(route, SERVICE, "tiny-llama-canary") == [(50, 50)]
+    # a sync mid-canary under the documented ignoreDifferences leaves the canary its share
+    _git_apply(cluster, ns, _respecting_live_backends(git_route, route))
+    assert driver.router.verify_weight(50)
     promoted = QuantizedModelStatus(phase=Phase.PROMOTED, attempt=1, artifact_uri=ARTIFACT)
     actions = settle(spec, promoted)
     assert actions, "a Promoted status has promotion actions"
@@ -164,7 +180,7 @@ def test_default_promotion_survives_argo_cd_self_heal(
     git = _git_objects(ns)  # management unset: the default
     qm, service, route = (_git_apply(cluster, ns, o) for o in git)
     driver = _driver(cluster, ns, git[0], qm["metadata"]["uid"])
-    _canary_then_promote(driver, cluster, ns)
+    _canary_then_promote(driver, cluster, ns, git[2])
 
     stable = _get(cluster, ns, "Deployment", STABLE)
     assert _served_model(stable) == "/artifacts/tiny/out-a1"
@@ -204,7 +220,7 @@ def test_patch_in_place_drifts_under_self_heal(
     git = [_deployment(ns), *_git_objects(ns, "PatchInPlace")]
     applied = [_git_apply(cluster, ns, o) for o in git]
     driver = _driver(cluster, ns, git[1], applied[1]["metadata"]["uid"])
-    _canary_then_promote(driver, cluster, ns)
+    _canary_then_promote(driver, cluster, ns, git[3])
 
     stable = _get(cluster, ns, "Deployment", STABLE)
     assert _served_model(stable) == "/artifacts/tiny/out-a1"

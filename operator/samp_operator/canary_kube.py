@@ -244,32 +244,21 @@ class KubeServing:
 
     def _apply_owned(self, deployment: str, canary_doc: dict[str, Any]) -> None:
         """OperatorOwned: server-side apply the whole serving Deployment, owned by this
-        QuantizedModel; created when missing, taken over (its selector and container
-        name kept) when it exists."""
-        try:
-            current = self.apps.read_namespaced_deployment(deployment, self.namespace)
-        except Exception as err:
-            if _status_code(err) != 404:
-                raise
-            current = None
-        selector = {OWNER_LABEL: self.name, ROLE_LABEL: "stable"}
-        container = "vllm"
-        if current is not None:
-            doc = self.apps.api_client.sanitize_for_serialization(current)
-            selector = dict(doc["spec"]["selector"].get("matchLabels") or {})
-            names = [c["name"] for c in doc["spec"]["template"]["spec"]["containers"]]
-            container = "vllm" if "vllm" in names or not names else names[0]
+        QuantizedModel; created when missing, taken over when it exists."""
+        selector, container = self._existing_shape(deployment)
         stable = self.spec.serving.stable
         service_selector: dict[str, str] = {}
         if stable is not None:
             svc = self.core.read_namespaced_service(stable.service, self.namespace)
             service_selector = dict(svc.spec.selector or {})
+        # the stable's name first (its model_name label in Prometheus), then the names
+        # clients send
         first = stable_model_name(self.spec, self.name) or served_model_name(
             self.spec, self.name)
-        names = list(dict.fromkeys([first, *client_model_names(self.spec, self.name)]))
+        served = list(dict.fromkeys([first, *client_model_names(self.spec, self.name)]))
         owner = {"apiVersion": API_VERSION, "kind": KIND, "name": self.name, "uid": self.uid}
         body = owned_stable_manifest(
-            deployment, self.namespace, canary_doc, names, selector, service_selector,
+            deployment, self.namespace, canary_doc, served, selector, service_selector,
             self.spec.serving.replicas, owner if self.uid else None, container,
         )
         self.apps.patch_namespaced_deployment(
@@ -278,6 +267,21 @@ class KubeServing:
         )
         log.info("%s/%s: Deployment %s (owned by the operator) now serves the artifact",
                  self.namespace, self.name, deployment)
+
+    def _existing_shape(self, deployment: str) -> tuple[dict[str, str], str]:
+        """(selector, vLLM container name) to apply with: an existing Deployment's (its
+        selector is immutable; its ``vllm`` container, else its first, is the one
+        replaced), else the operator's own."""
+        try:
+            current = self.apps.read_namespaced_deployment(deployment, self.namespace)
+        except Exception as err:
+            if _status_code(err) != 404:
+                raise
+            return {OWNER_LABEL: self.name, ROLE_LABEL: "stable"}, "vllm"
+        doc = self.apps.api_client.sanitize_for_serialization(current)
+        selector = dict(doc["spec"]["selector"].get("matchLabels") or {})
+        names = [c["name"] for c in doc["spec"]["template"]["spec"]["containers"]]
+        return selector, "vllm" if "vllm" in names or not names else names[0]
 
 
 def settled_marker(status: QuantizedModelStatus) -> tuple[str, int, int | None]:

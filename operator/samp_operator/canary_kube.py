@@ -14,9 +14,11 @@ still exists, so actions cut short by an error or a restart are finished.
   ≥ replicas; EnsureCanary creates the canary Deployment and Service
   (samp_operator.serving) owned by the QuantizedModel, and replaces a canary Deployment
   that exists with another pod template (annotation ``samp.dev/template-digest``);
-  PromoteStable (UpdateStable) patches the stable Deployment, or creates ``<name>`` from
-  the canary's template when there is no stable; RemoveCanary deletes the canary's
-  Deployment and Service.
+  PromoteStable (UpdateStable) server-side applies the serving Deployment the operator
+  owns (``serving.stable.management: OperatorOwned``, the default: the stable's name, or
+  ``<name>`` without a stable) from the canary's template, or merge-patches a user-owned
+  stable (``PatchInPlace``); RemoveCanary deletes the canary's Deployment and Service.
+  Every write carries the field manager ``samp-operator`` (README, "GitOps layouts").
 * :func:`router_for` — the HTTPRoute router, else the replica-ratio router when a stable
   target exists, else :class:`~samp_operator.traffic.NoRouter` (the canary then is the
   only backend).
@@ -47,6 +49,8 @@ from samp_core.canary import (
     PromoteStable,
     RemoveCanary,
     SetWeight,
+    client_model_names,
+    served_model_name,
     settle,
     stable_model_name,
 )
@@ -55,9 +59,18 @@ from samp_core.spec import QuantizedModelSpec
 from samp_core.status import Phase, QuantizedModelStatus
 from samp_operator.canary_driver import CanaryDriver
 from samp_operator.prometheus_access import ProviderFactory
-from samp_operator.serving import canary_manifests, canary_names, promoted_stable_patch
+from samp_operator.serving import (
+    OWNER_LABEL,
+    ROLE_LABEL,
+    canary_manifests,
+    canary_names,
+    owned_stable_manifest,
+    promoted_stable_patch,
+)
 from samp_operator.settings import PrometheusDefaults
 from samp_operator.traffic import (
+    APPLY_PATCH,
+    FIELD_MANAGER,
     MERGE_PATCH,
     HTTPRouteRouter,
     NoRouter,
@@ -210,41 +223,65 @@ class KubeServing:
         canary = self.apps.read_namespaced_deployment(self.names[0], self.namespace)
         canary_doc = self.apps.api_client.sanitize_for_serialization(canary)
         stable = self.spec.serving.stable
-        if stable is None:
-            _tolerate(self.apps.create_namespaced_deployment, 409, self.namespace,
-                      self._stable_from(canary_doc))
+        if stable is not None and stable.management == "PatchInPlace":
+            self._patch_in_place(stable.deployment, canary_doc)
             return
-        current = self.apps.read_namespaced_deployment(stable.deployment, self.namespace)
+        self._apply_owned(stable.deployment if stable else self.name, canary_doc)
+
+    def _patch_in_place(self, deployment: str, canary_doc: dict[str, Any]) -> None:
+        """PatchInPlace: merge-patch a user-owned stable Deployment, under the field
+        manager a GitOps tool is told to ignore."""
+        current = self.apps.read_namespaced_deployment(deployment, self.namespace)
         current_doc = self.apps.api_client.sanitize_for_serialization(current)
         served = stable_model_name(self.spec, self.name) or self.name
         patch = promoted_stable_patch(current_doc, canary_doc, served)
         self.apps.patch_namespaced_deployment(
-            stable.deployment, self.namespace, patch, _content_type=MERGE_PATCH
+            deployment, self.namespace, patch, field_manager=FIELD_MANAGER,
+            _content_type=MERGE_PATCH,
         )
-        log.info("%s/%s: stable Deployment %s now serves the artifact", self.namespace,
-                 self.name, stable.deployment)
+        log.info("%s/%s: stable Deployment %s patched in place to serve the artifact",
+                 self.namespace, self.name, deployment)
 
-    def _stable_from(self, canary_doc: dict[str, Any]) -> dict[str, Any]:
-        """No stable yet: the canary's template becomes the stable ``<name>`` Deployment."""
-        template: dict[str, Any] = canary_doc["spec"]["template"]
-        template["metadata"]["labels"]["samp.dev/role"] = "stable"
-        return {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {
-                "name": self.name,
-                "namespace": self.namespace,
-                "labels": canary_doc["metadata"].get("labels", {}),
-            },
-            "spec": {
-                "replicas": self.spec.serving.replicas,
-                "selector": {
-                    "matchLabels": {"samp.dev/quantizedmodel": self.name,
-                                    "samp.dev/role": "stable"}
-                },
-                "template": template,
-            },
-        }
+    def _apply_owned(self, deployment: str, canary_doc: dict[str, Any]) -> None:
+        """OperatorOwned: server-side apply the whole serving Deployment, owned by this
+        QuantizedModel; created when missing, taken over when it exists."""
+        selector, container = self._existing_shape(deployment)
+        stable = self.spec.serving.stable
+        service_selector: dict[str, str] = {}
+        if stable is not None:
+            svc = self.core.read_namespaced_service(stable.service, self.namespace)
+            service_selector = dict(svc.spec.selector or {})
+        # the stable's name first (its model_name label in Prometheus), then the names
+        # clients send
+        first = stable_model_name(self.spec, self.name) or served_model_name(
+            self.spec, self.name)
+        served = list(dict.fromkeys([first, *client_model_names(self.spec, self.name)]))
+        owner = {"apiVersion": API_VERSION, "kind": KIND, "name": self.name, "uid": self.uid}
+        body = owned_stable_manifest(
+            deployment, self.namespace, canary_doc, served, selector, service_selector,
+            self.spec.serving.replicas, owner if self.uid else None, container,
+        )
+        self.apps.patch_namespaced_deployment(
+            deployment, self.namespace, body, field_manager=FIELD_MANAGER, force=True,
+            _content_type=APPLY_PATCH,
+        )
+        log.info("%s/%s: Deployment %s (owned by the operator) now serves the artifact",
+                 self.namespace, self.name, deployment)
+
+    def _existing_shape(self, deployment: str) -> tuple[dict[str, str], str]:
+        """(selector, vLLM container name) to apply with: an existing Deployment's (its
+        selector is immutable; its ``vllm`` container, else its first, is the one
+        replaced), else the operator's own."""
+        try:
+            current = self.apps.read_namespaced_deployment(deployment, self.namespace)
+        except Exception as err:
+            if _status_code(err) != 404:
+                raise
+            return {OWNER_LABEL: self.name, ROLE_LABEL: "stable"}, "vllm"
+        doc = self.apps.api_client.sanitize_for_serialization(current)
+        selector = dict(doc["spec"]["selector"].get("matchLabels") or {})
+        names = [c["name"] for c in doc["spec"]["template"]["spec"]["containers"]]
+        return selector, "vllm" if "vllm" in names or not names else names[0]
 
 
 def settled_marker(status: QuantizedModelStatus) -> tuple[str, int, int | None]:

@@ -262,3 +262,52 @@ def promoted_stable_patch(
             }
         }
     }
+
+
+def owned_stable_manifest(  # noqa: PLR0917 (each argument is one fact of the apply)
+    deployment: str,
+    namespace: str,
+    canary_deployment: dict[str, Any],
+    served_names: list[str],
+    selector: dict[str, str],
+    service_selector: dict[str, str],
+    replicas: int,
+    owner: dict[str, Any] | None,
+    container_name: str = "vllm",
+) -> dict[str, Any]:
+    """The serving Deployment the operator owns (``management: OperatorOwned``), as a
+    server-side apply body: the canary's pod template serving under the stable's names.
+
+    ``selector``: the existing Deployment's (immutable), or the operator's own for a new
+    one; the pod labels carry it and the stable Service's selector, so the Service that
+    clients and the route use sends them here. Applied with the field manager
+    ``samp-operator``, it owns everything it sets; fields it does not set on a
+    Deployment it takes over keep their values. The ownerReference makes it belong to
+    the QuantizedModel, as a Rollout's ReplicaSets belong to the Rollout.
+    """
+    template = canary_deployment["spec"]["template"]
+    c_container = template["spec"]["containers"][0]
+    labels = {k: v for k, v in template["metadata"].get("labels", {}).items()
+              if k != ATTEMPT_LABEL}
+    labels.update(service_selector)
+    labels.update({ROLE_LABEL: "stable", SERVED_LABEL: label_value(served_names[0]),
+                   "app.kubernetes.io/component": "stable"})
+    labels.update(selector)
+    annotations = {**template["metadata"].get("annotations", {}),
+                   "samp.dev/promoted-from": canary_deployment["metadata"]["name"]}
+    container = {**c_container, "name": container_name,
+                 "args": _with_served_names(list(c_container["args"]), served_names)}
+    pod = {k: v for k, v in template["spec"].items() if k != "containers"}
+    meta_labels = {k: v for k, v in labels.items() if k != SERVED_LABEL}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": deployment, "namespace": namespace, "labels": meta_labels,
+                     "ownerReferences": _owner(owner)},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector},
+            "template": {"metadata": {"labels": labels, "annotations": annotations},
+                         "spec": {**pod, "containers": [container]}},
+        },
+    }

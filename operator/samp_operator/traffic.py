@@ -5,7 +5,9 @@ as Argo Rollouts' traffic routers.
   in every rule that references the stable backend Service, the stable and canary
   ``backendRefs`` get weights ``100 - w`` and ``w`` (the canary ref is added next to the
   stable one when missing, removed at weight 0). Verify reads the route back and
-  checks the weights, and that no parent reports ``Accepted=False``.
+  checks the weights, and that no parent reports ``Accepted=False``. The writes carry
+  the field manager ``samp-operator``, so the ``backendRefs`` it sets are the fields a
+  GitOps tool is told to ignore.
 * :class:`ReplicaRatioRouter` — no route: canary pods carry the stable Service's
   selector labels, so traffic follows the ratio of ready pods. With ``N`` replicas in
   total the canary gets ``max(1, round(N * w / 100))`` (all ``N`` at 100) and the stable
@@ -29,6 +31,11 @@ GATEWAY_VERSION = "v1"
 HTTPROUTES = "httproutes"
 # The generated client defaults PATCH to JSON Patch; our bodies are merge patches.
 MERGE_PATCH = "application/merge-patch+json"
+APPLY_PATCH = "application/apply-patch+yaml"  # server-side apply (a JSON body is YAML)
+# Every write the operator makes to a user's or its own serving objects carries this
+# manager, so a GitOps tool can tell its fields apart (Argo CD: ignoreDifferences
+# managedFieldsManagers; see the README, "GitOps layouts").
+FIELD_MANAGER = "samp-operator"
 
 
 class TrafficRouter(Protocol):
@@ -133,7 +140,8 @@ class HTTPRouteRouter:
         # Replace with resourceVersion: a concurrent writer makes this fail (409) and
         # the operator retries, rather than silently losing one of the two writes.
         self.api.replace_namespaced_custom_object(
-            GATEWAY_GROUP, GATEWAY_VERSION, self.namespace, HTTPROUTES, self.route, desired
+            GATEWAY_GROUP, GATEWAY_VERSION, self.namespace, HTTPROUTES, self.route, desired,
+            field_manager=FIELD_MANAGER,
         )
 
     def verify_weight(self, weight: int) -> bool:
@@ -193,7 +201,7 @@ class ReplicaRatioRouter:
             if target >= have or other_ready:
                 self.apps.patch_namespaced_deployment_scale(
                     name, self.namespace, {"spec": {"replicas": target}},
-                    _content_type=MERGE_PATCH,
+                    field_manager=FIELD_MANAGER, _content_type=MERGE_PATCH,
                 )
 
     def ready(self, name: str) -> int:

@@ -19,7 +19,7 @@ from samp_local.processes import free_port
 from samp_operator import prometheus as prom
 from samp_operator import prometheus_queries as promql
 from samp_operator.rollout_cli import annotation_patch, format_status
-from samp_operator.serving import canary_manifests, promoted_stable_patch
+from samp_operator.serving import canary_manifests, owned_stable_manifest, promoted_stable_patch
 from samp_operator.traffic import (
     effective_weight,
     replica_split,
@@ -186,6 +186,36 @@ def test_promoted_stable_patch_keeps_the_stable_name() -> None:
     assert args[start : start + 2] == ["tiny-llama", "--host"]  # every canary name replaced
     assert patch["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 30
     assert args[args.index("--model") + 1] == "/artifacts/x"
+
+
+def test_owned_stable_manifest_serves_under_the_stable_names() -> None:
+    """OperatorOwned: the canary's template under the stable's names, selected by the
+    existing selector and by the stable Service."""
+    qm = tiny()
+    dep, _ = canary_manifests(qm.name, "default", qm.spec, "pvc://models/x",
+                              served_model_name="tiny-llama-canary", aliases=("tiny-llama",),
+                              attempt=2)
+    owner = {"apiVersion": "samp.dev/v1alpha1", "kind": "QuantizedModel",
+             "name": "tiny-llama", "uid": "u-1"}
+    body = owned_stable_manifest(
+        "tiny-llama-stable", "default", dep, ["tiny-llama"],
+        {"app": "tiny-llama", "samp.dev/role": "stable"}, {"app": "tiny-llama"}, 3, owner,
+        "server",
+    )
+    spec = body["spec"]
+    assert spec["replicas"] == 3
+    assert spec["selector"] == {"matchLabels": {"app": "tiny-llama", "samp.dev/role": "stable"}}
+    labels = spec["template"]["metadata"]["labels"]
+    assert labels["samp.dev/role"] == "stable" and labels["app"] == "tiny-llama"
+    assert "samp.dev/attempt" not in labels  # one template whichever attempt promoted it
+    (container,) = spec["template"]["spec"]["containers"]
+    assert container["name"] == "server"  # the existing container is the one replaced
+    args = container["args"]
+    start = args.index("--served-model-name") + 1
+    assert args[start : start + 2] == ["tiny-llama", "--host"]
+    assert args[args.index("--model") + 1] == "/artifacts/x"
+    (ref,) = body["metadata"]["ownerReferences"]
+    assert ref["uid"] == "u-1" and ref["controller"] is True
 
 
 def test_cli_patches_only_annotations() -> None:

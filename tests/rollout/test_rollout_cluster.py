@@ -10,7 +10,8 @@ Wiring (README.md, "How this joins the operator"):
 * the operator's canary hook then creates the canary Deployment and Service in the
   cluster (KWOK makes its pod Ready; no container runs), moves the weights of a real
   Gateway API HTTPRoute, measures the real Prometheus (``spec.gates.prometheusUrl``),
-  and promotes by patching the stable Deployment;
+  and promotes by server-side applying the stable Deployment, which it then owns
+  (``serving.stable.management: OperatorOwned``, the default);
 * the vLLM servers run beside the cluster as local processes under the served names the
   manifests carry (``tiny-llama`` and ``tiny-llama-canary``); the load generator reads
   the HTTPRoute's backend weights from the API server every half second and splits its

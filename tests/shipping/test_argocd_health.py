@@ -98,11 +98,14 @@ def test_argocd_cm_snippet_embeds_the_script_verbatim() -> None:
     assert cm["data"]["resource.customizations.health.samp.dev_QuantizedModel"] == SCRIPT
 
 
-def test_application_ignores_only_route_weights() -> None:
+def test_application_ignores_only_route_backends() -> None:
+    """What the operator changes in a Git object is the route's backendRefs (the canary's
+    ref and the weights; tests/rollout/test_gitops_cluster.py), kept by syncs too."""
     app = yaml.safe_load((ARGOCD / "application.yaml").read_text())
     (rule,) = app["spec"]["ignoreDifferences"]
     assert rule["kind"] == "HTTPRoute"
-    assert rule["jqPathExpressions"] == [".spec.rules[].backendRefs[].weight"]
+    assert rule["jqPathExpressions"] == [".spec.rules[].backendRefs"]
+    assert "RespectIgnoreDifferences=true" in app["spec"]["syncPolicy"]["syncOptions"]
 
 
 def test_waiting_for_manual_promotion_is_suspended() -> None:

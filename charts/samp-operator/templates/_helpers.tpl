@@ -31,8 +31,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
      pods and configmaps are only listed and watched, never read one by one; events are
      core/v1 and only created. The canary half never lists or watches Deployments,
      Services or HTTPRoutes (it reads them by name), replaces HTTPRoutes (update, never
-     patch), merge-patches the stable Deployment and scales by deployments/scale patch
-     (replica-split router). Secrets: only with prometheusAuth.readTenantSecrets, to read
+     patch), server-side applies the serving Deployment it owns (or merge-patches a
+     user-owned stable, PatchInPlace), both a deployments patch, and scales by
+     deployments/scale patch (replica-split router). Secrets: only with prometheusAuth.readTenantSecrets, to read
      by name the Secret spec.gates.prometheusSecretRef names (credentials and CA of a
      resource's own Prometheus); off by default, as it grants reading every Secret of
      the watched namespaces. */}}

@@ -29,6 +29,22 @@ class QuantizedModelSpec(ApiModel):
             holds=lambda s: s.serving.stable is not None
             or s.gates.latency.p99_max_seconds is not None,
         ),
+        Rule(
+            # ShiftRoute leaves the stable Deployment alone: a PatchInPlace asked for
+            # there would silently never happen.
+            cel="!(has(self.serving) && has(self.serving.stable) && "
+            "has(self.serving.stable.management) && "
+            "self.serving.stable.management == 'PatchInPlace' && has(self.rollout) && "
+            "has(self.rollout.promotionStrategy) && "
+            "self.rollout.promotionStrategy == 'ShiftRoute')",
+            message="spec.serving.stable.management PatchInPlace patches the stable "
+            "Deployment on promotion, which rollout.promotionStrategy ShiftRoute never "
+            "does: drop management (or use promotionStrategy UpdateStable)",
+            holds=lambda s: s.serving.stable is None
+            or s.serving.stable.management != "PatchInPlace"
+            or s.rollout.promotion_strategy != "ShiftRoute",
+            field_path=".serving.stable.management",
+        ),
     )
 
     model: ModelSpec = Field(description="The unquantized base model.")

@@ -49,6 +49,9 @@ def _owned_flag_rule(flag: str, field: str) -> Rule:
     )
 
 
+StableManagement = Literal["OperatorOwned", "PatchInPlace"]
+
+
 class StableTarget(ApiModel):
     """The serving Deployment the canary is compared against and replaces on promotion."""
 
@@ -64,6 +67,18 @@ class StableTarget(ApiModel):
         pattern=SERVED_MODEL_NAME_PATTERN,
         description="model_name label of the stable vLLM series in Prometheus: letters, "
         "digits and . _ : / - (it reaches PromQL label matchers).",
+    )
+    management: StableManagement = Field(
+        default="OperatorOwned",
+        description="Who owns the stable Deployment, i.e. how promotion (promotionStrategy "
+        "UpdateStable) changes it. OperatorOwned: the operator server-side applies the "
+        "whole serving Deployment under its own field manager (samp-operator) and owns it "
+        "(ownerReference to this QuantizedModel), creating it when missing; keep it out of "
+        "Git (keep the QuantizedModel, Service and HTTPRoute there) and nothing in Git "
+        "drifts. PatchInPlace: a user-owned Deployment (e.g. in Git) is merge-patched "
+        "(image, args, volumes); under Argo CD self-heal that reverts the promotion unless "
+        "the Application ignores samp-operator's fields (managedFieldsManagers with "
+        "RespectIgnoreDifferences=true). See the README, 'GitOps layouts'.",
     )
 
 

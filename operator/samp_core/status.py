@@ -163,7 +163,7 @@ class CanaryStatus(StatusModel):
 
 
 class HandledRequests(ApiModel):
-    """The promote/abort annotation values already handled: each value acts at most once.
+    """The promote/abort/retry annotation values already handled: each acts at most once.
 
     A value is recorded when it is acted on, or set aside (it predates the canary, or
     arrived before the canary started: a promotion is asked of a running canary). The
@@ -176,6 +176,14 @@ class HandledRequests(ApiModel):
     )
     abort: str | None = Field(
         default=None, max_length=256, description="samp.dev/abort value last handled."
+    )
+    retry: str | None = Field(
+        default=None, max_length=256, description="samp.dev/retry value last handled."
+    )
+    retried_at: str | None = Field(
+        default=None,
+        description="When a retry last acted: a stage Job that failed before it is run again.",
+        json_schema_extra={"format": "date-time"},
     )
 
 
@@ -260,7 +268,7 @@ class QuantizedModelStatus(StatusModel):
     canary: CanaryStatus | None = Field(default=None, description="Canary progress.")
     handled_requests: HandledRequests | None = Field(
         default=None,
-        description="Promote/abort annotation values already acted on or set aside; "
+        description="Promote/abort/retry annotation values already acted on or set aside; "
         "each value acts at most once.",
     )
     attempt: int = Field(default=1, ge=1, description="Current attempt number.")

@@ -123,6 +123,25 @@ class GateResult(StatusModel):
     message: str = Field(default="", max_length=1024, description="Why, for humans.")
 
 
+class StageProgress(StatusModel):
+    """How far the running stage's Job is, from the last progress record in its log
+    (samp_core.progress); refreshed at most every few tens of seconds, cleared when the
+    stage ends."""
+
+    stage: str = Field(max_length=32, description="The stage reporting progress.")
+    job: str = Field(max_length=63, description="The stage Job whose log it came from.")
+    done: int = Field(ge=0, description="Units done.")
+    total: int = Field(ge=0, description="Units in all.")
+    unit: str = Field(max_length=32, description="What is counted (layers, tokens, ...).")
+    percent: float = Field(ge=0, le=100, description="done / total, in percent.")
+    eta_seconds: int | None = Field(
+        default=None, ge=0, description="Estimated seconds left, from the pace so far."
+    )
+    updated_at: str = Field(
+        description="When the operator read the record.", json_schema_extra={"format": "date-time"}
+    )
+
+
 class CanaryStatus(StatusModel):
     """Where the canary is."""
 
@@ -266,6 +285,9 @@ class QuantizedModelStatus(StatusModel):
         default_factory=list, max_length=MAX_GATE_RESULTS, description="Last gate figures."
     )
     canary: CanaryStatus | None = Field(default=None, description="Canary progress.")
+    progress: StageProgress | None = Field(
+        default=None, description="Progress of the running stage's Job (units done, ETA)."
+    )
     handled_requests: HandledRequests | None = Field(
         default=None,
         description="Promote/abort/retry annotation values already acted on or set aside; "

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from samp_core import history
+from samp_core.progress import still_running
 from samp_core.reconcile.decision import ChildRef, Decision, ObservedJob, clip, parse_status
 from samp_core.reconcile.invalid import invalid_spec, unsupported_stores
 from samp_core.reconcile.phase import Outcome, done_stages, set_conditions
@@ -55,6 +56,7 @@ def reconcile(
     stop = walk_stages(walk)
 
     status.stages = walk.records
+    status.progress = still_running(status.progress, walk.records)
     clear_stale_outputs(status, done_stages(status))
     for name in sorted({j.name for j in jobs if not j.deleting} - walk.keep):
         decision.delete.append(ChildRef("Job", name))

@@ -15,7 +15,8 @@ fresh GET) → the canary's actions (traffic, canary, stable) → create and del
 (idempotent) → post Events → update metrics → schedule the next look when the decision
 asks for one (``loop.call_later``, never a sleep). Errors back off exponentially per
 resource (2 s doubling to 5 min) and are counted. A resource nothing happens to costs no
-API request at all (tests/benchmarks/operator_results.md).
+API request at all (tests/benchmarks/operator_results.md); one whose stage Job runs costs
+one pods/log read per ``progress_seconds`` for status.progress (progress_reader.py).
 
 Canary: when the quantization stages are all done (``decision.quantized``), the decision
 goes through the canary stage main.py wired in (samp_operator.canary_kube.KubeCanary: the

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from test_reconcile import World, manifest
 
 from samp_core.progress import (
     REFRESH_SECONDS,
@@ -17,7 +18,6 @@ from samp_core.progress import (
     to_status,
 )
 from samp_core.status import StageStatus
-from test_reconcile import World, manifest
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 JOB = "llama-g1-sens"

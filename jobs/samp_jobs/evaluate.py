@@ -33,6 +33,7 @@ from tqdm import tqdm
 from samp_core.results import EvaluationResult
 from samp_jobs.calibration import CalibrationDataError, encode, jsonl_lines
 from samp_jobs.modeling import ModelLoadError
+from samp_jobs.runlog import progress as report
 
 
 class EvalDataError(ValueError):
@@ -200,7 +201,8 @@ def compare_texts(
     """Teacher-forced comparison of next-token distributions on held-out texts."""
     st = TokenStats()
     db, dq = input_device(base), input_device(quant)
-    for text in tqdm(texts, desc="eval texts", disable=not progress, leave=False):
+    for text in report(tqdm(texts, desc="eval texts", disable=not progress, leave=False),
+                       "evaluate", "held-out texts", total=len(texts)):
         ids = torch.tensor([encode(tokenizer, text)[:max_len]])
         if ids.shape[1] < 2:
             continue
@@ -287,7 +289,8 @@ def evaluate(
     em_b = em_q = js_b = js_q = 0
     flips = 0
     n_json = sum(1 for t in tasks if t.kind == "json")
-    for t in tqdm(tasks, desc="eval tasks", disable=not progress, leave=False):
+    for t in report(tqdm(tasks, desc="eval tasks", disable=not progress, leave=False),
+                    "evaluate", "tasks", total=len(tasks)):
         ab = greedy(base, tokenizer, t.prompt, max_new_tokens)
         aq = greedy(quant, tokenizer, t.prompt, max_new_tokens)
         cb, cq = is_correct(ab, t), is_correct(aq, t)

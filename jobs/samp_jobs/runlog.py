@@ -13,12 +13,15 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator, Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from samp_core.progress import ProgressRecord
 from samp_core.results import ResultBase, Stage
 from samp_core.stored_result import stored_result_document
 
+T = TypeVar("T")
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 RESULT_FILES: dict[str, str] = {
     "calibrate": "calibration.json",
@@ -33,6 +36,35 @@ def log(event: str, **fields: Any) -> None:
     """One JSON object per line on stderr: {"ts", "event", ...fields}."""
     record = {"ts": round(time.time(), 3), "event": event, **fields}
     print(json.dumps(record, default=str, sort_keys=True), file=sys.stderr, flush=True)
+
+
+PROGRESS_EVERY_SECONDS = 5.0
+
+
+def progress(items: Iterable[T], stage: str, unit: str, *, total: int | None = None,
+             every: float = PROGRESS_EVERY_SECONDS,
+             clock: Callable[[], float] = time.time) -> Iterator[T]:
+    """``items``, logging a progress record (samp_core.progress) at the start, after the
+    last item and at most every ``every`` seconds in between, so a pass over 80 layers or
+    a million tokens logs a bounded number of lines. The operator reads the newest one
+    from the pod's log into status.progress."""
+    if total is None:
+        total = len(items) if isinstance(items, Sized) else 0
+    started = clock()
+
+    def emit(done: int, now: float) -> None:
+        record = ProgressRecord(stage=stage, done=done, total=max(total, done), unit=unit,
+                                started=started, ts=now)
+        print(record.to_json(), file=sys.stderr, flush=True)
+
+    emit(0, started)
+    last = started
+    for done, item in enumerate(items, 1):
+        yield item
+        now = clock()
+        if done == total or now - last >= every:
+            emit(done, now)
+            last = now
 
 
 def termination_path(requested: str | None) -> Path | None:

@@ -30,6 +30,7 @@ from samp_jobs.placement import (
     module_bytes,
     plan_memory,
 )
+from samp_jobs.runlog import progress
 from samp_jobs.scoring import (
     Accumulator,
     ScoringOptions,
@@ -152,7 +153,10 @@ class SequentialScorer:
         return out
 
     def _progress(self, it: Any, desc: str) -> Any:
-        return tqdm(it, desc=desc, disable=not self.opts.progress, leave=False)
+        """A bar on stderr (unless --no-progress) and progress records for the operator."""
+        items = list(it)
+        bar = tqdm(items, desc=desc, disable=not self.opts.progress, leave=False)
+        return progress(bar, "sensitivity", desc, total=len(items))
 
     def _head_groups(self) -> list[LayerGroup]:
         return self.by_layer.get(None, [])

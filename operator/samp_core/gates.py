@@ -136,7 +136,7 @@ def _requests(w: Window) -> GateResult:
     traffic = w.traffic
     verdict, message = traffic if traffic is not None else (
         Verdict.SUCCESSFUL,
-        f"canary finished {num(m.canary.requests)} requests in {m.window_seconds:.0f}s",
+        finished_text(m.canary.requests, m.window_seconds),
     )
     return result(
         GATE_REQUESTS,
@@ -146,6 +146,13 @@ def _requests(w: Window) -> GateResult:
         threshold=f">= {minimum}",
         message=message,
     )
+
+
+def finished_text(requests: float | None, window_seconds: float) -> str:
+    """Prometheus' increase() extrapolates to fractions: whole requests and a rate."""
+    n = max(0.0, requests or 0.0)
+    rate = f" ({n / window_seconds:.2f} requests/s)" if window_seconds > 0 else ""
+    return f"canary finished {n:.0f} requests in {window_seconds:.0f}s{rate}"
 
 
 def _error_rate(w: Window) -> GateResult:

@@ -123,6 +123,25 @@ class GateResult(StatusModel):
     message: str = Field(default="", max_length=1024, description="Why, for humans.")
 
 
+class StageProgress(StatusModel):
+    """How far the running stage's Job is, from the last progress record in its log
+    (samp_core.progress); refreshed at most every few tens of seconds, cleared when the
+    stage ends."""
+
+    stage: str = Field(max_length=32, description="The stage reporting progress.")
+    job: str = Field(max_length=63, description="The stage Job whose log it came from.")
+    done: int = Field(ge=0, description="Units done.")
+    total: int = Field(ge=0, description="Units in all.")
+    unit: str = Field(max_length=32, description="What is counted (layers, tokens, ...).")
+    percent: float = Field(ge=0, le=100, description="done / total, in percent.")
+    eta_seconds: int | None = Field(
+        default=None, ge=0, description="Estimated seconds left, from the pace so far."
+    )
+    updated_at: str = Field(
+        description="When the operator read the record.", json_schema_extra={"format": "date-time"}
+    )
+
+
 class CanaryStatus(StatusModel):
     """Where the canary is."""
 
@@ -163,7 +182,7 @@ class CanaryStatus(StatusModel):
 
 
 class HandledRequests(ApiModel):
-    """The promote/abort annotation values already handled: each value acts at most once.
+    """The promote/abort/retry annotation values already handled: each acts at most once.
 
     A value is recorded when it is acted on, or set aside (it predates the canary, or
     arrived before the canary started: a promotion is asked of a running canary). The
@@ -176,6 +195,14 @@ class HandledRequests(ApiModel):
     )
     abort: str | None = Field(
         default=None, max_length=256, description="samp.dev/abort value last handled."
+    )
+    retry: str | None = Field(
+        default=None, max_length=256, description="samp.dev/retry value last handled."
+    )
+    retried_at: str | None = Field(
+        default=None,
+        description="When a retry last acted: a stage Job that failed before it is run again.",
+        json_schema_extra={"format": "date-time"},
     )
 
 
@@ -258,9 +285,12 @@ class QuantizedModelStatus(StatusModel):
         default_factory=list, max_length=MAX_GATE_RESULTS, description="Last gate figures."
     )
     canary: CanaryStatus | None = Field(default=None, description="Canary progress.")
+    progress: StageProgress | None = Field(
+        default=None, description="Progress of the running stage's Job (units done, ETA)."
+    )
     handled_requests: HandledRequests | None = Field(
         default=None,
-        description="Promote/abort annotation values already acted on or set aside; "
+        description="Promote/abort/retry annotation values already acted on or set aside; "
         "each value acts at most once.",
     )
     attempt: int = Field(default=1, ge=1, description="Current attempt number.")

@@ -102,6 +102,9 @@ def run_stages(console: Console, label: str, args: list[str], log: Path) -> Stag
                 continue
             if record.get("event") == "stage.start":
                 bar.update(f"{record.get('stage')} ...")
+            elif record.get("event") == "progress":  # samp_core.progress records
+                bar.update(f"{record.get('stage')}: {record.get('done')}/"
+                           f"{record.get('total')} {record.get('unit')}")
             elif record.get("event") == "result":
                 stage = str(record.get("stage"))
                 console.say("stage", f"  {describe(stage, record.get('summary') or {})}",

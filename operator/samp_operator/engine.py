@@ -15,7 +15,8 @@ fresh GET) → the canary's actions (traffic, canary, stable) → create and del
 (idempotent) → post Events → update metrics → schedule the next look when the decision
 asks for one (``loop.call_later``, never a sleep). Errors back off exponentially per
 resource (2 s doubling to 5 min) and are counted. A resource nothing happens to costs no
-API request at all (tests/benchmarks/operator_results.md).
+API request at all (tests/benchmarks/operator_results.md); one whose stage Job runs costs
+one pods/log read per ``progress_seconds`` for status.progress (progress_reader.py).
 
 Canary: when the quantization stages are all done (``decision.quantized``), the decision
 goes through the canary stage main.py wired in (samp_operator.canary_kube.KubeCanary: the
@@ -48,6 +49,7 @@ from samp_operator.kube import ConflictError, Kube
 from samp_operator.leader import NotLeaderError
 from samp_operator.metrics import Metrics
 from samp_operator.observe import job_record, observed_job
+from samp_operator.progress_reader import ProgressReader
 from samp_operator.settings import OperatorSettings
 
 log = logging.getLogger("samp.engine")
@@ -87,6 +89,7 @@ class Engine:
         self.metrics = metrics
         self.canary = canary
         self.job_settings = settings.job_settings()
+        self.progress = ProgressReader(kube, settings.progress_seconds)
         self.executor = ThreadPoolExecutor(max_workers=settings.workers,
                                            thread_name_prefix="samp-reconcile")
         self.indexes: dict[str, Any] = {}
@@ -122,6 +125,17 @@ class Engine:
         observed = [observed_job(j, list(pods_index.get((ns, j["name"]), ()))) for j in jobs]
         return observed, sorted(set(cms_index.get(key, ())))
 
+    def running_pods(self, key: Key, jobs: list[ObservedJob]) -> dict[str, str]:
+        """Job name -> its Running pod's name (where status.progress is read from)."""
+        pods_index = self.indexes.get("samp_pods", {})
+        found: dict[str, str] = {}
+        for job in jobs:
+            if job.state == "Running":
+                for pod in pods_index.get((key[0], job.name), ()):
+                    if pod.get("phase") == "Running":
+                        found[job.name] = pod["name"]
+        return found
+
     def remember(self, body: Mapping[str, Any]) -> None:
         """Keep the body Kopf just delivered (a copy: Kopf reuses its views)."""
         meta = body.get("metadata") or {}
@@ -145,8 +159,9 @@ class Engine:
             while True:
                 self._dirty.discard(key)
                 jobs, cms = self.snapshot(key)
+                pods = self.running_pods(key, jobs)
                 delay = await loop.run_in_executor(self.executor, self.reconcile_once,
-                                                   key, jobs, cms)
+                                                   key, jobs, cms, pods)
                 if delay == _AGAIN:
                     self._dirty.add(key)
                     delay = None
@@ -184,15 +199,17 @@ class Engine:
         self._backoff.pop(key, None)
         self._bodies.pop(key, None)
         self._settled.pop(key, None)
+        self.progress.forget(key)
         self.metrics.set_phase(key, None)
         self.metrics.observe_rollout(key, None)
 
     # ------------------------------------------------------------------ thread side
 
-    def reconcile_once(self, key: Key, jobs: list[ObservedJob], cms: list[str]) -> float | None:
+    def reconcile_once(self, key: Key, jobs: list[ObservedJob], cms: list[str],
+                       pods: Mapping[str, str] | None = None) -> float | None:
         started = time.monotonic()
         try:
-            return self._reconcile(key, jobs, cms)
+            return self._reconcile(key, jobs, cms, pods or {})
         except NotLeaderError:  # lost the Lease mid-reconcile: the new leader redoes it
             self._bodies.pop(key, None)
             return None
@@ -212,7 +229,8 @@ class Engine:
             self.metrics.reconcile_duration.observe(time.monotonic() - started)
             self._last[key] = time.monotonic()
 
-    def _reconcile(self, key: Key, jobs: list[ObservedJob], cms: list[str]) -> float | None:
+    def _reconcile(self, key: Key, jobs: list[ObservedJob], cms: list[str],
+                   pods: Mapping[str, str]) -> float | None:
         namespace, name = key
         body = self._bodies.get(key) or self.kube.get_qm(namespace, name)
         if body is None:
@@ -222,7 +240,11 @@ class Engine:
             return None  # the finalizer handler owns deletion
         log.debug("%s/%s: observed jobs %s, config maps %s", namespace, name,
                   [(j.name, j.state, bool(j.result)) for j in jobs], cms)
-        decision = reconcile(body, jobs, cms, datetime.now(UTC), self.job_settings)
+        now = datetime.now(UTC)
+        decision = reconcile(body, jobs, cms, now, self.job_settings)
+        again = self.progress.refresh(key, decision.status, pods, now)
+        if again is not None:  # a stage runs: come back to refresh its progress
+            decision.requeue_after = min(decision.requeue_after or again, again)
         canary_error: Exception | None = None
         plan: CanaryPlan | None = None
         if self.canary is not None:

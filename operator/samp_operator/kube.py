@@ -93,6 +93,23 @@ class Kube:
             raise ApiException(http_resp=resp)
         return json.loads(resp.data) if resp.data else None
 
+    def pod_log_tail(self, namespace: str, pod: str, container: str, lines: int,
+                     limit_bytes: int) -> str:
+        """The last ``lines`` lines of a container's log (pods/log get), as text."""
+        query = {"container": container, "tailLines": str(lines),
+                 "limitBytes": str(limit_bytes)}
+        _m, url, headers, _d, _p = self.client.param_serialize(
+            method="GET", resource_path=f"/api/v1/namespaces/{namespace}/pods/{pod}/log",
+            query_params=list(query.items()), header_params={"Accept": "*/*"},
+            auth_settings=["BearerToken"],
+        )
+        resp = self.client.call_api("GET", url, header_params=headers, _request_timeout=10)
+        resp.read()  # type: ignore[no-untyped-call]
+        if resp.status >= 400:
+            raise ApiException(http_resp=resp)
+        data = resp.data
+        return data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data or "")
+
     @staticmethod
     def _path(kind: str, namespace: str, name: str | None = None) -> str:
         base = _COLLECTION[kind].format(namespace=namespace)

@@ -3,6 +3,7 @@
     kubectl samp get qm NAME [--watch]     one rollout: plan, accuracy, steps, gates, attempts
     kubectl samp list [-A]                 every rollout of the namespace (or of all)
     kubectl samp promote|abort|pause|resume NAME
+    kubectl samp retry NAME                a RolledBack or Failed rollout starts over
     kubectl samp status NAME [--timeout 30m]   wait for the outcome; the exit code says it
     kubectl samp plan show NAME [--figure curve.svg]
     kubectl samp version
@@ -62,6 +63,9 @@ def parser(prog: str) -> argparse.ArgumentParser:
     for action in STEER:
         s = sub.add_parser(action, parents=[common], help=f"{action} a rollout (annotation)")
         s.add_argument("name")
+    retry = sub.add_parser("retry", parents=[common],
+                           help="start a RolledBack or Failed rollout over (annotation)")
+    retry.add_argument("name")
     st = sub.add_parser("status", parents=[common, out],
                         help="wait for the rollout's outcome; exit code by outcome")
     st.add_argument("name")
@@ -167,6 +171,32 @@ def cmd_steer(args: argparse.Namespace, target: Target, ns: str,
     return 0
 
 
+RETRY_PHASES = ("RolledBack", "Failed")
+
+
+def cmd_retry(args: argparse.Namespace, target: Target, ns: str,
+              out: Callable[[str], None]) -> int:
+    """Like ``kubectl argo rollouts retry``: only a rollout that ended badly starts over
+    (RolledBack: the canary from step 1; Failed: the failed stage), by annotation only."""
+    status = kube.get(target, ns, args.name).get("status") or {}
+    phase = status.get("phase", "Pending")
+    ready: dict[str, Any] = next(
+        (c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+    if phase not in RETRY_PHASES:
+        raise CliError(f"quantizedmodel {ns}/{args.name} is {phase}: retry starts over a "
+                       "RolledBack or Failed rollout only"
+                       + (" (abort it first to stop it)" if phase in (
+                           "CanaryProgressing", "Paused") else ""), 2)
+    if ready.get("reason") == "InvalidSpec":
+        raise CliError(f"quantizedmodel {ns}/{args.name} failed on its spec: fix the spec "
+                       "(the message says which field); a retry would fail the same way", 2)
+    kube.patch_annotations(target, ns, args.name, annotation_patch("retry"))
+    what = "the canary starts over from step 1" if phase == "RolledBack" else \
+        "the failed stage runs again"
+    out(f"quantizedmodel {ns}/{args.name}: retry requested (phase {phase}: {what})")
+    return 0
+
+
 def run(args: argparse.Namespace, out: Callable[[str], None] = print) -> int:
     if args.command == "version":
         out(f"kubectl-samp {__version__} (samp.dev/v1alpha1)")
@@ -186,6 +216,8 @@ def run(args: argparse.Namespace, out: Callable[[str], None] = print) -> int:
         return cmd_status(args, target, ns, out)
     if args.command in STEER:
         return cmd_steer(args, target, ns, out)
+    if args.command == "retry":
+        return cmd_retry(args, target, ns, out)
     if args.name is None:
         raise CliError("plan show: name a QuantizedModel or pass --file", 2)
     return show_plan(kube.get(target, ns, args.name), args, out)

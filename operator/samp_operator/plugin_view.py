@@ -133,6 +133,25 @@ def _gates(gates: Sequence[Mapping[str, Any]]) -> list[str]:
     return rows
 
 
+def progress_line(progress: Mapping[str, Any] | None) -> str | None:
+    """``sensitivity: 12/80 forward layers (15.0%), about 4m left`` (None: no stage runs)."""
+    if not progress:
+        return None
+    line = (f"{progress.get('stage', '?')}: {progress.get('done', 0)}/"
+            f"{progress.get('total', 0)} {progress.get('unit', '')} "
+            f"({num(float(progress.get('percent') or 0.0))}%)")
+    eta = progress.get("etaSeconds")
+    if isinstance(eta, int):
+        line += f", about {_duration(eta)} left"
+    return line + f" (as of {age(progress.get('updatedAt'))} ago)"
+
+
+def _duration(seconds: int) -> str:
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
 def describe(obj: Mapping[str, Any]) -> str:
     """One rollout in detail: phase, plan, accuracy, steps and weights, gates, attempts."""
     meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
@@ -148,6 +167,9 @@ def describe(obj: Mapping[str, Any]) -> str:
     ]
     if status.get("message"):
         lines.append(f"Message:    {status['message']}")
+    progress = progress_line(status.get("progress"))
+    if progress:
+        lines.append(f"Progress:   {progress}")
     if awaiting_promotion(status):
         lines.append("Action:     kubectl samp promote " + str(meta.get("name")))
     lines += [f"Plan:       {plan_line(status.get('plan'))}",

@@ -17,6 +17,7 @@ from typing import Any
 
 from samp_core.api import GROUP, PLURAL, VERSION
 from samp_core.canary import ANNOTATION_ABORT, ANNOTATION_PAUSE, ANNOTATION_PROMOTE
+from samp_core.canary.model import ANNOTATION_RETRY
 
 
 def _load_api(kubeconfig: str | None, context: str | None) -> Any:
@@ -39,6 +40,8 @@ def annotation_patch(action: str, now: datetime | None = None) -> dict[str, Any]
         value = {ANNOTATION_PROMOTE: stamp}
     elif action == "abort":
         value = {ANNOTATION_ABORT: stamp}
+    elif action == "retry":
+        value = {ANNOTATION_RETRY: stamp}
     elif action == "pause":
         value = {ANNOTATION_PAUSE: "true"}
     elif action == "resume":

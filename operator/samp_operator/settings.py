@@ -43,6 +43,8 @@ flag (variable) = default: meaning
 --metrics-port N (SAMP_METRICS_PORT) = 8080: their port; 0 turns the endpoint off.
 --resync-seconds N (SAMP_RESYNC_SECONDS) = 300:
     safety re-reconcile of a resource nothing happened to (Job events drive progress).
+--progress-seconds N (SAMP_PROGRESS_SECONDS) = 20: while a stage Job runs, read the tail
+    of its pod's log and refresh status.progress at most this often (0: never).
 --finalizer-timeout-seconds N (SAMP_FINALIZER_TIMEOUT_SECONDS) = 300:
     after this long, deletion stops waiting on cleanup, posts a Warning Event, and
     releases the finalizer (owner references still garbage-collect the Jobs).
@@ -139,6 +141,7 @@ class OperatorSettings:
     metrics_address: str = "0.0.0.0"
     metrics_port: int = 8080
     resync_seconds: float = 300.0
+    progress_seconds: float = 20.0
     finalizer_timeout_seconds: float = 300.0
     workers: int = 8
     leader_election_namespace: str | None = None
@@ -191,6 +194,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--metrics-address", help="bind address of /metrics and /healthz")
     a("--metrics-port", type=int, help="port of /metrics and /healthz; 0 disables")
     a("--resync-seconds", type=float, help="safety resync interval [SAMP_RESYNC_SECONDS]")
+    a("--progress-seconds", type=float,
+      help="refresh status.progress from the stage pod's log at most this often; 0: never "
+      "[SAMP_PROGRESS_SECONDS]")
     a("--finalizer-timeout-seconds", type=float,
       help="give up waiting on cleanup after this [SAMP_FINALIZER_TIMEOUT_SECONDS]")
     a("--workers", type=int, help="reconcile threads [SAMP_WORKERS]")
@@ -330,6 +336,8 @@ def _runtime_settings(src: _Source, d: OperatorSettings) -> dict[str, Any]:
                                        int)),
         "resync_seconds": src.number("resync_seconds", "SAMP_RESYNC_SECONDS",
                                      d.resync_seconds, float),
+        "progress_seconds": max(0.0, src.number("progress_seconds", "SAMP_PROGRESS_SECONDS",
+                                                d.progress_seconds, float)),
         "finalizer_timeout_seconds": src.number(
             "finalizer_timeout_seconds", "SAMP_FINALIZER_TIMEOUT_SECONDS",
             d.finalizer_timeout_seconds, float),

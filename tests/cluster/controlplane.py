@@ -668,32 +668,67 @@ class ControlPlane:
             logs / "kube-scheduler.log",
             health_url=f"https://127.0.0.1:{sched_port}/healthz",
         )
+        d = self.certs.dir
+        # KWOK plays the kubelet's API too: the API server reaches it at the node's address
+        # and port (HTTPS; it does not verify kubelet certificates here), and it serves
+        # every pod's log from one file (ClusterLogs), so `kubectl logs` and the
+        # operator's pods/log reads see what a test writes there (pod_log_file).
         kwok = Component(
             "kwok",
             [
                 str(self.binary("kwok")),
                 "--config",
                 str(KWOK_STAGES),
+                "--config",
+                str(self._kwok_logs_config()),
                 "--kubeconfig",
                 kc,
                 "--manage-all-nodes=true",
                 "--cidr",
                 "10.244.0.0/16",
                 "--node-ip",
-                "10.96.0.1",
+                "127.0.0.1",
+                "--node-port",
+                str(kwok_port),
                 "--node-lease-duration-seconds",
                 "40",
                 "--server-address",
                 f"127.0.0.1:{kwok_port}",
+                "--tls-cert-file",
+                str(d / "apiserver.crt"),
+                "--tls-private-key-file",
+                str(d / "apiserver.key"),
             ],
             logs / "kwok.log",
-            health_url=f"http://127.0.0.1:{kwok_port}/healthz",
+            health_url=f"https://127.0.0.1:{kwok_port}/healthz",
         )
         comps = (kcm, sched, kwok) if self.fake_nodes else (kcm, sched)
         for comp in comps:
             self._spawn(comp)
         for comp in comps:
             self._wait_healthy(comp, timeout)
+
+    @property
+    def pod_log_file(self) -> Path:
+        """The log every KWOK pod shows (CRI log format: ``<RFC 3339> stderr F <line>``)."""
+        return self.workdir / "pod-logs" / "containers.log"
+
+    def write_pod_log(self, *lines: str) -> None:
+        """Append lines to the log every KWOK pod shows, as containerd writes them."""
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000000000Z", time.gmtime())
+        with self.pod_log_file.open("a") as f:
+            f.writelines(f"{stamp} stderr F {line}\n" for line in lines)
+
+    def _kwok_logs_config(self) -> Path:
+        self.pod_log_file.parent.mkdir(parents=True, exist_ok=True)
+        self.pod_log_file.touch()
+        path = self.workdir / "kwok-logs.yaml"
+        path.write_text(yaml.safe_dump({
+            "apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "ClusterLogs",
+            "metadata": {"name": "samp-pod-logs"},
+            "spec": {"selector": {}, "logs": [{"logsFile": str(self.pod_log_file),
+                                               "follow": False}]}}))
+        return path
 
     def _bootstrap(self, timeout: float) -> None:
         from kubernetes import client

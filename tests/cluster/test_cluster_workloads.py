@@ -450,3 +450,25 @@ def test_held_job_pod_is_released_by_patching_it(
         .state.terminated
     )
     assert (bad.exit_code, bad.message) == (1, "no GPU")
+
+
+def test_pod_logs_come_through_the_api_server(
+    cluster: ControlPlane, cluster_api: Any, cluster_namespace: str
+) -> None:
+    """`pods/log` reaches KWOK as it reaches a kubelet (the node's address and port), and
+    KWOK serves what the test wrote to cluster.pod_log_file, tailLines honoured."""
+    ns = cluster_namespace
+    batch, core = client.BatchV1Api(cluster_api), client.CoreV1Api(cluster_api)
+    batch.create_namespaced_job(ns, _job("logged", run_duration="1h"))
+    pod = wait_for(
+        lambda: [p for p in _pods(core, ns, "app=logged") if p.status.phase == "Running"],
+        60, "logged pod Running",
+    )[0].metadata.name
+    marker = f"marker-{ns}"
+    cluster.write_pod_log("first line", f'{{"event": "{marker}", "n": 1}}',
+                          f'{{"event": "{marker}", "n": 2}}')
+    text = core.read_namespaced_pod_log(pod, ns, container="work", tail_lines=2)
+    assert text.splitlines() == [f'{{"event": "{marker}", "n": 1}}',
+                                 f'{{"event": "{marker}", "n": 2}}'], text
+    out = cluster.kubectl("logs", "-n", ns, pod, "--tail", "1").stdout
+    assert out.strip() == f'{{"event": "{marker}", "n": 2}}'

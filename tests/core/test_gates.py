@@ -71,6 +71,17 @@ def test_healthy_window_passes_every_gate() -> None:
     assert judge.value == 100 and "e2e Pass" in judge.message and "itl Pass" in judge.message
 
 
+def test_requests_message_counts_whole_requests_and_a_rate() -> None:
+    """increase() extrapolates (e.g. 2424.24 requests): the message rounds and adds a rate."""
+    window_ = m()
+    fractional = g.SideFigures(**{**window_.canary.__dict__, "requests": 2424.24})
+    res = by_gate(g.evaluate(spec(), g.Measurement(
+        window_seconds=60, taken_at=NOW, canary=fractional, stable=window_.stable),
+        has_stable=True))["requests"]
+    assert res.message == "canary finished 2424 requests in 60s (40.40 requests/s)"
+    assert res.value == pytest.approx(2424.24)
+
+
 @pytest.mark.parametrize("c_req", [None, 0, 49, math.nan])
 def test_too_few_requests_is_inconclusive_never_a_pass(c_req: float | None) -> None:
     meas = m(c_req=49)

@@ -9,6 +9,7 @@ import pytest
 import yaml
 from jobhelpers import write_jsonl
 
+from samp_core.progress import last_record
 from samp_core.results import Stage, parse_result
 from samp_core.stage_contract import stage_hashes
 from samp_jobs.cli import _parser, main
@@ -77,6 +78,12 @@ def test_quantize_runs_every_stage(
         "export",
         "evaluate",
     ]
+    # The progress records the operator reads from the pod's log (samp_core.progress): the
+    # last of each pass says it is complete, and --no-progress silences only the bars.
+    for stage in ("sensitivity", "evaluate"):
+        last = last_record(captured.err, stage)
+        assert last is not None and last.done == last.total > 0, stage
+    assert sum(r["event"] == "progress" for r in logs) < 40  # bounded, not one per unit
     # GPTQ is the default rounding: sensitivity stored the Hessians, export rounded from them
     hessians = work / "hessians.safetensors"
     assert hessians.is_file()

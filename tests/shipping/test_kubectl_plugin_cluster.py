@@ -117,6 +117,33 @@ def test_steering_writes_only_annotations(ctx: dict[str, Any], capsys: Any) -> N
     assert after["metadata"]["generation"] == before["metadata"]["generation"]
 
 
+def test_retry_writes_one_annotation_and_only_after_a_bad_ending(
+        ctx: dict[str, Any], capsys: Any) -> None:
+    make_qm(ctx, "again")
+    set_status(ctx, "again", CANARY)
+    code, _, err = cli(ctx, "retry", "again", capsys=capsys)
+    assert code == 2
+    assert "is CanaryProgressing: retry starts over a RolledBack or Failed rollout only" in err
+    assert "abort it first" in err and "Traceback" not in err
+    get = ctx["api"].get_namespaced_custom_object
+    assert "samp.dev/retry" not in (get("samp.dev", "v1alpha1", ctx["ns"], "quantizedmodels",
+                                        "again")["metadata"].get("annotations") or {})
+    set_status(ctx, "again", {"phase": "RolledBack"})
+    before = get("samp.dev", "v1alpha1", ctx["ns"], "quantizedmodels", "again")
+    code, out, _ = cli(ctx, "retry", "again", capsys=capsys)
+    assert code == 0 and "retry requested (phase RolledBack: the canary starts over" in out
+    after = get("samp.dev", "v1alpha1", ctx["ns"], "quantizedmodels", "again")
+    assert after["metadata"]["generation"] == before["metadata"]["generation"]  # spec as is
+    assert after["spec"] == before["spec"]
+    stamp = after["metadata"]["annotations"]["samp.dev/retry"]
+    assert stamp.endswith("Z") and stamp[:4].isdigit()
+    set_status(ctx, "again", {"phase": "Failed", "conditions": [
+        {"type": "Ready", "status": "False", "reason": "InvalidSpec", "message": "bad",
+         "lastTransitionTime": "2026-12-01T10:00:00Z"}]})
+    code, _, err = cli(ctx, "retry", "again", capsys=capsys)
+    assert code == 2 and "fix the spec" in err
+
+
 @pytest.mark.parametrize(("status", "code"), [
     ({"phase": "Promoted"}, 0),
     ({"phase": "RolledBack"}, 1),

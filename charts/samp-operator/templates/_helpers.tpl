@@ -28,7 +28,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
      the kube-apiserver audit log of tests/shipping/test_chart_operator_cluster.py, each
      rule removed in turn in test_chart_rbac_minimal_cluster.py; canary: tests/rollout).
      quantizedmodels get: engine re-reads; jobs get: the artifact-cleanup Job on delete;
-     pods and configmaps are only listed and watched, never read one by one; events are
+     pods and configmaps are only listed and watched, never read one by one, but a
+     running stage pod's log tail is read (pods/log get) for status.progress; events are
      core/v1 and only created. The canary half never lists or watches Deployments,
      Services or HTTPRoutes (it reads them by name), replaces HTTPRoutes (update, never
      patch), server-side applies the serving Deployment it owns (or merge-patches a
@@ -50,6 +51,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch"]
+- apiGroups: [""]
+  resources: ["pods/log"]
+  verbs: ["get"]
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["list", "watch", "create", "delete"]

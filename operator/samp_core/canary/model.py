@@ -28,6 +28,7 @@ from samp_core.status import (
 ANNOTATION_PAUSE = "samp.dev/pause"
 ANNOTATION_PROMOTE = "samp.dev/promote"
 ANNOTATION_ABORT = "samp.dev/abort"
+ANNOTATION_RETRY = "samp.dev/retry"
 
 # How soon to look again while waiting on something the operator does (pods, weights).
 POLL_SECONDS = 5.0
@@ -218,7 +219,8 @@ def request_active(value: str | None, since: datetime | None) -> bool:
     return since is None or t >= since - timedelta(seconds=1)
 
 
-_REQUEST_FIELDS = {ANNOTATION_PROMOTE: "promote", ANNOTATION_ABORT: "abort"}
+_REQUEST_FIELDS = {ANNOTATION_PROMOTE: "promote", ANNOTATION_ABORT: "abort",
+                   ANNOTATION_RETRY: "retry"}
 
 
 def new_request(

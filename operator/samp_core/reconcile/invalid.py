@@ -55,6 +55,7 @@ def invalid_spec(  # noqa: PLR0917
     status = old.model_copy(deep=True)
     prior = condition(old, ConditionType.READY)
     status.phase = Phase.FAILED
+    status.progress = None  # its Jobs are deleted below
     status.observed_generation = generation
     status.message = clip(f"invalid spec: {message}", 4000)
     put_condition(status.conditions, ConditionType.READY, "False", "InvalidSpec", message,

@@ -7,9 +7,11 @@ from datetime import datetime
 from typing import Any
 
 from samp_core import history
+from samp_core.progress import still_running
 from samp_core.reconcile.decision import ChildRef, Decision, ObservedJob, clip, parse_status
 from samp_core.reconcile.invalid import invalid_spec, unsupported_stores
 from samp_core.reconcile.phase import Outcome, done_stages, set_conditions
+from samp_core.reconcile.retry import apply_retry, retried_at
 from samp_core.reconcile.stages import Walk, walk_stages, wanted_jobs
 from samp_core.reconcile.summaries import clear_stale_outputs
 from samp_core.results import Stage
@@ -35,20 +37,26 @@ def reconcile(
     if unsupported:
         return invalid_spec(body, old, unsupported, jobs, config_maps, now)
 
+    old, retry_event = apply_retry(old, metadata.get("annotations") or {}, now)
     gen = resource.generation
     hashes = stage_hashes_for(resource, old.attempt)
     status = old.model_copy(deep=True)
     status.observed_generation = gen
     status.inputs_hash = hashes[Stage.EVALUATE]
     decision = Decision(status=status, resource=resource)
+    if retry_event is not None:
+        decision.events.append(retry_event)
+    retried = retried_at(old)
     walk = Walk(
         resource=resource, uid=str(metadata.get("uid", "")), settings=settings,
         attempt=old.attempt, hashes=hashes, previous={r.stage: r for r in old.stages},
-        jobs=jobs, keep=wanted_jobs(jobs, hashes, gen), decision=decision, now=now,
+        jobs=jobs, keep=wanted_jobs(jobs, hashes, gen, retried), decision=decision, now=now,
+        retried_at=retried,
     )
     stop = walk_stages(walk)
 
     status.stages = walk.records
+    status.progress = still_running(status.progress, walk.records)
     clear_stale_outputs(status, done_stages(status))
     for name in sorted({j.name for j in jobs if not j.deleting} - walk.keep):
         decision.delete.append(ChildRef("Job", name))

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import NamedTuple
 
 from samp_core.api import QuantizedModel
+from samp_core.canary.model import parse_time
 from samp_core.conditions import rfc3339
 from samp_core.events import Event
 from samp_core.reconcile.decision import Decision, ObservedJob, clip
@@ -62,6 +63,7 @@ class Walk:
     keep: set[str]  # Job (and ConfigMap) names still wanted
     decision: Decision
     now: datetime
+    retried_at: datetime | None = None  # a stage that failed before this runs again
     records: list[StageStatus] = field(default_factory=list)
 
     @property
@@ -69,15 +71,27 @@ class Walk:
         return self.resource.generation
 
 
-def wanted_jobs(jobs: Sequence[ObservedJob], hashes: dict[Stage, str], generation: int) -> set[str]:
+def wanted_jobs(jobs: Sequence[ObservedJob], hashes: dict[Stage, str], generation: int,
+                retried: datetime | None = None) -> set[str]:
     """Names of the Jobs of the current hash for their stage, except a failed one from an
-    earlier generation: the new generation retries that stage."""
+    earlier generation (the new generation retries that stage) or one that failed before a
+    retry (samp_core.reconcile.retry)."""
     stage_names = {s.value for s in STAGES}
     return {
         seen.name for seen in jobs
         if seen.stage in stage_names and hashes[Stage(seen.stage)] == seen.inputs_hash
-        and not seen.deleting and not (seen.state == "Failed" and seen.generation != generation)
+        and not seen.deleting and not (seen.state == "Failed" and (
+            seen.generation != generation or failed_before(seen.finished_at, retried)))
     }
+
+
+def failed_before(finished: datetime | str | None, retried: datetime | None) -> bool:
+    """A failure that a later retry supersedes. A retried Job needs seconds to be created,
+    scheduled and fail again, far more than the clock skew between nodes."""
+    if retried is None or finished is None:
+        return False
+    when = parse_time(finished) if isinstance(finished, str) else finished
+    return when is not None and when < retried
 
 
 def walk_stages(w: Walk) -> Stop:
@@ -95,7 +109,8 @@ def _visit(w: Walk, stage: Stage) -> Stop | None:
         if rec.state in ("Succeeded", "Reused"):
             _reuse(w, stage, rec)
             return None
-        if rec.state == "Failed" and rec.generation == w.generation:
+        if rec.state == "Failed" and rec.generation == w.generation \
+                and not failed_before(rec.finished_at, w.retried_at):
             w.records.append(rec)
             return Stop(failed=Failure(stage, "JobFailed", rec.message))
     candidates = [j for j in w.jobs if j.name in w.keep and j.stage == stage.value]
@@ -122,6 +137,13 @@ def _create(w: Walk, stage: Stage, rec: StageStatus | None) -> Stop:
     """No Job for this stage's inputs: create its ConfigMap and Job."""
     resource, attempt = w.resource, w.attempt
     name = child_name(resource.name, w.generation, stage, attempt)
+    if any(j.name == name for j in w.jobs):  # unwanted (failed before a retry): goes first
+        w.records.append(StageStatus(
+            stage=stage.value, state="Running", inputs_hash=w.hashes[stage], job=name,
+            generation=w.generation, started_at=rfc3339(w.now),
+            message=f"waiting for the previous Job {name} to be deleted"))
+        w.decision.requeue_after = RESULT_RETRY_SECONDS
+        return Stop(active=stage)
     w.decision.create.append(
         config_map_manifest(resource, w.uid, stage, w.hashes, name, attempt))
     w.decision.create.append(job_manifest(resource, w.uid, stage, w.hashes, w.settings, attempt))

@@ -250,8 +250,11 @@ def _solve_blocks(
     returns the codes."""
     from samp_jobs import gptq_fused
 
-    if fused and block_size <= gptq_fused.MAX_BLOCK and gptq_fused.available(wk.device):
-        return _solve_blocks_fused(wk, hinv, qparams, grid, block_size)
+    if fused and block_size <= gptq_fused.MAX_BLOCK and gptq_fused.usable(wk.device):
+        try:  # on a copy: a kernel that fails to build must leave wk for the fallback
+            return _solve_blocks_fused(wk.clone(), hinv, qparams, grid, block_size)
+        except Exception as e:
+            gptq_fused.disable(e)
     s_all, z_all, col_group = qparams
     dev = wk.device
     rows, cols = wk.shape

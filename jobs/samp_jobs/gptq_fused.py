@@ -31,17 +31,29 @@ except ImportError:  # CPU-only images: the reference loop serves
     triton = None
 
 
-def available(device: torch.device) -> bool:
-    """The fused kernel runs on CUDA tensors, or on CPU ones under the Triton interpreter."""
-    if triton is None:
+_failed: list[str] = []  # set once the kernel failed to build or launch in this process
+
+
+def usable(device: torch.device) -> bool:
+    """The fused kernel runs on CUDA tensors, or on CPU ones under the Triton interpreter,
+    unless it already failed here."""
+    if triton is None or _failed:
         return False
     return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def disable(error: Exception) -> None:
+    """Fall back to the reference loop for the rest of the process, and say why once."""
+    from samp_jobs.runlog import log
+
+    _failed.append(f"{type(error).__name__}: {error}"[:500])
+    log("gptq.fused.unavailable", error=_failed[0], fallback="cuda-graph or eager column loop")
+
+
 if triton is not None:
 
-    @triton.jit
-    def _gptq_block_kernel(  # noqa: PLR0913, PLR0917 (one kernel's pointers and strides)
+    @triton.jit  # type: ignore[untyped-decorator]
+    def _gptq_block_kernel(  # type: ignore[no-untyped-def]  # noqa: PLR0917
         w_ptr, ldw, q_ptr, ldq, e_ptr, lde, s_ptr, z_ptr, lds, g_ptr, h_ptr, ldh,
         rows, width, qmin, qmax,
         BR: tl.constexpr, BC: tl.constexpr,  # noqa: N803 (Triton's constexpr style)

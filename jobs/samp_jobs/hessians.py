@@ -16,7 +16,9 @@ Size: ``in_features² × 4`` bytes per group (an 8B Llama: about 30 GB, most of 
 14336-wide down projections).
 
 Accumulation: bf16 inputs through a tensor-core GEMM with fp32 output on CUDA (exact
-products, fp32 sums); fp32 on the CPU.
+products, fp32 sums); fp32 on the CPU. Writing and reading overlap the GPU work
+(``samp_jobs.hessian_file``): each layer's Hessians are written while later layers are
+scored, and export reads the next group while the GPU rounds the current one.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from samp_core.formats import Format
 from samp_core.groups import LayerGroup
 from samp_core.results import PlanResult
 from samp_jobs.gptq import HessianAccumulator
+from samp_jobs.hessian_file import StreamingHessianWriter, read_ahead
 from samp_jobs.runlog import log
 
 HESSIANS_FILE = "hessians.safetensors"
@@ -63,6 +66,21 @@ class HessianCollector:
         self.acc: dict[str, HessianAccumulator] = {}
         self.host: dict[str, Tensor] = {}  # pinned host buffers (CUDA)
         self.seconds = 0.0
+        self.writer: StreamingHessianWriter | None = None
+        self.unwritten: set[str] = set()  # groups changed since last handed to the writer
+
+    def stream_to(self, path: Path) -> None:
+        """Write each layer's Hessians to ``path`` while scoring goes on; :meth:`save`
+        with the same path then finishes the file."""
+        shapes = {g.modules[0]: (g.in_features, g.in_features) for g in self.groups}
+        self.writer = StreamingHessianWriter(path, shapes, self._meta(lambda _g: 0))
+
+    def _meta(self, tokens: Any) -> dict[str, Any]:
+        """The file's metadata: each group's name, modules and ``tokens(group)``."""
+        return {
+            g.modules[0]: {"group": g.name, "modules": g.modules, "tokens": tokens(g)}
+            for g in self.groups
+        }
 
     def _of_layer(self, idx: int | None) -> list[LayerGroup]:
         return [g for g in self.groups if g.layer_index == idx]
@@ -73,6 +91,7 @@ class HessianCollector:
             acc = self.acc[g.name] = HessianAccumulator(g.in_features, self.device)
         else:
             acc.h = acc.h.to(self.device, non_blocking=True)
+        self.unwritten.add(g.name)
         return acc
 
     def _park(self, groups: list[LayerGroup]) -> None:
@@ -89,6 +108,11 @@ class HessianCollector:
                 )
             host.copy_(acc.h, non_blocking=True)
             acc.h = host
+            if self.writer is not None:
+                landed = torch.cuda.Event()  # type: ignore[no-untyped-call]
+                landed.record(torch.cuda.current_stream(self.device))
+                self.writer.put(g.modules[0], host, landed)
+                self.unwritten.discard(g.name)
 
     def _synced(self) -> None:
         if self.device.type == "cuda":
@@ -140,21 +164,28 @@ class HessianCollector:
 
         self._synced()
         t = time.monotonic()
-        tensors = {g.modules[0]: self.acc[g.name].h.contiguous() for g in self.groups}
-        meta = {
-            g.modules[0]: {"group": g.name, "modules": g.modules, "tokens": self.acc[g.name].n}
-            for g in self.groups
-        }
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata={"groups": json.dumps(meta)})
-        tmp.replace(path)
-        size = path.stat().st_size
+        meta = self._meta(lambda g: self.acc[g.name].n)
+        w = self.writer
+        if w is not None and w.path == path:
+            for g in self.groups:  # on the CPU nothing is parked: hand everything over now
+                if g.name in self.unwritten:
+                    w.put(g.modules[0], self.acc[g.name].h.cpu().contiguous())
+            size = w.finish(meta)
+            background = {"writerBusySeconds": round(w.busy_seconds, 3)}
+        else:
+            tensors = {g.modules[0]: self.acc[g.name].h.contiguous() for g in self.groups}
+            tmp = path.with_name(path.name + ".tmp")
+            save_file(tensors, str(tmp), metadata={"groups": json.dumps(meta)})
+            tmp.replace(path)
+            size = path.stat().st_size
+            background = {}
         log(
             "sensitivity.hessians",
-            groups=len(tensors),
+            groups=len(self.groups),
             bytes=size,
             accumulateSeconds=round(self.seconds, 3),
-            writeSeconds=round(time.monotonic() - t, 3),
+            writeSeconds=round(time.monotonic() - t, 3),  # what the stage waited for
+            **background,
         )
         return size
 
@@ -165,15 +196,22 @@ def collector_for(
     rounding: Any,
     model: nn.Module,
     device: torch.device,
+    *,
+    path: Path | None = None,
 ) -> HessianCollector | None:
     """A collector when ``rounding`` (samp_core.results.Rounding) will use GPTQ on a
-    format some group can take; else None."""
+    format some group can take; else None. With ``path`` it writes there while scoring
+    runs (finished by ``save(path)``)."""
     from samp_core.formats import RoundingMethod
 
     if rounding is None or rounding.method is not RoundingMethod.GPTQ:
         return None
     c = HessianCollector(groups, candidates, rounding.formats, dict(model.named_modules()), device)
-    return c if c.groups else None
+    if not c.groups:
+        return None
+    if path is not None:
+        c.stream_to(path)
+    return c
 
 
 class StoredHessians:
@@ -199,12 +237,8 @@ class StoredHessians:
         return out
 
     def host(self, first_module: str) -> Tensor:
-        """One group's Hessian in host memory.
-
-        Export reads them one at a time, synchronously: on the H200 a reader thread that
-        pinned the next group's Hessian during GPTQ made the 8B's GPTQ phase slower
-        (69 s against 50 s).
-        """
+        """One group's Hessian in host memory (export reads them ahead with
+        ``samp_jobs.hessian_file.read_ahead``)."""
         from safetensors import safe_open
 
         with safe_open(str(self.path), framework="pt", device="cpu") as f:
@@ -235,7 +269,8 @@ def gptq_from_hessians(
     """GPTQ codes for every module the plan rounds with GPTQ, from stored Hessians.
 
     One GPTQ call per plan group (its modules' rows stacked: they share the Hessian),
-    each weight moved to ``device`` only for its call. Returns int8 codes on the CPU.
+    each weight moved to ``device`` only for its call, the next group's Hessian read from
+    the file meanwhile. Returns int8 codes on the CPU.
     """
     from samp_jobs.export_gptq import gptq_group_codes
 
@@ -252,9 +287,10 @@ def gptq_from_hessians(
         totals["gptq"] += st.loss
         totals["rtn"] += st.rtn_loss
 
-    for a in plan.assignments:
-        if set(a.modules) & targets:
-            _round(a, stored.host(a.modules[0]).to(device))
+    todo = [a for a in plan.assignments if set(a.modules) & targets]
+    for a, h in zip(todo, read_ahead(stored.path, [a.modules[0] for a in todo], device),
+                    strict=True):
+        _round(a, h)
     log(
         "export.gptq",
         modules=len(codes),

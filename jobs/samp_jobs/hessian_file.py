@@ -141,10 +141,12 @@ def tensor_map(path: Path) -> dict[str, Any]:
     return out
 
 
-def read_ahead(path: Path, names: list[str], device: torch.device) -> Iterator[Tensor]:
+def read_ahead(
+    path: Path, names: list[str], device: torch.device, waited: list[float] | None = None
+) -> Iterator[Tensor]:
     """The tensors ``names`` of ``path`` on ``device``, in order, each read from the file
     by a thread into one of two reused host buffers (pinned on CUDA) while the caller
-    works on the one before."""
+    works on the one before. ``waited`` collects the seconds the caller waited for reads."""
     maps = tensor_map(path)
     if not names:
         return
@@ -155,7 +157,10 @@ def read_ahead(path: Path, names: list[str], device: torch.device) -> Iterator[T
     pool = _Prefetch(maps, names, bufs, free)
     try:
         for i, n in enumerate(names):
+            t = time.monotonic()
             host = pool.take(i)
+            if waited is not None:
+                waited.append(time.monotonic() - t)
             dev = host.to(device, non_blocking=True) if cuda else host.clone()
             free[i % 2].record()
             pool.uploaded[i].set()

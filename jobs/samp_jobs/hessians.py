@@ -288,14 +288,16 @@ def gptq_from_hessians(
         totals["rtn"] += st.rtn_loss
 
     todo = [a for a in plan.assignments if set(a.modules) & targets]
-    for a, h in zip(todo, read_ahead(stored.path, [a.modules[0] for a in todo], device),
-                    strict=True):
+    waited: list[float] = []
+    reads = read_ahead(stored.path, [a.modules[0] for a in todo], device, waited)
+    for a, h in zip(todo, reads, strict=True):
         _round(a, h)
     log(
         "export.gptq",
         modules=len(codes),
         hessians=str(stored.path),
         seconds=round(time.monotonic() - t0, 3),
+        readWaitSeconds=round(sum(waited), 3),  # GPTQ waiting for the file, not the GPU
         proxyLoss=round(totals["gptq"], 6),
         rtnProxyLoss=round(totals["rtn"], 6),
     )

@@ -25,7 +25,7 @@ import queue
 import struct
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,7 @@ class StreamingHessianWriter:
         self.fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         os.ftruncate(self.fd, self.data_start + pos)
         self.busy_seconds = 0.0
-        self._queue: queue.Queue[tuple[str, Tensor, Any] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[str, Tensor, Any, Any] | None] = queue.Queue()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="hessian-writer", daemon=True)
         self._thread.start()
@@ -71,28 +71,42 @@ class StreamingHessianWriter:
                           "data_offsets": list(self.offsets[name])}
         return json.dumps(head, separators=(",", ":")).encode()
 
-    def put(self, name: str, host: Tensor, ready: Any = None) -> None:
+    def put(
+        self, name: str, host: Tensor, ready: Any = None, done: Callable[[], None] | None = None
+    ) -> None:
         """Write ``host`` (a contiguous float32 CPU tensor) as ``name`` once ``ready`` (a
-        CUDA event, or None) has completed. ``host`` must not be freed before
-        :meth:`finish`; if it is overwritten, hand it over again."""
+        CUDA event, or None) has completed; then call ``done`` (from the writer's thread;
+        also after a failed write, which :meth:`finish` and :meth:`read` report). Until
+        then ``host`` must stay as it is."""
         if tuple(host.shape) != self.shapes[name] or host.dtype != torch.float32:
             raise ValueError(f"{name}: {tuple(host.shape)} {host.dtype} is not the reserved "
                              f"{self.shapes[name]} float32")
-        self._queue.put((name, host, ready))
+        self._queue.put((name, host, ready, done))
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
-            if self._error is not None:
-                continue
-            name, host, ready = item
+            name, host, ready, done = item
             try:
-                if ready is not None:
-                    ready.synchronize()  # releases the GIL while the copy lands
-                t = time.monotonic()
-                _pwrite_all(self.fd, host, self.data_start + self.offsets[name][0])
-                self.busy_seconds += time.monotonic() - t
+                if self._error is None:
+                    if ready is not None:
+                        ready.synchronize()  # releases the GIL while the copy lands
+                    t = time.monotonic()
+                    _pwrite_all(self.fd, host, self.data_start + self.offsets[name][0])
+                    self.busy_seconds += time.monotonic() - t
             except BaseException as e:
                 self._error = e
+            finally:
+                if done is not None:
+                    done()
+
+    def read(self, name: str) -> Tensor:
+        """``name`` as last written (the caller waits for its ``done`` first)."""
+        if self._error is not None:
+            raise RuntimeError(f"writing {self.tmp} failed: {self._error}") from self._error
+        begin = self.data_start + self.offsets[name][0]
+        data = np.fromfile(self.tmp, dtype=np.float32, count=int(np.prod(self.shapes[name])),
+                           offset=begin)
+        return torch.from_numpy(data).view(self.shapes[name])
 
     def finish(self, meta: dict[str, Any]) -> int:
         """Wait for the writes, write the header, move the file in place; returns bytes."""

@@ -24,6 +24,7 @@ scored, and export reads the next group while the GPU rounds the current one.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -48,7 +49,10 @@ class HessianCollector:
     """Per-group input Hessians, gathered by hooks while the scorer runs each layer.
 
     Accumulators live on the device while their layer runs and on the host otherwise,
-    so device memory holds one layer's Hessians at a time.
+    so device memory holds one layer's Hessians at a time. When streaming to a file
+    (:meth:`stream_to`), a parked Hessian lives in the file instead: its pinned buffer
+    goes back to a pool once written (host memory: a few layers' worth, not all 33 GB
+    of an 8B), and a later chunk of tokens reads it back from there.
     """
 
     def __init__(
@@ -67,7 +71,9 @@ class HessianCollector:
         self.host: dict[str, Tensor] = {}  # pinned host buffers (CUDA)
         self.seconds = 0.0
         self.writer: StreamingHessianWriter | None = None
-        self.unwritten: set[str] = set()  # groups changed since last handed to the writer
+        self.written: dict[str, threading.Event] = {}  # parked into the file, once set
+        self.pool: dict[tuple[int, ...], list[Tensor]] = {}  # written pinned buffers
+        self.pool_lock = threading.Lock()
 
     def stream_to(self, path: Path) -> None:
         """Write each layer's Hessians to ``path`` while scoring goes on; :meth:`save`
@@ -89,14 +95,21 @@ class HessianCollector:
         acc = self.acc.get(g.name)
         if acc is None:
             acc = self.acc[g.name] = HessianAccumulator(g.in_features, self.device)
+        elif g.name in self.written and self.writer is not None:  # parked in the file
+            self.written.pop(g.name).wait()
+            acc.h = self.writer.read(g.modules[0]).to(self.device)
         else:
             acc.h = acc.h.to(self.device, non_blocking=True)
-        self.unwritten.add(g.name)
         return acc
 
     def _park(self, groups: list[LayerGroup]) -> None:
         """Move these groups' Hessians to the host: pinned buffers and an asynchronous copy
-        on CUDA (an 8B layer's are 1 GB: 0.7 s a layer from pageable memory)."""
+        on CUDA (an 8B layer's are 1 GB: 0.7 s a layer from pageable memory); when
+        streaming, on into the file."""
+        if self.writer is not None:
+            for g in groups:
+                self._park_in_file(g, self.writer)
+            return
         for g in groups:
             acc = self.acc[g.name]
             if acc.h.device.type == "cpu":
@@ -108,11 +121,37 @@ class HessianCollector:
                 )
             host.copy_(acc.h, non_blocking=True)
             acc.h = host
-            if self.writer is not None:
-                landed = torch.cuda.Event()  # type: ignore[no-untyped-call]
-                landed.record(torch.cuda.current_stream(self.device))
-                self.writer.put(g.modules[0], host, landed)
-                self.unwritten.discard(g.name)
+
+    def _park_in_file(self, g: LayerGroup, writer: StreamingHessianWriter) -> None:
+        acc = self.acc[g.name]
+        landed = None
+        if acc.h.device.type == "cuda":
+            host = self._pinned(tuple(acc.h.shape))
+            host.copy_(acc.h, non_blocking=True)
+            landed = torch.cuda.Event()  # type: ignore[no-untyped-call]
+            landed.record(torch.cuda.current_stream(acc.h.device))
+        else:
+            host = acc.h.contiguous()
+        done = self.written[g.name] = threading.Event()
+
+        def written(
+            host: Tensor = host, done: threading.Event = done, pooled: bool = landed is not None
+        ) -> None:
+            if pooled:
+                with self.pool_lock:
+                    self.pool.setdefault(tuple(host.shape), []).append(host)
+            done.set()
+
+        writer.put(g.modules[0], host, landed, written)
+        acc.h = torch.empty(0)  # in the file now; _accumulator reads it back if needed
+
+    def _pinned(self, shape: tuple[int, ...]) -> Tensor:
+        """A pinned host buffer of ``shape``: a written one from the pool, else a new one."""
+        with self.pool_lock:
+            free = self.pool.get(shape)
+            if free:
+                return free.pop()
+        return torch.empty(shape, dtype=torch.float32, pin_memory=True)
 
     def _synced(self) -> None:
         if self.device.type == "cuda":
@@ -166,10 +205,9 @@ class HessianCollector:
         t = time.monotonic()
         meta = self._meta(lambda g: self.acc[g.name].n)
         w = self.writer
-        if w is not None and w.path == path:
-            for g in self.groups:  # on the CPU nothing is parked: hand everything over now
-                if g.name in self.unwritten:
-                    w.put(g.modules[0], self.acc[g.name].h.cpu().contiguous())
+        if w is not None and w.path != path:
+            raise ValueError(f"the Hessians are being written to {w.path}, not {path}")
+        if w is not None:  # every layer's groups are parked in it
             size = w.finish(meta)
             background = {"writerBusySeconds": round(w.busy_seconds, 3)}
         else:

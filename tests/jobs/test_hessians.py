@@ -80,6 +80,37 @@ def test_collected_hessians_are_each_groups_mean_input_outer_product(collected):
     assert all(m["tokens"] == ids.numel() for m in meta.values())
 
 
+def test_chunked_scoring_reads_parked_hessians_back_from_the_file(
+    collected, tiny_llama: Path, tmp_path: Path
+):  # type: ignore[no-untyped-def]
+    """Tokens scored in one-micro-batch chunks: every chunk after the first reads each
+    group's Hessian back from the file being written, and the result is bit for bit the
+    single-chunk one (same additions, same order)."""
+    _model, _parts, _groups, ids, path = collected
+    model, _ = load_model(tiny_llama)
+    model.float()
+    parts = decoder_parts(model)
+    groups = discover_groups(parts)
+    opts = ScoringOptions(formats=FORMATS, group_size=64, micro_batch=2, progress=False,
+                          max_micro_batches_per_chunk=1)
+    cands = {g.name: candidate_formats(g, FORMATS, 64) for g in groups}
+    chunked = tmp_path / HESSIANS_FILE
+    col = collector_for(groups, cands, Rounding(formats=[Format.INT4_W4A8]), model, CPU,
+                        path=chunked)
+    assert col is not None
+    opts.hessians = col
+    run = score(parts, groups, ids, opts, [SensitivityMethod.FISHER])
+    assert run.memory is not None and run.memory.num_chunks == 2
+    with pytest.raises(ValueError, match="being written to"):
+        col.save(tmp_path / "elsewhere.safetensors")
+    col.save(chunked)
+    got, want = load_file(str(chunked)), load_file(str(path))
+    assert set(got) == set(want)
+    for name in want:
+        assert torch.equal(got[name], want[name])
+    assert StoredHessians(chunked).meta == StoredHessians(path).meta
+
+
 def test_no_collector_when_the_plan_will_not_use_gptq(collected):  # type: ignore[no-untyped-def]
     model, _parts, groups, _ids, _path = collected
     cands = {g.name: candidate_formats(g, FORMATS, 64) for g in groups}

@@ -253,7 +253,8 @@ def collector_for(
 
 
 class StoredHessians:
-    """Hessians written by the sensitivity stage, read lazily one group at a time."""
+    """Hessians written by the sensitivity stage: which groups they cover (export reads
+    the tensors with ``samp_jobs.hessian_file.read_ahead``)."""
 
     def __init__(self, path: Path) -> None:
         from safetensors import safe_open
@@ -273,15 +274,6 @@ class StoredHessians:
             if m is None or list(m["modules"]) != list(a.modules):
                 out.append(a.group)
         return out
-
-    def host(self, first_module: str) -> Tensor:
-        """One group's Hessian in host memory (export reads them ahead with
-        ``samp_jobs.hessian_file.read_ahead``)."""
-        from safetensors import safe_open
-
-        with safe_open(str(self.path), framework="pt", device="cpu") as f:
-            h: Tensor = f.get_tensor(first_module)
-        return h
 
 
 def load_hessians(path: Path, plan: PlanResult) -> StoredHessians | None:

@@ -42,6 +42,11 @@ def usable(device: torch.device) -> bool:
     return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def failure() -> str | None:
+    """Why the kernel was switched off in this process, if it was."""
+    return _failed[0] if _failed else None
+
+
 def disable(error: Exception) -> None:
     """Fall back to the reference loop for the rest of the process, and say why once."""
     from samp_jobs.runlog import log

@@ -232,7 +232,7 @@ _FUSED_VS_REFERENCE = """
 import torch
 from samp_jobs.gptq import HessianAccumulator, IntGrid, gptq_codes
 g = torch.Generator().manual_seed({seed})
-out, inp, group = 24, 192, 32
+out, inp, group = 24, 200, 40  # blocks of 64: the last one 8 wide
 x = torch.randn(512, inp, generator=g) @ (torch.randn(inp, inp, generator=g) / inp**0.5)
 x[:, 5] = 0.0  # a dead column
 w = torch.randn(out, inp, generator=g)
@@ -245,6 +245,8 @@ for bits, act_order in ((4, True), (8, False)):
     ref, rs = gptq_codes(*args, act_order=act_order, block_size=64, fused=False)
     fast, fs = gptq_codes(*args, act_order=act_order, block_size=64, fused=True)
     print(bits, int((ref != fast).sum()), rs.loss, fs.loss, rs.rtn_loss)
+from samp_jobs import gptq_fused
+assert gptq_fused.failure() is None, gptq_fused.failure()  # the kernel ran, no fallback
 """
 
 

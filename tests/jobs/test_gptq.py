@@ -269,3 +269,27 @@ def test_fused_block_kernel_gives_the_reference_codes(seed: int):
         assert int(differing) == 0
         assert float(fast_loss) == pytest.approx(float(ref_loss), rel=1e-6)
         assert float(fast_loss) < float(rtn_loss)
+
+
+def test_a_kernel_that_cannot_build_falls_back_to_the_reference_loop(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """A Triton build or launch failure (mocked: this machine's Triton builds it) switches
+    the kernel off once, logged, and the reference loop's codes come back untouched."""
+    from samp_jobs import gptq_fused
+
+    def cannot_build(*_a: object, **_k: object) -> None:
+        raise RuntimeError("ptxas: sm_90 not supported")
+
+    monkeypatch.setattr(gptq_fused, "_failed", [])
+    monkeypatch.setattr(gptq_fused, "triton", object())
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(gptq_fused, "block", cannot_build)
+    w, h, scale, zp = _problem(inp=320)
+    assert gptq_fused.usable(CPU)
+    got, st = gptq_codes(w, h, scale, zp, IntGrid(4))
+    assert gptq_fused.failure() == "RuntimeError: ptxas: sm_90 not supported"
+    assert not gptq_fused.usable(CPU)
+    ref, rs = gptq_codes(w, h, scale, zp, IntGrid(4), fused=False)
+    assert torch.equal(got, ref)
+    assert st.loss == rs.loss

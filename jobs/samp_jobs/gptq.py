@@ -201,11 +201,14 @@ def gptq_codes(
     act_order: bool = True,
     block_size: int = 128,
     cuda_graph: bool = True,
+    fused: bool = True,
 ) -> tuple[Tensor, GptqStats]:
     """GPTQ integer codes for weight ``w`` [out, in] given the input Hessian ``h`` [in, in].
 
     ``scale``/``zero_point`` are [out, in/group] (per-channel: [out, 1]) and stay fixed.
     Computes in fp32 on ``h``'s device; returns codes (fp32 holding integers) there.
+    ``fused``: one Triton kernel per block where Triton runs (``samp_jobs.gptq_fused``);
+    else ``cuda_graph``: the per-column loop captured as a CUDA graph; else eager.
     """
     dev = h.device
     cols = w.shape[1]
@@ -231,7 +234,7 @@ def gptq_codes(
     hinv = _damped_inverse_cholesky(hk, dampening_fraction)
 
     qall = _solve_blocks(wk, hinv, (s_all, z_all, col_group), grid,
-                         block_size=block_size, cuda_graph=cuda_graph)
+                         block_size=block_size, cuda_graph=cuda_graph, fused=fused)
     if perm is not None:
         qall = qall[:, torch.argsort(perm)]
     return qall, _stats(w, h, qall, s_all, z_all, grid, dead_columns=int(dead.sum()))
@@ -239,12 +242,19 @@ def gptq_codes(
 
 def _solve_blocks(
     wk: Tensor, hinv: Tensor, qparams: tuple[Tensor, Tensor, Tensor], grid: IntGrid,
-    *, block_size: int, cuda_graph: bool,
+    *, block_size: int, cuda_graph: bool, fused: bool = False,
 ) -> Tensor:
     """GPTQ's lazy-batch column loop: quantize ``block_size`` columns at a time, pushing
     each block's error onto the columns after it. ``qparams``: scale and zero point
     [out, groups], and the group of each (permuted) column. Updates ``wk`` in place;
     returns the codes."""
+    from samp_jobs import gptq_fused
+
+    if fused and block_size <= gptq_fused.MAX_BLOCK and gptq_fused.usable(wk.device):
+        try:  # on a copy: a kernel that fails to build must leave wk for the fallback
+            return _solve_blocks_fused(wk.clone(), hinv, qparams, grid, block_size)
+        except Exception as e:
+            gptq_fused.disable(e)
     s_all, z_all, col_group = qparams
     dev = wk.device
     rows, cols = wk.shape
@@ -271,6 +281,27 @@ def _solve_blocks(
         qall[:, i1:i2] = q1
         if i2 < cols:
             wk[:, i2:] -= e1 @ hinv[i1:i2, i2:]
+    return qall
+
+
+def _solve_blocks_fused(
+    wk: Tensor, hinv: Tensor, qparams: tuple[Tensor, Tensor, Tensor], grid: IntGrid,
+    block_size: int,
+) -> Tensor:
+    """:func:`_solve_blocks` with each block's column loop in one Triton kernel."""
+    from samp_jobs import gptq_fused
+
+    rows, cols = wk.shape
+    wk, hinv = wk.contiguous(), hinv.contiguous()  # the kernel indexes rows with unit column stride
+    s_all, z_all, col_group = (t.contiguous() for t in qparams)
+    qall = torch.zeros_like(wk)
+    e1 = torch.empty(rows, block_size, dtype=wk.dtype, device=wk.device)
+    for i1 in range(0, cols, block_size):
+        i2 = min(i1 + block_size, cols)
+        gptq_fused.block(wk, qall, e1, (s_all, z_all, col_group), hinv, (i1, i2),
+                         (grid.qmin, grid.qmax))
+        if i2 < cols:
+            wk[:, i2:] -= e1[:, : i2 - i1] @ hinv[i1:i2, i2:]
     return qall
 
 

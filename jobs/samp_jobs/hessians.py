@@ -16,12 +16,15 @@ Size: ``in_features² × 4`` bytes per group (an 8B Llama: about 30 GB, most of 
 14336-wide down projections).
 
 Accumulation: bf16 inputs through a tensor-core GEMM with fp32 output on CUDA (exact
-products, fp32 sums); fp32 on the CPU.
+products, fp32 sums); fp32 on the CPU. Writing and reading overlap the GPU work
+(``samp_jobs.hessian_file``): each layer's Hessians are written while later layers are
+scored, and export reads the next group while the GPU rounds the current one.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -35,6 +38,7 @@ from samp_core.formats import Format
 from samp_core.groups import LayerGroup
 from samp_core.results import PlanResult
 from samp_jobs.gptq import HessianAccumulator
+from samp_jobs.hessian_file import StreamingHessianWriter, read_ahead
 from samp_jobs.runlog import log
 
 HESSIANS_FILE = "hessians.safetensors"
@@ -45,7 +49,10 @@ class HessianCollector:
     """Per-group input Hessians, gathered by hooks while the scorer runs each layer.
 
     Accumulators live on the device while their layer runs and on the host otherwise,
-    so device memory holds one layer's Hessians at a time.
+    so device memory holds one layer's Hessians at a time. When streaming to a file
+    (:meth:`stream_to`), a parked Hessian lives in the file instead: its pinned buffer
+    goes back to a pool once written (host memory: a few layers' worth, not all 33 GB
+    of an 8B), and a later chunk of tokens reads it back from there.
     """
 
     def __init__(
@@ -63,6 +70,23 @@ class HessianCollector:
         self.acc: dict[str, HessianAccumulator] = {}
         self.host: dict[str, Tensor] = {}  # pinned host buffers (CUDA)
         self.seconds = 0.0
+        self.writer: StreamingHessianWriter | None = None
+        self.written: dict[str, threading.Event] = {}  # parked into the file, once set
+        self.pool: dict[tuple[int, ...], list[Tensor]] = {}  # written pinned buffers
+        self.pool_lock = threading.Lock()
+
+    def stream_to(self, path: Path) -> None:
+        """Write each layer's Hessians to ``path`` while scoring goes on; :meth:`save`
+        with the same path then finishes the file."""
+        shapes = {g.modules[0]: (g.in_features, g.in_features) for g in self.groups}
+        self.writer = StreamingHessianWriter(path, shapes, self._meta(lambda _g: 0))
+
+    def _meta(self, tokens: Any) -> dict[str, Any]:
+        """The file's metadata: each group's name, modules and ``tokens(group)``."""
+        return {
+            g.modules[0]: {"group": g.name, "modules": g.modules, "tokens": tokens(g)}
+            for g in self.groups
+        }
 
     def _of_layer(self, idx: int | None) -> list[LayerGroup]:
         return [g for g in self.groups if g.layer_index == idx]
@@ -71,13 +95,21 @@ class HessianCollector:
         acc = self.acc.get(g.name)
         if acc is None:
             acc = self.acc[g.name] = HessianAccumulator(g.in_features, self.device)
+        elif g.name in self.written and self.writer is not None:  # parked in the file
+            self.written.pop(g.name).wait()
+            acc.h = self.writer.read(g.modules[0]).to(self.device)
         else:
             acc.h = acc.h.to(self.device, non_blocking=True)
         return acc
 
     def _park(self, groups: list[LayerGroup]) -> None:
         """Move these groups' Hessians to the host: pinned buffers and an asynchronous copy
-        on CUDA (an 8B layer's are 1 GB: 0.7 s a layer from pageable memory)."""
+        on CUDA (an 8B layer's are 1 GB: 0.7 s a layer from pageable memory); when
+        streaming, on into the file."""
+        if self.writer is not None:
+            for g in groups:
+                self._park_in_file(g, self.writer)
+            return
         for g in groups:
             acc = self.acc[g.name]
             if acc.h.device.type == "cpu":
@@ -89,6 +121,37 @@ class HessianCollector:
                 )
             host.copy_(acc.h, non_blocking=True)
             acc.h = host
+
+    def _park_in_file(self, g: LayerGroup, writer: StreamingHessianWriter) -> None:
+        acc = self.acc[g.name]
+        landed = None
+        if acc.h.device.type == "cuda":
+            host = self._pinned(tuple(acc.h.shape))
+            host.copy_(acc.h, non_blocking=True)
+            landed = torch.cuda.Event()  # type: ignore[no-untyped-call]
+            landed.record(torch.cuda.current_stream(acc.h.device))
+        else:
+            host = acc.h.contiguous()
+        done = self.written[g.name] = threading.Event()
+
+        def written(
+            host: Tensor = host, done: threading.Event = done, pooled: bool = landed is not None
+        ) -> None:
+            if pooled:
+                with self.pool_lock:
+                    self.pool.setdefault(tuple(host.shape), []).append(host)
+            done.set()
+
+        writer.put(g.modules[0], host, landed, written)
+        acc.h = torch.empty(0)  # in the file now; _accumulator reads it back if needed
+
+    def _pinned(self, shape: tuple[int, ...]) -> Tensor:
+        """A pinned host buffer of ``shape``: a written one from the pool, else a new one."""
+        with self.pool_lock:
+            free = self.pool.get(shape)
+            if free:
+                return free.pop()
+        return torch.empty(shape, dtype=torch.float32, pin_memory=True)
 
     def _synced(self) -> None:
         if self.device.type == "cuda":
@@ -140,21 +203,27 @@ class HessianCollector:
 
         self._synced()
         t = time.monotonic()
-        tensors = {g.modules[0]: self.acc[g.name].h.contiguous() for g in self.groups}
-        meta = {
-            g.modules[0]: {"group": g.name, "modules": g.modules, "tokens": self.acc[g.name].n}
-            for g in self.groups
-        }
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata={"groups": json.dumps(meta)})
-        tmp.replace(path)
-        size = path.stat().st_size
+        meta = self._meta(lambda g: self.acc[g.name].n)
+        w = self.writer
+        if w is not None and w.path != path:
+            raise ValueError(f"the Hessians are being written to {w.path}, not {path}")
+        if w is not None:  # every layer's groups are parked in it
+            size = w.finish(meta)
+            background = {"writerBusySeconds": round(w.busy_seconds, 3)}
+        else:
+            tensors = {g.modules[0]: self.acc[g.name].h.contiguous() for g in self.groups}
+            tmp = path.with_name(path.name + ".tmp")
+            save_file(tensors, str(tmp), metadata={"groups": json.dumps(meta)})
+            tmp.replace(path)
+            size = path.stat().st_size
+            background = {}
         log(
             "sensitivity.hessians",
-            groups=len(tensors),
+            groups=len(self.groups),
             bytes=size,
             accumulateSeconds=round(self.seconds, 3),
-            writeSeconds=round(time.monotonic() - t, 3),
+            writeSeconds=round(time.monotonic() - t, 3),  # what the stage waited for
+            **background,
         )
         return size
 
@@ -165,19 +234,27 @@ def collector_for(
     rounding: Any,
     model: nn.Module,
     device: torch.device,
+    *,
+    path: Path | None = None,
 ) -> HessianCollector | None:
     """A collector when ``rounding`` (samp_core.results.Rounding) will use GPTQ on a
-    format some group can take; else None."""
+    format some group can take; else None. With ``path`` it writes there while scoring
+    runs (finished by ``save(path)``)."""
     from samp_core.formats import RoundingMethod
 
     if rounding is None or rounding.method is not RoundingMethod.GPTQ:
         return None
     c = HessianCollector(groups, candidates, rounding.formats, dict(model.named_modules()), device)
-    return c if c.groups else None
+    if not c.groups:
+        return None
+    if path is not None:
+        c.stream_to(path)
+    return c
 
 
 class StoredHessians:
-    """Hessians written by the sensitivity stage, read lazily one group at a time."""
+    """Hessians written by the sensitivity stage: which groups they cover (export reads
+    the tensors with ``samp_jobs.hessian_file.read_ahead``)."""
 
     def __init__(self, path: Path) -> None:
         from safetensors import safe_open
@@ -197,19 +274,6 @@ class StoredHessians:
             if m is None or list(m["modules"]) != list(a.modules):
                 out.append(a.group)
         return out
-
-    def host(self, first_module: str) -> Tensor:
-        """One group's Hessian in host memory.
-
-        Export reads them one at a time, synchronously: on the H200 a reader thread that
-        pinned the next group's Hessian during GPTQ made the 8B's GPTQ phase slower
-        (69 s against 50 s).
-        """
-        from safetensors import safe_open
-
-        with safe_open(str(self.path), framework="pt", device="cpu") as f:
-            h: Tensor = f.get_tensor(first_module)
-        return h
 
 
 def load_hessians(path: Path, plan: PlanResult) -> StoredHessians | None:
@@ -235,7 +299,8 @@ def gptq_from_hessians(
     """GPTQ codes for every module the plan rounds with GPTQ, from stored Hessians.
 
     One GPTQ call per plan group (its modules' rows stacked: they share the Hessian),
-    each weight moved to ``device`` only for its call. Returns int8 codes on the CPU.
+    each weight moved to ``device`` only for its call, the next group's Hessian read from
+    the file meanwhile. Returns int8 codes on the CPU.
     """
     from samp_jobs.export_gptq import gptq_group_codes
 
@@ -252,14 +317,17 @@ def gptq_from_hessians(
         totals["gptq"] += st.loss
         totals["rtn"] += st.rtn_loss
 
-    for a in plan.assignments:
-        if set(a.modules) & targets:
-            _round(a, stored.host(a.modules[0]).to(device))
+    todo = [a for a in plan.assignments if set(a.modules) & targets]
+    waited: list[float] = []
+    reads = read_ahead(stored.path, [a.modules[0] for a in todo], device, waited)
+    for a, h in zip(todo, reads, strict=True):
+        _round(a, h)
     log(
         "export.gptq",
         modules=len(codes),
         hessians=str(stored.path),
         seconds=round(time.monotonic() - t0, 3),
+        readWaitSeconds=round(sum(waited), 3),  # GPTQ waiting for the file, not the GPU
         proxyLoss=round(totals["gptq"], 6),
         rtnProxyLoss=round(totals["rtn"], 6),
     )

@@ -149,7 +149,8 @@ def sensitivity_hessians(
     cands = {g.name: candidate_formats(g, options.formats, options.group_size) for g in groups}
     (opt.workdir(inv) / HESSIANS_FILE).unlink(missing_ok=True)
     options.hessians = collector_for(
-        groups, cands, inv.inputs.quantization.rounding, model, options.device
+        groups, cands, inv.inputs.quantization.rounding, model, options.device,
+        path=opt.workdir(inv) / HESSIANS_FILE,
     )
     return options.hessians
 

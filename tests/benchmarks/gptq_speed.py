@@ -1,5 +1,6 @@
 """GPTQ speed on the four Linear groups of a Llama-3-8B layer (one H200): eager column
-loop vs the CUDA-graph block, plus what the sequential pass moves between host and GPU.
+loop vs the CUDA-graph block vs the fused Triton block kernel (codes compared with the
+graphed reference), plus what the sequential pass moves between host and GPU.
 
     python tests/benchmarks/gptq_speed.py --out $OUT/gptq_speed.json
 """
@@ -35,7 +36,7 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 
 def measure(name: str, rows: int, cols: int, tokens: int, dev: torch.device) -> dict[str, Any]:
-    """Hessian, GPTQ (eager and graphed) and Cholesky times for one group shape."""
+    """Hessian, GPTQ (eager, graphed, fused) and Cholesky times for one group shape."""
     g = torch.Generator(device=dev).manual_seed(0)
     w = torch.randn(rows, cols, device=dev, generator=g) * 0.02
     x = torch.randn(tokens, cols, device=dev, generator=g, dtype=torch.bfloat16)
@@ -45,8 +46,14 @@ def measure(name: str, rows: int, cols: int, tokens: int, dev: torch.device) -> 
     zp = torch.zeros_like(scale)
     grid = IntGrid(4)
     gptq_codes(w[:256, :512], acc.h[:512, :512], scale[:256, :4], zp[:256, :4], grid)  # warm
-    (q_e, _), t_e = timed(lambda: gptq_codes(w, acc.h, scale, zp, grid, cuda_graph=False))
-    (q_g, st_g), t_g = timed(lambda: gptq_codes(w, acc.h, scale, zp, grid, cuda_graph=True))
+    gptq_codes(w[:256, :512], acc.h[:512, :512], scale[:256, :4], zp[:256, :4], grid,
+               fused=False)  # warm the graphed path too
+    gptq_codes(w, acc.h, scale, zp, grid)  # Triton specialises on strides: build for this shape
+    (q_e, _), t_e = timed(
+        lambda: gptq_codes(w, acc.h, scale, zp, grid, cuda_graph=False, fused=False))
+    (q_g, st_g), t_g = timed(
+        lambda: gptq_codes(w, acc.h, scale, zp, grid, cuda_graph=True, fused=False))
+    (q_f, st_f), t_f = timed(lambda: gptq_codes(w, acc.h, scale, zp, grid, fused=True))
     eye = torch.eye(cols, device=dev)
     _, t_chol = timed(lambda: torch.linalg.cholesky(acc.h + 0.01 * eye))
     row = {
@@ -56,6 +63,9 @@ def measure(name: str, rows: int, cols: int, tokens: int, dev: torch.device) -> 
         "hessian_s_per_16k_tokens": round(t_h, 4),
         "eager_s": round(t_e, 3),
         "graph_s": round(t_g, 3),
+        "fused_s": round(t_f, 4),
+        "fused_codes_differing": int((q_f != q_g).sum()),
+        "fused_loss_rel_diff": abs(st_f.loss - st_g.loss) / st_g.loss,
         "cholesky_s": round(t_chol, 4),
         "codes_equal": bool(torch.equal(q_e, q_g)),
         "loss_ratio_vs_rtn": round(st_g.loss / st_g.rtn_loss, 4),
@@ -75,6 +85,9 @@ def main() -> int:
     res["groups"] = rows_out
     per_layer_e = sum(r["eager_s"] for r in rows_out)
     per_layer_g = sum(r["graph_s"] for r in rows_out)
+    per_layer_f = sum(r["fused_s"] for r in rows_out)
+    res["per_layer_fused_s"] = round(per_layer_f, 3)
+    res["model_32_layers_fused_s"] = round(32 * per_layer_f, 1)
     res["per_layer_eager_s"] = round(per_layer_e, 2)
     res["per_layer_graph_s"] = round(per_layer_g, 2)
     res["model_32_layers_eager_s"] = round(32 * per_layer_e, 1)

@@ -18,6 +18,7 @@ from samp_core.results import Rounding
 from samp_jobs.evaluate import load_quantized
 from samp_jobs.export import ExportError, build_quantization_config, export, gptq_group_codes
 from samp_jobs.gptq import HessianAccumulator
+from samp_jobs.hessian_file import StreamingHessianWriter, read_ahead
 from samp_jobs.hessians import (
     HESSIANS_FILE,
     HessianCollector,
@@ -47,11 +48,12 @@ def collected(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory):  # ty
     ids = _tokens(tiny_llama, 4, 32, seed=0)
     opts = ScoringOptions(formats=FORMATS, group_size=64, micro_batch=2, progress=False)
     cands = {g.name: candidate_formats(g, FORMATS, 64) for g in groups}
-    col = collector_for(groups, cands, Rounding(formats=[Format.INT4_W4A8]), model, CPU)
+    path = tmp_path_factory.mktemp("hess") / HESSIANS_FILE
+    col = collector_for(groups, cands, Rounding(formats=[Format.INT4_W4A8]), model, CPU,
+                        path=path)  # written by the streaming writer, as the stage does
     assert isinstance(col, HessianCollector)
     opts.hessians = col
     score(parts, groups, ids, opts, [SensitivityMethod.FISHER])
-    path = tmp_path_factory.mktemp("hess") / HESSIANS_FILE
     col.save(path)
     return model, parts, groups, ids, path
 
@@ -76,6 +78,37 @@ def test_collected_hessians_are_each_groups_mean_input_outer_product(collected):
         torch.testing.assert_close(h, ref[name].h, rtol=1e-4, atol=1e-5)
     meta = StoredHessians(path).meta
     assert all(m["tokens"] == ids.numel() for m in meta.values())
+
+
+def test_chunked_scoring_reads_parked_hessians_back_from_the_file(
+    collected, tiny_llama: Path, tmp_path: Path
+):  # type: ignore[no-untyped-def]
+    """Tokens scored in one-micro-batch chunks: every chunk after the first reads each
+    group's Hessian back from the file being written, and the result is bit for bit the
+    single-chunk one (same additions, same order)."""
+    _model, _parts, _groups, ids, path = collected
+    model, _ = load_model(tiny_llama)
+    model.float()
+    parts = decoder_parts(model)
+    groups = discover_groups(parts)
+    opts = ScoringOptions(formats=FORMATS, group_size=64, micro_batch=2, progress=False,
+                          max_micro_batches_per_chunk=1)
+    cands = {g.name: candidate_formats(g, FORMATS, 64) for g in groups}
+    chunked = tmp_path / HESSIANS_FILE
+    col = collector_for(groups, cands, Rounding(formats=[Format.INT4_W4A8]), model, CPU,
+                        path=chunked)
+    assert col is not None
+    opts.hessians = col
+    run = score(parts, groups, ids, opts, [SensitivityMethod.FISHER])
+    assert run.memory is not None and run.memory.num_chunks == 2
+    with pytest.raises(ValueError, match="being written to"):
+        col.save(tmp_path / "elsewhere.safetensors")
+    col.save(chunked)
+    got, want = load_file(str(chunked)), load_file(str(path))
+    assert set(got) == set(want)
+    for name in want:
+        assert torch.equal(got[name], want[name])
+    assert StoredHessians(chunked).meta == StoredHessians(path).meta
 
 
 def test_no_collector_when_the_plan_will_not_use_gptq(collected):  # type: ignore[no-untyped-def]
@@ -137,3 +170,40 @@ def test_export_falls_back_when_the_hessians_do_not_cover_the_plan(
     assert StoredHessians(partial).missing(both) != []
     with pytest.raises(ExportError, match="calibration tokens"):
         export(tiny_llama, both, tmp_path / "x", hessians=partial)
+
+
+def test_streaming_writer_writes_what_save_file_writes(tmp_path: Path):
+    """Tensors handed over in any order, one of them twice (the last version wins): the
+    file loads with safetensors to exactly the tensors and metadata save_file writes."""
+    g = torch.Generator().manual_seed(7)
+    tensors = {f"m{i}": torch.randn(n, n, generator=g) for i, n in enumerate((8, 24, 16))}
+    meta = {name: {"group": name, "modules": [name], "tokens": 12345678901} for name in tensors}
+    draft = {name: dict(m, tokens=0) for name, m in meta.items()}
+    w = StreamingHessianWriter(tmp_path / "s.safetensors",
+                               {k: tuple(v.shape) for k, v in tensors.items()}, draft)
+    stale = torch.zeros(24, 24)
+    w.put("m1", stale)
+    for name in ("m2", "m0", "m1"):
+        w.put(name, tensors[name])
+    with pytest.raises(ValueError, match="reserved"):
+        w.put("m0", torch.zeros(3, 3))
+    size = w.finish(meta)
+    assert not (tmp_path / "s.safetensors.tmp").exists()
+    save_file(tensors, str(tmp_path / "ref.safetensors"), metadata={"groups": json.dumps(meta)})
+    got = load_file(str(tmp_path / "s.safetensors"))
+    ref = load_file(str(tmp_path / "ref.safetensors"))
+    assert set(got) == set(ref)
+    for k in ref:
+        assert torch.equal(got[k], ref[k])
+    assert StoredHessians(tmp_path / "s.safetensors").meta == meta
+    assert size == (tmp_path / "s.safetensors").stat().st_size
+
+
+def test_read_ahead_yields_the_stored_tensors_in_order(collected):  # type: ignore[no-untyped-def]
+    _model, _parts, _groups, _ids, path = collected
+    stored = load_file(str(path))
+    names = sorted(stored)[::-1] + sorted(stored)[:1]  # any order, a name twice
+    got = list(read_ahead(path, names, CPU))
+    assert len(got) == len(names)
+    for name, h in zip(names, got, strict=True):
+        assert torch.equal(h, stored[name])

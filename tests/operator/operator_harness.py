@@ -187,9 +187,13 @@ Decision = tuple[str, str] | None  # ("succeed", message) | ("fail", message) | 
 class JobRuntime:
     """Plays the stage containers of every Job pod in a namespace (see module docstring)."""
 
-    def __init__(self, cluster: Any, namespace: str) -> None:
+    def __init__(self, cluster: Any, namespace: str, run_seconds: float = 0) -> None:
         self.cluster = cluster
         self.namespace = namespace
+        # How long each stage pod keeps running once decided: 0 ends it at once; the chart
+        # tests give it seconds so that the operator's pods/log read for status.progress
+        # (made only while a stage pod runs) surely happens and shows in the audit log.
+        self.run_seconds = run_seconds
         self.policy: Callable[[dict[str, Any]], Decision] = self.succeed_all
         self.handled: dict[str, str] = {}  # pod name -> what we did
         self._stop = threading.Event()
@@ -235,8 +239,9 @@ class JobRuntime:
         if decision is None:
             return
         action, message = decision
-        meta: dict[str, Any] = {"annotations": {"samp.dev/kwok-run-duration": "0s",
-                                                "samp.dev/kwok-message": message}}
+        meta: dict[str, Any] = {"annotations": {
+            "samp.dev/kwok-run-duration": f"{self.run_seconds:g}s",
+            "samp.dev/kwok-message": message}}
         if action == "fail":
             meta["labels"] = {"samp.dev/kwok-fail": "true"}
         status, body = self.cluster.request(

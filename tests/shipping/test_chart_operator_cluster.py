@@ -44,7 +44,7 @@ def test_operator_under_chart_rbac(cluster_wide: bool, cluster: Any, samp_crds: 
     operator_rbac(rules)
     election = fresh_leader_election(cluster, *helm_args)
     api = Api(cluster, ns)
-    runtime = JobRuntime(cluster, ns).start()
+    runtime = JobRuntime(cluster, ns, run_seconds=3).start()
     op = Operator(cluster, [] if cluster_wide else [ns], tmp_path / "operator.log",
                   extra_args=election)
     offset = audit_offset(cluster)

@@ -66,7 +66,7 @@ class PlanResult(ResultBase):
     export_format: ExportFormat = ExportFormat.COMPRESSED_TENSORS
     group_size: int = Field(gt=0)
     assignments: list[GroupAssignment]
-    total_bytes: int = Field(ge=0)  # serving memory of the planned weights
+    total_bytes: int = Field(ge=0)  # bytes of the planned weights as stored and loaded
     checkpoint_bytes: int | None = Field(default=None, ge=0)  # what the exporter writes
     bytes_16bit: int = Field(ge=0)
     num_params: int = Field(ge=0)

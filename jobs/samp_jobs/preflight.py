@@ -45,10 +45,9 @@ def preflight(
     if not progress:
         silence_progress()
     check_workdir_writable(Path(workdir))
+    shapes: dict[str, list[int]] = {}
     if model_dir and stage in ("quantize", "calibrate", "sensitivity", "export", "evaluate"):
         shapes = check_safetensors(Path(model_dir))
-        if quantization is not None and profile and stage in BEFORE_PLAN:
-            check_budget(quantization, profile, shapes)
     if eval_set is not None and stage in ("quantize", "evaluate"):
         n = len(eval_records(Path(eval_set)))
         log("preflight.eval_set", path=str(eval_set), records=n)
@@ -59,6 +58,8 @@ def preflight(
             note="no eval set: accuracy is measured on the held-out calibration prompts only "
             "(no task exact match or JSON validity)",
         )
+    if shapes and quantization is not None and profile and stage in BEFORE_PLAN:
+        check_budget(quantization, profile, shapes)
 
 
 def check_workdir_writable(workdir: Path) -> None:
@@ -79,8 +80,9 @@ def check_budget(q: QuantizationInputs, profile: str, shapes: dict[str, list[int
     problem = policy_budget_problem(q, get_profile(profile), shapes)
     if problem:
         raise BadInputError(
-            f"spec.quantization.budget (flags: --max-weight-bytes, --fraction-of-16bit, "
-            f"--effective-bits) is out of reach on this model: {problem}"
+            "spec.quantization.budget (flags: --max-weight-bytes, --fraction-of-16bit, "
+            f"--effective-bits) is out of reach on this model: {problem} (flag runs: "
+            "keepLmHead16Bit false is --quantize-lm-head, overrides are --override)"
         )
     log("preflight.budget", profile=profile, reachable=True)
 

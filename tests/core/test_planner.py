@@ -392,7 +392,8 @@ def test_budgets_count_stored_bytes_not_the_4_bits_w4a8_computes_with() -> None:
     so on cpu it saves nothing over INT8 W8A8 and a budget it met only in packed bytes is
     refused."""
     g = _group("mlp", GroupKind.MLP_DOWN, 512, 512)
-    stored, packed = group_bytes(g, Format.INT4_W4A8, 32), weight_bytes(Format.INT4_W4A8, 512, 512, 32)
+    stored = group_bytes(g, Format.INT4_W4A8, 32)
+    packed = weight_bytes(Format.INT4_W4A8, 512, 512, 32)
     assert stored == 512 * 512 + 512 * 16 * 2 and packed < stored
     scores = {"mlp": {Format.INT4_W4A8: 0.1, Format.INT8_W8A8: 0.2}}
     req = _request(groups=[g], scores=scores, profile=get_profile("cpu"), group_size=32,

@@ -80,6 +80,20 @@ class SensitivityMethod(StrEnum):
     ACTIVATION = "activation"  # ||(W - Q(W)) X||^2 from collected inputs, no backward
     KL = "kl"  # exact next-token KL with only that group quantized (slow reference)
 
+    @property
+    def score_unit(self) -> str:
+        """What one score (and a plan's predicted loss, their sum) is measured in."""
+        return _SCORE_UNITS[self]
+
+
+_SCORE_UNITS: dict[SensitivityMethod, str] = {
+    SensitivityMethod.FISHER: "nats/token (Fisher estimate of the loss increase)",
+    SensitivityMethod.KL: "nats/token (next-token KL to the 16-bit model)",
+    SensitivityMethod.ACTIVATION: (
+        "squared output error per token (not a loss: not comparable with fisher or kl)"
+    ),
+}
+
 
 class RoundingMethod(StrEnum):
     """How weights are rounded onto a format's grid once the plan has chosen the format."""

@@ -63,5 +63,11 @@ def test_cpu_plan_total_bytes_are_the_weight_bytes_on_disk(
         for a in plan.assignments
     )
     assert packed < 0.8 * disk
+    # The activation estimator's scores are not a loss: the documents and the printed plan
+    # say what they are measured in.
+    assert sens.score_unit.startswith("squared output error per token")
+    assert plan.score_unit == sens.score_unit
+    table = (work / "artifact" / "samp_plan.md").read_text()
+    assert "predicted loss increase" in table and "squared output error per token" in table
     print(f"plan {plan.total_bytes} bytes = {plan.effective_bits:.2f} bits per weight, "
           f"disk {disk} bytes; counting packed 4-bit W4A8 it would say {packed} bytes")

@@ -72,6 +72,9 @@ class PlanResult(ResultBase):
     num_params: int = Field(ge=0)
     effective_bits: float
     predicted_loss: float
+    # The unit of predicted_loss and of each score: the sensitivity method's (fisher and kl
+    # in nats/token, activation in squared output error); None in plans written before.
+    score_unit: str | None = None
     budget_bytes: int = Field(ge=0)
     min_feasible_bytes: int = Field(ge=0)
     predicted_relative_latency: float | None = None
@@ -172,6 +175,9 @@ class PlanResultSummary(SummaryBase):
     memory_saved_percent: float
     effective_bits: float
     predicted_loss: float
+    # The unit of predicted_loss and of each score: the sensitivity method's (fisher and kl
+    # in nats/token, activation in squared output error); None in plans written before.
+    score_unit: str | None = None
     budget_bytes: int = Field(ge=0)
     budget_used: float
     predicted_relative_latency: float | None = None

@@ -77,7 +77,11 @@ def check_workdir_writable(workdir: Path) -> None:
 def check_budget(q: QuantizationInputs, profile: str, shapes: dict[str, list[int]]) -> None:
     """An unreachable budget is refused before calibration and scoring spend their hours:
     the smallest plan depends only on shapes, profile and pins."""
-    problem = policy_budget_problem(q, get_profile(profile), shapes)
+    try:
+        target = get_profile(profile)
+    except KeyError as e:
+        raise BadInputError(f"--profile / spec.hardware.target: {e.args[0]}") from None
+    problem = policy_budget_problem(q, target, shapes)
     if problem:
         raise BadInputError(
             "spec.quantization.budget (flags: --max-weight-bytes, --fraction-of-16bit, "

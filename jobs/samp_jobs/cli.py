@@ -195,7 +195,8 @@ def _run(stage: str, ns: argparse.Namespace) -> None:
     inv = from_args(ns, Stage.CALIBRATE if stage == "quantize" else Stage(stage))
     preflight(stage, workdir=opt.workdir(inv),
               model_dir=None if stage == "plan" else opt.model_dir(inv),
-              eval_set=inv.paths.eval_set, progress=inv.runtime.progress)
+              eval_set=inv.paths.eval_set, progress=inv.runtime.progress,
+              quantization=inv.inputs.quantization, profile=inv.inputs.profile)
     if stage == "quantize":
         run_all(inv, evaluate=not ns.skip_evaluate)
         from samp_jobs.report import render

@@ -77,7 +77,8 @@ def plan_table(plan: PlanResult) -> str:
         "",
         f"- total {plan.total_bytes} bytes = {100 * plan.fraction_of_16bit:.1f}% of 16-bit "
         f"({plan.effective_bits:.2f} effective bits), budget {plan.budget_bytes} bytes",
-        f"- predicted loss increase {plan.predicted_loss:.6g}, group size {plan.group_size}",
+        f"- predicted loss increase {plan.predicted_loss:.6g}"
+        f"{f' {plan.score_unit}' if plan.score_unit else ''}, group size {plan.group_size}",
         "",
         "| group | kind | format | bytes | score | pinned by |",
         "|---|---|---|---:|---:|---|",

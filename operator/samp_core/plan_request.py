@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from samp_core.formats import ExportFormat, Format, RoundingMethod, weight_bytes
+from samp_core.formats import ExportFormat, Format, RoundingMethod, checkpoint_bytes
 from samp_core.groups import LayerGroup
 from samp_core.hardware import HardwareProfile
 from samp_core.results import Rounding
@@ -178,8 +178,10 @@ def request_from_spec(
 
 
 def group_bytes(group: LayerGroup, fmt: Format, group_size: int) -> int:
-    """Bytes of ``group`` stored in ``fmt`` (all fused modules, scales included)."""
-    return weight_bytes(
+    """Bytes of ``group`` stored in ``fmt`` (all fused modules, scales included): what the
+    checkpoint holds and the server loads, so budgets and savings count real bytes (W4A8's
+    int8 containers, not the 4 bits its kernels compute with)."""
+    return checkpoint_bytes(
         fmt, group.in_features, group.out_features, group_size, num_tensors=group.num_modules
     )
 

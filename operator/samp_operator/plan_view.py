@@ -26,7 +26,8 @@ def plan_table(plan: PlanResult) -> str:
         f"({format_bytes(plan.bytes_16bit)}), {plan.effective_bits:.2f} effective bits; "
         f"budget {format_bytes(plan.budget_bytes)}, smallest feasible "
         f"{format_bytes(plan.min_feasible_bytes)}",
-        f"predicted loss {plan.predicted_loss:.4g}",
+        f"predicted loss {plan.predicted_loss:.4g}"
+        + (f" {plan.score_unit}" if plan.score_unit else ""),
         "",
     ]
     rows = [("GROUP", "KIND", "FORMAT", "SIZE", "SCORE", "PINNED BY")]

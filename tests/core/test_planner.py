@@ -376,15 +376,35 @@ def test_cpu_profile_plans_only_what_vllm_cpu_serves() -> None:
             groups=groups,
             scores=scores,
             profile=get_profile("cpu"),
-            budget=Budget(fraction_of_16bit=0.4),
+            budget=Budget(fraction_of_16bit=0.6),
             allow_non_native=True,
         )
     )
     used = set(result.format_of().values())
     assert used <= {Format.BF16, Format.INT8_W8A8, Format.FP8_W8A8, Format.INT4_W4A8}
-    assert Format.INT4_W4A8 in used
+    assert used - {Format.BF16}
     excluded = {e.format for e in result.excluded}
     assert {Format.INT4_W4A16, Format.NF4, Format.NVFP4} <= excluded
+
+
+def test_budgets_count_stored_bytes_not_the_4_bits_w4a8_computes_with() -> None:
+    """W4A8 is written in int8 containers: the plan's bytes, bits and savings count them,
+    so on cpu it saves nothing over INT8 W8A8 and a budget it met only in packed bytes is
+    refused."""
+    g = _group("mlp", GroupKind.MLP_DOWN, 512, 512)
+    stored = group_bytes(g, Format.INT4_W4A8, 32)
+    packed = weight_bytes(Format.INT4_W4A8, 512, 512, 32)
+    assert stored == 512 * 512 + 512 * 16 * 2 and packed < stored
+    scores = {"mlp": {Format.INT4_W4A8: 0.1, Format.INT8_W8A8: 0.2}}
+    req = _request(groups=[g], scores=scores, profile=get_profile("cpu"), group_size=32,
+                   allowed_formats=[Format.INT4_W4A8, Format.BF16],
+                   budget=Budget(max_weight_bytes=stored))
+    result = plan(req)
+    assert result.format_of()["mlp"] is Format.INT4_W4A8
+    assert result.total_bytes == result.checkpoint_bytes == stored
+    assert result.effective_bits == pytest.approx(8 * stored / (512 * 512))
+    with pytest.raises(PlanInfeasibleError):
+        plan(req.model_copy(update={"budget": Budget(max_weight_bytes=packed)}))
 
 
 def test_group_size_must_divide_in_features_for_packed_int4() -> None:

@@ -25,7 +25,7 @@ def _tiny_plan() -> tuple[object, SensitivityResult]:
     groups = build_groups(shapes)
     scores = {
         grp.name: {
-            Format.INT4_W4A8: 1.0 + 3.0 * (grp.name.endswith("down_proj")) + 0.1 * i,
+            Format.INT4_W4A16: 1.0 + 3.0 * (grp.name.endswith("down_proj")) + 0.1 * i,
             Format.INT8_W8A8: 0.1 + 0.01 * i,
         }
         for i, grp in enumerate(groups)
@@ -43,9 +43,9 @@ def _tiny_plan() -> tuple[object, SensitivityResult]:
         PlanRequest(
             groups=groups,
             scores=scores,
-            profile=get_profile("cpu"),
-            budget=Budget(fraction_of_16bit=0.45),
-            allowed_formats=[Format.INT4_W4A8, Format.INT8_W8A8, Format.BF16],
+            profile=get_profile("sm90"),
+            budget=Budget(fraction_of_16bit=0.65),  # make_spec's (examples/tiny-cpu.yaml)
+            allowed_formats=[Format.INT4_W4A16, Format.INT8_W8A8, Format.BF16],
             group_size=32,
         )
     )
@@ -59,7 +59,7 @@ def test_conservative_plan_raises_most_sensitive_groups_within_headroom() -> Non
     _, ceiling3 = rp.replan_ceiling(prev, spec.quantization, spec.rollout.replan, 3)
     assert ceiling2 == int(base * 1.1) and ceiling3 == int(base * 1.2)
     new = rp.conservative_plan(
-        prev, sens, get_profile("cpu"), spec.quantization, spec.rollout.replan, 2
+        prev, sens, get_profile("sm90"), spec.quantization, spec.rollout.replan, 2
     )
     assert new is not None
     assert new.total_bytes <= ceiling2 and new.total_bytes > prev.total_bytes
@@ -67,7 +67,7 @@ def test_conservative_plan_raises_most_sensitive_groups_within_headroom() -> Non
     changed = [k for k in before if before[k] != after[k]]
     assert changed
     # only raises, never lowers; the most sensitive (down_proj, highest score first)
-    order = {Format.INT4_W4A8: 0, Format.INT8_W8A8: 1, Format.BF16: 2}
+    order = {Format.INT4_W4A16: 0, Format.INT8_W8A8: 1, Format.BF16: 2}
     assert all(order[after[k]] > order[before[k]] for k in changed)
     top = max(
         (a for a in prev.assignments if a.pinned_by is None and not a.format.is_unquantized),
@@ -78,7 +78,7 @@ def test_conservative_plan_raises_most_sensitive_groups_within_headroom() -> Non
     assert any("attempt 2" in w for w in new.warnings)
     # attempt 3 starts from attempt 2 and opens more headroom
     newer = rp.conservative_plan(
-        new, sens, get_profile("cpu"), spec.quantization, spec.rollout.replan, 3
+        new, sens, get_profile("sm90"), spec.quantization, spec.rollout.replan, 3
     )
     assert newer is not None and newer.total_bytes > new.total_bytes
 
@@ -88,7 +88,7 @@ def test_conservative_plan_without_headroom_is_none() -> None:
     spec = make_spec(replan={"enabled": True, "maxBudgetIncreaseFraction": 0.0})
     assert (
         rp.conservative_plan(
-            prev, sens, get_profile("cpu"), spec.quantization, spec.rollout.replan, 2
+            prev, sens, get_profile("sm90"), spec.quantization, spec.rollout.replan, 2
         )
         is None
     )

@@ -269,6 +269,20 @@ def test_sensitivity_scores_must_name_known_groups() -> None:
         )
 
 
+def test_sensitivity_scores_say_their_unit() -> None:
+    """fisher and kl estimate a loss in nats/token; activation's squared output error is
+    another unit, and the document says so (kept through JSON)."""
+    sens = _sensitivity(1)
+    assert sens.score_unit.startswith("nats/token")
+    act = sens.model_copy(update={"method": SensitivityMethod.ACTIVATION, "score_unit": ""})
+    act = SensitivityResult.model_validate(act.model_dump())
+    assert act.score_unit.startswith("squared output error per token")
+    assert "not comparable with fisher or kl" in act.score_unit
+    again = SensitivityResult.model_validate_json(act.model_dump_json(by_alias=True))
+    assert again.score_unit == act.score_unit
+    assert SensitivityMethod.KL.score_unit != SensitivityMethod.FISHER.score_unit
+
+
 def test_evaluation_derives_recovery_and_delta() -> None:
     ev = _all_kinds()[4]
     assert isinstance(ev, EvaluationResult)

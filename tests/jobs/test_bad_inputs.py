@@ -209,3 +209,29 @@ def test_no_progress_silences_library_bars(monkeypatch: pytest.MonkeyPatch):
         assert not hf_logging.is_progress_bar_enabled()
     finally:
         hf_logging.enable_progress_bar()
+
+
+def test_unreachable_budget_exits_2_before_calibrate_naming_the_pin(
+    tiny_llama: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    """On cpu every quantized format stores at least a byte per weight, so with the 16-bit
+    lm_head the tiny model's floor is 0.577 of 16-bit (0.507 without the pin): 0.55 is out
+    of reach because of keepLmHead16Bit alone, found from the safetensors headers before
+    any calibration runs."""
+    work = tmp_path / "w"
+    flags = [
+        "--workdir", str(work), "--model", str(tiny_llama),
+        "--prompts", str(_prompts(tmp_path / "p.jsonl")), "--profile", "cpu",
+        "--formats", "int4-w4a8,int8-w8a8,bf16", "--group-size", "64",
+        "--fraction-of-16bit", "0.55", "--max-seq-len", "64", "--no-progress",
+    ]
+    for stage in ("quantize", "calibrate"):
+        assert main([stage, *flags]) == 2
+        err = capsys.readouterr().err
+        assert "spec.quantization.budget" in err and "is out of reach on this model" in err
+        assert "the pin keepLmHead16Bit alone puts it out of reach" in err
+        assert "--quantize-lm-head" in err
+        assert not (work / "calibration.json").exists()
+    # relaxing that pin makes the same budget reachable: calibrate runs
+    assert main(["calibrate", *flags, "--quantize-lm-head"]) == 0
+    assert (work / "calibration.json").is_file()

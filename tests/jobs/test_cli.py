@@ -38,7 +38,7 @@ def test_quantize_runs_every_stage(
         "--workdir", str(work), "--model", str(tiny_llama), "--prompts", str(chat_prompts),
         "--format", "chat", "--max-seq-len", "64", "--profile", "cpu",
         "--formats", "int4-w4a8,int8-w8a8,bf16", "--group-size", "64",
-        "--fraction-of-16bit", "0.5", "--eval-set", str(_eval_set(tmp_path)),
+        "--fraction-of-16bit", "0.65", "--eval-set", str(_eval_set(tmp_path)),
         "--max-new-tokens", "4", "--no-progress",
     ]
     rc = main(["quantize", *flags, "--termination-log", str(term)])

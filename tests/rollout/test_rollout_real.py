@@ -290,7 +290,8 @@ def _plan_and_sensitivity(model_dir: Path) -> tuple[Any, SensitivityResult]:
             groups=groups,
             scores=scores,
             profile=get_profile("cpu"),
-            budget=Budget(fraction_of_16bit=0.45),
+            # above the cpu floor of stored bytes (0.594 of 16-bit with the 16-bit lm_head)
+            budget=Budget(fraction_of_16bit=0.65),
             allowed_formats=[Format.INT4_W4A8, Format.INT8_W8A8, Format.BF16],
             group_size=32,
         )

@@ -217,11 +217,12 @@ def _plan_document() -> dict[str, Any]:
         "mlp.gate_proj": (256, 768), "mlp.up_proj": (256, 768),
         "mlp.down_proj": (768, 256)}.items()} | {"lm_head": (256, 1000)}
     groups = build_groups(shapes)
-    scores = {g.name: {Format.INT8_W8A8: 0.1 * (i + 1), Format.INT4_W4A8: 0.9 + i}
+    # sm90: a real 4-bit format (on cpu W4A8 stores int8 containers, no curve to draw)
+    scores = {g.name: {Format.INT8_W8A8: 0.1 * (i + 1), Format.INT4_W4A16: 0.9 + i}
               for i, g in enumerate(groups)}
     request = PlanRequest.model_validate({
-        "groups": groups, "scores": scores, "profile": get_profile("cpu"),
-        "budget": {"fraction_of_16bit": 0.5}, "allowed_formats": ["int8-w8a8", "int4-w4a8"],
+        "groups": groups, "scores": scores, "profile": get_profile("sm90"),
+        "budget": {"fraction_of_16bit": 0.5}, "allowed_formats": ["int8-w8a8", "int4-w4a16"],
         "group_size": 32, "curve_points": 6})
     return plan(request).model_dump(mode="json", by_alias=True)
 

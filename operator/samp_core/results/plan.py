@@ -66,12 +66,15 @@ class PlanResult(ResultBase):
     export_format: ExportFormat = ExportFormat.COMPRESSED_TENSORS
     group_size: int = Field(gt=0)
     assignments: list[GroupAssignment]
-    total_bytes: int = Field(ge=0)  # serving memory of the planned weights
+    total_bytes: int = Field(ge=0)  # bytes of the planned weights as stored and loaded
     checkpoint_bytes: int | None = Field(default=None, ge=0)  # what the exporter writes
     bytes_16bit: int = Field(ge=0)
     num_params: int = Field(ge=0)
     effective_bits: float
     predicted_loss: float
+    # The unit of predicted_loss and of each score: the sensitivity method's (fisher and kl
+    # in nats/token, activation in squared output error); None in plans written before.
+    score_unit: str | None = None
     budget_bytes: int = Field(ge=0)
     min_feasible_bytes: int = Field(ge=0)
     predicted_relative_latency: float | None = None
@@ -172,6 +175,9 @@ class PlanResultSummary(SummaryBase):
     memory_saved_percent: float
     effective_bits: float
     predicted_loss: float
+    # The unit of predicted_loss and of each score: the sensitivity method's (fisher and kl
+    # in nats/token, activation in squared output error); None in plans written before.
+    score_unit: str | None = None
     budget_bytes: int = Field(ge=0)
     budget_used: float
     predicted_relative_latency: float | None = None

@@ -29,9 +29,13 @@ class SensitivityResult(ResultBase):
     peak_memory_bytes: int = Field(default=0, ge=0)
     device: str = ""
     group_size: int = Field(default=128, gt=0)
+    # What the scores are measured in (method.score_unit); filled from the method.
+    score_unit: str = ""
 
     @model_validator(mode="after")
     def _scores_name_groups(self) -> SensitivityResult:
+        if not self.score_unit:
+            self.score_unit = self.method.score_unit
         names = {g.name for g in self.groups}
         if len(names) != len(self.groups):
             raise ValueError("duplicate group names")

@@ -36,33 +36,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rounding_eval import compare
 from scipy.stats import kendalltau, spearmanr
+from tiny_setup import (  # puts operator/, jobs/ on sys.path
+    FORMATS,
+    ROOT,
+    Scores,
+    TinySetup,
+    add_setup_arguments,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-for _sub in ("operator", "jobs"):
-    sys.path.insert(0, str(ROOT / _sub))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from samp_core.formats import Format, SensitivityMethod
+from samp_jobs import scorer
+from samp_jobs.evaluate import load_quantized
+from samp_jobs.export import export
+from samp_jobs.fakequant import FormatQuantizer
+from samp_jobs.gptq import IntGrid, dequantize, gptq_codes
+from samp_jobs.hessians import HESSIANS_FILE, HessianCollector
+from samp_jobs.sensitivity import ScoringOptions, candidate_formats, score
 
-from rounding_eval import base_logprobs, compare  # noqa: E402
-from transformers import AutoTokenizer  # noqa: E402
-
-from samp_core.formats import Format, SensitivityMethod  # noqa: E402
-from samp_core.hardware import get_profile  # noqa: E402
-from samp_core.planner import Budget, PlanRequest, plan  # noqa: E402
-from samp_core.results import PlanResult, Rounding  # noqa: E402
-from samp_jobs import scorer  # noqa: E402
-from samp_jobs.calibration import CalibrationOptions, build_calibration, encode  # noqa: E402
-from samp_jobs.evaluate import load_quantized, read_eval_set  # noqa: E402
-from samp_jobs.export import export  # noqa: E402
-from samp_jobs.fakequant import FormatQuantizer  # noqa: E402
-from samp_jobs.gptq import IntGrid, dequantize, gptq_codes  # noqa: E402
-from samp_jobs.hessians import HESSIANS_FILE, HessianCollector  # noqa: E402
-from samp_jobs.modeling import decoder_parts, discover_groups, load_model  # noqa: E402
-from samp_jobs.sensitivity import ScoringOptions, candidate_formats, score  # noqa: E402
-
-FORMATS = [Format.INT4_W4A16, Format.FP8_W8A8, Format.INT8_W8A8, Format.BF16]
 BITS = {Format.INT4_W4A16: 4, Format.INT8_W8A8: 8}
-Scores = dict[str, dict[Format, float]]
 
 
 def symmetric_scales(w: torch.Tensor, bits: int, group: int | None) -> torch.Tensor:
@@ -141,12 +134,7 @@ def agreement(pred: Scores, truth: Scores) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", type=Path, default=ROOT / "examples/tiny/model")
-    ap.add_argument("--prompts", type=Path, default=ROOT / "examples/tiny/prompts.jsonl")
-    ap.add_argument("--eval-set", type=Path, default=ROOT / "examples/tiny/eval.jsonl")
-    ap.add_argument("--group-size", type=int, default=64)
-    ap.add_argument("--calib-seqs", type=int, default=32)
-    ap.add_argument("--seq-len", type=int, default=128)
+    add_setup_arguments(ap)
     ap.add_argument("--max-texts", type=int, default=120)
     ap.add_argument("--device", default="cpu", help="scoring and export device")
     ap.add_argument("--fractions", default="0.40,0.45", help="budgets besides the recipe's")
@@ -156,37 +144,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     t0 = time.time()
-    model, _ = load_model(args.model)
-    qd = next(model.parameters()).dtype
-    model.float()
-    parts = decoder_parts(model)
-    groups = discover_groups(parts, torch.device(args.device))  # leaves the model on the CPU
-    model.to(args.device)
-    tok = AutoTokenizer.from_pretrained(args.model)
-    cal = build_calibration(
-        CalibrationOptions(
-            source=str(args.prompts), samples=100_000, max_sequence_length=args.seq_len, seed=0
-        ),
-        tok,
-    )
-    ids = cal.input_ids[: args.calib_seqs]
-    _tasks, texts = read_eval_set(args.eval_set, tok)
-    held = [torch.tensor(encode(tok, t)[: args.seq_len]) for t in texts[: args.max_texts]]
-    held = [r.to(args.device) for r in held if r.numel() > 1]
-    base = base_logprobs(model, held)
-    gs = args.group_size
-    dev = torch.device(args.device)
-    opts = ScoringOptions(
-        formats=FORMATS, group_size=gs, quant_dtype=qd, progress=False, device=dev
-    )
-    cands = {g.name: candidate_formats(g, FORMATS, gs) for g in groups}
+    setup = TinySetup.load(args, device=args.device, max_texts=args.max_texts)
+    parts, groups, ids = setup.parts, setup.groups, setup.ids
+    model, held, base = setup.model, setup.held, setup.base
+    gs, qd, dev = setup.group_size, setup.quant_dtype, setup.device
+    opts = setup.scoring_options()
     gptq_fmts = [Format.INT4_W4A16, Format.INT8_W8A8]
-    col = HessianCollector(groups, cands, gptq_fmts, dict(model.named_modules()), dev)
-    opts.hessians = col
     both = [SensitivityMethod.FISHER, SensitivityMethod.KL]
-    t = time.time()
-    rtn = score(parts, groups, ids, opts, both).scores
-    rtn_s = time.time() - t
+    rtn, col, rtn_s = setup.scores_with_hessians(opts, both, gptq_fmts)
     opts.hessians = None
     t = time.time()
     table, ratio = gptq_candidates(parts, groups, col, gptq_fmts, gs=gs, qd=qd)
@@ -217,37 +182,18 @@ def main(argv: list[str] | None = None) -> int:
         "exact KL RTN": kl_rtn,
         "exact KL shipped (oracle)": truth4,
     }
-    ranks = {name: agreement(s, truth4) for name, s in sets.items()}
+    ranks = {name: agreement(sc, truth4) for name, sc in sets.items()}
     ranks_rtn_truth = {"fisher RTN vs exact KL RTN": agreement(fisher_rtn, kl_rtn)}
 
     # End result: each score set planned at the recipe's bytes, exported with GPTQ.
-    def make_plan(scores: Scores, frac: float, pins: list[tuple[str, Format]]) -> PlanResult:
-        return plan(
-            PlanRequest(
-                groups=groups,
-                scores=scores,
-                profile=get_profile("sm90"),
-                budget=Budget(fraction_of_16bit=frac),
-                allowed_formats=FORMATS,
-                overrides=pins,
-                allow_non_native=True,
-                group_size=gs,
-                curve_points=0,
-                rounding=Rounding(),
-            )
-        )
-
-    recipe = make_plan(
-        fisher_rtn, 1.0, [(r"\.mlp\.", Format.INT4_W4A16), (r"\.self_attn\.", Format.FP8_W8A8)]
-    )
-    frac = recipe.total_bytes / recipe.bytes_16bit
+    frac = setup.recipe_fraction(fisher_rtn)
     ends: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         hfile = Path(tmp) / HESSIANS_FILE
         col.save(hfile)
         for fr in (frac, *(float(x) for x in args.fractions.split(",") if x)):
-            for name, s in sets.items():
-                p = make_plan(s, fr, [])
+            for name, scores in sets.items():
+                p = setup.plan_at(scores, fr)
                 export(args.model, p, Path(tmp) / "ckpt", hessians=hfile, device=dev)
                 m = compare(
                     load_quantized(Path(tmp) / "ckpt", dtype=torch.float32).to(dev), held, base

@@ -279,6 +279,13 @@ class VllmProcess:
         _stop(self.proc)
         self.proc = None
 
+    def restart(self, timeout: float = 300.0) -> float:
+        """A fresh server on the same port (a new artifact is a new pod in production):
+        nothing a previous rollout queued or cached survives. Returns seconds to ready."""
+        self.stop()
+        self.start()
+        return self.wait_ready(timeout)
+
 
 def pinned(core: str) -> dict[str, str]:
     """Environment of a vLLM-CPU server that owns one core: its engine bound there and

@@ -88,6 +88,23 @@ def _effective_manifest(args: argparse.Namespace, out: Path,
     return spec, qm.name, path
 
 
+def fair_steps(spec: QuantizedModelSpec) -> QuantizedModelSpec:
+    """The spec with every partial step at 50%: the demo serves one stable and one canary
+    process, and only an even split gives both the same load per replica.
+
+    At the example's 25% the canary gets a third of the stable's requests per replica, so
+    the fairness check (``gates.maxLoadImbalance``, 1.5x) rightly keeps every comparison
+    Inconclusive: measured on this machine, both rollouts rolled back on
+    ``inconclusiveLimit`` with the canary at 0.27-0.33x the stable's per-replica rate. In a
+    cluster the replica-ratio router (or a canary with fewer replicas behind an HTTPRoute)
+    keeps per-replica loads level at any weight. The steps' durations are the manifest's.
+    """
+    partial = [s for s in spec.rollout.steps if s.weight < 100]
+    full = [s for s in spec.rollout.steps if s.weight == 100]
+    steps = [s.model_copy(update={"weight": 50}) for s in partial[-1:]] + full
+    return spec.model_copy(update={"rollout": spec.rollout.model_copy(update={"steps": steps})})
+
+
 def _ceiling_spec(spec: QuantizedModelSpec, ceiling: float) -> QuantizedModelSpec:
     """The manifest's spec judged by an absolute P99 ceiling alone, without re-plan."""
     latency = spec.gates.latency.model_copy(update={
@@ -100,7 +117,7 @@ def _ceiling_spec(spec: QuantizedModelSpec, ceiling: float) -> QuantizedModelSpe
 
 
 def _rollouts(args: argparse.Namespace, out: Path) -> list[Rollout]:
-    base = parse(yaml.safe_load(args.manifest.read_text())).spec
+    base = fair_steps(parse(yaml.safe_load(args.manifest.read_text())).spec)
     model = args.model.resolve()
     chosen: list[Rollout] = []
     if args.scenario in ("both", "promote"):
@@ -113,7 +130,7 @@ def _rollouts(args: argparse.Namespace, out: Path) -> list[Rollout]:
     if args.scenario in ("both", "replan"):
         ns = argparse.Namespace(manifest=args.manifest,
                                 replan_attempts=args.replan_attempts or 2)
-        spec, name, path = _effective_manifest(ns, out / "replan")
+        spec, name, path = _effective_manifest(ns, out / "replan", base)
         ratio = spec.gates.latency.p99_max_ratio_to_stable
         chosen.append(Rollout(
             f"the manifest's gate P99 <= {ratio:g} x the 16-bit stable's, re-plan allowed "

@@ -18,11 +18,13 @@ resource (2 s doubling to 5 min) and are counted. A resource nothing happens to 
 API request at all (tests/benchmarks/operator_results.md); one whose stage Job runs costs
 one pods/log read per ``progress_seconds`` for status.progress (progress_reader.py).
 
-Canary: when the quantization stages are all done (``decision.quantized``), the decision
-goes through the canary stage main.py wired in (samp_operator.canary_kube.KubeCanary: the
-one canary driver with the Kubernetes serving, router and Prometheus provider), which
-merges the canary's status, Events and requeue into it. Without one (``--no-canary``)
-the resource rests at Evaluated.
+Canary: when the quantization stages are all done (``decision.facts.quantized``), the
+decision goes through the canary stage main.py wired in (samp_operator.canary_kube.KubeCanary:
+the one canary driver with the Kubernetes serving, router and Prometheus provider), whose
+decision follows it (``Decision.then``: the canary's status, its actions and Events after,
+the sooner requeue). After the status write the canary's actions run first, then the
+children's (CreateChild, DeleteChild), each in the order decided. Without a canary stage
+(``--no-canary``) the resource rests at Evaluated.
 """
 
 from __future__ import annotations
@@ -34,13 +36,15 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from samp_core.reconcile import Decision, ObservedJob, reconcile
+from samp_core.decision import CreateChild, Decision, DeleteChild
+from samp_core.reconcile import ObservedJob, reconcile
 from samp_core.stage_jobs import cleanup_job_manifest, cleanup_supported
 from samp_core.stage_layout import cleanup_job_name, selector
 from samp_core.validation import validate_manifest
@@ -244,7 +248,8 @@ class Engine:
         decision = reconcile(body, jobs, cms, now, self.job_settings)
         again = self.progress.refresh(key, decision.status, pods, now)
         if again is not None:  # a stage runs: come back to refresh its progress
-            decision.requeue_after = min(decision.requeue_after or again, again)
+            decision = replace(decision,
+                               requeue_after=min(decision.requeue_after or again, again))
         canary_error: Exception | None = None
         plan: CanaryPlan | None = None
         if self.canary is not None:
@@ -268,17 +273,17 @@ class Engine:
                     self._settled[key] = settled_marker(decision.status)
                 else:  # the canary stays until the stable serves again: look again soon
                     self._settled.pop(key, None)
-                    decision.requeue_after = min(decision.requeue_after or SETTLE_POLL_SECONDS,
-                                                 SETTLE_POLL_SECONDS)
+                    decision = replace(decision, requeue_after=min(
+                        decision.requeue_after or SETTLE_POLL_SECONDS, SETTLE_POLL_SECONDS))
             except Exception as err:  # settled on the next reconcile
                 self._settled.pop(key, None)
                 canary_error = err
         self._children(body, decision)
         for event in decision.events:
             self.post_event(body, event.type, event.reason, event.message)
-        for stage, seconds in decision.stage_durations:
+        for stage, seconds in decision.facts.stage_durations:
             self.metrics.stage_duration.labels(stage).observe(seconds)
-        for stage, reason in decision.job_failures:
+        for stage, reason in decision.facts.job_failures:
             self.metrics.job_failures.labels(stage, reason).inc()
         self.metrics.set_phase(key, decision.status.phase.value)
         self.metrics.observe_rollout(key, decision.status)
@@ -289,23 +294,31 @@ class Engine:
         return decision.requeue_after
 
     def _children(self, body: Mapping[str, Any], decision: Decision) -> None:
-        """Create and delete the stage Jobs and ConfigMaps the decision names (idempotent)."""
+        """Create and delete the stage Jobs and ConfigMaps the decision names, in its order
+        (idempotent)."""
+        for action in decision.child_actions():
+            if isinstance(action, CreateChild):
+                self._create_child(body, action)
+            else:
+                self._delete_child(body, action)
+
+    def _create_child(self, body: Mapping[str, Any], action: CreateChild) -> None:
+        obj = action.manifest
+        try:
+            created = self.kube.create(obj)
+        except ApiException as err:
+            if err.status in (400, 403, 422):  # refused, not flaky: say why, then back off
+                self.post_event(body, "Warning", "CreateFailed",
+                                f"{obj['kind']} {obj['metadata']['name']}: {api_message(err)}")
+            raise
+        if created:
+            log.info("%s/%s: created %s %s", body["metadata"]["namespace"],
+                     body["metadata"]["name"], obj["kind"], obj["metadata"]["name"])
+
+    def _delete_child(self, body: Mapping[str, Any], action: DeleteChild) -> None:
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-        for obj in decision.create:
-            try:
-                created = self.kube.create(obj)
-            except ApiException as err:
-                if err.status in (400, 403, 422):  # refused, not flaky: say why, then back off
-                    self.post_event(body, "Warning", "CreateFailed",
-                                    f"{obj['kind']} {obj['metadata']['name']}: "
-                                    f"{api_message(err)}")
-                raise
-            if created:
-                log.info("%s/%s: created %s %s", namespace, name, obj["kind"],
-                         obj["metadata"]["name"])
-        for ref in decision.delete:
-            if self.kube.delete(ref.kind, namespace, ref.name):
-                log.info("%s/%s: deleted %s %s", namespace, name, ref.kind, ref.name)
+        if self.kube.delete(action.kind, namespace, action.name):
+            log.info("%s/%s: deleted %s %s", namespace, name, action.kind, action.name)
 
     def post_event(self, body: Mapping[str, Any], type_: str, reason: str,
                    message: str) -> None:

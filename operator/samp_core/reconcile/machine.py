@@ -7,8 +7,9 @@ from datetime import datetime
 from typing import Any
 
 from samp_core import history
+from samp_core.decision import Decision
 from samp_core.progress import still_running
-from samp_core.reconcile.decision import ChildRef, Decision, ObservedJob, clip, parse_status
+from samp_core.reconcile.draft import Draft, ObservedJob, clip, parse_status
 from samp_core.reconcile.invalid import invalid_spec, unsupported_stores
 from samp_core.reconcile.phase import Outcome, done_stages, set_conditions
 from samp_core.reconcile.retry import apply_retry, retried_at
@@ -43,14 +44,14 @@ def reconcile(
     status = old.model_copy(deep=True)
     status.observed_generation = gen
     status.inputs_hash = hashes[Stage.EVALUATE]
-    decision = Decision(status=status, resource=resource)
+    draft = Draft(status=status, resource=resource)
     if retry_event is not None:
-        decision.events.append(retry_event)
+        draft.events.append(retry_event)
     retried = retried_at(old)
     walk = Walk(
         resource=resource, uid=str(metadata.get("uid", "")), settings=settings,
         attempt=old.attempt, hashes=hashes, previous={r.stage: r for r in old.stages},
-        jobs=jobs, keep=wanted_jobs(jobs, hashes, gen, retried), decision=decision, now=now,
+        jobs=jobs, keep=wanted_jobs(jobs, hashes, gen, retried), draft=draft, now=now,
         retried_at=retried,
     )
     stop = walk_stages(walk)
@@ -59,13 +60,13 @@ def reconcile(
     status.progress = still_running(status.progress, walk.records)
     clear_stale_outputs(status, done_stages(status))
     for name in sorted({j.name for j in jobs if not j.deleting} - walk.keep):
-        decision.delete.append(ChildRef("Job", name))
+        draft.delete("Job", name)
     for name in sorted(set(config_maps) - walk.keep):
-        decision.delete.append(ChildRef("ConfigMap", name))
+        draft.delete("ConfigMap", name)
 
     outcome = Outcome(stop=stop, suspended=resource.spec.suspend, generation=gen, now=now)
-    set_conditions(status, old, decision, outcome)
+    set_conditions(status, old, draft, outcome)
     failed = stop.failed
     failure = clip(f"{failed.stage.value} failed: {failed.message}", 1024) if failed else None
     history.note_stages(status, failure, now)
-    return decision
+    return draft.decision()

@@ -122,12 +122,10 @@ def canary_manifests(
     extra_pod_labels: dict[str, str] | None = None,
     owner: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(Deployment, Service) of the canary.
-
-    ``extra_pod_labels``: in replica-ratio mode, the stable Service's selector, so the
-    canary pods receive a share of its traffic. ``owner``: an ownerReference to the
-    QuantizedModel (apiVersion, kind, name, uid) so deleting it deletes the canary.
-    """
+    """(Deployment, Service) of the canary. ``extra_pod_labels``: in replica-ratio mode,
+    the stable Service's selector, so the canary pods receive a share of its traffic.
+    ``owner``: an ownerReference to the QuantizedModel (apiVersion, kind, name, uid) so
+    deleting it deletes the canary."""
     dep_name, svc_name = canary_names(name)
     port = spec.serving.port
     selector = {OWNER_LABEL: name, ROLE_LABEL: "canary"}
@@ -150,14 +148,19 @@ def canary_manifests(
             },
         },
     }
-    service = {
+    return deployment, _canary_service(svc_name, metadata, selector, port)
+
+
+def _canary_service(
+    name: str, metadata: dict[str, Any], selector: dict[str, str], port: int
+) -> dict[str, Any]:
+    return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": svc_name, **metadata},
+        "metadata": {"name": name, **metadata},
         "spec": {"selector": selector,
                  "ports": [{"name": "http", "port": port, "targetPort": port}]},
     }
-    return deployment, service
 
 
 def _canary_pod_labels(

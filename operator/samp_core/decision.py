@@ -1,4 +1,4 @@
-"""The one answer of both pure machines: :class:`Decision`, with its typed :data:`Action`\\ s.
+"""The one answer of both pure machines: :class:`Decision`, with its typed actions.
 
 The quantization machine (samp_core.reconcile) and the canary machine (samp_core.canary)
 each return a Decision: the complete new status, the actions to run in order, the Events
@@ -120,11 +120,12 @@ class Facts:
 
     ``resource`` is the parsed QuantizedModel (None when the spec is invalid), which the
     canary turn reads its spec from. ``quantized``: every stage is done and the canary may
-    take over; it is the machine's own verdict rather than a reading of ``status``, since
-    the canary may rewrite the phase of a quantized model to anything (Planning for a
-    re-plan). ``stage_durations`` (stage, seconds) and ``job_failures`` (stage, reason)
-    are counted once, on the transition that produced them. A canary decision has no
-    facts of its own (the defaults); :meth:`Decision.then` keeps the first machine's.
+    take over; it is the walk's own verdict, not something read back from ``status``: while
+    a canary owns the phase (Paused, Promoted, ...) the phase alone does not say whether
+    this reconcile found every stage done. ``stage_durations`` (stage, seconds) and
+    ``job_failures`` (stage, reason) are counted once, on the transition that produced
+    them. A canary decision has no facts of its own (the defaults); :meth:`Decision.then`
+    keeps the first machine's.
     """
 
     resource: QuantizedModel | None = None

@@ -18,7 +18,6 @@ from samp_core.formats import ExportFormat, Format, RoundingMethod, checkpoint_b
 from samp_core.groups import LayerGroup
 from samp_core.hardware import HardwareProfile
 from samp_core.results import Rounding
-from samp_core.spec import QuantizationSpec
 
 __all__ = [
     "Budget",
@@ -26,7 +25,6 @@ __all__ = [
     "PlanInfeasibleError",
     "PlanRequest",
     "group_bytes",
-    "request_from_spec",
     "sixteen_bit_formats",
 ]
 
@@ -155,26 +153,6 @@ class PlanRequest(BaseModel):
         if unknown:
             raise ValueError(f"scores for unknown groups: {unknown[:5]}")
         return self
-
-
-def request_from_spec(
-    quantization: QuantizationSpec,
-    *,
-    groups: list[LayerGroup],
-    scores: dict[str, dict[Format, float]],
-    profile: HardwareProfile,
-    max_relative_latency: float | None = None,
-) -> PlanRequest:
-    """The planner request for a QuantizedModel's ``spec.quantization``.
-
-    The spec goes through the stage contract's mapping, the same one the plan Job
-    uses (samp_core.stage_contract.quantization_inputs, then plan_request), so the
-    operator and the plan job cannot drift.
-    """
-    from samp_core.stage_contract import plan_request, quantization_inputs
-
-    return plan_request(quantization_inputs(quantization), groups=groups, scores=scores,
-                        profile=profile, max_relative_latency=max_relative_latency)
 
 
 def group_bytes(group: LayerGroup, fmt: Format, group_size: int) -> int:

@@ -45,9 +45,9 @@ from samp_core.plan_request import (
     PlanInfeasibleError,
     PlanRequest,
     group_bytes,
-    request_from_spec,
 )
 from samp_core.results import CurvePoint, GroupAssignment, PlanResult
+from samp_core.stage_contract import request_from_spec
 
 __all__ = [
     "Budget",

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from samp_core.formats import ExportFormat, Format, SensitivityMethod
+from samp_core.groups import LayerGroup
 from samp_core.hardware import HardwareProfile
 from samp_core.plan_request import Budget, PlanRequest, sixteen_bit_formats
 from samp_core.results import Rounding, Stage, inputs_hash
@@ -44,6 +45,7 @@ __all__ = [
     "inputs_from_spec",
     "plan_request",
     "quantization_inputs",
+    "request_from_spec",
     "stage_hashes",
 ]
 
@@ -286,3 +288,20 @@ def plan_request(
         max_relative_latency=max_relative_latency,
         rounding=q.rounding,
     )
+
+
+def request_from_spec(
+    quantization: QuantizationSpec,
+    *,
+    groups: list[LayerGroup],
+    scores: dict[str, dict[Format, float]],
+    profile: HardwareProfile,
+    max_relative_latency: float | None = None,
+) -> PlanRequest:
+    """The planner request for a QuantizedModel's ``spec.quantization``.
+
+    The spec goes through the same mapping the plan Job uses (quantization_inputs, then
+    plan_request), so the operator and the plan job cannot drift.
+    """
+    return plan_request(quantization_inputs(quantization), groups=groups, scores=scores,
+                        profile=profile, max_relative_latency=max_relative_latency)

@@ -45,11 +45,9 @@ from samp_core.stage_layout import (
     ANNOTATION_INPUTS_HASH,
     CLEANUP_SUFFIX,
     CONFIG_MOUNT,
-    CONFIGMAP_ROOT,
     LABEL_GENERATION,
     LABEL_INPUTS,
     LABEL_STAGE,
-    PVC_ROOT,
     SCRATCH_MOUNT,
     TERMINATION_LOG,
     artifact_prefix,
@@ -65,11 +63,17 @@ from samp_core.stage_layout import (
     stored_result_path,
     workdir_uri,
 )
+from samp_core.stage_pod import (
+    container_security_context,
+    pod_security_context,
+    pod_volumes,
+    scratch_env,
+    secret_env_refs,
+)
 
 # Stages that run the model on an accelerator; the others request no GPU.
 GPU_STAGES: Final[frozenset[Stage]] = frozenset({Stage.SENSITIVITY, Stage.EXPORT, Stage.EVALUATE})
 CONTAINER: Final = "samp"
-NON_ROOT_UID: Final = 65532
 # Exit code by which a stage says "my input is wrong, retrying cannot help" (samp_jobs.cli:
 # 2 = bad input): the Job fails at once (podFailurePolicy) instead of spending its retries.
 EXIT_PERMANENT: Final = 2
@@ -99,63 +103,6 @@ def stage_hashes_for(resource: QuantizedModel, attempt: int = 1) -> dict[Stage, 
     return stage_hashes(inputs_from_spec(resource.spec), attempt)
 
 
-def _pvc_claim(uri: str | None) -> str | None:
-    if uri and uri.startswith("pvc://"):
-        return uri.removeprefix("pvc://").split("/", 1)[0]
-    return None
-
-
-def _configmap_source(uri: str | None) -> str | None:
-    if uri and uri.startswith("configmap://"):
-        return uri.removeprefix("configmap://").split("/", 1)[0]
-    return None
-
-
-def _volumes(resource: QuantizedModel, config_map: str, scratch: str) -> tuple[
-    list[dict[str, Any]], list[dict[str, Any]]
-]:
-    spec = resource.spec
-    volumes: list[dict[str, Any]] = [
-        {"name": "config", "configMap": {"name": config_map}},
-        {"name": "scratch", "emptyDir": {"sizeLimit": scratch}},
-    ]
-    mounts: list[dict[str, Any]] = [
-        {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
-        {"name": "scratch", "mountPath": SCRATCH_MOUNT},
-    ]
-    artifact_claim = _pvc_claim(spec.artifacts.uri)
-    claims: list[str] = []
-    for uri in (spec.artifacts.uri, spec.model.source, spec.calibration.source,
-                spec.gates.accuracy.eval_set):
-        claim = _pvc_claim(uri)
-        if claim and claim not in claims:
-            claims.append(claim)
-    for i, claim in enumerate(claims):
-        read_only = claim != artifact_claim
-        volumes.append({"name": f"pvc-{i}", "persistentVolumeClaim": {
-            "claimName": claim, "readOnly": read_only}})
-        mounts.append({"name": f"pvc-{i}", "mountPath": f"{PVC_ROOT}/{claim}",
-                       "readOnly": read_only})
-    config_maps: list[str] = []
-    for uri in (spec.calibration.source, spec.gates.accuracy.eval_set):
-        cm = _configmap_source(uri)
-        if cm and cm not in config_maps:
-            config_maps.append(cm)
-    for i, cm in enumerate(config_maps):
-        volumes.append({"name": f"cm-{i}", "configMap": {"name": cm}})
-        mounts.append({"name": f"cm-{i}", "mountPath": f"{CONFIGMAP_ROOT}/{cm}",
-                       "readOnly": True})
-    return volumes, mounts
-
-
-def _secret_refs(resource: QuantizedModel) -> list[dict[str, Any]]:
-    names: list[str] = []
-    for ref in (resource.spec.model.secret_ref, resource.spec.artifacts.secret_ref):
-        if ref is not None and ref.name not in names:
-            names.append(ref.name)
-    return [{"secretRef": {"name": n}} for n in names]
-
-
 def _tolerations(resource: QuantizedModel, gpu: bool, settings: JobSettings) -> list[
     dict[str, Any]
 ]:
@@ -163,16 +110,6 @@ def _tolerations(resource: QuantizedModel, gpu: bool, settings: JobSettings) -> 
     if given or not gpu:
         return given
     return [dict(t) for t in settings.default_gpu_tolerations]
-
-
-def _security_context() -> dict[str, Any]:
-    return {
-        "allowPrivilegeEscalation": False,
-        "readOnlyRootFilesystem": True,
-        "runAsNonRoot": True,
-        "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
 
 
 def stage_invocation(
@@ -254,7 +191,36 @@ def _pod_spec(
     gpu: bool,
 ) -> dict[str, Any]:
     hw = resource.spec.hardware
-    volumes, mounts = _volumes(resource, config_map, settings.scratch_size)
+    volumes, mounts = pod_volumes(resource, config_map, settings.scratch_size)
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": hw.job_image or settings.default_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": command,
+        "env": scratch_env(),
+        "envFrom": secret_env_refs(resource),
+        "resources": _container_resources(resource, settings, gpu),
+        "volumeMounts": mounts,
+        "securityContext": container_security_context(),
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": pod_security_context(),
+        "containers": [container],
+        "volumes": volumes,
+    }
+    return pod | _placement(resource, settings, gpu)
+
+
+def _container_resources(
+    resource: QuantizedModel, settings: JobSettings, gpu: bool
+) -> dict[str, Any]:
+    """spec.hardware.resources, plus the GPUs of a GPU stage on a GPU target."""
+    hw = resource.spec.hardware
     requests: dict[str, str] = dict(hw.resources.requests)
     limits: dict[str, str] = dict(hw.resources.limits)
     if gpu and hw.gpus_per_job > 0 and hw.target != HardwareTarget.CPU:
@@ -265,46 +231,21 @@ def _pod_spec(
         resources["requests"] = requests
     if limits:
         resources["limits"] = limits
-    container: dict[str, Any] = {
-        "name": CONTAINER,
-        "image": hw.job_image or settings.default_image,
-        "imagePullPolicy": settings.image_pull_policy,
-        "command": command,
-        "env": [
-            {"name": "HOME", "value": SCRATCH_MOUNT},
-            {"name": "TMPDIR", "value": SCRATCH_MOUNT},
-            {"name": "HF_HOME", "value": f"{SCRATCH_MOUNT}/huggingface"},
-            {"name": "XDG_CACHE_HOME", "value": f"{SCRATCH_MOUNT}/.cache"},
-        ],
-        "envFrom": _secret_refs(resource),
-        "resources": resources,
-        "volumeMounts": mounts,
-        "securityContext": _security_context(),
-        "terminationMessagePath": TERMINATION_LOG,
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-    }
-    pod: dict[str, Any] = {
-        "restartPolicy": "Never",
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": NON_ROOT_UID,
-            "runAsGroup": NON_ROOT_UID,
-            "fsGroup": NON_ROOT_UID,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        "containers": [container],
-        "volumes": volumes,
-    }
+    return resources
+
+
+def _placement(resource: QuantizedModel, settings: JobSettings, gpu: bool) -> dict[str, Any]:
+    """Node selector, tolerations and service account, each only when set."""
+    hw = resource.spec.hardware
+    placement: dict[str, Any] = {}
     if hw.node_selector:
-        pod["nodeSelector"] = dict(hw.node_selector)
+        placement["nodeSelector"] = dict(hw.node_selector)
     tolerations = _tolerations(resource, gpu, settings)
     if tolerations:
-        pod["tolerations"] = tolerations
+        placement["tolerations"] = tolerations
     if settings.service_account:
-        pod["serviceAccountName"] = settings.service_account
-    return pod
+        placement["serviceAccountName"] = settings.service_account
+    return placement
 
 
 def job_manifest(  # noqa: PLR0917

@@ -15,13 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from samp_core.canary import (
-    CanaryDecision,
-    EnsureCanary,
-    Event,
-    PromoteStable,
-    StartReplan,
-)
+from samp_core.decision import Decision, EnsureCanary, PromoteStable, StartReplan
+from samp_core.events import Event
 from samp_core.gates import Measurement
 from samp_core.spec import QuantizedModelSpec
 from samp_core.status import Phase, QuantizedModelStatus
@@ -69,7 +64,7 @@ class Applied:
     events: list[str]
 
 
-def _action_names(d: CanaryDecision) -> list[str]:
+def _action_names(d: Decision) -> list[str]:
     return [repr(a) if not isinstance(a, StartReplan) else f"StartReplan({a.attempt})"
             for a in d.actions]
 
@@ -105,7 +100,7 @@ class CanaryLoop:
                                  self.on_promote)
         return CanaryDriver(serving, self.router, self.provider)
 
-    def step(self, status: QuantizedModelStatus, now: datetime) -> CanaryDecision:
+    def step(self, status: QuantizedModelStatus, now: datetime) -> Decision:
         driver = self.driver
         turn = driver.observe(self.spec, status, self.name, self.annotations(), None, now)
         if turn.measurement is not None:
@@ -113,7 +108,7 @@ class CanaryLoop:
         d = turn.decision
         for e in d.events:  # what was decided, then what is done about it
             self.on_event(e)
-        driver.apply(d)
+        driver.apply(d.canary_actions())
         self.log.append(Applied(now, d.status.phase.value, _action_names(d),
                                 [f"{e.reason}: {e.message}" for e in d.events]))
         return d

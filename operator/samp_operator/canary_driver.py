@@ -17,33 +17,30 @@ providers behind interfaces:
 One turn is :meth:`CanaryDriver.observe` (the router's read-back of the current weight,
 one measurement when an analysis is due, the canary's readiness, the annotations) and
 ``samp_core.canary.decide``, then :meth:`CanaryDriver.apply` runs the decision's actions
-in order. The operator writes the status between the two (decide, write with the
-resourceVersion, only then act) and calls :meth:`CanaryDriver.settle` for a written
-status the machine no longer drives, so actions cut short are finished. StartReplan needs nothing
-here: the decision's status already opened the next attempt (phase Planning), whose plan
-Job the quantization machine creates (samp_core.replan).
+(samp_core.decision) in order. The operator writes the status between the two (decide,
+write with the resourceVersion, only then act) and calls :meth:`CanaryDriver.settle` for
+a written status the machine no longer drives, so actions cut short are finished.
+StartReplan needs nothing here: the decision's status already opened the next attempt
+(phase Planning), whose plan Job the quantization machine creates (samp_core.replan).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, assert_never
 
-from samp_core.canary import (
-    AnalysisRequest,
-    CanaryDecision,
+from samp_core.canary import AnalysisRequest, Observation, analysis_due, decide, settle
+from samp_core.decision import (
+    CanaryAction,
+    Decision,
     EnsureCanary,
-    Observation,
     PromoteStable,
     RemoveCanary,
     SetWeight,
     StartReplan,
-    analysis_due,
-    decide,
-    settle,
 )
 from samp_core.gates import Measurement
 from samp_core.spec import GatesSpec, QuantizedModelSpec
@@ -102,7 +99,7 @@ class NoPrometheus:
 class Turn:
     """One turn: the decision, and the analysis it was made from (if one was due)."""
 
-    decision: CanaryDecision
+    decision: Decision
     request: AnalysisRequest | None = None
     measurement: Measurement | None = None
 
@@ -159,24 +156,29 @@ class CanaryDriver:
                 error=f"the measurement failed: {type(err).__name__} (see the operator log)",
             )
 
-    def apply(self, decision: CanaryDecision) -> bool:
-        """The decision's actions, in order. Each is idempotent against the world.
+    def apply(self, actions: Iterable[CanaryAction]) -> bool:
+        """A decision's canary actions, in order. Each is idempotent against the world.
 
         False when the canary had to stay: it is removed only once the stable serves the
         traffic on its own again; the caller comes back and settles the written status."""
-        for action in decision.actions:
-            if isinstance(action, SetWeight):
+        return all(self._run(action) for action in actions)  # stops at the first False
+
+    def _run(self, action: CanaryAction) -> bool:
+        match action:
+            case SetWeight():
                 self.router.set_weight(action.weight)
-            elif isinstance(action, EnsureCanary):
+            case EnsureCanary():
                 self.serving.ensure_canary(action)
-            elif isinstance(action, PromoteStable):
+            case PromoteStable():
                 self.serving.promote(action)
-            elif isinstance(action, RemoveCanary):
+            case RemoveCanary():
                 if not self.router.stable_serving():
                     return False
                 self.serving.remove_canary()
-            elif isinstance(action, StartReplan):
+            case StartReplan():
                 pass  # the status already opened the next attempt
+            case _:
+                assert_never(action)
         return True
 
     def settle(self, spec: QuantizedModelSpec, status: QuantizedModelStatus) -> bool:
@@ -191,7 +193,7 @@ class CanaryDriver:
         for action in actions:
             if isinstance(action, SetWeight) and self.router.verify_weight(action.weight):
                 continue
-            if not self.apply(CanaryDecision(status=status, actions=(action,))):
+            if not self._run(action):
                 return False
         return True
 
@@ -206,5 +208,5 @@ class CanaryDriver:
     ) -> Turn:
         """:meth:`observe`, then :meth:`apply`."""
         turn = self.observe(spec, status, name, annotations, generation, now)
-        self.apply(turn.decision)
+        self.apply(turn.decision.canary_actions())
         return turn

@@ -1,10 +1,11 @@
 """The canary driver on Kubernetes: KubeServing, the router choice, and the engine's seam.
 
 samp_operator.engine calls :meth:`KubeCanary.decide` after the quantization machine
-(samp_core.reconcile). When every stage is done (``decision.quantized``) and the canary
-drives the phase, it observes and decides with the one canary driver
-(samp_operator.canary_driver) and merges status, Events and requeue into the engine's
-decision; the engine writes that status (with its resourceVersion) and only then applies
+(samp_core.reconcile). When every stage is done (``decision.facts.quantized``) and the
+canary drives the phase, it observes and decides with the one canary driver
+(samp_operator.canary_driver); the canary's decision follows the engine's
+(``Decision.then``: its status, then its actions and Events, the sooner requeue); the
+engine writes that status (with its resourceVersion) and only then applies
 the returned :class:`CanaryPlan`, so a decision whose write conflicted is never acted
 on. For a written status the machine no longer drives (Promoted, RolledBack, a
 re-plan's Planning) the plan settles it: the ending's actions again while a canary
@@ -44,17 +45,19 @@ import kubernetes
 
 from samp_core.api import API_VERSION, KIND
 from samp_core.canary import (
-    CanaryDecision,
-    EnsureCanary,
-    PromoteStable,
-    RemoveCanary,
-    SetWeight,
     client_model_names,
     served_model_name,
     settle,
     stable_model_name,
 )
-from samp_core.reconcile import Decision
+from samp_core.decision import (
+    CanaryAction,
+    Decision,
+    EnsureCanary,
+    PromoteStable,
+    RemoveCanary,
+    SetWeight,
+)
 from samp_core.spec import QuantizedModelSpec
 from samp_core.status import Phase, QuantizedModelStatus
 from samp_operator.canary_driver import CanaryDriver
@@ -296,12 +299,12 @@ class CanaryPlan:
     driver: CanaryDriver
     spec: QuantizedModelSpec
     status: QuantizedModelStatus
-    decision: CanaryDecision | None = None  # None: settle ``status``
+    actions: tuple[CanaryAction, ...] | None = None  # None: settle ``status``
 
     def apply(self) -> bool:
         """False while the canary has to stay (the stable is not serving again yet)."""
-        if self.decision is not None:
-            return self.driver.apply(self.decision)
+        if self.actions is not None:
+            return self.driver.apply(self.actions)
         return self.driver.settle(self.spec, self.status)
 
 
@@ -333,22 +336,23 @@ class KubeCanary:
         driver = self.driver(spec, meta)
         if not driver.serving.canary_exists():
             return True
-        actions: tuple[SetWeight | RemoveCanary, ...] = (RemoveCanary(),)
+        actions: tuple[CanaryAction, ...] = (RemoveCanary(),)
         if not driver.router.verify_weight(0):
             actions = (SetWeight(0), *actions)
-        return driver.apply(CanaryDecision(status=QuantizedModelStatus(), actions=actions))
+        return driver.apply(actions)
 
     def decide(
         self, body: Mapping[str, Any], decision: Decision, *, settled: bool = False
     ) -> tuple[Decision, CanaryPlan | None]:
-        """One canary turn on ``decision`` (the quantization machine's): its status, Events
-        and requeue merged in, and what to do *after* the status is written. ``settled``:
-        the engine already settled this status (no need to look at the canary again)."""
-        resource = decision.resource
+        """One canary turn after ``decision`` (the quantization machine's): the two
+        decisions as one (``decision.then(canary's)``), and what to do *after* the status is
+        written. ``settled``: the engine already settled this status (no need to look at the
+        canary again)."""
+        resource = decision.facts.resource
         if resource is None:
             return decision, None
         meta = body["metadata"]
-        if not (decision.quantized and decision.status.phase in _ACTIVE):
+        if not (decision.facts.quantized and decision.status.phase in _ACTIVE):
             if settled or not settle(resource.spec, decision.status):
                 return decision, None
             return decision, CanaryPlan(self.driver(resource.spec, meta), resource.spec,
@@ -363,12 +367,5 @@ class KubeCanary:
             datetime.now(UTC),
         )
         d = turn.decision
-        decision.status = d.status
-        decision.events.extend(d.events)
-        if d.requeue_after is not None:
-            decision.requeue_after = (
-                d.requeue_after
-                if decision.requeue_after is None
-                else min(decision.requeue_after, d.requeue_after)
-            )
-        return decision, CanaryPlan(driver, resource.spec, d.status, d)
+        return decision.then(d), CanaryPlan(driver, resource.spec, d.status,
+                                            d.canary_actions())

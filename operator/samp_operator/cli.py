@@ -110,6 +110,26 @@ def crds(out_dir: str, check: bool) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    delegated = _delegate(args)
+    if delegated is not None:
+        return delegated
+    from samp_operator import rollout_cli
+
+    parser = _parser()
+    ns = parser.parse_args(args)
+    if ns.command == "validate":
+        return validate(ns.files, ns.model)
+    if ns.command == "crds":
+        return crds(ns.out, ns.check)
+    if ns.command == "rollout":
+        return rollout_cli.run(ns)
+    parser.error(f"unknown command {ns.command}")
+    return 2
+
+
+def _delegate(args: list[str]) -> int | None:
+    """Commands with their own parsers (plugin, operator, read-result, the job stages):
+    their exit code, or None for the commands :func:`_parser` knows."""
     if args and (args[0] in PLUGIN_COMMANDS or args[:2] == ["plan", "show"]):
         from samp_operator.plugin_cli import main as plugin_main
 
@@ -123,21 +143,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return read_result(args[1:])
     if args and args[0] in JOB_STAGES:
-        if "--no-progress" in args:
-            # Before torch, transformers and compressed-tensors import tqdm: their own
-            # bars (loading, compressing) read these once, at import.
-            os.environ.setdefault("TQDM_DISABLE", "1")
-            os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        try:
-            from samp_jobs.cli import main as jobs_main
-        except ImportError as err:
-            print(
-                f"samp {args[0]} needs the jobs extra ({err}); install it with "
-                "`pip install 'samp-operator[jobs]'`",
-                file=sys.stderr,
-            )
-            return 2
-        return jobs_main(args)
+        return _job_stage(args)
+    return None
+
+
+def _job_stage(args: list[str]) -> int:
+    if "--no-progress" in args:
+        # Before torch, transformers and compressed-tensors import tqdm: their own
+        # bars (loading, compressing) read these once, at import.
+        os.environ.setdefault("TQDM_DISABLE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from samp_jobs.cli import main as jobs_main
+    except ImportError as err:
+        print(
+            f"samp {args[0]} needs the jobs extra ({err}); install it with "
+            "`pip install 'samp-operator[jobs]'`",
+            file=sys.stderr,
+        )
+        return 2
+    return jobs_main(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    from samp_operator import rollout_cli
 
     parser = argparse.ArgumentParser(prog="samp", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -150,20 +179,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_crds.add_argument("--out", default="crds", help="directory of the CRD YAML")
     p_crds.add_argument("--check", action="store_true", help="fail if the file is stale")
     sub.add_parser("operator", help="run the operator (samp operator run --help)")
-    from samp_operator import rollout_cli
-
     rollout_cli.add_parser(sub)
     for stage in JOB_STAGES:
         sub.add_parser(stage, help=f"SAMP job stage '{stage}' (samp {stage} --help)")
-    ns = parser.parse_args(args)
-    if ns.command == "validate":
-        return validate(ns.files, ns.model)
-    if ns.command == "crds":
-        return crds(ns.out, ns.check)
-    if ns.command == "rollout":
-        return rollout_cli.run(ns)
-    parser.error(f"unknown command {ns.command}")
-    return 2
+    return parser
 
 
 if __name__ == "__main__":

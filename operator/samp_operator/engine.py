@@ -18,37 +18,38 @@ resource (2 s doubling to 5 min) and are counted. A resource nothing happens to 
 API request at all (tests/benchmarks/operator_results.md); one whose stage Job runs costs
 one pods/log read per ``progress_seconds`` for status.progress (progress_reader.py).
 
-Canary: when the quantization stages are all done (``decision.quantized``), the decision
-goes through the canary stage main.py wired in (samp_operator.canary_kube.KubeCanary: the
-one canary driver with the Kubernetes serving, router and Prometheus provider), which
-merges the canary's status, Events and requeue into it. Without one (``--no-canary``)
-the resource rests at Evaluated.
+Canary: when the quantization stages are all done (``decision.facts.quantized``), the
+decision goes through the canary stage main.py wired in (samp_operator.canary_kube.KubeCanary:
+the one canary driver with the Kubernetes serving, router and Prometheus provider), whose
+decision follows it (``Decision.then``: the canary's status, its actions and Events after,
+the sooner requeue). After the status write the canary's actions run first, then the
+children's (CreateChild, DeleteChild), each in the order decided. Without a canary stage
+(``--no-canary``) the resource rests at Evaluated.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-import kopf
 from kubernetes.client.exceptions import ApiException
 
-from samp_core.reconcile import Decision, ObservedJob, reconcile
-from samp_core.stage_jobs import cleanup_job_manifest, cleanup_supported
-from samp_core.stage_layout import cleanup_job_name, selector
-from samp_core.validation import validate_manifest
+from samp_core.decision import Decision, DeleteChild
+from samp_core.reconcile import ObservedJob, reconcile
+from samp_operator.api_errors import api_message
 from samp_operator.canary_kube import CanaryPlan, KubeCanary, settled_marker
+from samp_operator.deletion import Deletion
 from samp_operator.kube import ConflictError, Kube
 from samp_operator.leader import NotLeaderError
 from samp_operator.metrics import Metrics
-from samp_operator.observe import job_record, observed_job
+from samp_operator.observe import observed_job
 from samp_operator.progress_reader import ProgressReader
 from samp_operator.settings import OperatorSettings
 
@@ -58,27 +59,8 @@ Key = tuple[str, str]
 _AGAIN = -1.0  # reconcile again at once (status write conflicted)
 ERROR_BACKOFF_MIN = 2.0
 ERROR_BACKOFF_MAX = 300.0
-CLEANUP_POLL_SECONDS = 3.0
 INDEXES = ("samp_jobs", "samp_pods", "samp_configmaps")  # Kopf index ids (handlers.py)
-FINALIZER_RETRY_SECONDS = 10.0
 SETTLE_POLL_SECONDS = 5.0  # while a canary waits for the stable to serve again
-
-
-def brief(err: Exception) -> str:
-    """One line for an API error (status and reason), never the response headers."""
-    status = getattr(err, "status", None)
-    if status is not None:
-        return f"HTTP {status} {getattr(err, 'reason', '')}".strip()
-    return f"{type(err).__name__}: {err}"[:300]
-
-
-def api_message(err: ApiException) -> str:
-    """The API server's own message (e.g. which field is invalid), else status and reason."""
-    try:
-        message = json.loads(err.body or "{}").get("message")
-    except (ValueError, AttributeError):
-        message = None
-    return str(message)[:900] if message else brief(err)
 
 
 class Engine:
@@ -238,22 +220,7 @@ class Engine:
             return None
         if body["metadata"].get("deletionTimestamp"):
             return None  # the finalizer handler owns deletion
-        log.debug("%s/%s: observed jobs %s, config maps %s", namespace, name,
-                  [(j.name, j.state, bool(j.result)) for j in jobs], cms)
-        now = datetime.now(UTC)
-        decision = reconcile(body, jobs, cms, now, self.job_settings)
-        again = self.progress.refresh(key, decision.status, pods, now)
-        if again is not None:  # a stage runs: come back to refresh its progress
-            decision.requeue_after = min(decision.requeue_after or again, again)
-        canary_error: Exception | None = None
-        plan: CanaryPlan | None = None
-        if self.canary is not None:
-            try:
-                decision, plan = self.canary.decide(
-                    body, decision,
-                    settled=self._settled.get(key) == settled_marker(decision.status))
-            except Exception as err:  # the quantization status is still written
-                canary_error = err
+        decision, plan, canary_error = self._decide(key, body, jobs, cms, pods)
         try:
             written = self.kube.write_status(body, decision.status.to_wire())
         except ConflictError:  # decided from a stale body: nothing is done
@@ -263,35 +230,77 @@ class Engine:
         if written is not None:
             self._bodies[key] = written
         if plan is not None:  # the status is written: now act on it
-            try:
-                if plan.apply():
-                    self._settled[key] = settled_marker(decision.status)
-                else:  # the canary stays until the stable serves again: look again soon
-                    self._settled.pop(key, None)
-                    decision.requeue_after = min(decision.requeue_after or SETTLE_POLL_SECONDS,
-                                                 SETTLE_POLL_SECONDS)
-            except Exception as err:  # settled on the next reconcile
-                self._settled.pop(key, None)
-                canary_error = err
+            decision, canary_error = self._apply_canary(key, decision, plan)
         self._children(body, decision)
-        for event in decision.events:
-            self.post_event(body, event.type, event.reason, event.message)
-        for stage, seconds in decision.stage_durations:
-            self.metrics.stage_duration.labels(stage).observe(seconds)
-        for stage, reason in decision.job_failures:
-            self.metrics.job_failures.labels(stage, reason).inc()
-        self.metrics.set_phase(key, decision.status.phase.value)
-        self.metrics.observe_rollout(key, decision.status)
+        self._report(key, body, decision)
         if canary_error is not None:
             raise canary_error
         self.metrics.reconciles.labels("ok").inc()
         self._backoff.pop(key, None)
         return decision.requeue_after
 
+    def _decide(
+        self, key: Key, body: Mapping[str, Any], jobs: list[ObservedJob], cms: list[str],
+        pods: Mapping[str, str],
+    ) -> tuple[Decision, CanaryPlan | None, Exception | None]:
+        """The quantization machine's decision, then the canary turn's after it (a canary
+        error is returned: the quantization decision is still written and acted on)."""
+        log.debug("%s/%s: observed jobs %s, config maps %s", *key,
+                  [(j.name, j.state, bool(j.result)) for j in jobs], cms)
+        now = datetime.now(UTC)
+        decision = reconcile(body, jobs, cms, now, self.job_settings)
+        again = self.progress.refresh(key, decision.status, pods, now)
+        if again is not None:  # a stage runs: come back to refresh its progress
+            decision = replace(decision,
+                               requeue_after=min(decision.requeue_after or again, again))
+        if self.canary is None:
+            return decision, None, None
+        try:
+            decision, plan = self.canary.decide(
+                body, decision,
+                settled=self._settled.get(key) == settled_marker(decision.status))
+        except Exception as err:  # the quantization status is still written
+            return decision, None, err
+        return decision, plan, None
+
+    def _apply_canary(
+        self, key: Key, decision: Decision, plan: CanaryPlan
+    ) -> tuple[Decision, Exception | None]:
+        """The canary's actions (or settling) after the status write; an error is returned,
+        to be raised once the children and Events are done."""
+        try:
+            if plan.apply():
+                self._settled[key] = settled_marker(decision.status)
+                return decision, None
+        except Exception as err:  # settled on the next reconcile
+            self._settled.pop(key, None)
+            return decision, err
+        # The canary stays until the stable serves again: look again soon.
+        self._settled.pop(key, None)
+        return replace(decision, requeue_after=min(
+            decision.requeue_after or SETTLE_POLL_SECONDS, SETTLE_POLL_SECONDS)), None
+
+    def _report(self, key: Key, body: Mapping[str, Any], decision: Decision) -> None:
+        """The decision's Events, then its figures into the metrics."""
+        for event in decision.events:
+            self.post_event(body, event.type, event.reason, event.message)
+        for stage, seconds in decision.facts.stage_durations:
+            self.metrics.stage_duration.labels(stage).observe(seconds)
+        for stage, reason in decision.facts.job_failures:
+            self.metrics.job_failures.labels(stage, reason).inc()
+        self.metrics.set_phase(key, decision.status.phase.value)
+        self.metrics.observe_rollout(key, decision.status)
+
     def _children(self, body: Mapping[str, Any], decision: Decision) -> None:
-        """Create and delete the stage Jobs and ConfigMaps the decision names (idempotent)."""
+        """Create and delete the stage Jobs and ConfigMaps the decision names, in its order
+        (idempotent)."""
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-        for obj in decision.create:
+        for action in decision.child_actions():
+            if isinstance(action, DeleteChild):
+                if self.kube.delete(action.kind, namespace, action.name):
+                    log.info("%s/%s: deleted %s %s", namespace, name, action.kind, action.name)
+                continue
+            obj = action.manifest
             try:
                 created = self.kube.create(obj)
             except ApiException as err:
@@ -303,9 +312,6 @@ class Engine:
             if created:
                 log.info("%s/%s: created %s %s", namespace, name, obj["kind"],
                          obj["metadata"]["name"])
-        for ref in decision.delete:
-            if self.kube.delete(ref.kind, namespace, ref.name):
-                log.info("%s/%s: deleted %s %s", namespace, name, ref.kind, ref.name)
 
     def post_event(self, body: Mapping[str, Any], type_: str, reason: str,
                    message: str) -> None:
@@ -317,81 +323,8 @@ class Engine:
     # ------------------------------------------------------------------- deletion
 
     def finalize(self, body: Mapping[str, Any], elapsed: float, first_attempt: bool) -> None:
-        """Clean up before the finalizer goes; raises kopf.TemporaryError to come back.
-
-        First the canary's traffic goes back to the stable and the canary is removed once
-        the stable serves on its own (replica-ratio mode scales the stable up first).
-        Then it deletes the stage Jobs and ConfigMaps and, when spec.artifacts.cleanupOnDelete,
-        runs the artifact cleanup Job and waits for it. After
-        ``finalizer_timeout_seconds`` it stops waiting: a Warning Event says what may be
-        left, and the finalizer is released (never blocks deletion forever).
-        """
-        meta = body["metadata"]
-        namespace, name = meta["namespace"], meta["name"]
-        give_up = elapsed >= self.settings.finalizer_timeout_seconds
-        manifest = {k: body.get(k) for k in ("apiVersion", "kind", "metadata", "spec")}
-        resource, _problems = validate_manifest(manifest)
-        try:
-            if self.canary is not None and resource is not None and not give_up \
-                    and not self.canary.release(resource.spec, meta):
-                # The canary goes with the QuantizedModel (owner references): first the
-                # stable serves the traffic on its own again.
-                raise kopf.TemporaryError("waiting for the stable to serve again before the "
-                                          "canary goes", delay=CLEANUP_POLL_SECONDS)
-            for job in self.kube.list_names("Job", namespace, selector(name)):
-                if job != cleanup_job_name(name):
-                    self.kube.delete("Job", namespace, job)
-            for cm in self.kube.list_names("ConfigMap", namespace, selector(name)):
-                self.kube.delete("ConfigMap", namespace, cm)
-            if resource is not None and resource.spec.artifacts.cleanup_on_delete:
-                prefix = f"{resource.spec.artifacts.uri.rstrip('/')}/{namespace}/{name}"
-                if not cleanup_supported(resource):
-                    if first_attempt:
-                        self.post_event(body, "Warning", "ArtifactCleanupUnsupported",
-                                        f"artifacts under {prefix} are in an object store; "
-                                        "delete them with a bucket lifecycle rule")
-                else:
-                    self._cleanup_artifacts(body, resource, prefix, give_up)
-        except kopf.TemporaryError:
-            raise
-        except Exception as err:
-            if give_up:
-                self.post_event(body, "Warning", "CleanupIncomplete",
-                                f"gave up cleaning up after {elapsed:.0f} s ({brief(err)}); "
-                                "owner references still let the garbage collector remove "
-                                "the Jobs")
-                self.forget((namespace, name))
-                return
-            self.metrics.reconcile_errors.labels(type(err).__name__).inc()
-            raise kopf.TemporaryError(f"cleanup failed: {brief(err)}",
-                                      delay=FINALIZER_RETRY_SECONDS) from err
-        self.forget((namespace, name))
-
-    def _cleanup_artifacts(self, body: Mapping[str, Any], resource: Any, prefix: str,
-                           give_up: bool) -> None:
-        meta = body["metadata"]
-        namespace, name = meta["namespace"], meta["name"]
-        job = self.kube.get("Job", namespace, cleanup_job_name(name))
-        if job is None:
-            self.kube.create(cleanup_job_manifest(resource, str(meta.get("uid", "")),
-                                                  self.job_settings))
-            self.post_event(body, "Normal", "ArtifactCleanupStarted",
-                            f"deleting artifacts under {prefix}")
-            raise kopf.TemporaryError("waiting for the artifact cleanup Job",
-                                      delay=CLEANUP_POLL_SECONDS)
-        rec = job_record(job)
-        if rec["state"] == "Running":
-            if give_up:
-                self.post_event(body, "Warning", "ArtifactCleanupTimedOut",
-                                f"cleanup Job {rec['name']} did not finish; artifacts under "
-                                f"{prefix} may remain")
-                return
-            raise kopf.TemporaryError("waiting for the artifact cleanup Job",
-                                      delay=CLEANUP_POLL_SECONDS)
-        if rec["state"] == "Failed":
-            self.post_event(body, "Warning", "ArtifactCleanupFailed",
-                            f"cleanup Job {rec['name']} failed ({rec['reason']}); artifacts "
-                            f"under {prefix} may remain")
-        else:
-            self.post_event(body, "Normal", "ArtifactsDeleted", f"deleted {prefix}")
-
+        """Clean up before the finalizer goes (samp_operator.deletion); raises
+        kopf.TemporaryError to come back."""
+        Deletion(self.kube, self.canary, self.metrics, self.settings.finalizer_timeout_seconds,
+                 self.job_settings, self.post_event).finalize(body, elapsed, first_attempt)
+        self.forget((body["metadata"]["namespace"], body["metadata"]["name"]))

@@ -88,6 +88,7 @@ from samp_operator.prometheus_queries import (
     SUCCESS,
     TTFT,
     QueryError,
+    SeriesScope,
     escape,
     p99_query,
     pods_of,
@@ -97,18 +98,6 @@ from samp_operator.prometheus_queries import (
 from samp_operator.prometheus_session import BoundedSession, late_reason
 
 log = logging.getLogger("samp.prometheus")
-
-
-@dataclass(frozen=True)
-class SeriesScope:
-    """Which series are this resource's: its namespace, and each side's pods.
-
-    ``canary_pods``/``stable_pods``: Deployment names whose pods serve that side; None
-    leaves that side unscoped by pod. The label names are the provider's."""
-
-    namespace: str | None = None
-    canary_pods: str | None = None
-    stable_pods: str | None = None
 
 
 @dataclass(frozen=True)
@@ -181,7 +170,7 @@ class PrometheusProvider:
             parts.append(self.extra_selector)
         return "{" + ",".join(parts) + "}"
 
-    def _sel(self, model: str, pods: str | None = None, **extra: str) -> str:
+    def selector(self, model: str, pods: str | None = None, **extra: str) -> str:
         parts = [f"model_name={quote(model)}"]
         parts += [f"{k}={v}" for k, v in extra.items()]
         return self._scoped(parts, pods)
@@ -197,16 +186,16 @@ class PrometheusProvider:
         """PromQL per figure for one served model name (served by ``pods``' pods)."""
         http = self._http_sel(model, pods)
         http5xx = f"sum(increase({HTTP}{http}[{window}]))" if http else None  # 4xx and 5xx
-        engine = f"sum(increase({SUCCESS}{self._sel(model, pods)}[{window}]))"
-        failed = self._sel(model, pods, finished_reason='~"abort|error"')
+        engine = f"sum(increase({SUCCESS}{self.selector(model, pods)}[{window}]))"
+        failed = self.selector(model, pods, finished_reason='~"abort|error"')
         engine_err = f"sum(increase({SUCCESS}{failed}[{window}]))"
         q = {
             "requests": engine if http5xx is None else f"{engine} + ({http5xx} or vector(0))",
             "errors": engine_err if http5xx is None else f"{engine_err} + ({http5xx} or vector(0))",
-            "p99": p99_query(E2E, self._sel(model, pods), window),
+            "p99": p99_query(E2E, self.selector(model, pods), window),
         }
         if ttft:
-            q["ttftP99"] = p99_query(TTFT, self._sel(model, pods), window)
+            q["ttftP99"] = p99_query(TTFT, self.selector(model, pods), window)
         return q
 
     def query(

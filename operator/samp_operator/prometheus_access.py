@@ -11,7 +11,7 @@
   in the operator's allow-list (samp_operator.prometheus_hosts).
 
 Every provider is scoped to the resource's namespace and each side's pods
-(samp_operator.prometheus.SeriesScope). A Secret that cannot be read makes every
+(samp_operator.prometheus_queries.SeriesScope). A Secret that cannot be read makes every
 analysis an Error naming the field; the API's answer goes to the log only.
 """
 
@@ -28,8 +28,9 @@ import kubernetes
 
 from samp_core.spec import QuantizedModelSpec
 from samp_operator.canary_driver import MeasurementProvider, NoPrometheus
-from samp_operator.prometheus import Credentials, PrometheusProvider, SeriesScope
+from samp_operator.prometheus import Credentials, PrometheusProvider
 from samp_operator.prometheus_hosts import refusal
+from samp_operator.prometheus_queries import SeriesScope
 from samp_operator.serving import canary_names
 from samp_operator.settings import PrometheusDefaults
 

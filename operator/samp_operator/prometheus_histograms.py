@@ -10,28 +10,45 @@ import logging
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from samp_core.canary import AnalysisRequest
 from samp_core.gates import HISTOGRAM_METRICS, Measurement, SideFigures
 from samp_core.stats.histogram import Histogram
 from samp_operator.prometheus_queries import (
     QueryError,
+    SeriesScope,
     bucket_query,
     prom_duration,
     replicas_query,
     sum_query,
 )
 
-if TYPE_CHECKING:
-    from samp_operator.prometheus import PrometheusProvider
+
+class HistogramSource(Protocol):
+    """What the histogram reads need of samp_operator.prometheus.PrometheusProvider."""
+
+    url: str
+    scope: SeriesScope
+    queries: list[tuple[str, str]]
+
+    def selector(self, model: str, pods: str | None = None) -> str:
+        """The side's series selector, scoped like every other query."""
+
+    def query(
+        self, promql: str, at: datetime | None = None, deadline: float | None = None
+    ) -> float | None:
+        """One query's scalar (None when it has no series)."""
+
+    def query_result(self, promql: str, at: datetime | None, deadline: float) -> Any:
+        """One query's raw ``result`` (QueryError when it failed)."""
 
 log = logging.getLogger("samp.prometheus")
 
 
 
 def query_vector(
-    provider: PrometheusProvider, promql: str, at: datetime | None, deadline: float
+    provider: HistogramSource, promql: str, at: datetime | None, deadline: float
 ) -> list[tuple[Mapping[str, str], float]]:
     """One instant query → (labels, value) per series; QueryError when it failed."""
     result = provider.query_result(promql, at, deadline)
@@ -43,12 +60,12 @@ def query_vector(
         ) from err
 
 def side_histogram(  # noqa: PLR0917
-    provider: PrometheusProvider, model: str, metric: str, window: str,
+    provider: HistogramSource, model: str, metric: str, window: str,
     at: datetime | None, deadline: float, pods: str | None = None,
 ) -> Histogram | None:
     """One metric's bucket counts over the window, scoped like the side's other
     figures (namespace, ``pods``); None when it has no series."""
-    sel = provider._sel(model, pods)
+    sel = provider.selector(model, pods)
     buckets_q, sum_q = bucket_query(metric, sel, window), sum_query(metric, sel, window)
     provider.queries += [(f"{model}.{metric}.buckets", buckets_q), (f"{model}.{metric}.sum", sum_q)]
     rows = query_vector(provider, buckets_q, at, deadline)
@@ -63,7 +80,7 @@ def side_histogram(  # noqa: PLR0917
     return Histogram.from_cumulative(buckets, total)
 
 def add_histograms(
-    provider: PrometheusProvider, request: AnalysisRequest, m: Measurement, deadline: float
+    provider: HistogramSource, request: AnalysisRequest, m: Measurement, deadline: float
 ) -> Measurement:
     """``m`` with each side's latency histograms and replica count.
 
@@ -94,8 +111,8 @@ def add_histograms(
                     continue
                 if h is not None:
                     hists[key] = h
-            replicas = provider.query(replicas_query(provider._sel(model, pods)), at=request.end,
-                                  deadline=deadline)
+            replicas = provider.query(replicas_query(provider.selector(model, pods)),
+                                      at=request.end, deadline=deadline)
         except QueryError as err:
             # As in measure(): the detail goes to the operator's log, status the reason.
             log.warning("prometheus histogram query for %s failed: %s (%s)", model,

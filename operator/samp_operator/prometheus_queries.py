@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 
 E2E = "vllm:e2e_request_latency_seconds_bucket"
 TTFT = "vllm:time_to_first_token_seconds_bucket"
@@ -69,3 +70,15 @@ def quote(value: str) -> str:
 def pods_of(deployment: str) -> str:
     """RE2 matching the names of a Deployment's pods (``<name>-<rs hash>-<pod hash>``)."""
     return re.escape(deployment).replace("\\-", "-") + "-[a-z0-9]+-[a-z0-9]+"
+
+
+@dataclass(frozen=True)
+class SeriesScope:
+    """Which series are this resource's: its namespace, and each side's pods.
+
+    ``canary_pods``/``stable_pods``: Deployment names whose pods serve that side; None
+    leaves that side unscoped by pod. The label names are the provider's."""
+
+    namespace: str | None = None
+    canary_pods: str | None = None
+    stable_pods: str | None = None

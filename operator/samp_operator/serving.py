@@ -122,48 +122,15 @@ def canary_manifests(
     extra_pod_labels: dict[str, str] | None = None,
     owner: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(Deployment, Service) of the canary.
-
-    ``extra_pod_labels``: in replica-ratio mode, the stable Service's selector, so the
-    canary pods receive a share of its traffic. ``owner``: an ownerReference to the
-    QuantizedModel (apiVersion, kind, name, uid) so deleting it deletes the canary.
-    """
+    """(Deployment, Service) of the canary. ``extra_pod_labels``: in replica-ratio mode,
+    the stable Service's selector, so the canary pods receive a share of its traffic.
+    ``owner``: an ownerReference to the QuantizedModel (apiVersion, kind, name, uid) so
+    deleting it deletes the canary."""
     dep_name, svc_name = canary_names(name)
     port = spec.serving.port
-    model, volumes, mounts, load_args = model_location(artifact_uri)
-    # vLLM's engine and workers talk over /dev/shm (160 MiB for even a tiny model);
-    # a container's default is 64 MiB, so without this the pod crash-loops (tests/e2e).
-    volumes = [*volumes, {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM}}]
-    mounts = [*mounts, {"name": "dshm", "mountPath": "/dev/shm"}]
-    args = [
-        "--model", model,
-        "--served-model-name", served_model_name,
-        *[a for a in dict.fromkeys(aliases) if a != served_model_name],
-        "--host", "0.0.0.0",
-        "--port", str(port),
-        *quantization_args(export_format),
-        *load_args,
-        *(["--trust-remote-code"] if spec.model.trust_remote_code else []),
-        *spec.serving.extra_args,
-    ]
     selector = {OWNER_LABEL: name, ROLE_LABEL: "canary"}
-    pod_labels = {
-        **(extra_pod_labels or {}),
-        **selector,
-        SERVED_LABEL: label_value(served_model_name),
-        ATTEMPT_LABEL: str(attempt),
-        "app.kubernetes.io/name": "vllm",
-        "app.kubernetes.io/component": "canary",
-        "app.kubernetes.io/managed-by": "samp-operator",
-    }
+    pod_labels = _canary_pod_labels(selector, served_model_name, attempt, extra_pod_labels)
     meta_labels = {k: v for k, v in pod_labels.items() if k != ATTEMPT_LABEL}
-    container = _vllm_container(spec, artifact_uri, args, mounts)
-    pod_spec = {
-        "containers": [container],
-        "volumes": volumes,
-        "terminationGracePeriodSeconds": GRACE_SECONDS,
-        "automountServiceAccountToken": spec.serving.automount_service_account_token,
-    }
     scrape = {"prometheus.io/scrape": "true", "prometheus.io/port": str(port),
               "prometheus.io/path": "/metrics"}
     metadata = {"namespace": namespace, "labels": meta_labels, "ownerReferences": _owner(owner)}
@@ -174,18 +141,70 @@ def canary_manifests(
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": selector},
-            "template": {"metadata": {"labels": pod_labels, "annotations": scrape},
-                         "spec": pod_spec},
+            "template": {
+                "metadata": {"labels": pod_labels, "annotations": scrape},
+                "spec": _canary_pod_spec(spec, artifact_uri, served_model_name, aliases,
+                                         export_format),
+            },
         },
     }
-    service = {
+    return deployment, _canary_service(svc_name, metadata, selector, port)
+
+
+def _canary_service(
+    name: str, metadata: dict[str, Any], selector: dict[str, str], port: int
+) -> dict[str, Any]:
+    return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": svc_name, **metadata},
+        "metadata": {"name": name, **metadata},
         "spec": {"selector": selector,
                  "ports": [{"name": "http", "port": port, "targetPort": port}]},
     }
-    return deployment, service
+
+
+def _canary_pod_labels(
+    selector: dict[str, str], served_model_name: str, attempt: int,
+    extra_pod_labels: dict[str, str] | None,
+) -> dict[str, str]:
+    return {
+        **(extra_pod_labels or {}),
+        **selector,
+        SERVED_LABEL: label_value(served_model_name),
+        ATTEMPT_LABEL: str(attempt),
+        "app.kubernetes.io/name": "vllm",
+        "app.kubernetes.io/component": "canary",
+        "app.kubernetes.io/managed-by": "samp-operator",
+    }
+
+
+def _canary_pod_spec(
+    spec: QuantizedModelSpec, artifact_uri: str, served_model_name: str,
+    aliases: tuple[str, ...], export_format: ExportFormat | None,
+) -> dict[str, Any]:
+    """One vLLM container serving the artifact under its served name and the aliases."""
+    model, volumes, mounts, load_args = model_location(artifact_uri)
+    # vLLM's engine and workers talk over /dev/shm (160 MiB for even a tiny model);
+    # a container's default is 64 MiB, so without this the pod crash-loops (tests/e2e).
+    volumes = [*volumes, {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM}}]
+    mounts = [*mounts, {"name": "dshm", "mountPath": "/dev/shm"}]
+    args = [
+        "--model", model,
+        "--served-model-name", served_model_name,
+        *[a for a in dict.fromkeys(aliases) if a != served_model_name],
+        "--host", "0.0.0.0",
+        "--port", str(spec.serving.port),
+        *quantization_args(export_format),
+        *load_args,
+        *(["--trust-remote-code"] if spec.model.trust_remote_code else []),
+        *spec.serving.extra_args,
+    ]
+    return {
+        "containers": [_vllm_container(spec, artifact_uri, args, mounts)],
+        "volumes": volumes,
+        "terminationGracePeriodSeconds": GRACE_SECONDS,
+        "automountServiceAccountToken": spec.serving.automount_service_account_token,
+    }
 
 
 def _vllm_container(

@@ -10,6 +10,14 @@ from latency_sim import steady_side
 from samp_core import canary as cn
 from samp_core import gates as g
 from samp_core.conditions import rfc3339
+from samp_core.decision import (
+    Decision,
+    EnsureCanary,
+    PromoteStable,
+    RemoveCanary,
+    SetWeight,
+    StartReplan,
+)
 from samp_core.spec import QuantizedModelSpec
 from samp_core.status import AccuracySummary, Phase, QuantizedModelStatus
 from spec_fixtures import make_spec
@@ -51,7 +59,7 @@ class Sim:
         self.measured = 0
         self.windows: list[float] = []  # window_seconds of each analysis requested
 
-    def tick(self, seconds: float, measure=healthy, ready: bool = True) -> cn.CanaryDecision:  # type: ignore[no-untyped-def]
+    def tick(self, seconds: float, measure=healthy, ready: bool = True) -> Decision:  # type: ignore[no-untyped-def]
         self.now += timedelta(seconds=seconds)
         req = cn.analysis_due(self.spec, self.status, NAME, self.now)
         if req is not None:
@@ -78,7 +86,7 @@ class Sim:
     def start(self) -> None:
         d = self.tick(0, ready=False)
         assert d.actions == (
-            cn.EnsureCanary(
+            EnsureCanary(
                 "tiny-llama-canary", "pvc://models/tiny/attempt-1", 1, aliases=("tiny-llama",)
             ),
         )
@@ -86,7 +94,7 @@ class Sim:
         d = self.tick(5, ready=False)  # pods not ready: no traffic yet
         assert self.status.canary is not None and self.status.canary.weight == 0
         d = self.tick(5)
-        assert cn.SetWeight(25) in d.actions
+        assert SetWeight(25) in d.actions
 
     def run(self, seconds: float, measure=healthy, step: float = 5) -> None:  # type: ignore[no-untyped-def]
         t = 0.0
@@ -105,10 +113,10 @@ def test_healthy_canary_steps_and_promotes() -> None:
     sim.run(200)
     st = sim.status
     assert st.phase is Phase.PROMOTED
-    weights = [a.weight for a in sim.actions if isinstance(a, cn.SetWeight)]
+    weights = [a.weight for a in sim.actions if isinstance(a, SetWeight)]
     assert weights == [25, 100, 0]
-    assert isinstance(sim.actions[-3], cn.PromoteStable)
-    assert isinstance(sim.actions[-1], cn.RemoveCanary)
+    assert isinstance(sim.actions[-3], PromoteStable)
+    assert isinstance(sim.actions[-1], RemoveCanary)
     assert cond(st, "Promoted").status == "True"
     assert cond(st, "Ready").reason == "Promoted"
     assert st.history[-1].outcome == "Promoted"
@@ -176,7 +184,7 @@ def test_latency_regression_rolls_back_with_figures() -> None:
     assert rb.status == "True" and rb.reason == "GateFailed"
     assert "p99RatioToStable" in rb.message and "value 3" in rb.message
     assert "threshold <= 1.5x stable" in rb.message
-    assert sim.actions[-2:] == [cn.SetWeight(0), cn.RemoveCanary()]
+    assert sim.actions[-2:] == [SetWeight(0), RemoveCanary()]
     failing = next(r for r in st.gates if r.gate == "p99RatioToStable")
     # 3x by construction; the bucket interpolation reads 3.1
     assert failing.value == pytest.approx(3.0, rel=0.05) and failing.verdict == "Failed"
@@ -209,8 +217,8 @@ def test_no_traffic_never_promotes() -> None:
     assert st.phase is Phase.ROLLED_BACK
     assert cond(st, "RolledBack").reason == "InconclusiveLimitExceeded"
     assert st.canary.inconclusives == 4  # type: ignore[union-attr]
-    assert not any(isinstance(a, cn.PromoteStable) for a in sim.actions)
-    assert [a.weight for a in sim.actions if isinstance(a, cn.SetWeight)] == [25, 0]
+    assert not any(isinstance(a, PromoteStable) for a in sim.actions)
+    assert [a.weight for a in sim.actions if isinstance(a, SetWeight)] == [25, 0]
 
 
 def test_prometheus_down_is_error_then_continues() -> None:
@@ -244,7 +252,7 @@ def test_prometheus_down_too_long_rolls_back_without_replan() -> None:
     )
     assert sim.status.phase is Phase.ROLLED_BACK
     assert cond(sim.status, "RolledBack").reason == "MeasurementErrorLimitExceeded"
-    assert not any(isinstance(a, cn.StartReplan) for a in sim.actions)
+    assert not any(isinstance(a, StartReplan) for a in sim.actions)
 
 
 def test_pause_and_resume_by_annotation() -> None:
@@ -363,8 +371,8 @@ def test_shift_route_promotion() -> None:
     sim.run(200)
     assert sim.status.phase is Phase.PROMOTED
     assert sim.actions[-2:] == [
-        cn.SetWeight(100),
-        cn.PromoteStable("ShiftRoute", sim.status.artifact_uri),
+        SetWeight(100),
+        PromoteStable("ShiftRoute", sim.status.artifact_uri),
     ]
 
 
@@ -388,7 +396,7 @@ def test_unverified_weight_is_set_again() -> None:
         cn.Observation(name=NAME, canary_ready=True, weight_verified=False),
         sim.now + timedelta(seconds=1),
     )
-    assert d.actions == (cn.SetWeight(25),)
+    assert d.actions == (SetWeight(25),)
 
 
 def test_accuracy_failure_rolls_back_before_traffic() -> None:
@@ -417,7 +425,7 @@ def test_failed_gate_starts_replan_until_attempts_run_out() -> None:
     sim.run(60, measure=lambda now: healthy(now, c_p99=0.9))
     st = sim.status
     assert st.phase is Phase.PLANNING and st.attempt == 2
-    replan = [a for a in sim.actions if isinstance(a, cn.StartReplan)]
+    replan = [a for a in sim.actions if isinstance(a, StartReplan)]
     assert len(replan) == 1 and replan[0].attempt == 2
     assert replan[0].failed_gates[0].gate == "p99RatioToStable"
     assert [a.attempt for a in st.history] == [1, 2]
@@ -437,7 +445,7 @@ def test_failed_gate_starts_replan_until_attempts_run_out() -> None:
     sim2.tick(5)
     sim2.run(60, measure=lambda now: healthy(now, c_p99=0.9))
     assert sim2.status.phase is Phase.ROLLED_BACK
-    assert not any(isinstance(a, cn.StartReplan) for a in sim2.actions)
+    assert not any(isinstance(a, StartReplan) for a in sim2.actions)
     assert "no re-plan left" in sim2.status.message
     assert [a.outcome for a in sim2.status.history] == ["RolledBack", "RolledBack"]
     # each attempt names the checkpoint it canaried, so SREs can find either one
@@ -468,7 +476,7 @@ def test_without_stable_a_slow_canary_never_promotes_on_ratio_defaults() -> None
     assert sim.status.phase is Phase.ROLLED_BACK
     rb = cond(sim.status, "RolledBack")
     assert rb.reason == "InconclusiveLimitExceeded" and "p99MaxSeconds" in rb.message
-    assert not any(isinstance(a, cn.PromoteStable) for a in sim.actions)
+    assert not any(isinstance(a, PromoteStable) for a in sim.actions)
 
 
 # ---------------------------------------------------------------- evidence (issue 17)
@@ -511,7 +519,7 @@ def test_waiting_ends_at_max_analysis_window_and_then_counts() -> None:
     assert cond(st, "RolledBack").reason == "InconclusiveLimitExceeded"
     assert sim.windows[:5] == [10, 20, 30, 30, 30]
     assert st.canary is not None and st.canary.inconclusives == 3
-    assert not any(isinstance(a, cn.PromoteStable) for a in sim.actions)
+    assert not any(isinstance(a, PromoteStable) for a in sim.actions)
 
 
 def test_max_analysis_window_is_at_least_the_interval() -> None:

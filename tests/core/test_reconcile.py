@@ -1,7 +1,7 @@
 """Every transition of the quantization state machine, without a cluster.
 
 A tiny in-memory "world" stands in for the API server: it applies a Decision (status,
-creates, deletes) and lets the test move Jobs to Running / Succeeded / Failed.
+CreateChild and DeleteChild actions) and lets the test move Jobs to Running / Succeeded / Failed.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from samp_core.decision import CreateChild, Decision, DeleteChild, EnsureCanary, StartReplan
 from samp_core.formats import ExportFormat, SensitivityMethod
 from samp_core.reconcile import (
     RESULT_GRACE_SECONDS,
@@ -43,6 +44,16 @@ from samp_core.validation import validate_manifest
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 SETTINGS = JobSettings(default_image="samp-jobs:test")
+
+
+def created(d: Decision) -> list[Any]:
+    """The manifests the decision creates, in order."""
+    return [a.manifest for a in d.actions if isinstance(a, CreateChild)]
+
+
+def deleted(d: Decision) -> list[DeleteChild]:
+    """The children the decision deletes, in order."""
+    return [a for a in d.actions if isinstance(a, DeleteChild)]
 
 # What each stage's pod leaves in its termination message: the typed summaries, as JSON.
 SUMMARIES: dict[str, dict[str, Any]] = {s.stage.value: json.loads(s.to_json()) for s in (
@@ -106,7 +117,7 @@ class World:
         d = reconcile(copy.deepcopy(self.body), self.observed(), sorted(self.config_maps),
                       self.now, SETTINGS)
         self.body["status"] = d.status.to_wire()
-        for obj in d.create:
+        for obj in created(d):
             name = obj["metadata"]["name"]
             if obj["kind"] == "ConfigMap":
                 self.config_maps.add(name)
@@ -121,7 +132,7 @@ class World:
                 "inputs_hash": obj["metadata"]["annotations"][ANNOTATION_INPUTS_HASH],
                 "generation": int(labels[LABEL_GENERATION]), "state": "Running",
                 "started_at": self.now}}
-        for ref in d.delete:
+        for ref in deleted(d):
             if ref.kind == "Job":
                 self.jobs.pop(ref.name, None)
             else:
@@ -160,13 +171,13 @@ class World:
             self.step()
             self.finish(stage.value)
         d = self.step()
-        assert d.quantized
+        assert d.facts.quantized
 
 
 def test_first_reconcile_creates_calibration_configmap_and_job() -> None:
     w = World(manifest())
     d = w.step()
-    assert [o["kind"] for o in d.create] == ["ConfigMap", "Job"]
+    assert [o["kind"] for o in created(d)] == ["ConfigMap", "Job"]
     assert w.created == ["llama-g1-cal"]
     assert w.status.phase == Phase.CALIBRATING
     assert w.status.observed_generation == 1
@@ -181,7 +192,7 @@ def test_reconcile_is_idempotent_no_duplicate_jobs_or_events() -> None:
     w.step()
     events = list(w.events)
     d = w.step()
-    assert d.create == [] and d.delete == [] and d.events == []
+    assert created(d) == [] and deleted(d) == [] and d.events == ()
     assert w.events == events
 
 
@@ -196,7 +207,7 @@ def test_happy_path_walks_every_phase_to_evaluated() -> None:
     phases.append(w.status.phase)
     assert phases == [Phase.CALIBRATING, Phase.SCORING, Phase.PLANNING, Phase.EXPORTING,
                       Phase.EVALUATING, Phase.EVALUATED]
-    assert d.quantized
+    assert d.facts.quantized
     st = w.status
     assert st.plan is not None and st.plan.effective_bits == 6.4
     assert st.plan.memory_saved_percent == 60.0 and st.plan.groups_per_format["bf16"] == 1
@@ -209,8 +220,8 @@ def test_happy_path_walks_every_phase_to_evaluated() -> None:
     assert [r for _, r, _ in w.events].count("StageSucceeded") == 5
     assert w.events[-1][:2] == ("Normal", "Evaluated")
     # Stage durations feed the metrics exactly once per stage.
-    assert len(d.stage_durations) == 1 and d.stage_durations[0][0] == "evaluate"
-    assert w.step().events == []
+    assert len(d.facts.stage_durations) == 1 and d.facts.stage_durations[0][0] == "evaluate"
+    assert w.step().events == ()
 
 
 def test_job_manifest_is_restricted_and_carries_the_spec() -> None:
@@ -250,7 +261,7 @@ def test_job_manifest_is_restricted_and_carries_the_spec() -> None:
 def test_configmap_holds_the_stage_invocation() -> None:
     body = manifest()
     d = reconcile(body, [], [], T0, SETTINGS)
-    cm = d.create[0]
+    cm = created(d)[0]
     assert cm["immutable"] is True and cm["metadata"]["name"] == "llama-g1-cal"
     assert list(cm["data"]) == ["invocation.json"]  # the Job's only input document
     inv = StageInvocation.model_validate_json(cm["data"]["invocation.json"])
@@ -263,7 +274,7 @@ def test_configmap_holds_the_stage_invocation() -> None:
     assert inv.paths.prompts == "/mnt/pvc/prompts/prod.jsonl"
     assert inv.paths.model is None  # hf://: the Job fetches it from the hub
     assert inv.runtime.termination_log == "/dev/termination-log" and not inv.runtime.progress
-    job = d.create[1]["spec"]["template"]["spec"]["containers"][0]
+    job = created(d)[1]["spec"]["template"]["spec"]["containers"][0]
     assert job["command"] == ["samp", "calibrate", "--invocation", "/etc/samp/invocation.json"]
     assert "hf-token" not in cm["data"]["invocation.json"]  # secret names stay out of it
 
@@ -274,7 +285,7 @@ def test_pod_failures_emit_retry_events_then_failed_job_fails_the_resource() -> 
     w.running("calibrate")["obs"].update(failed_pods=1, message="CUDA out of memory")
     d = w.step()
     assert ("Warning", "JobRetrying") in [e[:2] for e in w.events]
-    assert d.job_failures == [("calibrate", "PodFailed")]
+    assert d.facts.job_failures == (("calibrate", "PodFailed"),)
     assert w.status.phase == Phase.CALIBRATING
     w.fail("calibrate", message="CUDA out of memory")
     d = w.step()
@@ -285,14 +296,14 @@ def test_pod_failures_emit_retry_events_then_failed_job_fails_the_resource() -> 
     assert "BackoffLimitExceeded" in ready.message and "CUDA out of memory" in ready.message
     assert w.cond("Calibrated").status == "False"
     assert any(e[1] == "StageFailed" and "CUDA out of memory" in e[2] for e in w.events)
-    assert ("calibrate", "BackoffLimitExceeded") in d.job_failures
+    assert ("calibrate", "BackoffLimitExceeded") in d.facts.job_failures
     # Failed is sticky for this generation: no new Job, no new Event.
     n = len(w.events)
     d = w.step()
-    assert d.create == [] and len(w.events) == n and w.status.phase == Phase.FAILED
+    assert created(d) == [] and len(w.events) == n and w.status.phase == Phase.FAILED
     # Even once the Job is gone (TTL), the record keeps it failed.
     w.jobs.clear()
-    assert w.step().create == [] and w.status.phase == Phase.FAILED
+    assert created(w.step()) == [] and w.status.phase == Phase.FAILED
 
 
 def test_new_generation_after_failure_retries_the_stage() -> None:
@@ -304,7 +315,7 @@ def test_new_generation_after_failure_retries_the_stage() -> None:
     w.body["spec"]["hardware"]["retries"] = 3  # placement only: same inputs hash
     d = w.step()
     assert "llama-g2-cal" in w.created and w.status.phase == Phase.CALIBRATING
-    assert any(r.name == "llama-g1-cal" for r in d.delete)
+    assert any(r.name == "llama-g1-cal" for r in deleted(d))
 
 
 def test_spec_change_mid_stage_deletes_obsolete_job_and_restarts_there() -> None:
@@ -315,8 +326,8 @@ def test_spec_change_mid_stage_deletes_obsolete_job_and_restarts_there() -> None
     w.body["metadata"]["generation"] = 2
     w.body["spec"]["calibration"]["samples"] = 512  # calibration input changed
     d = w.step()
-    assert {r.name for r in d.delete if r.kind == "Job"} == {"llama-g1-cal", "llama-g1-sens"}
-    assert {r.name for r in d.delete if r.kind == "ConfigMap"} == {"llama-g1-cal",
+    assert {r.name for r in deleted(d) if r.kind == "Job"} == {"llama-g1-cal", "llama-g1-sens"}
+    assert {r.name for r in deleted(d) if r.kind == "ConfigMap"} == {"llama-g1-cal",
                                                                     "llama-g1-sens"}
     assert w.created[-1] == "llama-g2-cal"
     assert w.status.phase == Phase.CALIBRATING
@@ -331,7 +342,7 @@ def test_unrelated_spec_change_adopts_the_running_job() -> None:
     w.body["metadata"]["generation"] = 2
     w.body["spec"]["quantization"]["budget"] = {"fractionOf16Bit": 0.3}  # affects plan on
     d = w.step()
-    assert d.create == [] and d.delete == []
+    assert created(d) == [] and deleted(d) == []
     assert w.status.phase == Phase.SCORING and w.status.observed_generation == 2
     w.finish("sensitivity")
     w.step()
@@ -352,8 +363,8 @@ def test_unchanged_inputs_reuse_artifacts_and_rerun_from_first_changed_stage() -
     assert st.phase == Phase.PLANNING
     assert sum(1 for e in d.events if e.reason == "StageReused") == 2
     # The old plan/export/evaluate Jobs describe another plan: deleted.
-    assert {"llama-g1-plan", "llama-g1-export", "llama-g1-eval"} <= {r.name for r in d.delete}
-    assert "llama-g1-cal" not in {r.name for r in d.delete}
+    assert {"llama-g1-plan", "llama-g1-export", "llama-g1-eval"} <= {r.name for r in deleted(d)}
+    assert "llama-g1-cal" not in {r.name for r in deleted(d)}
     for stage in ("plan", "export", "evaluate"):
         w.finish(stage)
         w.step()
@@ -367,7 +378,7 @@ def test_serving_only_change_reruns_nothing() -> None:
     w.body["metadata"]["generation"] = 2
     w.body["spec"]["serving"] = {"replicas": 3}
     d = w.step()
-    assert len(w.created) == n and d.quantized and w.status.phase == Phase.EVALUATED
+    assert len(w.created) == n and d.facts.quantized and w.status.phase == Phase.EVALUATED
     assert w.cond("Ready").observed_generation == 2
 
 
@@ -377,7 +388,7 @@ def test_restart_adopts_existing_job_even_without_status() -> None:
     w.step()
     del w.body["status"]
     d = w.step()
-    assert d.create == [] and w.status.phase == Phase.CALIBRATING
+    assert created(d) == [] and w.status.phase == Phase.CALIBRATING
     assert [e.reason for e in d.events] == ["StageAdopted"]
 
 
@@ -391,13 +402,13 @@ def test_completed_job_without_result_waits_then_reads_the_stored_result() -> No
     assert d.requeue_after is not None and w.status.phase == Phase.CALIBRATING
     w.now += timedelta(seconds=RESULT_GRACE_SECONDS + 1)
     d = w.step()
-    assert [o["metadata"]["name"] for o in d.create] == ["llama-g1-cal-read"]
+    assert [o["metadata"]["name"] for o in created(d)] == ["llama-g1-cal-read"]
     assert w.status.phase == Phase.CALIBRATING and "ResultFromStore" in [e[1] for e in w.events]
     d = w.step()  # the reader runs: adopted as the stage's Job, nothing new
-    assert d.create == [] and d.delete == [] and "StageAdopted" not in [e[1] for e in w.events]
+    assert created(d) == [] and deleted(d) == [] and "StageAdopted" not in [e[1] for e in w.events]
     w.finish("calibrate")  # the reader's pod leaves the stored summary
     d = w.step()
-    assert w.status.stages[0].state == "Succeeded" and d.stage_durations == []
+    assert w.status.stages[0].state == "Succeeded" and d.facts.stage_durations == ()
     assert w.status.stages[0].job == "llama-g1-cal-read"
     assert w.status.phase == Phase.SCORING
 
@@ -424,7 +435,7 @@ def test_reader_without_result_fails_as_result_missing() -> None:
     w.finish("calibrate", result="")  # the reader's pod is gone too: no reader of a reader
     w.now += timedelta(seconds=RESULT_GRACE_SECONDS + 1)
     d = w.step()
-    assert d.create == []
+    assert created(d) == []
     assert w.status.phase == Phase.FAILED and w.cond("Ready").reason == "ResultMissing"
 
 
@@ -450,7 +461,7 @@ def test_invalid_spec_is_reported_not_raised() -> None:
     body = manifest(**{"quantization__overrides": [{"match": "([", "format": "bf16"}]})
     w = World(body)
     d = w.step()
-    assert d.create == [] and d.resource is None
+    assert created(d) == [] and d.facts.resource is None
     assert w.status.phase == Phase.FAILED
     ready = w.cond("Ready")
     assert ready.reason == "InvalidSpec" and "spec.quantization.overrides[0].match" in \
@@ -464,7 +475,7 @@ def test_object_store_uris_are_refused_with_the_field_and_the_fix() -> None:
     body = manifest(artifacts__uri="s3://bucket/models", calibration__source="gs://prompts/p.jsonl")
     w = World(body)
     d = w.step()
-    assert d.create == [] and w.status.phase == Phase.FAILED
+    assert created(d) == [] and w.status.phase == Phase.FAILED
     message = w.cond("Ready").message
     assert "spec.artifacts.uri: s3:// is not supported" in message
     assert "spec.calibration.source: gs:// is not supported" in message
@@ -478,7 +489,7 @@ def test_invalid_spec_after_valid_deletes_children() -> None:
     w.body["metadata"]["generation"] = 2
     w.body["spec"]["hardware"]["target"] = "tpu-v5"
     d = w.step()
-    assert {r.name for r in d.delete} == {"llama-g1-cal"}
+    assert {r.name for r in deleted(d)} == {"llama-g1-cal"}
     assert w.cond("Ready").reason == "InvalidSpec"
 
 
@@ -492,7 +503,7 @@ def test_unreadable_status_is_replaced_not_fatal() -> None:
 def test_suspend_stops_new_jobs() -> None:
     w = World(manifest(suspend=True))
     d = w.step()
-    assert d.create == [] and w.status.phase == Phase.SUSPENDED
+    assert created(d) == [] and w.status.phase == Phase.SUSPENDED
     assert w.cond("Ready").reason == "Suspended"
     w.body["spec"]["suspend"] = False
     w.body["metadata"]["generation"] = 2
@@ -505,8 +516,8 @@ def test_canary_phase_is_left_to_the_canary() -> None:
     w.run_to_evaluated()
     w.body["status"]["phase"] = "CanaryProgressing"
     d = w.step()
-    assert d.quantized and w.status.phase == Phase.CANARY
-    assert d.events == [] and d.create == []
+    assert d.facts.quantized and w.status.phase == Phase.CANARY
+    assert d.events == () and created(d) == []
 
 
 def test_stage_hash_chain() -> None:
@@ -541,7 +552,7 @@ def test_replan_attempt_reruns_plan_export_evaluate_under_new_names() -> None:
         ("calibrate", "Succeeded"), ("sensitivity", "Succeeded"), ("plan", "Running")]
     assert w.created[-1] == "llama-g1-a2-plan"
     assert w.invocations["llama-g1-a2-plan"].attempt == 2
-    assert d.create[0]["metadata"]["name"] == "llama-g1-a2-plan"
+    assert created(d)[0]["metadata"]["name"] == "llama-g1-a2-plan"
     for stage in ("plan", "export", "evaluate"):
         w.finish(stage)
         w.step()
@@ -585,7 +596,7 @@ def test_replan_closes_the_loop_with_a_conservative_plan_and_keeps_history() -> 
     # The canary machine: attempt 1 fails the accuracy gate (+1% > 0.5%) and re-plans.
     d = canary.decide(res.spec, w.status, canary.Observation(name="llama", generation=1),
                       w.now)
-    assert any(isinstance(a, canary.StartReplan) and a.attempt == 2 for a in d.actions)
+    assert any(isinstance(a, StartReplan) and a.attempt == 2 for a in d.actions)
     assert d.status.phase == Phase.PLANNING and d.status.attempt == 2
     w.body["status"] = d.status.to_wire()
 
@@ -603,7 +614,7 @@ def test_replan_closes_the_loop_with_a_conservative_plan_and_keeps_history() -> 
     assert inv2.paths.previous_plan == copy1  # attempt 1's copy, in the shared work dir
     assert inv2.paths.plan_copy is not None and inv2.paths.plan_copy != copy1
     assert inv2.paths.workdir == inv1.paths.workdir
-    assert d2.create[0]["metadata"]["name"] == "llama-g1-a2-plan"
+    assert created(d2)[0]["metadata"]["name"] == "llama-g1-a2-plan"
     assert w.status.plan is None and w.status.accuracy is None  # attempt 1's figures are gone
     assert "llama-g1-plan" not in w.jobs  # obsolete Jobs of attempt 1 are deleted
 
@@ -623,7 +634,7 @@ def test_replan_closes_the_loop_with_a_conservative_plan_and_keeps_history() -> 
     assert w.created[-1] == "llama-g1-a2-eval"
     w.finish("evaluate", result=json.dumps({**SUMMARIES["evaluate"], "perplexityQuant": 10.03}))
     d3 = w.step()
-    assert d3.quantized and w.status.phase == Phase.EVALUATED and w.status.attempt == 2
+    assert d3.facts.quantized and w.status.phase == Phase.EVALUATED and w.status.attempt == 2
     assert w.status.plan is not None and w.status.plan.bytes_quantized == 460
     assert w.status.artifact_uri is not None
     assert artifact2.endswith(w.status.artifact_uri.removeprefix("pvc://"))
@@ -632,7 +643,7 @@ def test_replan_closes_the_loop_with_a_conservative_plan_and_keeps_history() -> 
     d4 = canary.decide(res.spec, w.status, canary.Observation(name="llama", generation=1),
                        w.now)
     assert d4.status.phase == Phase.CANARY
-    ensure = next(a for a in d4.actions if isinstance(a, canary.EnsureCanary))
+    ensure = next(a for a in d4.actions if isinstance(a, EnsureCanary))
     assert ensure.attempt == 2 and ensure.artifact_uri == w.status.artifact_uri
     hist = d4.status.history
     assert [(a.attempt, a.outcome) for a in hist] == [(1, "RolledBack"), (2, "Running")]

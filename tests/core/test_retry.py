@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from test_reconcile import World, manifest
+from test_reconcile import World, created, deleted, manifest
 
 from samp_core import canary as cn
 from samp_core.canary.model import ANNOTATION_RETRY
 from samp_core.conditions import rfc3339
+from samp_core.decision import EnsureCanary
 from samp_core.status import CanaryStatus, Phase
 
 
@@ -32,15 +33,15 @@ def test_retry_of_a_failed_stage_replaces_its_job_once() -> None:
     _retry(w, rfc3339(w.now))
     d = w.step()
     # The failed Job goes first; the new one of the same name comes once it is gone.
-    assert [r.name for r in d.delete if r.kind == "Job"] == ["llama-g1-cal"]
-    assert d.create == [] and w.status.phase == Phase.CALIBRATING
+    assert [r.name for r in deleted(d) if r.kind == "Job"] == ["llama-g1-cal"]
+    assert created(d) == [] and w.status.phase == Phase.CALIBRATING
     assert ("Normal", "RetryRequested") in [e[:2] for e in w.events]
     assert "calibrate" in next(e[2] for e in w.events if e[1] == "RetryRequested")
     assert w.status.handled_requests is not None
     assert w.status.handled_requests.retry == rfc3339(w.now)
     w.now += timedelta(seconds=5)
     d = w.step()
-    assert "llama-g1-cal" in [o["metadata"]["name"] for o in d.create]
+    assert "llama-g1-cal" in [o["metadata"]["name"] for o in created(d)]
     assert w.created.count("llama-g1-cal") == 2 and w.status.phase == Phase.CALIBRATING
     # The new Job fails too: the same value does not retry again.
     w.fail("calibrate", message="CUDA out of memory again")
@@ -83,16 +84,16 @@ def test_retry_of_a_rolled_back_canary_starts_it_over_from_step_one() -> None:
     w.now += timedelta(minutes=2)
     _retry(w, rfc3339(w.now))
     d = w.step()
-    assert d.quantized and w.status.phase == Phase.EVALUATED and w.status.canary is None
+    assert d.facts.quantized and w.status.phase == Phase.EVALUATED and w.status.canary is None
     assert not any(c.type in ("RolledBack", "Promoted") for c in w.status.conditions)
     assert any(e.reason == "RetryRequested" for e in d.events)
-    assert d.resource is not None
-    started = cn.decide(d.resource.spec, d.status,
+    assert d.facts.resource is not None
+    started = cn.decide(d.facts.resource.spec, d.status,
                         cn.Observation(name="llama", annotations=dict(
                             w.body["metadata"]["annotations"])), w.now)
     assert started.status.phase == Phase.CANARY
     assert started.status.canary is not None and started.status.canary.step == 0
-    assert any(isinstance(a, cn.EnsureCanary) for a in started.actions)
+    assert any(isinstance(a, EnsureCanary) for a in started.actions)
     # Written back, the same value never restarts it again.
     w.body["status"] = started.status.model_copy(update={"phase": Phase.ROLLED_BACK}).to_wire()
     d = w.step()

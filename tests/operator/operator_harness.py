@@ -181,7 +181,7 @@ def summary_for(stage: str, name: str = "m") -> str:
     return str(doc.summary_json())
 
 
-Decision = tuple[str, str] | None  # ("succeed", message) | ("fail", message) | None: hold
+PodVerdict = tuple[str, str] | None  # ("succeed", message) | ("fail", message) | None: hold
 
 
 class JobRuntime:
@@ -194,14 +194,14 @@ class JobRuntime:
         # tests give it seconds so that the operator's pods/log read for status.progress
         # (made only while a stage pod runs) surely happens and shows in the audit log.
         self.run_seconds = run_seconds
-        self.policy: Callable[[dict[str, Any]], Decision] = self.succeed_all
+        self.policy: Callable[[dict[str, Any]], PodVerdict] = self.succeed_all
         self.handled: dict[str, str] = {}  # pod name -> what we did
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="job-runtime")
         self.errors: list[str] = []
 
     @staticmethod
-    def succeed_all(pod: dict[str, Any]) -> Decision:
+    def succeed_all(pod: dict[str, Any]) -> PodVerdict:
         labels = pod["metadata"].get("labels", {})
         stage = labels.get("samp.dev/stage", "")
         if stage == "cleanup":

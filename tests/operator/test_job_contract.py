@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from samp_core.decision import CreateChild, DeleteChild
 from samp_core.reconcile import ObservedJob, parse_status, reconcile
 from samp_core.results import Stage, parse_result
 from samp_core.stage_jobs import JobSettings
@@ -108,11 +109,12 @@ def test_every_stage_job_runs_the_real_cli_and_its_summary_reaches_status(
             d = reconcile(body, list(jobs.values()), sorted(config_maps), now,
                           JobSettings(default_image="samp-jobs:test"))
             body["status"] = d.status.to_wire()
-            for ref in d.delete:
-                jobs.pop(ref.name, None) if ref.kind == "Job" else config_maps.pop(ref.name, None)
+            for gone in (a for a in d.actions if isinstance(a, DeleteChild)):
+                jobs.pop(gone.name, None) if gone.kind == "Job" else config_maps.pop(gone.name,
+                                                                                     None)
             if d.status.phase in (Phase.EVALUATED, Phase.FAILED):
                 break
-            for obj in d.create:
+            for obj in (a.manifest for a in d.actions if isinstance(a, CreateChild)):
                 name = obj["metadata"]["name"]
                 if obj["kind"] == "ConfigMap":
                     config_maps[name] = obj["data"]

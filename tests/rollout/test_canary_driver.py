@@ -17,7 +17,8 @@ from latency_sim import steady_side
 from samp_core import canary as cn
 from samp_core import gates as g
 from samp_core.api import parse
-from samp_core.reconcile import Decision, Event
+from samp_core.decision import Decision, EnsureCanary, Facts, PromoteStable, RemoveCanary, SetWeight
+from samp_core.events import Event
 from samp_core.spec import GatesSpec, QuantizedModelSpec
 from samp_core.status import AccuracySummary, Phase, QuantizedModelStatus
 from samp_operator.canary_driver import CanaryDriver, NoPrometheus
@@ -51,11 +52,11 @@ class FakeServing:
     def canary_exists(self) -> bool:
         return self.exists
 
-    def ensure_canary(self, action: cn.EnsureCanary) -> None:
+    def ensure_canary(self, action: EnsureCanary) -> None:
         self.calls.append(action)
         self.exists = True
 
-    def promote(self, action: cn.PromoteStable) -> None:
+    def promote(self, action: PromoteStable) -> None:
         if self.fail_promote:
             self.fail_promote -= 1
             raise ApiError(500)
@@ -109,7 +110,7 @@ class Run:
     now: datetime = T0
     annotations: dict[str, str] = field(default_factory=dict)
 
-    def turn(self, seconds: float = 5, generation: int | None = 3) -> cn.CanaryDecision:
+    def turn(self, seconds: float = 5, generation: int | None = 3) -> Decision:
         self.now += timedelta(seconds=seconds)
         t = self.driver.step(self.spec, self.status, NAME, self.annotations, generation,
                              self.now)
@@ -136,10 +137,10 @@ def test_healthy_canary_reaches_each_implementation_in_order() -> None:
     assert run.status.phase is Phase.PROMOTED
     assert router.sets == [25, 100, 0]
     ensure = serving.calls[0]
-    assert ensure == cn.EnsureCanary(
+    assert ensure == EnsureCanary(
         "tiny-llama-canary", "pvc://models/tiny/attempt-1", 1, aliases=("tiny-llama",)
     )
-    assert serving.calls[1:] == [cn.PromoteStable("UpdateStable", run.status.artifact_uri),
+    assert serving.calls[1:] == [PromoteStable("UpdateStable", run.status.artifact_uri),
                                  "remove"]
     # Every analysis window is one interval, names the canary and the stable series.
     assert provider.requests
@@ -181,7 +182,7 @@ def test_weight_is_verified_only_while_traffic_moves_and_set_again_when_not_in_e
     router.weight = 0  # someone reset the route
     d = run.turn()
     assert router.verified[-1] == 25
-    assert d.actions == (cn.SetWeight(25),) and router.sets == [25, 25]
+    assert d.actions == (SetWeight(25),) and router.sets == [25, 25]
 
 
 def test_annotations_and_generation_reach_the_machine() -> None:
@@ -207,7 +208,7 @@ def test_without_prometheus_every_analysis_is_an_error_and_never_promotes() -> N
         "MeasurementErrorLimitExceeded"
     )
     assert "no Prometheus configured" in run.status.gates[0].message
-    assert not any(isinstance(c, cn.PromoteStable) for c in serving.calls)
+    assert not any(isinstance(c, PromoteStable) for c in serving.calls)
 
 
 def test_replan_touches_only_traffic_and_the_canary() -> None:
@@ -284,7 +285,7 @@ def test_kube_serving_is_idempotent() -> None:
     api = FakeApi()
     spec = make_spec(httpRoute={"name": "r", "stableBackend": "tiny-llama"})
     serving = KubeServing(api, api, spec, NAME, "ml", "uid-1")
-    ensure = cn.EnsureCanary("tiny-llama-canary", "pvc://models/x", 1)
+    ensure = EnsureCanary("tiny-llama-canary", "pvc://models/x", 1)
     serving.ensure_canary(ensure)
     serving.ensure_canary(ensure)  # exists, serving this template: kept
     assert api.exists == {"Deployment/tiny-llama-canary", "Service/tiny-llama-canary"}
@@ -315,17 +316,19 @@ def test_kube_canary_merges_into_the_quantization_decision() -> None:
     spec_doc = yaml.safe_load((ROOT / "examples" / "tiny-cpu.yaml").read_text())
     body = {**spec_doc, "metadata": {**spec_doc["metadata"], "generation": 2, "uid": "u"}}
     resource = parse(body)
-    quantized = Decision(status=evaluated(), resource=resource, quantized=True,
-                         events=[Event("Normal", "Evaluated", "quantized")], requeue_after=60.0)
+    quantized = Decision(status=evaluated(), events=(Event("Normal", "Evaluated", "quantized"),),
+                         requeue_after=60.0, facts=Facts(resource=resource, quantized=True))
     merged, plan = FakeKubeCanary(driver).decide(body, quantized)
     assert merged.status.phase is Phase.CANARY
     assert [e.reason for e in merged.events] == ["Evaluated", "CanaryStarted"]
     assert merged.requeue_after == 5.0  # the sooner of the two
-    assert plan is not None and plan.decision is not None
-    assert [type(a) for a in plan.decision.actions] == [cn.EnsureCanary]
-    failed = Decision(status=QuantizedModelStatus(phase=Phase.FAILED), resource=resource)
+    assert [type(a) for a in merged.actions] == [EnsureCanary] and merged.facts.quantized
+    assert plan is not None and plan.actions is not None
+    assert [type(a) for a in plan.actions] == [EnsureCanary]
+    failed = Decision(status=QuantizedModelStatus(phase=Phase.FAILED),
+                      facts=Facts(resource=resource))
     merged, plan = FakeKubeCanary(driver).decide(body, failed)
-    assert merged is failed and plan is not None and plan.decision is None  # settle it
+    assert merged is failed and plan is not None and plan.actions is None  # settle it
     assert FakeKubeCanary(driver).decide(body, failed, settled=True) == (failed, None)
 
 
@@ -391,8 +394,8 @@ def _engine(monkeypatch: Any, status: QuantizedModelStatus,
 
     def quantization_machine(body: Any, *args: Any) -> Decision:  # every stage done
         st = parse_status(body.get("status"))
-        return Decision(status=st, resource=parse(body), quantized=st.phase in (
-            Phase.EVALUATED, Phase.CANARY, Phase.PAUSED, Phase.PROMOTED, Phase.ROLLED_BACK))
+        return Decision(status=st, facts=Facts(resource=parse(body), quantized=st.phase in (
+            Phase.EVALUATED, Phase.CANARY, Phase.PAUSED, Phase.PROMOTED, Phase.ROLLED_BACK)))
 
     monkeypatch.setattr(engine_module, "reconcile", quantization_machine)
     serving, router, _p, driver = fakes(weight=25)
@@ -425,7 +428,7 @@ def test_a_decision_whose_status_write_conflicts_is_never_acted_on(monkeypatch: 
     engine.remember(kube.body)
     engine.reconcile_once(("default", "tiny-llama"), [], [])
     assert kube.body["status"]["phase"] == "Promoted"
-    assert serving.calls[0] == cn.PromoteStable("UpdateStable", "pvc://models/tiny/attempt-1")
+    assert serving.calls[0] == PromoteStable("UpdateStable", "pvc://models/tiny/attempt-1")
     assert serving.calls[-1] == "remove" and router.sets == [0]
 
 
@@ -442,7 +445,7 @@ def test_actions_cut_short_after_the_write_are_finished_from_the_written_status(
     assert kube.body["status"]["phase"] == "Promoted" and serving.calls == []
     engine.remember(kube.body)
     engine.reconcile_once(key, [], [])
-    assert serving.calls == [cn.PromoteStable("UpdateStable", "pvc://models/tiny/attempt-1"),
+    assert serving.calls == [PromoteStable("UpdateStable", "pvc://models/tiny/attempt-1"),
                              "remove"]
     assert router.weight == 0 and not serving.exists
     engine.reconcile_once(key, [], [])  # settled: nothing more, not even a look
@@ -462,11 +465,11 @@ def test_an_earlier_canary_is_replaced_never_adopted() -> None:
     api = FakeApi()
     spec = make_spec(httpRoute={"name": "r", "stableBackend": "tiny-llama"})
     serving = KubeServing(api, api, spec, NAME, "ml", "uid-1")
-    serving.ensure_canary(cn.EnsureCanary("tiny-llama-canary", "pvc://models/g1", 1))
-    serving.ensure_canary(cn.EnsureCanary("tiny-llama-canary", "pvc://models/g2", 1))
+    serving.ensure_canary(EnsureCanary("tiny-llama-canary", "pvc://models/g1", 1))
+    serving.ensure_canary(EnsureCanary("tiny-llama-canary", "pvc://models/g2", 1))
     assert ("replace", "Deployment/tiny-llama-canary") in api.calls
     api.calls.clear()
-    serving.ensure_canary(cn.EnsureCanary("tiny-llama-canary", "pvc://models/g2", 1))
+    serving.ensure_canary(EnsureCanary("tiny-llama-canary", "pvc://models/g2", 1))
     assert ("replace", "Deployment/tiny-llama-canary") not in api.calls
 
 
@@ -522,8 +525,7 @@ def test_replica_ratio_never_leaves_nothing_serving() -> None:
     router = ReplicaRatioRouter(api, "ml", "s", "c", 2)
     serving = FakeServing()
     driver = CanaryDriver(serving, router, FakeProvider())
-    rollback = cn.CanaryDecision(status=_running(100), actions=(cn.SetWeight(0),
-                                                                cn.RemoveCanary()))
+    rollback = (SetWeight(0), RemoveCanary())  # the actions of a rollback from the 100% step
     assert driver.apply(rollback) is False  # the stable is not serving yet: the canary stays
     assert api.replicas == {"c": 2, "s": 2} and "remove" not in serving.calls
     assert api.serving == 2

@@ -34,7 +34,8 @@ import yaml
 from controlplane import ControlPlane
 
 from samp_core.api import parse
-from samp_core.canary import CanaryDecision, EnsureCanary, SetWeight, settle
+from samp_core.canary import settle
+from samp_core.decision import EnsureCanary, SetWeight
 from samp_core.status import Phase, QuantizedModelStatus
 from samp_operator.canary_driver import CanaryDriver, NoPrometheus
 from samp_operator.canary_kube import KubeServing, router_for
@@ -140,7 +141,7 @@ def _canary_then_promote(driver: CanaryDriver, cluster: ControlPlane, ns: str,
     """The canary at 50% through the route, a self-heal sync, then the promotion."""
     spec = driver.serving.spec  # type: ignore[attr-defined]
     start = (EnsureCanary("tiny-llama-canary", ARTIFACT, 1, ("tiny-llama",)), SetWeight(50))
-    assert driver.apply(CanaryDecision(status=QuantizedModelStatus(), actions=start))
+    assert driver.apply(start)
     route = _get(cluster, ns, "HTTPRoute", ROUTE)
     assert weights_of(route, SERVICE, "tiny-llama-canary") == [(50, 50)]
     # a sync mid-canary under the documented ignoreDifferences leaves the canary its share
@@ -149,7 +150,7 @@ def _canary_then_promote(driver: CanaryDriver, cluster: ControlPlane, ns: str,
     promoted = QuantizedModelStatus(phase=Phase.PROMOTED, attempt=1, artifact_uri=ARTIFACT)
     actions = settle(spec, promoted)
     assert actions, "a Promoted status has promotion actions"
-    assert driver.apply(CanaryDecision(status=promoted, actions=actions))
+    assert driver.apply(actions)
 
 
 def _served_model(deployment: dict[str, Any]) -> str:

@@ -171,7 +171,10 @@ def test_histograms_from_prometheus_judge_a_slow_canary(scraped: tuple) -> None:
 
 def test_histograms_from_prometheus_pass_an_equal_canary(scraped: tuple) -> None:
     prom, stable, canary = scraped
-    time.sleep(2)  # the previous test's observations stay out of this window
+    # The previous test's observations stay out of this window, and the window reaches 4 s
+    # before the first observation, so a scrape at the old totals lies inside it even when a
+    # loaded machine delays scrapes (a 1 s margin failed once here, with load average 8).
+    time.sleep(6)
     rng = random.Random(2)
     t0 = time.monotonic()
     stable.serve(3000, 0.6, rng)
@@ -180,7 +183,7 @@ def test_histograms_from_prometheus_pass_an_equal_canary(scraped: tuple) -> None
     _wait_scraped(prom, CANARY, 4500)
     time.sleep(1)
     gates = GatesSpec(latency=LatencyGate(p99_max_ratio_to_stable=1.5), min_requests=20)
-    m = _measure(prom, time.monotonic() - t0 + 1, gates)
+    m = _measure(prom, time.monotonic() - t0 + 4, gates)
     assert m.error is None and not m.query_errors
     rows = {r.gate: r for r in g.evaluate(gates, m, has_stable=True)}
     assert m.canary.histograms["e2e"].n == 3000  # exact: the change, not increase()

@@ -8,14 +8,15 @@ local demo run)::
     m = provider.measure(req, spec.gates) if req else None     # a MeasurementProvider
     d = canary.decide(spec, status, canary.Observation(name=name, annotations=...,
                       canary_ready=..., weight_verified=..., measurement=m), now)
-    # apply d.actions in order (EnsureCanary, SetWeight, PromoteStable, RemoveCanary,
-    # StartReplan), post d.events, write d.status in one status write,
-    # come back after d.requeue_after seconds (None: nothing to wait for).
+    # d is a samp_core.decision.Decision: write d.status in one status write, then
+    # run d.actions in order (EnsureCanary, SetWeight, PromoteStable, RemoveCanary,
+    # StartReplan), post d.events, come back after d.requeue_after seconds (None: nothing
+    # to wait for).
 
 Where each part lives, as Argo Rollouts splits its canary and its analysis:
 
-* ``model`` — names, annotations, ``Observation``, ``AnalysisRequest``, the actions,
-  ``CanaryDecision``;
+* ``model`` — names, annotations, ``Observation``, ``AnalysisRequest`` (the actions and
+  the ``Decision`` they come in are samp_core.decision, shared with the quantization machine);
 * ``analysis`` — when an analysis is due; judge, count and ``assess`` against the limits;
 * ``start`` — phase Evaluated: the accuracy gate, then the canary starts;
 * ``machine`` — ``decide``: requests, pause/resume, deadline, steps (a small function each);
@@ -32,15 +33,8 @@ from samp_core.canary.model import (
     ANNOTATION_ABORT,
     ANNOTATION_PAUSE,
     ANNOTATION_PROMOTE,
-    Action,
     AnalysisRequest,
-    CanaryDecision,
-    EnsureCanary,
     Observation,
-    PromoteStable,
-    RemoveCanary,
-    SetWeight,
-    StartReplan,
     canary_model_name,
     client_model_names,
     served_model_name,
@@ -56,16 +50,9 @@ __all__ = [
     "ANNOTATION_ABORT",
     "ANNOTATION_PAUSE",
     "ANNOTATION_PROMOTE",
-    "Action",
     "AnalysisRequest",
-    "CanaryDecision",
-    "EnsureCanary",
     "Event",
     "Observation",
-    "PromoteStable",
-    "RemoveCanary",
-    "SetWeight",
-    "StartReplan",
     "analysis_due",
     "canary_model_name",
     "client_model_names",

@@ -20,14 +20,16 @@ from samp_core import history
 from samp_core.canary.model import (
     ACTIVE_PHASES,
     REPLANNABLE,
-    Action,
-    CanaryDecision,
+    Turn,
+    canary_of,
+)
+from samp_core.decision import (
+    CanaryAction,
+    Decision,
     PromoteStable,
     RemoveCanary,
     SetWeight,
     StartReplan,
-    Turn,
-    canary_of,
 )
 from samp_core.events import Event
 from samp_core.spec import QuantizedModelSpec
@@ -42,13 +44,13 @@ from samp_core.status import (
 __all__ = ["promote", "rollback", "settle"]
 
 
-def _promotion_actions(strategy: str, artifact_uri: str | None) -> tuple[Action, ...]:
+def _promotion_actions(strategy: str, artifact_uri: str | None) -> tuple[CanaryAction, ...]:
     if strategy == "UpdateStable":
         return (PromoteStable("UpdateStable", artifact_uri), SetWeight(0), RemoveCanary())
     return (SetWeight(100), PromoteStable("ShiftRoute", artifact_uri))
 
 
-def settle(spec: QuantizedModelSpec, status: QuantizedModelStatus) -> tuple[Action, ...]:
+def settle(spec: QuantizedModelSpec, status: QuantizedModelStatus) -> tuple[CanaryAction, ...]:
     """What serving and traffic must look like for a status the canary no longer drives.
 
     The operator writes a decision's status first and acts after; when acting fails (or
@@ -74,7 +76,7 @@ def promote(
     reason: str,
     message: str,
     events: Sequence[Event] = (),
-) -> CanaryDecision:
+) -> Decision:
     """Promoted: the artifact becomes the stable serving target."""
     strategy = t.spec.rollout.promotion_strategy
     actions = _promotion_actions(strategy, status.artifact_uri)
@@ -90,7 +92,7 @@ def promote(
     )
     st = history.record(st, t.now, t.generation, outcome="Promoted", reason=msg,
                         gates=status.gates)
-    return CanaryDecision(
+    return Decision(
         status=st,
         actions=actions,
         events=(*events, Event("Normal", "Promoted", msg[:1024])),
@@ -125,9 +127,9 @@ def rollback(
     had_traffic: bool = True,
     events: Sequence[Event] = (),
     failing: Sequence[GateResult] = (),
-) -> CanaryDecision:
+) -> Decision:
     """RolledBack for ``reason``; with ``replan`` (a gate failed), attempt n+1 may open."""
-    actions: list[Action] = [SetWeight(0), RemoveCanary()] if had_traffic else []
+    actions: list[CanaryAction] = [SetWeight(0), RemoveCanary()] if had_traffic else []
     msg, again = _rollback_message(t, status, message, replan and reason in REPLANNABLE)
     c = status.canary.model_copy(update={"weight": 0, "paused_at": None}) if status.canary else None
     conds = t.condition(status.conditions, ConditionType.ROLLED_BACK, "True", reason, msg)
@@ -149,7 +151,7 @@ def rollback(
     st = history.record(st, t.now, t.generation, outcome="RolledBack", reason=msg, gates=kept)
     evs = [*events, Event("Warning", "RolledBack", msg[:1024])]
     if not again:
-        return CanaryDecision(status=st, actions=tuple(actions), events=tuple(evs))
+        return Decision(status=st, actions=tuple(actions), events=tuple(evs))
     st, start = _open_replan(t, status, st, message, failing)
     rp = t.spec.rollout.replan
     evs.append(
@@ -160,7 +162,7 @@ def rollback(
             f"toward 16-bit within {100 * rp.max_budget_increase_fraction:.0f}% budget headroom",
         )
     )
-    return CanaryDecision(
+    return Decision(
         status=st, actions=(*actions, start), events=tuple(evs), requeue_after=1.0
     )
 

@@ -47,9 +47,7 @@ from samp_core.canary.model import (
     POLL_SECONDS,
     REASON_ABORTED,
     REASON_DEADLINE,
-    CanaryDecision,
     Observation,
-    SetWeight,
     Turn,
     canary_of,
     forget_withdrawn,
@@ -61,6 +59,7 @@ from samp_core.canary.model import (
 )
 from samp_core.canary.start import ensure_action, start
 from samp_core.conditions import rfc3339
+from samp_core.decision import Decision, SetWeight
 from samp_core.events import Event
 from samp_core.spec import QuantizedModelSpec
 from samp_core.status import (
@@ -81,10 +80,10 @@ def decide(
     status: QuantizedModelStatus,
     observation: Observation,
     now: datetime,
-) -> CanaryDecision:
+) -> Decision:
     """One step of the canary machine (see the module docstring)."""
     if status.phase not in ACTIVE_PHASES:
-        return CanaryDecision(status=status)
+        return Decision(status=status)
     t = Turn(spec, observation, now)
     if status.phase is Phase.EVALUATED:
         return start(t, status)
@@ -117,7 +116,7 @@ class _Running:
 
 def _requested(
     t: Turn, status: QuantizedModelStatus
-) -> tuple[QuantizedModelStatus, CanaryDecision | None]:
+) -> tuple[QuantizedModelStatus, Decision | None]:
     """Abort or promote by annotation, once per value and only for this canary.
 
     A value not handled yet is recorded in ``status.handledRequests`` whether it acts
@@ -144,7 +143,7 @@ def _requested(
     return status, None
 
 
-def _promote_now(t: Turn, status: QuantizedModelStatus, c: CanaryStatus) -> CanaryDecision:
+def _promote_now(t: Turn, status: QuantizedModelStatus, c: CanaryStatus) -> Decision:
     steps = len(t.spec.rollout.steps)
     skipped = c.step < steps - 1 or c.last_verdict != "Successful"
     note = (
@@ -155,9 +154,9 @@ def _promote_now(t: Turn, status: QuantizedModelStatus, c: CanaryStatus) -> Cana
     return promote(t, status, "ManualPromotion", note)
 
 
-def _pause(t: Turn, status: QuantizedModelStatus) -> CanaryDecision:
+def _pause(t: Turn, status: QuantizedModelStatus) -> Decision:
     if status.phase is Phase.PAUSED:
-        return CanaryDecision(status=status, requeue_after=PAUSED_POLL_SECONDS)
+        return Decision(status=status, requeue_after=PAUSED_POLL_SECONDS)
     c = canary_of(status)
     msg = (
         f"paused by the {ANNOTATION_PAUSE} annotation at step {c.step + 1}, weight "
@@ -173,7 +172,7 @@ def _pause(t: Turn, status: QuantizedModelStatus) -> CanaryDecision:
             ),
         }
     )
-    return CanaryDecision(
+    return Decision(
         status=st, events=(Event("Normal", "Paused", msg),), requeue_after=PAUSED_POLL_SECONDS
     )
 
@@ -210,7 +209,7 @@ def _resume(t: Turn, run: _Running) -> _Running:
 # ------------------------------------------------------------- progressing
 
 
-def _progress(t: Turn, run: _Running) -> CanaryDecision:
+def _progress(t: Turn, run: _Running) -> Decision:
     spec, c = t.spec, run.canary
     if (t.now - run.started).total_seconds() > parse_duration(spec.rollout.progress_deadline):
         return rollback(
@@ -223,7 +222,7 @@ def _progress(t: Turn, run: _Running) -> CanaryDecision:
         return _first_step(t, run)
     if t.observation.weight_verified is False:
         msg = f"traffic weight {c.weight}% not in effect yet; setting it again"
-        return CanaryDecision(
+        return Decision(
             status=run.status.model_copy(update={"canary": c, "message": msg}),
             actions=(SetWeight(c.weight),),
             events=run.events,
@@ -232,18 +231,18 @@ def _progress(t: Turn, run: _Running) -> CanaryDecision:
     m = t.observation.measurement
     if m is not None:
         analysed = _analyse(t, run, m)
-        if isinstance(analysed, CanaryDecision):
+        if isinstance(analysed, Decision):
             return analysed
         run = analysed
     return _step(t, run)
 
 
-def _first_step(t: Turn, run: _Running) -> CanaryDecision:
+def _first_step(t: Turn, run: _Running) -> Decision:
     """Traffic moves only once the canary pods are ready."""
     steps = t.spec.rollout.steps
     if not t.observation.canary_ready:
         msg = "waiting for the canary pods to become ready (readiness on /health)"
-        return CanaryDecision(
+        return Decision(
             status=run.status.model_copy(update={"canary": run.canary, "message": msg}),
             actions=(ensure_action(t, run.status),),
             events=run.events,
@@ -257,7 +256,7 @@ def _first_step(t: Turn, run: _Running) -> CanaryDecision:
     return _step_started(t, run, c, msg)
 
 
-def _step_started(t: Turn, run: _Running, c: CanaryStatus, msg: str) -> CanaryDecision:
+def _step_started(t: Turn, run: _Running, c: CanaryStatus, msg: str) -> Decision:
     st = run.status.model_copy(
         update={
             "canary": c,
@@ -268,7 +267,7 @@ def _step_started(t: Turn, run: _Running, c: CanaryStatus, msg: str) -> CanaryDe
             ),
         }
     )
-    return CanaryDecision(
+    return Decision(
         status=st,
         actions=(SetWeight(c.weight),),
         events=(*run.events, Event("Normal", "StepStarted", msg[:1024])),
@@ -276,7 +275,7 @@ def _step_started(t: Turn, run: _Running, c: CanaryStatus, msg: str) -> CanaryDe
     )
 
 
-def _analyse(t: Turn, run: _Running, m: g.Measurement) -> _Running | CanaryDecision:
+def _analyse(t: Turn, run: _Running, m: g.Measurement) -> _Running | Decision:
     """Judge, count and assess one analysis; a rollback when a limit is exceeded."""
     results, verdict = analysis.judge(t.spec, run.canary, m)
     waiting = analysis.waiting_for_evidence(t.spec, m, results)
@@ -296,7 +295,7 @@ def _analyse(t: Turn, run: _Running, m: g.Measurement) -> _Running | CanaryDecis
     return _Running(status, c, run.started, tuple(results), events)
 
 
-def _step(t: Turn, run: _Running) -> CanaryDecision:
+def _step(t: Turn, run: _Running) -> Decision:
     """Next step, promotion, waiting for manual promotion, or the next look."""
     steps, c = t.spec.rollout.steps, run.canary
     step = steps[c.step]
@@ -329,13 +328,13 @@ def _step(t: Turn, run: _Running) -> CanaryDecision:
     remaining = parse_duration(step.duration) - elapsed
     if remaining > 0:
         wait = min(wait, max(1.0, remaining))
-    return CanaryDecision(
+    return Decision(
         status=run.status.model_copy(update={"canary": c}), events=run.events,
         requeue_after=wait,
     )
 
 
-def _await_promotion(t: Turn, run: _Running, passed: str) -> CanaryDecision:
+def _await_promotion(t: Turn, run: _Running, passed: str) -> Decision:
     msg = (
         f"all {len(t.spec.rollout.steps)} steps passed; waiting for the {ANNOTATION_PROMOTE} "
         f"annotation (promotion: manual). Last figures: {passed}"
@@ -349,4 +348,4 @@ def _await_promotion(t: Turn, run: _Running, passed: str) -> CanaryDecision:
             ),
         }
     )
-    return CanaryDecision(status=st, events=run.events, requeue_after=PAUSED_POLL_SECONDS)
+    return Decision(status=st, events=run.events, requeue_after=PAUSED_POLL_SECONDS)

@@ -1,8 +1,8 @@
-"""What goes into and comes out of the canary machine: names, observation, request, actions.
+"""What goes into the canary machine: names, annotations, observation, analysis request.
 
 The operator (or the local demo) reads the world into an :class:`Observation`, measures
-what an :class:`AnalysisRequest` asks for, and applies the :class:`CanaryDecision`'s
-actions in order. Nothing here decides anything.
+what an :class:`AnalysisRequest` asks for, and runs the actions of the
+:class:`~samp_core.decision.Decision` that comes out, in order. Nothing here decides anything.
 """
 
 from __future__ import annotations
@@ -14,12 +14,10 @@ from typing import Literal
 
 from samp_core import gates as g
 from samp_core.conditions import with_condition
-from samp_core.events import Event
 from samp_core.spec import QuantizedModelSpec
 from samp_core.status import (
     CanaryStatus,
     Condition,
-    GateResult,
     HandledRequests,
     Phase,
     QuantizedModelStatus,
@@ -109,60 +107,6 @@ class Observation:
     weight_verified: bool | None = None
     measurement: g.Measurement | None = None
     generation: int | None = None
-
-
-@dataclass(frozen=True)
-class EnsureCanary:
-    """Create or keep the canary Deployment and Service (samp_operator.serving)."""
-
-    served_model_name: str
-    artifact_uri: str | None
-    attempt: int
-    # Names clients already send (the public and the stable's served name): the canary
-    # answers them too, or a client of the shared Service/route gets 404 from it.
-    aliases: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class SetWeight:
-    """Send ``weight`` percent of traffic to the canary, then verify it (samp_operator.traffic)."""
-
-    weight: int
-
-
-@dataclass(frozen=True)
-class PromoteStable:
-    """Make the artifact the stable serving target, per spec.rollout.promotionStrategy."""
-
-    strategy: Literal["UpdateStable", "ShiftRoute"]
-    artifact_uri: str | None
-
-
-@dataclass(frozen=True)
-class RemoveCanary:
-    """Delete the canary Deployment and Service (after the weight is back to 0)."""
-
-
-@dataclass(frozen=True)
-class StartReplan:
-    """Start attempt ``attempt`` from a more conservative plan (samp_core.replan)."""
-
-    attempt: int
-    reason: str
-    failed_gates: tuple[GateResult, ...]
-
-
-Action = EnsureCanary | SetWeight | PromoteStable | RemoveCanary | StartReplan
-
-
-@dataclass(frozen=True)
-class CanaryDecision:
-    """The new status, the actions to apply in order, the Events, when to look again."""
-
-    status: QuantizedModelStatus
-    actions: tuple[Action, ...] = ()
-    events: tuple[Event, ...] = ()
-    requeue_after: float | None = None
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,6 @@ from samp_core.canary.model import (
     REASON_ABORTED,
     REASON_ACCURACY,
     REASON_ACCURACY_UNMEASURED,
-    CanaryDecision,
-    EnsureCanary,
     Turn,
     canary_model_name,
     client_model_names,
@@ -29,6 +27,7 @@ from samp_core.canary.model import (
     request_active,
 )
 from samp_core.conditions import rfc3339
+from samp_core.decision import Decision, EnsureCanary
 from samp_core.events import Event
 from samp_core.status import CanaryStatus, ConditionType, GateResult, Phase, QuantizedModelStatus
 
@@ -54,7 +53,7 @@ def _requests_before_start(t: Turn, status: QuantizedModelStatus) -> QuantizedMo
     return status if value is None else mark_handled(status, ANNOTATION_PROMOTE, value)
 
 
-def start(t: Turn, status: QuantizedModelStatus) -> CanaryDecision:
+def start(t: Turn, status: QuantizedModelStatus) -> Decision:
     status = _requests_before_start(t, status)
     acc = status.accuracy
     if acc is not None and acc.passed is None:
@@ -79,7 +78,7 @@ def start(t: Turn, status: QuantizedModelStatus) -> CanaryDecision:
     st = status.model_copy(
         update={"phase": Phase.CANARY, "canary": c, "message": msg, "conditions": conds}
     )
-    return CanaryDecision(
+    return Decision(
         status=history.record(st, t.now, t.generation),
         actions=(ensure_action(t, status),),
         events=(Event("Normal", "CanaryStarted", msg),),
@@ -87,7 +86,7 @@ def start(t: Turn, status: QuantizedModelStatus) -> CanaryDecision:
     )
 
 
-def _refuse_start(t: Turn, status: QuantizedModelStatus) -> CanaryDecision | None:
+def _refuse_start(t: Turn, status: QuantizedModelStatus) -> Decision | None:
     """Rollback before any traffic moves: accuracy unmeasured or failed, or an abort."""
     acc = status.accuracy
     if acc is None or acc.passed is None:

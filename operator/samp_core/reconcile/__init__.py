@@ -2,10 +2,12 @@
 
 ``reconcile(body, jobs, config_maps, now, settings)`` takes the QuantizedModel as the API
 server returned it, the stage Jobs (and their ConfigMaps) that exist for it, and returns a
-:class:`Decision`: the complete new ``status``, the children to create and to delete, the
-Events to post, and when to look again. The Kopf handlers (samp_operator.handlers) only
-gather the observation and hand the decision to the adapters; every transition is tested
-here without a cluster (tests/core/test_reconcile.py).
+:class:`~samp_core.decision.Decision`: the complete new ``status``, the children to create
+and to delete (CreateChild and DeleteChild actions), the Events to post, when to look
+again, and the facts the canary hand-over and the metrics read (``decision.facts``). The
+Kopf handlers (samp_operator.handlers) only gather the observation and hand the decision
+to the adapters; every transition is tested here without a cluster
+(tests/core/test_reconcile.py).
 
 Phases: Pending → Calibrating → Scoring → Planning → Exporting → Evaluating → Evaluated,
 or Failed (a stage Job failed after its retries, or the spec is invalid), or Suspended.
@@ -32,24 +34,25 @@ Every other Job or ConfigMap of the QuantizedModel (another hash: an obsolete sp
 deleted. A spec change mid-stage therefore deletes the obsolete running Job and restarts
 from the first stage whose inputs changed.
 
-Hand-over to the canary: once every stage is done the decision has ``quantized=True``
+Hand-over to the canary: once every stage is done the decision has ``facts.quantized``
 and phase Evaluated with condition Evaluated=True. The engine (samp_operator.engine) then
 runs the canary driver (samp_operator.canary_driver → ``samp_core.canary.decide``), whose
-decision may replace the phase, conditions and Events with the canary's. While the canary
+decision follows this one (``Decision.then``): the canary's status replaces it, its actions
+and Events come after. While the canary
 owns the phase (CanaryProgressing, Paused, Promoted, RolledBack) this machine leaves
 phase, Ready and the canary conditions untouched unless a spec change makes a stage
 rerun. ``status.history`` is written through samp_core.history by both machines.
 
-Modules: ``decision`` (ObservedJob, Decision, status helpers), ``machine`` (``reconcile``),
-``stages`` (the walk: one small transition per case), ``summaries`` (typed result summaries into
-status), ``phase`` (conditions, phase, Ready) and ``invalid`` (specs refused up front).
+Modules: ``draft`` (ObservedJob, the Draft the Decision is built in, status helpers),
+``machine`` (``reconcile``), ``stages`` (the walk: one small transition per case),
+``summaries`` (typed result summaries into status), ``phase`` (conditions, phase, Ready) and
+``invalid`` (specs refused up front).
 """
 
+from samp_core.decision import Decision
 from samp_core.events import Event
-from samp_core.reconcile.decision import (
+from samp_core.reconcile.draft import (
     MESSAGE_MAX,
-    ChildRef,
-    Decision,
     JobState,
     ObservedJob,
     condition,
@@ -66,7 +69,6 @@ __all__ = [
     "MESSAGE_MAX",
     "RESULT_GRACE_SECONDS",
     "RESULT_RETRY_SECONDS",
-    "ChildRef",
     "Decision",
     "Event",
     "JobState",

@@ -8,15 +8,9 @@ from datetime import datetime
 from typing import Any
 
 from samp_core.api import QuantizedModel
+from samp_core.decision import Decision
 from samp_core.events import Event
-from samp_core.reconcile.decision import (
-    ChildRef,
-    Decision,
-    ObservedJob,
-    clip,
-    condition,
-    put_condition,
-)
+from samp_core.reconcile.draft import Draft, ObservedJob, clip, condition, put_condition
 from samp_core.status import ConditionType, Phase, QuantizedModelStatus
 from samp_core.validation import Problem
 
@@ -60,12 +54,15 @@ def invalid_spec(  # noqa: PLR0917
     status.message = clip(f"invalid spec: {message}", 4000)
     put_condition(status.conditions, ConditionType.READY, "False", "InvalidSpec", message,
                   now, generation)
-    decision = Decision(status=status)
+    draft = Draft(status=status)
     if not (prior and prior.reason == "InvalidSpec" and prior.observed_generation == generation
             and prior.message == clip(message)):
-        decision.events.append(Event("Warning", "InvalidSpec", clip(message)))
+        draft.events.append(Event("Warning", "InvalidSpec", clip(message)))
     # Nothing of an earlier spec is wanted any more.
-    decision.delete = [ChildRef("Job", j.name) for j in jobs if not j.deleting]
-    decision.delete += [ChildRef("ConfigMap", n) for n in config_maps]
-    return decision
+    for job in jobs:
+        if not job.deleting:
+            draft.delete("Job", job.name)
+    for name in config_maps:
+        draft.delete("ConfigMap", name)
+    return draft.decision()
 

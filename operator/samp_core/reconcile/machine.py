@@ -7,15 +7,17 @@ from datetime import datetime
 from typing import Any
 
 from samp_core import history
+from samp_core.decision import Decision
 from samp_core.progress import still_running
-from samp_core.reconcile.decision import ChildRef, Decision, ObservedJob, clip, parse_status
+from samp_core.reconcile.draft import Draft, ObservedJob, clip, parse_status
 from samp_core.reconcile.invalid import invalid_spec, unsupported_stores
 from samp_core.reconcile.phase import Outcome, done_stages, set_conditions
 from samp_core.reconcile.retry import apply_retry, retried_at
-from samp_core.reconcile.stages import Walk, walk_stages, wanted_jobs
+from samp_core.reconcile.stages import Stop, Walk, walk_stages, wanted_jobs
 from samp_core.reconcile.summaries import clear_stale_outputs
 from samp_core.results import Stage
 from samp_core.stage_jobs import JobSettings, stage_hashes_for
+from samp_core.status import QuantizedModelStatus
 from samp_core.validation import validate_manifest
 
 
@@ -38,34 +40,40 @@ def reconcile(
         return invalid_spec(body, old, unsupported, jobs, config_maps, now)
 
     old, retry_event = apply_retry(old, metadata.get("annotations") or {}, now)
-    gen = resource.generation
     hashes = stage_hashes_for(resource, old.attempt)
     status = old.model_copy(deep=True)
-    status.observed_generation = gen
+    status.observed_generation = resource.generation
     status.inputs_hash = hashes[Stage.EVALUATE]
-    decision = Decision(status=status, resource=resource)
+    draft = Draft(status=status, resource=resource)
     if retry_event is not None:
-        decision.events.append(retry_event)
+        draft.events.append(retry_event)
     retried = retried_at(old)
     walk = Walk(
         resource=resource, uid=str(metadata.get("uid", "")), settings=settings,
         attempt=old.attempt, hashes=hashes, previous={r.stage: r for r in old.stages},
-        jobs=jobs, keep=wanted_jobs(jobs, hashes, gen, retried), decision=decision, now=now,
-        retried_at=retried,
+        jobs=jobs, keep=wanted_jobs(jobs, hashes, resource.generation, retried), draft=draft,
+        now=now, retried_at=retried,
     )
     stop = walk_stages(walk)
+    _after_walk(walk, stop, old, config_maps)
+    return draft.decision()
 
+
+def _after_walk(walk: Walk, stop: Stop, old: QuantizedModelStatus,
+                config_maps: Sequence[str]) -> None:
+    """The walk's records into status, every unwanted child deleted, then conditions,
+    phase and history."""
+    draft, status, now = walk.draft, walk.draft.status, walk.now
     status.stages = walk.records
     status.progress = still_running(status.progress, walk.records)
     clear_stale_outputs(status, done_stages(status))
-    for name in sorted({j.name for j in jobs if not j.deleting} - walk.keep):
-        decision.delete.append(ChildRef("Job", name))
+    for name in sorted({j.name for j in walk.jobs if not j.deleting} - walk.keep):
+        draft.delete("Job", name)
     for name in sorted(set(config_maps) - walk.keep):
-        decision.delete.append(ChildRef("ConfigMap", name))
-
-    outcome = Outcome(stop=stop, suspended=resource.spec.suspend, generation=gen, now=now)
-    set_conditions(status, old, decision, outcome)
+        draft.delete("ConfigMap", name)
+    outcome = Outcome(stop=stop, suspended=walk.resource.spec.suspend,
+                      generation=walk.generation, now=now)
+    set_conditions(status, old, draft, outcome)
     failed = stop.failed
     failure = clip(f"{failed.stage.value} failed: {failed.message}", 1024) if failed else None
     history.note_stages(status, failure, now)
-    return decision

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from samp_core.events import Event
-from samp_core.reconcile.decision import Decision, clip, put_condition
+from samp_core.reconcile.draft import Draft, clip, put_condition
 from samp_core.reconcile.stages import Stop
 from samp_core.results import Stage
 from samp_core.stage_layout import STAGE_PHASE, STAGES
@@ -37,15 +37,15 @@ def done_stages(status: QuantizedModelStatus) -> set[str]:
 
 
 def set_conditions(
-    status: QuantizedModelStatus, old: QuantizedModelStatus, decision: Decision, o: Outcome
+    status: QuantizedModelStatus, old: QuantizedModelStatus, draft: Draft, o: Outcome
 ) -> None:
-    """Stage conditions, then phase and Ready, on ``status`` (the decision's)."""
+    """Stage conditions, then phase and Ready, on ``status`` (the draft's)."""
     _stage_conditions(status, o)
     all_done = all(s.value in done_stages(status) for s in STAGES)
     canary_owns = old.phase in CANARY_PHASES and all_done
-    _phase_and_ready(status, old, decision, o, all_done=all_done, canary_owns=canary_owns)
+    _phase_and_ready(status, old, draft, o, all_done=all_done, canary_owns=canary_owns)
     if canary_owns:
-        decision.quantized = True
+        draft.quantized = True
     if not all_done and old.phase in CANARY_PHASES:
         # A spec change reran a stage under a canary: its conditions describe old figures.
         status.conditions = [c for c in status.conditions if c.type not in _CANARY_CONDITIONS]
@@ -79,7 +79,7 @@ def _stage_conditions(status: QuantizedModelStatus, o: Outcome) -> None:
 
 
 def _phase_and_ready(
-    status: QuantizedModelStatus, old: QuantizedModelStatus, decision: Decision, o: Outcome,
+    status: QuantizedModelStatus, old: QuantizedModelStatus, draft: Draft, o: Outcome,
     *, all_done: bool, canary_owns: bool,
 ) -> None:
     conds, now, gen = status.conditions, o.now, o.generation
@@ -94,7 +94,7 @@ def _phase_and_ready(
         status.message = "suspended (spec.suspend): no new Jobs are created"
         put_condition(conds, ConditionType.READY, "False", "Suspended", status.message, now, gen)
         if old.phase != Phase.SUSPENDED:
-            decision.events.append(Event("Normal", "Suspended", status.message))
+            draft.events.append(Event("Normal", "Suspended", status.message))
     elif active is not None:
         status.phase = STAGE_PHASE[active]
         status.message = f"{active.value}: " + next(
@@ -102,14 +102,14 @@ def _phase_and_ready(
         put_condition(conds, ConditionType.READY, "False", status.phase.value,
                       f"{active.value} stage in progress", now, gen)
     elif not canary_owns:  # once the canary owns phase and Ready, this machine leaves them
-        _evaluated(status, old, decision, o)
+        _evaluated(status, old, draft, o)
 
 
 def _evaluated(
-    status: QuantizedModelStatus, old: QuantizedModelStatus, decision: Decision, o: Outcome
+    status: QuantizedModelStatus, old: QuantizedModelStatus, draft: Draft, o: Outcome
 ) -> None:
     """Every stage done and no canary yet: phase Evaluated, and the canary may start."""
-    decision.quantized = True
+    draft.quantized = True
     status.phase = Phase.EVALUATED
     acc = status.accuracy
     acc_text = (f"perplexity +{acc.perplexity_increase_percent}%"
@@ -118,4 +118,4 @@ def _evaluated(
     put_condition(status.conditions, ConditionType.READY, "True", "Evaluated", status.message,
                   o.now, o.generation)
     if old.phase != Phase.EVALUATED or old.observed_generation != o.generation:
-        decision.events.append(Event("Normal", "Evaluated", clip(status.message)))
+        draft.events.append(Event("Normal", "Evaluated", clip(status.message)))

@@ -17,7 +17,7 @@ from samp_core.api import QuantizedModel
 from samp_core.canary.model import parse_time
 from samp_core.conditions import rfc3339
 from samp_core.events import Event
-from samp_core.reconcile.decision import Decision, ObservedJob, clip
+from samp_core.reconcile.draft import Draft, ObservedJob, clip
 from samp_core.reconcile.summaries import apply_result
 from samp_core.results import Stage
 from samp_core.results.summaries import ResultError, parse_summary
@@ -51,7 +51,7 @@ class Stop:
 
 @dataclass
 class Walk:
-    """One reconcile's walk: the inputs, and the records and decision it builds."""
+    """One reconcile's walk: the inputs, and the records and draft decision it builds."""
 
     resource: QuantizedModel
     uid: str
@@ -61,7 +61,7 @@ class Walk:
     previous: dict[str, StageStatus]  # status.stages as stored, by stage name
     jobs: Sequence[ObservedJob]
     keep: set[str]  # Job (and ConfigMap) names still wanted
-    decision: Decision
+    draft: Draft
     now: datetime
     retried_at: datetime | None = None  # a stage that failed before this runs again
     records: list[StageStatus] = field(default_factory=list)
@@ -126,7 +126,7 @@ def _reuse(w: Walk, stage: Stage, rec: StageStatus) -> None:
     """A stage done with the same inputs (in any generation) is not run again."""
     if rec.state == "Succeeded" and rec.generation is not None and rec.generation < w.generation:
         rec = rec.model_copy(update={"state": "Reused"})
-        w.decision.events.append(Event(
+        w.draft.events.append(Event(
             "Normal", "StageReused",
             f"{stage.value}: inputs unchanged since generation {rec.generation}; "
             f"reusing {rec.output_uri}"))
@@ -142,18 +142,17 @@ def _create(w: Walk, stage: Stage, rec: StageStatus | None) -> Stop:
             stage=stage.value, state="Running", inputs_hash=w.hashes[stage], job=name,
             generation=w.generation, started_at=rfc3339(w.now),
             message=f"waiting for the previous Job {name} to be deleted"))
-        w.decision.requeue_after = RESULT_RETRY_SECONDS
+        w.draft.requeue_after = RESULT_RETRY_SECONDS
         return Stop(active=stage)
-    w.decision.create.append(
-        config_map_manifest(resource, w.uid, stage, w.hashes, name, attempt))
-    w.decision.create.append(job_manifest(resource, w.uid, stage, w.hashes, w.settings, attempt))
+    w.draft.create(config_map_manifest(resource, w.uid, stage, w.hashes, name, attempt))
+    w.draft.create(job_manifest(resource, w.uid, stage, w.hashes, w.settings, attempt))
     w.keep.add(name)
     w.records.append(StageStatus(
         stage=stage.value, state="Running", inputs_hash=w.hashes[stage], job=name,
         generation=w.generation, started_at=rfc3339(w.now),
         output_uri=stage_output_uri(resource, stage, w.hashes), message="Job created"))
     if not (rec and rec.job == name and rec.state == "Running"):
-        w.decision.events.append(Event("Normal", "StageStarted",
+        w.draft.events.append(Event("Normal", "StageStarted",
                                        f"{stage.value}: created Job {name}"))
     return Stop(active=stage)
 
@@ -187,9 +186,9 @@ def _count_pod_failures(
     new_failures = job.failed_pods - (mine.pod_failures if mine else 0)
     if new_failures <= 0:
         return
-    w.decision.job_failures.extend([(stage.value, "PodFailed")] * new_failures)
+    w.draft.job_failures.extend([(stage.value, "PodFailed")] * new_failures)
     if job.state != "Failed":
-        w.decision.events.append(Event(
+        w.draft.events.append(Event(
             "Warning", "JobRetrying",
             clip(f"{stage.value}: pod {job.failed_pods} of Job {job.name} failed; "
                  f"retrying ({job.message or 'no message'})")))
@@ -200,7 +199,7 @@ def _running(
 ) -> Stop:
     base.message = f"running, {job.failed_pods} failed pod(s)" if job.failed_pods else "running"
     if not (mine and mine.state == "Running"):
-        w.decision.events.append(Event("Normal", "StageAdopted",
+        w.draft.events.append(Event("Normal", "StageAdopted",
                                        f"{stage.value}: adopted running Job {job.name}"))
     w.records.append(base)
     return Stop(active=stage)
@@ -216,8 +215,8 @@ def _failed(  # noqa: PLR0917
     base.message = failure.message
     w.records.append(base)
     if not (mine and mine.state == "Failed"):
-        w.decision.job_failures.append((failure.stage.value, metric_reason))
-        w.decision.events.append(event)
+        w.draft.job_failures.append((failure.stage.value, metric_reason))
+        w.draft.events.append(event)
     return Stop(failed=failure)
 
 
@@ -229,13 +228,13 @@ def _read_from_store(w: Walk, stage: Stage, job: ObservedJob, base: StageStatus)
                         settings=w.settings, attempt=w.attempt)
     if reader is None:
         return False
-    w.decision.create.append(reader)
+    w.draft.create(reader)
     w.keep.add(reader["metadata"]["name"])
     base.job = reader["metadata"]["name"]
     base.message = (f"Job {job.name} completed but its pod is gone; reading its "
                     "result from the artifact store")
     w.records.append(base)
-    w.decision.events.append(Event("Normal", "ResultFromStore", base.message))
+    w.draft.events.append(Event("Normal", "ResultFromStore", base.message))
     return True
 
 
@@ -248,7 +247,7 @@ def _completed(
         if (w.now - finished).total_seconds() < RESULT_GRACE_SECONDS:
             base.message = "completed; waiting for its result"
             w.records.append(base)
-            w.decision.requeue_after = RESULT_RETRY_SECONDS
+            w.draft.requeue_after = RESULT_RETRY_SECONDS
             return Stop(active=stage)
         if _read_from_store(w, stage, job, base):
             return Stop(active=stage)
@@ -266,11 +265,11 @@ def _completed(
     base.finished_at = rfc3339(finished)
     base.message = clip(summary.describe(), 500)
     w.records.append(base)
-    apply_result(w.decision.status, summary, stage_output_uri(w.resource, stage, w.hashes))
+    apply_result(w.draft.status, summary, stage_output_uri(w.resource, stage, w.hashes))
     if not (mine and mine.state == "Succeeded"):
-        w.decision.events.append(Event("Normal", "StageSucceeded",
+        w.draft.events.append(Event("Normal", "StageSucceeded",
                                        f"{stage.value}: {base.message}"))
         if job.started_at and not is_reader(job.name):
-            w.decision.stage_durations.append(
+            w.draft.stage_durations.append(
                 (stage.value, max(0.0, (finished - job.started_at).total_seconds())))
     return None

@@ -1,5 +1,5 @@
-"""What the quantization machine sees (``ObservedJob``) and what it decides (``Decision``),
-and the small status helpers every part of the machine shares."""
+"""What the quantization machine sees (``ObservedJob``), the :class:`Draft` it builds its
+Decision (samp_core.decision) in, and the small status helpers every part of it shares."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from samp_core.api import QuantizedModel
 from samp_core.conditions import with_condition
+from samp_core.decision import Action, CreateChild, Decision, DeleteChild, Facts
 from samp_core.events import Event
 from samp_core.status import Condition, QuantizedModelStatus
 
@@ -38,29 +39,40 @@ class ObservedJob:
     deleting: bool = False
 
 
-@dataclass(frozen=True)
-class ChildRef:
-    """A Job or ConfigMap of the QuantizedModel, by name (what the decision deletes)."""
-
-    kind: Literal["Job", "ConfigMap"]
-    name: str
-
-
 @dataclass
-class Decision:
-    """The quantization machine's answer: the complete new status, the children to create
-    and delete, the Events, when to look again, and the figures for the metrics. The
-    canary machine answers with samp_core.canary.CanaryDecision; the engine merges it in."""
+class Draft:
+    """The decision while the machine builds it: the status being written, the actions
+    and Events in the order they arise, and the facts gathered on the way.
+    :meth:`decision` freezes it into the :class:`~samp_core.decision.Decision` it returns."""
 
     status: QuantizedModelStatus
-    create: list[dict[str, Any]] = field(default_factory=list)
-    delete: list[ChildRef] = field(default_factory=list)
+    resource: QuantizedModel | None = None
+    actions: list[Action] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None
-    quantized: bool = False  # every stage done: the canary may take over
+    quantized: bool = False
     stage_durations: list[tuple[str, float]] = field(default_factory=list)
-    job_failures: list[tuple[str, str]] = field(default_factory=list)  # (stage, reason)
-    resource: QuantizedModel | None = None  # the parsed object, None when the spec is invalid
+    job_failures: list[tuple[str, str]] = field(default_factory=list)
+
+    def create(self, manifest: Mapping[str, Any]) -> None:
+        self.actions.append(CreateChild(manifest))
+
+    def delete(self, kind: Literal["Job", "ConfigMap"], name: str) -> None:
+        self.actions.append(DeleteChild(kind, name))
+
+    def decision(self) -> Decision:
+        return Decision(
+            status=self.status,
+            actions=tuple(self.actions),
+            events=tuple(self.events),
+            requeue_after=self.requeue_after,
+            facts=Facts(
+                resource=self.resource,
+                quantized=self.quantized,
+                stage_durations=tuple(self.stage_durations),
+                job_failures=tuple(self.job_failures),
+            ),
+        )
 
 
 def clip(text: str, limit: int = MESSAGE_MAX) -> str:

@@ -151,7 +151,8 @@ def canary(console: Console, r: Rollout, servers: Servers, status: QuantizedMode
         on_event=partial(_on_event, console, r),
         on_remove=lambda: console.say("canary", "canary removed; all traffic on the stable"),
         on_promote=lambda a: console.say(
-            "canary", f"promotion ({a.strategy}): the stable now serves {a.artifact_uri}"),
+            "canary", f"promotion ({a.strategy}): in a cluster the stable would now serve "
+            f"{a.artifact_uri}; the demo's stable stays 16-bit for the next rollout"),
     )
     stable, canary_ = servers.stable, servers.canary
     gen = LoadGenerator(Backend(stable.url, stable.served_model_name, 16),

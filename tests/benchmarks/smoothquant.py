@@ -12,7 +12,9 @@ is still a plain checkpoint of the same architecture:
   one v channel feeds one channel of every query head sharing it, so ``s`` is shared
   across those heads.
 
-Pure torch on modules; the caller collects the activation maxima (``channel_absmax``).
+Pure torch on modules; the caller collects the activation maxima (``channel_absmax_hooks``).
+Benchmark code (bench_smoothquant.py): measured not to help the tiny example, so not in the
+product (tests/benchmarks/results/rounding.md, "SmoothQuant").
 """
 
 from __future__ import annotations
@@ -95,9 +97,11 @@ def fold(model: nn.Module, mapping: SmoothMapping, s: Tensor) -> None:
     for name in mapping.consumers:
         w = mods[name].weight
         w.copy_((w.float() * s.to(w.device)[None, :]).to(w.dtype))
-    s_out = s.reshape(-1, mapping.kv_repeat, mapping.head_dim)[:, 0].reshape(-1) if (
-        mapping.kv_repeat
-    ) else s
+    s_out = (
+        s.reshape(-1, mapping.kv_repeat, mapping.head_dim)[:, 0].reshape(-1)
+        if (mapping.kv_repeat)
+        else s
+    )
     if isinstance(producer, nn.Linear):
         w = producer.weight
         w.copy_((w.float() / s_out.to(w.device)[:, None]).to(w.dtype))

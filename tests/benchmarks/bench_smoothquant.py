@@ -89,9 +89,9 @@ def smoothed_source(
     returns the fold's seconds."""
     t = time.perf_counter()
     model = copy.deepcopy(setup.model)
-    maps = llama_mappings(model, setup.parts.layers_path, len(setup.parts.layers))
-    maps = [m for m in maps if any(k in m.producer for k in MAPPING_SETS[which])]
     if alpha is not None:
+        maps = llama_mappings(model, setup.parts.layers_path, len(setup.parts.layers))
+        maps = [m for m in maps if any(k in m.producer for k in MAPPING_SETS[which])]
         smooth(model, maps, amax, alpha)
     seconds = time.perf_counter() - t
     model.to(setup.quant_dtype).save_pretrained(where)

@@ -19,6 +19,7 @@ product (tests/benchmarks/results/rounding.md, "SmoothQuant").
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -144,7 +145,7 @@ def channel_absmax_hooks(
     mods = dict(model.named_modules())
     amax: dict[str, Tensor] = {}
 
-    def hook_for(name: str):  # type: ignore[no-untyped-def]
+    def hook_for(name: str) -> Callable[[nn.Module, tuple[Tensor, ...]], None]:
         def hook(_m: nn.Module, args: tuple[Tensor, ...]) -> None:
             x = args[0].detach()
             cur = x.abs().reshape(-1, x.shape[-1]).amax(dim=0).float().cpu()

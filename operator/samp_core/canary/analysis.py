@@ -185,6 +185,10 @@ def figures(results: Sequence[GateResult]) -> str:
     )
 
 
+def _analyses(n: int, kind: str) -> str:
+    return f"{n} {kind} analys{'is' if n == 1 else 'es'}"
+
+
 def assess(limits: RolloutSpec, c: CanaryStatus, results: Sequence[GateResult]) -> Breach | None:
     """Failures, then consecutive errors, then inconclusives, against their limits."""
     if c.failures > limits.failure_limit:
@@ -194,7 +198,7 @@ def assess(limits: RolloutSpec, c: CanaryStatus, results: Sequence[GateResult]) 
             REASON_GATE_FAILED,
             f"gate {failing.gate} failed: {failing.message} "
             f"(value {fmt(failing.value)}, threshold {failing.threshold}); "
-            f"{c.failures} failed analyses > failureLimit {limits.failure_limit}",
+            f"{_analyses(c.failures, 'failed')} > failureLimit {limits.failure_limit}",
             replan=True,
             failing=(failing,),
         )
@@ -202,7 +206,8 @@ def assess(limits: RolloutSpec, c: CanaryStatus, results: Sequence[GateResult]) 
         err = g.first_of(results, g.Verdict.ERROR)
         return Breach(
             REASON_ERRORS,
-            f"{c.consecutive_errors} consecutive measurement errors > "
+            f"{c.consecutive_errors} consecutive measurement "
+            f"error{'' if c.consecutive_errors == 1 else 's'} > "
             f"consecutiveErrorLimit {limits.consecutive_error_limit}: "
             f"{err.message if err else 'no answer'}",
             replan=False,
@@ -211,7 +216,7 @@ def assess(limits: RolloutSpec, c: CanaryStatus, results: Sequence[GateResult]) 
         inc = g.first_of(results, g.Verdict.INCONCLUSIVE)
         return Breach(
             REASON_INCONCLUSIVE,
-            f"{c.inconclusives} inconclusive analyses > inconclusiveLimit "
+            f"{_analyses(c.inconclusives, 'inconclusive')} > inconclusiveLimit "
             f"{limits.inconclusive_limit} (never a pass): "
             f"{inc.message if inc else 'not enough data'}",
             replan=False,

@@ -90,8 +90,14 @@ def test_pods_resolve_services_and_reach_prometheus(e2e: E2ECluster) -> None:
     out = e2e.kubectl("exec", "-n", OPERATOR_NS, pod, "--", "python", "-c", code).stdout.split()
     assert out[0].startswith("10.0.0."), out  # a ClusterIP from the service range
     assert out[1] == "200", out
-    # Prometheus found the stable vLLM pod through the API and scrapes it
-    up = prom_query(e2e, 'up{served_model="tiny-llama"}')
+    # Prometheus found the stable vLLM pod through the API and scrapes it. Discovery and the
+    # first scrape follow the pod's readiness asynchronously, so the check waits for them.
+    deadline = time.monotonic() + 90
+    while True:
+        up = prom_query(e2e, 'up{served_model="tiny-llama"}')
+        if (up and all(r["value"][1] == "1" for r in up)) or time.monotonic() > deadline:
+            break
+        time.sleep(2)
     assert up and all(r["value"][1] == "1" for r in up), up
 
 

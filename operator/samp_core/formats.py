@@ -181,6 +181,10 @@ class FormatSpec:
     gptq: bool = False  # GPTQ can round it (integer grid, static min-max scales)
     gptq_by_default: bool = False
     static_activation_scale: bool = False  # needs calibration inputs at export
+    # vLLM quantizes lm_head in this format: compressed-tensors and FP8 heads take the
+    # Linear kernels, but a bitsandbytes checkpoint's head is not a LinearBase, so vLLM's
+    # bitsandbytes loader leaves it 16-bit (tests/benchmarks/results/rounding.md).
+    quantized_head: bool = True
 
     def scheme_for(self, profile: str) -> Scheme:
         return self.scheme_on.get(profile, self.scheme)
@@ -221,6 +225,7 @@ CATALOG: dict[Format, FormatSpec] = {
         ByteModel(4, ScaleLayout.BLOCK, scale_bytes=4, per_tensor_bytes=64 + 80),
         ExportFormat.BITSANDBYTES_NF4,
         fixed_group_size=64,
+        quantized_head=False,
     ),
     Format.INT4_W4A16: FormatSpec(
         Format.INT4_W4A16,

@@ -62,10 +62,14 @@ def decode_weight(group: LayerGroup) -> int:
 
 
 def _shape_reason(group: LayerGroup, fmt: Format, group_size: int) -> str | None:
+    """Why ``group`` cannot be stored in ``fmt`` (its shape, or a head vLLM would not
+    quantize in that format), or None."""
     spec = format_spec(fmt)
     if not spec.fits(group.in_features, group_size):
         g = spec.group_size(group_size)
         return f"group size {g} does not divide in_features {group.in_features}"
+    if group.kind is GroupKind.LM_HEAD and not fmt.is_unquantized and not spec.quantized_head:
+        return f"vLLM serves lm_head 16-bit from a {fmt} checkpoint (it quantizes no {fmt} head)"
     return None
 
 

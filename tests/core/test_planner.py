@@ -345,6 +345,27 @@ def test_pin_can_release_lm_head_but_not_serve_the_unservable() -> None:
         )
 
 
+def test_the_planner_never_offers_a_head_format_vllm_leaves_16_bit() -> None:
+    """vLLM's bitsandbytes loader does not quantize lm_head: an NF4 plan keeps the head
+    16-bit even when NF4 is the only quantized format allowed, and a pin is refused."""
+    groups, scores = _layered()
+    for g in groups:
+        scores[g.name][Format.NF4] = 0.0  # the cheapest loss, so only the rule can refuse it
+    nf4_only = [Format.BF16, Format.NF4]
+    result = plan(_request(groups=groups, scores=scores, budget=Budget(fraction_of_16bit=0.9),
+                           allowed_formats=nf4_only, keep_lm_head_16bit=False,
+                           allow_non_native=True))
+    fmt = result.format_of()
+    assert fmt["lm_head"] is Format.BF16
+    assert fmt["model.layers.0.mlp.gate_up"] is Format.NF4
+    assert any(e.format is Format.NF4 and e.groups == ["lm_head"] and "head" in e.reason
+               for e in result.excluded), result.excluded
+    with pytest.raises(PlanError, match="quantizes no nf4 head"):
+        plan(_request(groups=groups, scores=scores, budget=Budget(fraction_of_16bit=0.9),
+                      allowed_formats=nf4_only, allow_non_native=True,
+                      pins={"lm_head": Format.NF4}))
+
+
 def test_non_native_formats_are_excluded_with_reasons_unless_allowed() -> None:
     groups, scores = _layered()
     sm80 = get_profile("a100")

@@ -294,18 +294,19 @@ def settled_marker(status: QuantizedModelStatus) -> tuple[str, int, int | None]:
 
 @dataclass
 class CanaryPlan:
-    """What to do once the status is written: a turn's actions, or settling."""
+    """What to do once the decision's status is written: run the canary turn's actions
+    (``turn``), or settle a status the canary machine no longer drives. The actions and
+    status are read from the written decision, so the plan holds no copy of them."""
 
     driver: CanaryDriver
     spec: QuantizedModelSpec
-    status: QuantizedModelStatus
-    actions: tuple[CanaryAction, ...] | None = None  # None: settle ``status``
+    turn: bool
 
-    def apply(self) -> bool:
+    def apply(self, decision: Decision) -> bool:
         """False while the canary has to stay (the stable is not serving again yet)."""
-        if self.actions is not None:
-            return self.driver.apply(self.actions)
-        return self.driver.settle(self.spec, self.status)
+        if self.turn:
+            return self.driver.apply(decision.canary_actions())
+        return self.driver.settle(self.spec, decision.status)
 
 
 class KubeCanary:
@@ -356,7 +357,7 @@ class KubeCanary:
             if settled or not settle(resource.spec, decision.status):
                 return decision, None
             return decision, CanaryPlan(self.driver(resource.spec, meta), resource.spec,
-                                        decision.status)
+                                        turn=False)
         driver = self.driver(resource.spec, meta)
         turn = driver.observe(
             resource.spec,
@@ -367,5 +368,4 @@ class KubeCanary:
             datetime.now(UTC),
         )
         d = turn.decision
-        return decision.then(d), CanaryPlan(driver, resource.spec, d.status,
-                                            d.canary_actions())
+        return decision.then(d), CanaryPlan(driver, resource.spec, turn=True)

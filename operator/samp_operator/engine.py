@@ -269,7 +269,7 @@ class Engine:
         """The canary's actions (or settling) after the status write; an error is returned,
         to be raised once the children and Events are done."""
         try:
-            if plan.apply():
+            if plan.apply(decision):
                 self._settled[key] = settled_marker(decision.status)
                 return decision, None
         except Exception as err:  # settled on the next reconcile

@@ -323,12 +323,12 @@ def test_kube_canary_merges_into_the_quantization_decision() -> None:
     assert [e.reason for e in merged.events] == ["Evaluated", "CanaryStarted"]
     assert merged.requeue_after == 5.0  # the sooner of the two
     assert [type(a) for a in merged.actions] == [EnsureCanary] and merged.facts.quantized
-    assert plan is not None and plan.actions is not None
-    assert [type(a) for a in plan.actions] == [EnsureCanary]
+    assert plan is not None and plan.turn  # runs the turn's actions, read from `merged`
+    assert [type(a) for a in merged.canary_actions()] == [EnsureCanary]
     failed = Decision(status=QuantizedModelStatus(phase=Phase.FAILED),
                       facts=Facts(resource=resource))
     merged, plan = FakeKubeCanary(driver).decide(body, failed)
-    assert merged is failed and plan is not None and plan.actions is None  # settle it
+    assert merged is failed and plan is not None and not plan.turn  # settle it
     assert FakeKubeCanary(driver).decide(body, failed, settled=True) == (failed, None)
 
 

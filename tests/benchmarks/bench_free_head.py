@@ -56,8 +56,9 @@ def main(argv: list[str] | None = None) -> int:
                     print(json.dumps(row), flush=True)
                     rows.append(row)
                     continue
-                export(args.model, p, Path(tmp) / "ckpt", hessians=hfile)
-                m = compare(load_quantized(Path(tmp) / "ckpt", dtype=torch.float32), held, base)
+                export(args.model, p, Path(tmp) / "ckpt", hessians=hfile, device=setup.device)
+                q = load_quantized(Path(tmp) / "ckpt", dtype=torch.float32).to(setup.device)
+                m = compare(q, held, base)
                 row = {
                     "fraction_of_16bit": round(p.fraction_of_16bit, 4),
                     "head": "16-bit (pinned)" if keep else f"free: {p.format_of()['lm_head']}",

@@ -109,8 +109,8 @@ def inject_outliers(setup: TinySetup, factor: float, channels: int = 4) -> None:
     for m in maps:
         if "layernorm" in m.producer:
             width = setup.model.get_submodule(m.consumers[0]).in_features
-            s = torch.ones(width)
-            s[torch.randperm(width, generator=gen)[:channels]] = 1.0 / factor
+            s = torch.ones(width, device=setup.device)
+            s[torch.randperm(width, generator=gen)[:channels].to(setup.device)] = 1.0 / factor
             fold(setup.model, m, s)
 
 
@@ -118,9 +118,10 @@ def run_row(
     setup: TinySetup, src: Path, p: PlanResult, tmp: Path, label: dict[str, Any]
 ) -> dict[str, Any]:
     t = time.perf_counter()
-    export(src, p, tmp / "ckpt", input_ids=setup.ids)
+    export(src, p, tmp / "ckpt", input_ids=setup.ids, device=setup.device)
     seconds = time.perf_counter() - t
-    m = compare(load_quantized(tmp / "ckpt", dtype=torch.float32), setup.held, setup.base)
+    q = load_quantized(tmp / "ckpt", dtype=torch.float32).to(setup.device)
+    m = compare(q, setup.held, setup.base)
     row = {**label, **{k: round(v, 6) for k, v in m.items()}, "export_s": round(seconds, 2)}
     print(json.dumps(row), flush=True)
     return row
@@ -183,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
             if alpha is not None or args.inject_outliers:
                 src = tmp / f"src-{which}-{alpha}"
                 fold_s = smoothed_source(setup, args, alpha, which, amax, where=src)
-                m16 = compare(load_quantized(src, dtype=torch.float32), setup.held, setup.base)
+                m16 = compare(load_quantized(src, dtype=torch.float32).to(setup.device),
+                              setup.held, setup.base)
                 rows.append(
                     {
                         "plan": "16-bit (as exported from, fold check)",

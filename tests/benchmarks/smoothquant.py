@@ -70,7 +70,7 @@ def smoothing_scales(
     """s_j = max|X_j|^alpha / max|W_j|^(1-alpha), 1 where either maximum is zero; shared
     across the query heads of one kv head for v_proj -> o_proj (returned per o_proj input)."""
     a = act_absmax.float()
-    w = torch.stack([x.detach().float().abs().amax(dim=0) for x in weights]).amax(dim=0)
+    w = torch.stack([x.detach().float().abs().amax(dim=0).cpu() for x in weights]).amax(dim=0)
     if mapping.kv_repeat:
         a, w = (_per_kv_channel(t, mapping) for t in (a, w))
     s = a.clamp(min=1e-12).pow(alpha) / w.clamp(min=1e-12).pow(1.0 - alpha)

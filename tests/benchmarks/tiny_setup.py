@@ -49,6 +49,7 @@ def add_setup_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--calib-seqs", type=int, default=32)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--group-size", type=int, default=64)
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU machine")
 
 
 @dataclass
@@ -66,8 +67,10 @@ class TinySetup:
     device: torch.device
 
     @classmethod
-    def load(cls, args: argparse.Namespace, device: str = "cpu", max_texts: int = 120) -> TinySetup:
-        dev = torch.device(device)
+    def load(
+        cls, args: argparse.Namespace, device: str | None = None, max_texts: int = 120
+    ) -> TinySetup:
+        dev = torch.device(device or getattr(args, "device", "cpu"))
         model, _ = load_model(args.model)
         quant_dtype = next(model.parameters()).dtype
         model.float()

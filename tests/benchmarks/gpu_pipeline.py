@@ -12,7 +12,9 @@ still leaves what it measured):
    NF4 (when importable) on CUDA against a float reference.
 3. ``llama70b_layers``: a few decoder layers of Llama-3-70B shape (random
    weights), activation + fisher sensitivity, to extrapolate per-layer cost.
-4. ``llama8b``: a Llama-3-8B-shaped model (random weights, bf16) through the
+4. ``70b-export``: GPTQ export of those 70B-shaped slices by export's own layer-by-layer
+   pass (what a 70B takes when its Hessians do not fit the disk), per-layer seconds.
+5. ``llama8b``: a Llama-3-8B-shaped model (random weights, bf16) through the
    real stages (``samp_jobs.pipeline.run_calibrate/run_sensitivity/run_plan/
    run_export``) with ``--rows`` × 2048 calibration tokens; wall time per stage,
    tokens/s, peak GPU memory, and the floors (forward FLOPs at 781 TFLOP/s,
@@ -580,6 +582,43 @@ def calibration_ids(work: Path, model: Path, rows: int) -> torch.Tensor:
     return load_calibration_tokens(work)[:rows]
 
 
+def llama70b_export_slice(n_layers: int, rows: int, tmp: Path) -> dict[str, Any]:
+    """GPTQ export of a few 70B-shaped decoder layers by export's own layer-by-layer pass,
+    the path a full 70B takes when its stored Hessians (about 4.1 GB per layer, 330 GB for
+    80 layers) do not fit the stage's disk: every decoder group int4-w4a16 with GPTQ,
+    ``Rounding().max_tokens`` calibration tokens, the layer on the GPU, the hidden states
+    between layers on the GPU."""
+    from samp_core.results import Rounding
+    from samp_jobs.export import export
+
+    t = time.time()
+    m = random_llama(tmp / f"x70-{n_layers}", hidden=8192, inter=28672, layers=n_layers, heads=64)
+    r: dict[str, Any] = {"build_seconds": round(time.time() - t, 1), "params": params_of(m)}
+    ids = calibration_ids(tmp / f"wx70-{n_layers}", m, rows)
+    parts, groups, _dev = scoring_setup(m)
+    zero = {g.name: dict.fromkeys(FORMATS, 0.0) for g in groups}
+    p = plan(PlanRequest(
+        groups=groups, scores=zero, profile=profile_with_measured_costs("sm90"),
+        budget=Budget(fraction_of_16bit=1.0), allowed_formats=FORMATS,
+        overrides=[(r"\.layers\.", Format.INT4_W4A16)], curve_points=0, rounding=Rounding(),
+    ))
+    del parts, groups
+    peak_reset()
+    t = time.time()
+    ex = export(m, p, tmp / f"x70-{n_layers}-out", input_ids=ids, device=torch.device(DEV))
+    r["export"] = {
+        "seconds": round(time.time() - t, 2),
+        "tokens": int(min(len(ids), Rounding().max_tokens // SEQ) * SEQ),
+        "gptq_modules": len(p.gptq_modules()),
+        "peak_gpu_bytes": peak(),
+        "phase_seconds": ex.phase_seconds,
+    }
+    print("70b export", n_layers, r["export"], flush=True)
+    shutil.rmtree(m, ignore_errors=True)
+    shutil.rmtree(tmp / f"x70-{n_layers}-out", ignore_errors=True)
+    return r
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True)
@@ -639,6 +678,20 @@ def main(argv: list[str] | None = None) -> int:
         for n_layers in (int(x) for x in args.layers70b.split(",")):
             res["llama70b_layers"][str(n_layers)] = llama70b_slice(n_layers, args.rows70b, args.tmp)
             dump(args.out, res)
+    if "70b-export" in parts:
+        res["llama70b_export"] = {}
+        for n_layers in (int(x) for x in args.layers70b.split(",")):
+            res["llama70b_export"][str(n_layers)] = llama70b_export_slice(
+                n_layers, args.rows70b, args.tmp)
+            dump(args.out, res)
+        e = res["llama70b_export"]
+        if {"1", "3"} <= set(e):
+            per = (e["3"]["export"]["phase_seconds"]["gptq"]
+                   - e["1"]["export"]["phase_seconds"]["gptq"]) / 2
+            res["llama70b_export_gptq_per_layer_s"] = round(per, 2)
+            res["llama70b_export_gptq_80_layers_s"] = round(
+                e["1"]["export"]["phase_seconds"]["gptq"] + 79 * per, 1)
+        dump(args.out, res)
     print(json.dumps(res, indent=1, default=str))
     return 0
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from samp_core.results import PlanResult
 from samp_jobs.export_schemes import ExportError, weight_qparams
-from samp_jobs.modeling import DecoderParts, _to, capture_layer0_inputs, on_device, run_layer
+from samp_jobs.modeling import DecoderParts, _to, layer0_inputs, on_device, run_layer
 from samp_jobs.runlog import log
 
 __all__ = ["gptq_codes_for_plan", "gptq_group_codes", "gptq_pass"]
@@ -133,7 +133,7 @@ def gptq_pass(
     rows = max(1, min(len(input_ids), r.max_tokens // max(1, seq)))
     ids = input_ids[:rows]
     batches = [ids[i : i + micro_batch] for i in range(0, len(ids), micro_batch)]
-    ins = [capture_layer0_inputs(parts, b, device) for b in batches]
+    ins = layer0_inputs(parts, batches, device)
     kwargs = _to(ins[0].kwargs, device)
     store = _hidden_store(ins[0].hidden, len(ids), device)
     hidden = [i.hidden.to(store) for i in ins]

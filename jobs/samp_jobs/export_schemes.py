@@ -17,7 +17,7 @@ from torch import nn
 from samp_core.formats import ExportFormat, Format, format_spec
 from samp_core.results import PlanResult
 from samp_jobs.export_timing import PhaseClock
-from samp_jobs.modeling import DecoderParts, _to, capture_layer0_inputs, on_device, run_layer
+from samp_jobs.modeling import DecoderParts, _to, layer0_inputs, on_device, run_layer
 
 __all__ = [
     "ExportError",
@@ -227,7 +227,7 @@ def collect_input_absmax(
     handles = [mods[n].register_forward_pre_hook(hook_for(n)) for n in module_names]
     try:
         batches = [input_ids[i : i + micro_batch] for i in range(0, len(input_ids), micro_batch)]
-        ins = [capture_layer0_inputs(parts, b, device) for b in batches]
+        ins = layer0_inputs(parts, batches, device)
         kwargs = _to(ins[0].kwargs, device)
         hidden = [i.hidden.cpu() for i in ins]
         with torch.no_grad():

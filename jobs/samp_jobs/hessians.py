@@ -75,6 +75,11 @@ class HessianCollector:
         self.pool: dict[tuple[int, ...], list[Tensor]] = {}  # written pinned buffers
         self.pool_lock = threading.Lock()
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the stored file's tensors (fp32, ``in_features²`` per group)."""
+        return sum(4 * g.in_features**2 for g in self.groups)
+
     def stream_to(self, path: Path) -> None:
         """Write each layer's Hessians to ``path`` while scoring goes on; :meth:`save`
         with the same path then finishes the file."""
@@ -228,6 +233,10 @@ class HessianCollector:
         return size
 
 
+# Room left beside the Hessians on the work volume: the checkpoint export writes there too.
+DISK_HEADROOM = 0.10
+
+
 def collector_for(
     groups: list[LayerGroup],
     candidates: dict[str, list[Format]],
@@ -236,10 +245,20 @@ def collector_for(
     device: torch.device,
     *,
     path: Path | None = None,
+    free_bytes: int | None = None,
 ) -> HessianCollector | None:
     """A collector when ``rounding`` (samp_core.results.Rounding) will use GPTQ on a
     format some group can take; else None. With ``path`` it writes there while scoring
-    runs (finished by ``save(path)``)."""
+    runs (finished by ``save(path)``).
+
+    Also None when the file would not fit on ``path``'s volume (``free_bytes``, default
+    what the volume has free, less :data:`DISK_HEADROOM`): a 70B's Hessians are 4.1 GB a
+    layer, 330 GB in all. Export then rounds by its own layer-by-layer pass, which keeps
+    one layer's Hessians at a time (``gpu_pipeline_h200_70b_export.json``: 5.3 s a 70B
+    layer on an H200).
+    """
+    import shutil
+
     from samp_core.formats import RoundingMethod
 
     if rounding is None or rounding.method is not RoundingMethod.GPTQ:
@@ -248,6 +267,19 @@ def collector_for(
     if not c.groups:
         return None
     if path is not None:
+        if free_bytes is None:
+            free_bytes = shutil.disk_usage(path.parent).free
+        room = int(free_bytes * (1.0 - DISK_HEADROOM))
+        if c.nbytes > room:
+            log(
+                "sensitivity.hessians.skipped",
+                bytes=c.nbytes,
+                room=room,
+                reason="the Hessians would not fit the work volume; export computes them "
+                "layer by layer instead (slower: one more calibration pass). Give the "
+                "stage a larger work volume to keep them.",
+            )
+            return None
         c.stream_to(path)
     return c
 

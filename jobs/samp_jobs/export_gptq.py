@@ -13,7 +13,8 @@ from torch import nn
 
 from samp_core.results import PlanResult
 from samp_jobs.export_schemes import ExportError, weight_qparams
-from samp_jobs.modeling import DecoderParts, _to, layer0_inputs, on_device, run_layer
+from samp_jobs.layer_runner import layer0_inputs, on_device, run_layer, to_device
+from samp_jobs.modeling import DecoderParts
 from samp_jobs.runlog import log
 
 __all__ = ["gptq_codes_for_plan", "gptq_group_codes", "gptq_pass"]
@@ -134,7 +135,7 @@ def gptq_pass(
     ids = input_ids[:rows]
     batches = [ids[i : i + micro_batch] for i in range(0, len(ids), micro_batch)]
     ins = layer0_inputs(parts, batches, device)
-    kwargs = _to(ins[0].kwargs, device)
+    kwargs = to_device(ins[0].kwargs, device)
     store = _hidden_store(ins[0].hidden, len(ids), device)
     hidden = [i.hidden.to(store) for i in ins]
     del ins

@@ -17,7 +17,8 @@ from torch import nn
 from samp_core.formats import ExportFormat, Format, format_spec
 from samp_core.results import PlanResult
 from samp_jobs.export_timing import PhaseClock
-from samp_jobs.modeling import DecoderParts, _to, layer0_inputs, on_device, run_layer
+from samp_jobs.layer_runner import layer0_inputs, on_device, run_layer, to_device
+from samp_jobs.modeling import DecoderParts
 
 __all__ = [
     "ExportError",
@@ -228,7 +229,7 @@ def collect_input_absmax(
     try:
         batches = [input_ids[i : i + micro_batch] for i in range(0, len(input_ids), micro_batch)]
         ins = layer0_inputs(parts, batches, device)
-        kwargs = _to(ins[0].kwargs, device)
+        kwargs = to_device(ins[0].kwargs, device)
         hidden = [i.hidden.cpu() for i in ins]
         with torch.no_grad():
             for layer in parts.layers:

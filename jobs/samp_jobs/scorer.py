@@ -15,13 +15,13 @@ from tqdm import tqdm
 
 from samp_core.groups import LayerGroup
 from samp_jobs.deltas import GroupCandidates, activation_sums, fisher_sums
-from samp_jobs.modeling import (
-    DecoderParts,
-    _to,
+from samp_jobs.layer_runner import (
     capture_layer0_inputs,
     non_layer_modules,
     run_layer,
+    to_device,
 )
+from samp_jobs.modeling import DecoderParts
 from samp_jobs.placement import (
     GIB,
     MemoryPlan,
@@ -169,7 +169,7 @@ class SequentialScorer:
     def layer0_inputs(self, batches: list[torch.Tensor]) -> tuple[list[Tensor], dict[str, Any]]:
         with self.placer.hold(*non_layer_modules(self.parts)):
             ins = [capture_layer0_inputs(self.parts, b, self.dev, move=False) for b in batches]
-        return [i.hidden.to(self.store) for i in ins], _to(ins[0].kwargs, self.dev)
+        return [i.hidden.to(self.store) for i in ins], to_device(ins[0].kwargs, self.dev)
 
     # -------------------------------------------------------------- forward
     def forward(

@@ -9,14 +9,8 @@ import pytest
 import torch
 
 from samp_core.groups import GroupKind
-from samp_jobs.modeling import (
-    ModelLoadError,
-    capture_layer0_inputs,
-    decoder_parts,
-    discover_groups,
-    load_model,
-    run_layer,
-)
+from samp_jobs.layer_runner import capture_layer0_inputs, run_layer
+from samp_jobs.modeling import ModelLoadError, decoder_parts, discover_groups, load_model
 
 
 @pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2"])
@@ -98,7 +92,7 @@ def test_a_module_held_on_the_device_gets_its_own_host_tensors_back() -> None:
     device stands in for CUDA here: moving to it and back exercises the same code."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from samp_jobs.modeling import decoder_parts, non_layers_on, on_device
+    from samp_jobs.layer_runner import non_layers_on, on_device
 
     cfg = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                       num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)

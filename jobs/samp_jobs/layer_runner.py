@@ -110,7 +110,7 @@ def non_layer_modules(parts: DecoderParts) -> list[nn.Module]:
 
 @contextmanager
 def non_layers_on(parts: DecoderParts, device: torch.device) -> Iterator[None]:
-    """Hold everything except the decoder layers (embeddings, rotary) on the device."""
+    """Hold everything except the decoder layers (embeddings, rotary, norm, head) on the device."""
     with ExitStack() as stack:
         for m in non_layer_modules(parts):
             stack.enter_context(on_device(m, device))
